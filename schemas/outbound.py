@@ -1,0 +1,96 @@
+"""Models of what the ledger publishes: every entry, and each member's latest balance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostingOut(_Out):
+    account: str = Field(description="member:available|pending|held or program:* account")
+    amount: int = Field(description="signed points; the postings of one entry sum to zero")
+
+
+class LotOut(_Out):
+    lot_id: str
+    amount: int
+    remaining: int
+    status: str
+    earned_at: datetime
+    release_at: datetime | None
+    expires_at: datetime | None
+    source: str
+    program_version: str | None = None
+
+
+class LotMoveOut(_Out):
+    lot_id: str
+    amount: int = Field(description="negative: taken from the lot; positive: returned to it")
+
+
+class BalanceOut(_Out):
+    available: int
+    pending: int
+    held: int
+
+
+class OriginOut(_Out):
+    channel: str = Field(description="kafka | http | file | ops | scheduler")
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    line: int | None = None
+    file: str | None = None
+    request_id: str | None = None
+    actor: str | None = None
+
+
+class ProvenanceOut(_Out):
+    origin: OriginOut
+    event_id: str | None = None
+    event_type: str | None = None
+    rule_id: str | None = None
+    program_version: str | None = None
+    tier: str | None = None
+
+
+class LedgerEntry(_Out):
+    """One ledger entry as published on loyalty.ledger.v1 and shown in statements."""
+
+    member_id: str
+    seq: int = Field(description="the entry's number in the member's account (1 = enrolment)")
+    position: int | None = Field(
+        default=None, description="ledger position (notification id): order across members"
+    )
+    entry_type: str
+    effective_at: datetime
+    recorded_at: datetime
+    points: int = Field(description="signed change of the member's available+pending points")
+    postings: tuple[PostingOut, ...]
+    moves: tuple[LotMoveOut, ...]
+    lots_after: tuple[LotOut, ...]
+    balance_after: BalanceOut
+    provenance: ProvenanceOut
+    note: str
+    details: dict[str, str | int | None] = {}
+
+
+class MemberBalance(_Out):
+    """A member's balance as published on loyalty.balances.v1 (key: member_id)."""
+
+    member_id: str
+    available: int
+    pending: int
+    held: int
+    lifetime_earned: int
+    tier: str | None
+    expiring: dict[str, int] = Field(
+        default={}, description="points expiring within 30, 60 and 90 days"
+    )
+    as_of_position: int | None
+    as_of: datetime

@@ -1,0 +1,303 @@
+"""The ledger's read models in SQL, on SQLite or PostgreSQL, tracked in the same transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from eventsourcing.persistence import InfrastructureFactory, Tracking
+from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteFactory, SQLiteTrackingRecorder
+from psycopg.sql import SQL, Identifier
+
+from services.ledger.application.views import BalanceRow, EntryRow, LedgerView, ViewChanges
+from services.ledger.domain.lots import Lot
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _table_statements(p: str) -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {p}balances ("
+        "member_id TEXT PRIMARY KEY, available BIGINT NOT NULL, pending BIGINT NOT NULL, "
+        "held BIGINT NOT NULL, lifetime_earned BIGINT NOT NULL, tier TEXT, "
+        "entries BIGINT NOT NULL, position BIGINT NOT NULL, updated_at TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {p}lots ("
+        "member_id TEXT NOT NULL, lot_id TEXT NOT NULL, amount BIGINT NOT NULL, "
+        "remaining BIGINT NOT NULL, status TEXT NOT NULL, earned_at TEXT NOT NULL, "
+        "release_at TEXT, expires_at TEXT, source TEXT NOT NULL, program_version TEXT, "
+        "PRIMARY KEY (member_id, lot_id))",
+        f"CREATE INDEX IF NOT EXISTS {p}lots_due_release ON {p}lots (release_at) "
+        "WHERE status = 'pending'",
+        f"CREATE INDEX IF NOT EXISTS {p}lots_due_expiry ON {p}lots (expires_at) "
+        "WHERE remaining > 0",
+        f"CREATE TABLE IF NOT EXISTS {p}entries ("
+        "position BIGINT PRIMARY KEY, member_id TEXT NOT NULL, seq BIGINT NOT NULL, "
+        "entry_type TEXT NOT NULL, effective_at TEXT NOT NULL, body TEXT NOT NULL)",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {p}entries_member ON {p}entries (member_id, seq)",
+    ]
+
+
+class SqlLedgerView:
+    """SQL shared by both databases; subclasses give the transaction and placeholder style."""
+
+    prefix: ClassVar[str] = "view_"
+
+    @property
+    def tracking_key(self) -> str:
+        return f"{self.prefix}ledger"
+
+    def _tx(self, *, commit: bool) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> Any:
+        return sql
+
+    def _track(self, cursor: Any, tracking: Tracking) -> None:
+        raise NotImplementedError
+
+    def _run(self, cursor: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        return cursor.execute(self._q(sql), tuple(params))
+
+    def apply_changes(self, changes: ViewChanges, tracking: Tracking) -> None:
+        p = self.prefix
+        with self._tx(commit=True) as c:
+            for row in changes.balances.values():
+                self._run(
+                    c,
+                    f"INSERT INTO {p}balances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (member_id) DO UPDATE SET available = excluded.available, "
+                    "pending = excluded.pending, held = excluded.held, "
+                    "lifetime_earned = excluded.lifetime_earned, tier = excluded.tier, "
+                    "entries = excluded.entries, position = excluded.position, "
+                    "updated_at = excluded.updated_at",
+                    (
+                        row.member_id,
+                        row.available,
+                        row.pending,
+                        row.held,
+                        row.lifetime_earned,
+                        row.tier,
+                        row.entries,
+                        row.position,
+                        _ts(row.updated_at),
+                    ),
+                )
+            for (member_id, _), lot in changes.lots.items():
+                self._run(
+                    c,
+                    f"INSERT INTO {p}lots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (member_id, lot_id) DO UPDATE SET "
+                    "remaining = excluded.remaining, status = excluded.status",
+                    (
+                        member_id,
+                        lot.lot_id,
+                        lot.amount,
+                        lot.remaining,
+                        lot.status,
+                        _ts(lot.earned_at),
+                        _ts(lot.release_at),
+                        _ts(lot.expires_at),
+                        lot.source,
+                        lot.program_version,
+                    ),
+                )
+            for entry in changes.entries:
+                self._run(
+                    c,
+                    f"INSERT INTO {p}entries VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.position,
+                        entry.member_id,
+                        entry.seq,
+                        entry.entry_type,
+                        _ts(entry.effective_at),
+                        json.dumps(entry.body, sort_keys=True),
+                    ),
+                )
+            self._track(c, tracking)
+
+    @staticmethod
+    def _balance(row: Any) -> BalanceRow:
+        updated = _dt(row["updated_at"])
+        assert updated is not None
+        return BalanceRow(
+            member_id=row["member_id"],
+            available=row["available"],
+            pending=row["pending"],
+            held=row["held"],
+            lifetime_earned=row["lifetime_earned"],
+            tier=row["tier"],
+            entries=row["entries"],
+            position=row["position"],
+            updated_at=updated,
+        )
+
+    @staticmethod
+    def _lot(row: Any) -> Lot:
+        earned = _dt(row["earned_at"])
+        assert earned is not None
+        return Lot(
+            lot_id=row["lot_id"],
+            amount=row["amount"],
+            remaining=row["remaining"],
+            status=row["status"],
+            earned_at=earned,
+            release_at=_dt(row["release_at"]),
+            expires_at=_dt(row["expires_at"]),
+            source=row["source"],
+            program_version=row["program_version"],
+        )
+
+    def balance(self, member_id: str) -> BalanceRow | None:
+        found = self.balances([member_id])
+        return found.get(member_id)
+
+    def balances(self, member_ids: list[str]) -> dict[str, BalanceRow]:
+        if not member_ids:
+            return {}
+        marks = ", ".join("?" for _ in member_ids)
+        with self._tx(commit=False) as c:
+            self._run(
+                c, f"SELECT * FROM {self.prefix}balances WHERE member_id IN ({marks})", member_ids
+            )
+            return {r["member_id"]: self._balance(r) for r in c.fetchall()}
+
+    def all_balances(self) -> list[BalanceRow]:
+        with self._tx(commit=False) as c:
+            self._run(c, f"SELECT * FROM {self.prefix}balances ORDER BY member_id")
+            return [self._balance(r) for r in c.fetchall()]
+
+    def lots(self, member_id: str) -> list[Lot]:
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT * FROM {self.prefix}lots WHERE member_id = ? ORDER BY lot_id",
+                (member_id,),
+            )
+            return [self._lot(r) for r in c.fetchall()]
+
+    def all_lots(self) -> list[tuple[str, Lot]]:
+        with self._tx(commit=False) as c:
+            self._run(c, f"SELECT * FROM {self.prefix}lots ORDER BY member_id, lot_id")
+            return [(r["member_id"], self._lot(r)) for r in c.fetchall()]
+
+    def entries(
+        self, member_id: str, *, before_seq: int | None = None, limit: int = 50
+    ) -> list[EntryRow]:
+        sql = f"SELECT * FROM {self.prefix}entries WHERE member_id = ?"
+        params: list[Any] = [member_id]
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            params.append(before_seq)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        with self._tx(commit=False) as c:
+            self._run(c, sql, params)
+            rows = c.fetchall()
+        result = []
+        for r in rows:
+            effective = _dt(r["effective_at"])
+            assert effective is not None
+            result.append(
+                EntryRow(
+                    position=r["position"],
+                    member_id=r["member_id"],
+                    seq=r["seq"],
+                    entry_type=r["entry_type"],
+                    effective_at=effective,
+                    body=json.loads(r["body"]),
+                )
+            )
+        return result
+
+    def members_due(self, now: datetime, limit: int = 10_000) -> list[str]:
+        p = self.prefix
+        at = _ts(now)
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT DISTINCT member_id FROM {p}lots WHERE "
+                "(status = 'pending' AND release_at <= ?) OR "
+                "(status = 'available' AND remaining > 0 AND expires_at <= ?) "
+                "ORDER BY member_id LIMIT ?",
+                (at, at, limit),
+            )
+            return [r["member_id"] for r in c.fetchall()]
+
+    def reset(self) -> None:
+        p = self.prefix
+        with self._tx(commit=True) as c:
+            for table in ("balances", "lots", "entries"):
+                self._run(c, f"DELETE FROM {p}{table}")
+            self._reset_tracking(c)
+
+    def _reset_tracking(self, cursor: Any) -> None:
+        raise NotImplementedError
+
+
+class SQLiteLedgerView(SqlLedgerView, SQLiteTrackingRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *_table_statements(self.prefix)]
+
+    def _tx(self, *, commit: bool) -> AbstractContextManager[Any]:
+        return self.datastore.transaction(commit=commit)
+
+    def _track(self, cursor: Any, tracking: Tracking) -> None:
+        self._insert_tracking(cursor, tracking)
+
+    def _reset_tracking(self, cursor: Any) -> None:
+        cursor.execute("DELETE FROM tracking WHERE application_name = ?", (self.tracking_key,))
+
+
+class PostgresLedgerView(SqlLedgerView, PostgresTrackingRecorder):
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        for statement in _table_statements(self.prefix):
+            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+
+    def _q(self, sql: str) -> Any:
+        return SQL(sql.replace("?", "%s"))
+
+    def _tx(self, *, commit: bool) -> AbstractContextManager[Any]:
+        return self.datastore.transaction(commit=commit)
+
+    def _track(self, cursor: Any, tracking: Tracking) -> None:
+        self._insert_tracking(cursor, tracking)
+
+    def _reset_tracking(self, cursor: Any) -> None:
+        cursor.execute(
+            SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
+                Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
+            ),
+            (self.tracking_key,),
+        )
+
+
+def construct_view(factory: InfrastructureFactory[Any], prefix: str = "view_") -> LedgerView:
+    """The view class for the factory's database, sharing the application's datastore."""
+    base: type[Any]
+    if isinstance(factory, SQLiteFactory):
+        base = SQLiteLedgerView
+    elif isinstance(factory, PostgresFactory):
+        base = PostgresLedgerView
+    else:
+        msg = f"no ledger view for {type(factory).__name__}: use SQLite or PostgreSQL"
+        raise TypeError(msg)
+    cls = (
+        base
+        if prefix == base.prefix
+        else type(f"{base.__name__}_{prefix}", (base,), {"prefix": prefix})
+    )
+    view = factory.tracking_recorder(cls)
+    assert isinstance(view, SqlLedgerView)
+    return view  # type: ignore[return-value]

@@ -1,0 +1,96 @@
+"""Turns the account's domain events into ledger entries as published and shown to people."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from schemas.outbound import (
+    BalanceOut,
+    LedgerEntry,
+    LotMoveOut,
+    LotOut,
+    OriginOut,
+    PostingOut,
+    ProvenanceOut,
+)
+from services.ledger.domain import postings as acc
+from services.ledger.domain.account import MemberAccount
+from services.ledger.domain.provenance import Provenance
+
+_COMMON = {
+    "originator_id",
+    "originator_version",
+    "timestamp",
+    "originator_topic",
+    "member_id",
+    "effective_at",
+    "postings",
+    "moves",
+    "lots_after",
+    "balance_after",
+    "provenance",
+    "note",
+}
+_MEMBER = set(acc.MEMBER_ACCOUNTS)
+
+
+def _provenance(p: Provenance) -> ProvenanceOut:
+    return ProvenanceOut(
+        origin=OriginOut(**dataclasses.asdict(p.origin)),
+        event_id=p.event_id,
+        event_type=p.event_type,
+        rule_id=p.rule_id,
+        program_version=p.program_version,
+        tier=p.tier,
+    )
+
+
+def entry_type(event: Any) -> str:
+    """Entry type names, e.g. PointsEarned -> points_earned."""
+    name = type(event).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+def entry_message(event: Any, position: int | None) -> LedgerEntry:
+    if isinstance(event, MemberAccount.Enrolled):
+        how = "automatically on the first event" if event.auto else "by enrolment"
+        return LedgerEntry(
+            member_id=event.member_id,
+            seq=event.originator_version,
+            position=position,
+            entry_type="enrolled",
+            effective_at=event.effective_at,
+            recorded_at=event.timestamp,
+            points=0,
+            postings=(),
+            moves=(),
+            lots_after=(),
+            balance_after=BalanceOut(available=0, pending=0, held=0),
+            provenance=_provenance(event.provenance),
+            note=f"enrolled {how}",
+            details={"auto": int(event.auto)},
+        )
+    assert isinstance(event, MemberAccount.Entry)
+    details: dict[str, str | int | None] = {}
+    for key, value in vars(event).items():
+        if key in _COMMON or key.startswith("_"):
+            continue
+        if value is None or isinstance(value, str | int):
+            details[key] = value
+    return LedgerEntry(
+        member_id=event.member_id,
+        seq=event.originator_version,
+        position=position,
+        entry_type=entry_type(event),
+        effective_at=event.effective_at,
+        recorded_at=event.timestamp,
+        points=sum(p.amount for p in event.postings if p.account in _MEMBER),
+        postings=tuple(PostingOut(account=p.account, amount=p.amount) for p in event.postings),
+        moves=tuple(LotMoveOut(lot_id=m.lot_id, amount=m.amount) for m in event.moves),
+        lots_after=tuple(LotOut(**dataclasses.asdict(lot)) for lot in event.lots_after),
+        balance_after=BalanceOut(**dataclasses.asdict(event.balance_after)),
+        provenance=_provenance(event.provenance),
+        note=event.note,
+        details=details,
+    )

@@ -1,0 +1,495 @@
+"""The ledger application: applies batches of inbound events and operator commands.
+
+One batch is one transaction: every entry, receipt and rejection it produces, and the
+position of the batch in its source (when given), are written together or not at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import JSONTranscoder, ProcessRecorder, Tracking
+
+from schemas import (
+    ActivityCompleted,
+    InboundEvent,
+    InvalidInput,
+    MemberEnrolled,
+    PurchaseCompleted,
+    PurchaseRefunded,
+    RedemptionCancelled,
+    RedemptionRequested,
+    ReferralQualified,
+    parse_inbound,
+    payload_digest,
+)
+from services.ledger.application.transcodings import register_value_types
+from services.ledger.domain.account import MemberAccount, account_id
+from services.ledger.domain.clock import Clock
+from services.ledger.domain.errors import Declined
+from services.ledger.domain.program import Program
+from services.ledger.domain.program_record import ProgramRecord, program_record_id
+from services.ledger.domain.provenance import Origin, Provenance
+from services.ledger.domain.receipts import (
+    APPLIED,
+    DECLINED,
+    InboundReceipt,
+    Rejection,
+    receipt_id,
+    rejection_id,
+)
+from services.ledger.domain.rules import Line
+
+APPLIED_STATUS = "applied"
+DUPLICATE_STATUS = "duplicate"
+REJECTED_STATUS = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """Raw bytes of one inbound event and where they came from."""
+
+    raw: bytes
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one inbound event: applied, duplicate (of an earlier one) or rejected."""
+
+    status: str
+    event_id: str | None = None
+    member_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    entries: tuple[str, ...] = ()
+    original: str | None = None  # for a duplicate: the outcome of the first delivery
+
+
+@dataclass
+class _Batch:
+    accounts: dict[str, MemberAccount | None] = field(default_factory=dict)
+    receipts: dict[str, InboundReceipt] = field(default_factory=dict)
+    others: list[Aggregate] = field(default_factory=list)
+    rejection_ids: set[UUID] = field(default_factory=set)
+
+
+class LedgerApplication(Application[UUID]):
+    """Member accounts, receipts and rejections in one event store."""
+
+    name = "ledger"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {MemberAccount: 100}
+
+    def __init__(self, program: Program, clock: Clock, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.program = program
+        self.clock = clock
+        self._record_program(program)
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.process_recorder()
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        register_value_types(transcoder)
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        assert isinstance(self.recorder, ProcessRecorder)
+        return self.recorder
+
+    # ----------------------------------------------------------------- ingest
+
+    def apply_batch(
+        self, items: Sequence[Inbound], tracking: Tracking | None = None
+    ) -> list[Outcome]:
+        """Validate, de-duplicate and apply `items` in order, then save in one transaction."""
+        batch = _Batch()
+        now = self.clock.now()
+        outcomes = [self._apply_one(item, batch, now) for item in items]
+        self._save_batch(batch, tracking)
+        return outcomes
+
+    def _apply_one(self, item: Inbound, batch: _Batch, now: datetime) -> Outcome:
+        try:
+            event = parse_inbound(item.raw, topic=item.origin.topic)
+        except InvalidInput as exc:
+            return self._reject(batch, item, exc.reason, exc.detail, None, None, now)
+        digest = payload_digest(event)
+        earlier = batch.receipts.get(event.event_id) or self._receipt(event.event_id)
+        if earlier is not None:
+            if earlier.digest != digest:
+                return self._reject(
+                    batch,
+                    item,
+                    "conflict",
+                    f"event_id {event.event_id} was already used for a different payload",
+                    event.event_id,
+                    event.member_id,
+                    now,
+                )
+            return Outcome(
+                DUPLICATE_STATUS,
+                event.event_id,
+                event.member_id,
+                earlier.reason,
+                earlier.detail,
+                earlier.entries,
+                original=earlier.outcome,
+            )
+        before = {m: len(a.pending_events) for m, a in batch.accounts.items() if a}
+        known = set(batch.accounts)
+        provenance = Provenance(item.origin, event_id=event.event_id, event_type=event.type)
+        try:
+            self._dispatch(event, batch, provenance, now)
+        except Declined as exc:
+            for member in set(batch.accounts) - known:
+                del batch.accounts[member]  # an account made for this event is not kept
+            for member, account in batch.accounts.items():
+                if account is not None:
+                    del account.pending_events[before.get(member, 0) :]
+            outcome = self._reject(
+                batch, item, exc.reason, exc.detail, event.event_id, event.member_id, now
+            )
+            batch.receipts[event.event_id] = InboundReceipt.record(
+                event_id=event.event_id,
+                digest=digest,
+                event_type=event.type,
+                member_id=event.member_id,
+                outcome=DECLINED,
+                reason=exc.reason,
+                detail=exc.detail,
+                entries=(),
+                origin=item.origin,
+                received_at=now,
+            )
+            return outcome
+        entries = tuple(
+            f"{member}#{e.originator_version}"
+            for member, account in batch.accounts.items()
+            if account is not None
+            for e in account.pending_events[before.get(member, 0) :]
+        )
+        batch.receipts[event.event_id] = InboundReceipt.record(
+            event_id=event.event_id,
+            digest=digest,
+            event_type=event.type,
+            member_id=event.member_id,
+            outcome=APPLIED,
+            reason=None,
+            detail=None,
+            entries=entries,
+            origin=item.origin,
+            received_at=now,
+        )
+        return Outcome(APPLIED_STATUS, event.event_id, event.member_id, entries=entries)
+
+    def _dispatch(
+        self, event: InboundEvent, batch: _Batch, prov: Provenance, now: datetime
+    ) -> None:
+        program = self.program
+        at = event.occurred_at
+        if isinstance(event, PurchaseCompleted):
+            d = event.data
+            account = self._account(batch, event.member_id, prov, at, create=True)
+            account.earn_purchase(
+                program,
+                order_id=d.order_id,
+                currency=str(d.currency),
+                total_minor=d.total_minor,
+                lines=[
+                    Line(ln.sku, ln.category, ln.quantity, ln.unit_price_minor) for ln in d.lines
+                ],
+                occurred_at=at,
+                source=event.source,
+                provenance=prov,
+                now=now,
+            )
+        elif isinstance(event, PurchaseRefunded):
+            r = event.data
+            account = self._account(batch, event.member_id, prov, at, create=False)
+            account.reverse_purchase(
+                program,
+                order_id=r.order_id,
+                refund_id=r.refund_id,
+                amount_minor=r.amount_minor,
+                lines={ln.sku: ln.quantity for ln in r.lines} if r.lines else None,
+                occurred_at=at,
+                provenance=prov,
+                now=now,
+            )
+        elif isinstance(event, ReferralQualified):
+            referrer = self._account(batch, event.member_id, prov, at, create=True)
+            referee_id = event.data.referee_member_id
+            referee = self._account(batch, referee_id, prov, at, create=True)
+            referee.check_can_be_referred(event.member_id)
+            referrer.earn_referral(
+                program,
+                role="referrer",
+                other_member=referee_id,
+                occurred_at=at,
+                provenance=prov,
+                now=now,
+            )
+            referee.earn_referral(
+                program,
+                role="referee",
+                other_member=event.member_id,
+                occurred_at=at,
+                provenance=prov,
+                now=now,
+            )
+        elif isinstance(event, RedemptionRequested):
+            q = event.data
+            account = self._account(batch, event.member_id, prov, at, create=False)
+            account.redeem(
+                program,
+                redemption_id=q.redemption_id,
+                reward_id=q.reward_id,
+                points=q.points,
+                occurred_at=at,
+                provenance=prov,
+                now=now,
+            )
+        elif isinstance(event, RedemptionCancelled):
+            account = self._account(batch, event.member_id, prov, at, create=False)
+            account.cancel_redemption(
+                redemption_id=event.data.redemption_id,
+                reason=event.data.reason,
+                occurred_at=at,
+                provenance=prov,
+                now=now,
+            )
+        elif isinstance(event, ActivityCompleted):
+            account = self._account(batch, event.member_id, prov, at, create=True)
+            account.earn_activity(
+                program,
+                activity=event.data.activity,
+                reference=event.data.reference,
+                occurred_at=at,
+                provenance=prov,
+                now=now,
+            )
+        elif isinstance(event, MemberEnrolled):
+            self._enrol(batch, event, prov, now)
+        else:  # pragma: no cover - the union is closed
+            raise Declined("unknown_type", f"no handler for {event.type}")
+
+    def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance, now: datetime) -> None:
+        existing = self._load(batch, event.member_id)
+        signup = self.program.activities.get("signup")
+        if existing is None:
+            account = MemberAccount.enrol(event.member_id, event.occurred_at, prov, auto=False)
+            batch.accounts[event.member_id] = account
+        else:
+            account = existing
+            if signup is None or account.activity_counts.get("signup|ever"):
+                raise Declined("already_enrolled", f"{event.member_id} is already a member")
+        if signup is not None:
+            account.earn_activity(
+                self.program,
+                activity="signup",
+                reference=None,
+                occurred_at=event.occurred_at,
+                provenance=prov,
+                now=now,
+            )
+
+    def _account(
+        self, batch: _Batch, member_id: str, prov: Provenance, at: datetime, *, create: bool
+    ) -> MemberAccount:
+        account = self._load(batch, member_id)
+        if account is not None:
+            return account
+        if not create:
+            raise Declined("unknown_member", f"{member_id} is not a member")
+        if not self.program.auto_enrol:
+            raise Declined("not_enrolled", f"{member_id} is not enrolled")
+        account = MemberAccount.enrol(member_id, at, prov, auto=True)
+        batch.accounts[member_id] = account
+        return account
+
+    def _load(self, batch: _Batch, member_id: str) -> MemberAccount | None:
+        if member_id not in batch.accounts:
+            batch.accounts[member_id] = self.find_account(member_id)
+        return batch.accounts[member_id]
+
+    def _receipt(self, event_id: str) -> InboundReceipt | None:
+        try:
+            receipt: Any = self.repository.get(receipt_id(event_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(receipt, InboundReceipt)
+        return receipt
+
+    def _reject(
+        self,
+        batch: _Batch,
+        item: Inbound,
+        reason: str,
+        detail: str,
+        event_id: str | None,
+        member_id: str | None,
+        now: datetime,
+    ) -> Outcome:
+        rid = rejection_id(item.origin, hashlib.sha256(item.raw).hexdigest())
+        if rid not in batch.rejection_ids and not self._exists(rid):
+            batch.rejection_ids.add(rid)
+            batch.others.append(
+                Rejection.record(
+                    id=rid,
+                    origin=item.origin,
+                    reason=reason,
+                    detail=detail,
+                    raw_b64=base64.b64encode(item.raw).decode(),
+                    event_id=event_id,
+                    member_id=member_id,
+                    rejected_at=now,
+                )
+            )
+        return Outcome(REJECTED_STATUS, event_id, member_id, reason, detail)
+
+    def _exists(self, aggregate_id: UUID) -> bool:
+        return bool(self.recorder.select_events(aggregate_id, limit=1))
+
+    def _save_batch(self, batch: _Batch, tracking: Tracking | None) -> None:
+        aggregates: list[Aggregate] = [a for a in batch.accounts.values() if a is not None]
+        aggregates += batch.receipts.values()
+        aggregates += batch.others
+        self.save_with_tracking(aggregates, tracking)
+
+    def save_with_tracking(
+        self, aggregates: Iterable[Aggregate], tracking: Tracking | None
+    ) -> None:
+        processing = ProcessingEvent[UUID](tracking=tracking)
+        processing.collect_events(*aggregates)
+        if not processing.events and tracking is None:
+            return
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+
+    # ------------------------------------------------------------ operations
+
+    def find_account(self, member_id: str) -> MemberAccount | None:
+        try:
+            account: Any = self.repository.get(account_id(member_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(account, MemberAccount)
+        return account
+
+    def operate(
+        self,
+        member_id: str,
+        command: Callable[[MemberAccount, datetime], Any],
+        *,
+        origin: Origin,
+    ) -> tuple[str, ...]:
+        """Run an operator command against one account and save it; returns its entries."""
+        account = self.find_account(member_id)
+        if account is None:
+            raise Declined("unknown_member", f"{member_id} is not a member")
+        now = self.clock.now()
+        start = account.version
+        del origin  # carried by the provenance the command builds
+        command(account, now)
+        entries = tuple(f"{member_id}#{v}" for v in range(start + 1, account.version + 1))
+        self.save(account)
+        return entries
+
+    def adjust(
+        self,
+        member_id: str,
+        points: int,
+        *,
+        reason: str,
+        actor: str,
+        allow_negative: bool = False,
+        request_id: str | None = None,
+    ) -> tuple[str, ...]:
+        origin = Origin(channel="ops", actor=actor, request_id=request_id)
+        prov = Provenance(origin)
+        return self.operate(
+            member_id,
+            lambda account, now: account.adjust(
+                self.program,
+                points=points,
+                reason=reason,
+                actor=actor,
+                allow_negative=allow_negative,
+                provenance=prov,
+                now=now,
+            ),
+            origin=origin,
+        )
+
+    def assign_tier(
+        self, member_id: str, tier_id: str | None, *, reason: str, actor: str
+    ) -> tuple[str, ...]:
+        origin = Origin(channel="ops", actor=actor)
+        prov = Provenance(origin)
+        return self.operate(
+            member_id,
+            lambda account, now: account.assign_tier(
+                self.program, tier_id=tier_id, reason=reason, provenance=prov, now=now
+            ),
+            origin=origin,
+        )
+
+    def advance_members(self, member_ids: Iterable[str], now: datetime | None = None) -> int:
+        """Release and expire what is due at `now` for these members; returns entries made."""
+        at = now or self.clock.now()
+        made = 0
+        chunk: list[MemberAccount] = []
+        for member_id in member_ids:
+            account = self.find_account(member_id)
+            if account is None:
+                continue
+            made += account.advance(at)
+            if account.pending_events:
+                chunk.append(account)
+            if len(chunk) >= 100:
+                self.save_with_tracking(chunk, None)
+                chunk = []
+        self.save_with_tracking(chunk, None)
+        return made
+
+    def rejections(self) -> list[Rejection]:
+        """Every recorded rejection, oldest first."""
+        topic = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualname__}"
+        found: list[Rejection] = []
+        start = 1
+        while True:
+            page = self.process_recorder.select_notifications(
+                start=start, limit=1000, topics=[topic]
+            )
+            if not page:
+                return found
+            for notification in page:
+                rejection: Any = self.repository.get(UUID(str(notification.originator_id)))
+                assert isinstance(rejection, Rejection)
+                found.append(rejection)
+            start = page[-1].id + 1
+
+    def _record_program(self, program: Program) -> None:
+        """Keep every program version the ledger applied, so any entry can be explained."""
+        pid = program_record_id(program.version)
+        if not self._exists(pid):
+            self.save(ProgramRecord.record(program.version, program.canonical_json()))
+
+    def program_document(self, version: str) -> str | None:
+        try:
+            record: Any = self.repository.get(program_record_id(version))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(record, ProgramRecord)
+        return record.document

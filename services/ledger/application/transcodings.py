@@ -1,0 +1,51 @@
+"""JSON transcodings for the ledger's value objects, so events and snapshots store as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from eventsourcing.persistence import JSONTranscoder, Transcoding
+
+from services.ledger.domain.account import Balances, OrderRecord, RedemptionRecord
+from services.ledger.domain.lots import Lot, LotMove
+from services.ledger.domain.postings import Posting
+from services.ledger.domain.provenance import Origin, Provenance
+from services.ledger.domain.rules import LinePoints
+
+VALUE_TYPES: tuple[type[Any], ...] = (
+    Balances,
+    LinePoints,
+    Lot,
+    LotMove,
+    OrderRecord,
+    Origin,
+    Posting,
+    Provenance,
+    RedemptionRecord,
+)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON has no tuples: value objects hold tuples, so lists come back as tuples."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+class DataclassAsDict(Transcoding):
+    def __init__(self, cls: type[Any]) -> None:
+        self.type = cls
+        self.name = cls.__name__
+
+    def encode(self, obj: Any) -> dict[str, Any]:
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+    def decode(self, data: Any) -> Any:
+        assert isinstance(data, dict)
+        return self.type(**{k: _tuples(v) for k, v in data.items()})
+
+
+def register_value_types(transcoder: JSONTranscoder) -> None:
+    for cls in VALUE_TYPES:
+        transcoder.register(DataclassAsDict(cls))

@@ -1,0 +1,185 @@
+"""Checks every ledger invariant against the store, by folding each account's history afresh."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from uuid import UUID
+
+from services.ledger.application.ledger import LedgerApplication
+from services.ledger.application.views import LedgerView
+from services.ledger.domain import postings as acc
+from services.ledger.domain.account import Balances, MemberAccount
+from services.ledger.domain.lots import AVAILABLE, PENDING, Lot
+from services.ledger.domain.program import ReturnPolicy
+from services.ledger.domain.receipts import APPLIED, InboundReceipt
+
+_NEGATIVE_ALLOWED = {"PointsReversed", "PointsAdjusted"}
+
+
+@dataclass
+class VerifyReport:
+    members: int = 0
+    entries: int = 0
+    receipts: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _topic(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _ids(app: LedgerApplication, cls: type) -> list[UUID]:
+    found: list[UUID] = []
+    start = 1
+    while True:
+        page = app.process_recorder.select_notifications(
+            start=start, limit=1000, topics=[_topic(cls)]
+        )
+        if not page:
+            return found
+        found.extend(UUID(str(n.originator_id)) for n in page)
+        start = page[-1].id + 1
+
+
+def verify(app: LedgerApplication, view: LedgerView | None = None) -> VerifyReport:
+    report = VerifyReport()
+    folded: dict[str, tuple[Balances, dict[str, Lot], str | None]] = {}
+    credited: Counter[tuple[str, str, str]] = Counter()
+    for aggregate_id in _ids(app, MemberAccount.Enrolled):
+        member, balances, lots, tier = _fold(app, aggregate_id, report, credited)
+        folded[member] = (balances, lots, tier)
+    report.members = len(folded)
+    for (event_id, member, kind), count in credited.items():
+        if count > 1:
+            report.violations.append(
+                f"{member}: event {event_id} produced {count} {kind} entries (applied twice)"
+            )
+    for receipt_uuid in _ids(app, InboundReceipt.Recorded):
+        receipt: object = app.repository.get(receipt_uuid)
+        assert isinstance(receipt, InboundReceipt)
+        report.receipts += 1
+        if (
+            receipt.outcome == APPLIED
+            and not receipt.entries
+            and receipt.event_type not in {"member.enrolled"}
+        ):
+            report.violations.append(f"receipt {receipt.event_id}: applied but names no entry")
+    if view is not None:
+        _compare_view(view, folded, report)
+    return report
+
+
+def _fold(
+    app: LedgerApplication,
+    aggregate_id: UUID,
+    report: VerifyReport,
+    credited: Counter[tuple[str, str, str]],
+) -> tuple[str, Balances, dict[str, Lot], str | None]:
+    events = list(app.events.get(aggregate_id))
+    first = events[0]
+    assert isinstance(first, MemberAccount.Enrolled)
+    member = first.member_id
+    balances = dict.fromkeys(acc.ACCOUNTS, 0)
+    lots: dict[str, Lot] = {}
+    tier: str | None = None
+    policy_unlimited = app.program.returns.policy is ReturnPolicy.UNLIMITED
+    for event in events[1:]:
+        report.entries += 1
+        assert isinstance(event, MemberAccount.Entry)
+        where = f"{member}#{event.originator_version} {type(event).__name__}"
+        total = sum(p.amount for p in event.postings)
+        if total != 0:
+            report.violations.append(f"{where}: postings sum to {total}")
+        before_available = balances[acc.AVAILABLE]
+        for posting in event.postings:
+            if posting.account not in balances:
+                report.violations.append(f"{where}: unknown account {posting.account}")
+                continue
+            balances[posting.account] += posting.amount
+        # Re-derive the lots from the moves alone and compare with what the entry recorded.
+        expected = {lot.lot_id: lot for lot in event.lots_after}
+        for lot_id, lot in expected.items():
+            if lot_id not in lots:
+                lots[lot_id] = replace(lot, remaining=lot.amount)
+            elif lots[lot_id].status != lot.status:
+                lots[lot_id] = lots[lot_id].released()
+        for move in event.moves:
+            old = lots.get(move.lot_id)
+            if old is None:
+                report.violations.append(f"{where}: moves unknown lot {move.lot_id}")
+                continue
+            remaining = old.remaining + move.amount
+            if remaining < 0 or remaining > old.amount:
+                report.violations.append(
+                    f"{where}: lot {move.lot_id} would hold {remaining} of {old.amount}"
+                )
+            lots[move.lot_id] = replace(old, remaining=remaining)
+        for lot_id, lot in expected.items():
+            if lots[lot_id] != lot:
+                report.violations.append(f"{where}: lot {lot_id} differs from its moves")
+        in_available = sum(lot.remaining for lot in lots.values() if lot.status == AVAILABLE)
+        in_pending = sum(lot.remaining for lot in lots.values() if lot.status == PENDING)
+        available = balances[acc.AVAILABLE]
+        if in_available != max(available, 0) or in_pending != balances[acc.PENDING]:
+            report.violations.append(
+                f"{where}: balances {available}/{balances[acc.PENDING]} but lots hold "
+                f"{in_available}/{in_pending}"
+            )
+        after = Balances(available, balances[acc.PENDING], balances[acc.HELD])
+        if after != event.balance_after:
+            report.violations.append(f"{where}: balance_after {event.balance_after} != {after}")
+        if available < 0 and available < before_available:
+            kind = type(event).__name__
+            allowed = kind == "PointsAdjusted" or (kind == "PointsReversed" and policy_unlimited)
+            if kind not in _NEGATIVE_ALLOWED or not allowed:
+                report.violations.append(f"{where}: took the balance below zero ({available})")
+        if isinstance(event, MemberAccount.TierAssigned):
+            tier = event.tier
+        if event.provenance.event_id and event.provenance.origin.channel != "scheduler":
+            credited[(event.provenance.event_id, member, type(event).__name__)] += 1
+    if sum(balances.values()) != 0:
+        report.violations.append(f"{member}: accounts do not sum to zero")
+    live = app.find_account(member)
+    if (
+        live is None
+        or live.balance
+        != Balances(balances[acc.AVAILABLE], balances[acc.PENDING], balances[acc.HELD])
+        or live.lots != lots
+    ):
+        report.violations.append(f"{member}: the stored account differs from a fresh fold")
+    return (
+        member,
+        Balances(balances[acc.AVAILABLE], balances[acc.PENDING], balances[acc.HELD]),
+        lots,
+        tier,
+    )
+
+
+def _compare_view(
+    view: LedgerView,
+    folded: dict[str, tuple[Balances, dict[str, Lot], str | None]],
+    report: VerifyReport,
+) -> None:
+    rows = {row.member_id: row for row in view.all_balances()}
+    view_lots: dict[str, dict[str, Lot]] = {}
+    for member, lot in view.all_lots():
+        view_lots.setdefault(member, {})[lot.lot_id] = lot
+    for member, (balances, lots, tier) in folded.items():
+        row = rows.pop(member, None)
+        if row is None:
+            report.violations.append(f"{member}: missing from the balance projection")
+            continue
+        shown = Balances(row.available, row.pending, row.held)
+        if shown != balances or row.tier != tier:
+            report.violations.append(
+                f"{member}: projection shows {shown} tier {row.tier}, ledger {balances} tier {tier}"
+            )
+        if view_lots.get(member, {}) != lots:
+            report.violations.append(f"{member}: projected lots differ from the ledger")
+    for member in rows:
+        report.violations.append(f"{member}: in the projection but not in the ledger")

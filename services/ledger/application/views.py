@@ -1,0 +1,73 @@
+"""Read models the ledger keeps (balances, lots, statements) and the port that stores them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from eventsourcing.persistence import Tracking
+
+from services.ledger.domain.lots import Lot
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRow:
+    member_id: str
+    available: int
+    pending: int
+    held: int
+    lifetime_earned: int
+    tier: str | None
+    entries: int
+    position: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    position: int
+    member_id: str
+    seq: int
+    entry_type: str
+    effective_at: datetime
+    body: dict[str, Any]
+
+
+@dataclass
+class ViewChanges:
+    """Everything one projection batch writes, applied with its tracking position."""
+
+    balances: dict[str, BalanceRow]
+    lots: dict[tuple[str, str], Lot]
+    entries: list[EntryRow]
+
+
+class LedgerView(Protocol):
+    """Balances, lots and statement rows, written exactly once per ledger position."""
+
+    tracking_key: str
+
+    def create_table(self) -> None: ...
+
+    def max_tracking_id(self, application_name: str) -> int | None: ...
+
+    def apply_changes(self, changes: ViewChanges, tracking: Tracking) -> None: ...
+
+    def balance(self, member_id: str) -> BalanceRow | None: ...
+
+    def balances(self, member_ids: list[str]) -> dict[str, BalanceRow]: ...
+
+    def all_balances(self) -> list[BalanceRow]: ...
+
+    def lots(self, member_id: str) -> list[Lot]: ...
+
+    def all_lots(self) -> list[tuple[str, Lot]]: ...
+
+    def entries(
+        self, member_id: str, *, before_seq: int | None = None, limit: int = 50
+    ) -> list[EntryRow]: ...
+
+    def members_due(self, now: datetime, limit: int = 10_000) -> list[str]: ...
+
+    def reset(self) -> None: ...

@@ -1,0 +1,319 @@
+"""The `loyalty` command line: ingest, balances, statements, verify, operations and the demo."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from services.ledger.adapters.program_file import ProgramFileError, load_program
+from services.ledger.application.service import Ledger, MemberBalanceView
+from services.ledger.application.verify import verify
+from services.ledger.application.views import EntryRow
+from services.ledger.bootstrap import Settings, build_ledger
+from services.ledger.domain.errors import Declined
+
+app = typer.Typer(
+    help="Loyalty points ledger: every point explained, never counted twice.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+program_app = typer.Typer(help="Program files: validate and show.", no_args_is_help=True)
+tier_app = typer.Typer(help="Member tiers.", no_args_is_help=True)
+app.add_typer(program_app, name="program")
+app.add_typer(tier_app, name="tier")
+
+ProgramOpt = Annotated[
+    Path | None,
+    typer.Option("--program", help="Program file (YAML); env LOYALTY_PROGRAM."),
+]
+DbOpt = Annotated[
+    Path | None, typer.Option("--db", help="SQLite file of the ledger; env LOYALTY_DB.")
+]
+NowOpt = Annotated[
+    datetime | None,
+    typer.Option("--now", help="Instant to act at (RFC 3339, with zone); default: now."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _settings(program: Path | None, db: Path | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if program is not None:
+        overrides["program"] = program
+    if db is not None:
+        overrides["db"] = db
+    return Settings(**overrides)
+
+
+@contextmanager
+def _ledger(program: Path | None, db: Path | None) -> Iterator[Ledger]:
+    try:
+        ledger = build_ledger(_settings(program, db))
+    except ProgramFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        ledger.projection.run()
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _aware(now: datetime | None) -> datetime | None:
+    if now is not None and now.tzinfo is None:
+        typer.echo("--now needs a time zone, e.g. 2026-11-20T10:00:00Z", err=True)
+        raise typer.Exit(2)
+    return now
+
+
+@app.command()
+def ingest(
+    events: Annotated[Path, typer.Argument(help="JSON-lines file of inbound events.")],
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Apply a JSON-lines file of events (same validation and rules as Kafka ingest)."""
+    if not events.is_file():
+        typer.echo(f"no such file: {events}", err=True)
+        raise typer.Exit(2)
+    with _ledger(program, db) as ledger:
+        report = ledger.ingest_lines(events)
+    for line, outcome in report.rejected:
+        typer.echo(f"line {line}: rejected ({outcome.reason}): {outcome.detail}", err=True)
+    typer.echo(
+        f"{report.applied} applied, {report.duplicates} duplicates, {len(report.rejected)} rejected"
+    )
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+def _format_balance(b: MemberBalanceView) -> str:
+    expiring = ", ".join(f"{v} in {k}d" for k, v in b.expiring.items())
+    return (
+        f"{b.member_id}: {b.available} available, {b.pending} pending, {b.held} held; "
+        f"lifetime {b.lifetime_earned}; tier {b.tier or '-'}; expiring {expiring} "
+        f"(as of {b.as_of.isoformat()}, ledger position {b.as_of_position})"
+    )
+
+
+def _balance_json(b: MemberBalanceView) -> dict[str, Any]:
+    return {
+        "member_id": b.member_id,
+        "available": b.available,
+        "pending": b.pending,
+        "held": b.held,
+        "lifetime_earned": b.lifetime_earned,
+        "tier": b.tier,
+        "expiring": {f"{k}d": v for k, v in b.expiring.items()},
+        "as_of": b.as_of.isoformat(),
+        "as_of_position": b.as_of_position,
+    }
+
+
+@app.command()
+def balance(
+    member: str,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+    now: NowOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A member's balance (points already due to expire are never shown as available)."""
+    with _ledger(program, db) as ledger:
+        found = ledger.balance(member, _aware(now))
+    if found is None:
+        typer.echo(f"{member} is not a member", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(_balance_json(found)) if as_json else _format_balance(found))
+
+
+def _format_entry(row: EntryRow) -> str:
+    body = row.body
+    prov = body["provenance"]
+    origin = prov["origin"]
+    where = origin["channel"]
+    for key in ("topic", "partition", "offset", "file", "line", "request_id", "actor"):
+        if origin.get(key) is not None:
+            where += f" {key}={origin[key]}"
+    bal = body["balance_after"]
+    source = f"event {prov['event_id']}" if prov.get("event_id") else "no event"
+    lots = " ".join(f"{m['lot_id']}{m['amount']:+d}" for m in body["moves"])
+    return (
+        f"#{row.seq:<3} {row.effective_at.date().isoformat()} {row.entry_type:<20} "
+        f"{body['points']:>+6}  avail {bal['available']:>5} pend {bal['pending']:>4}  "
+        f"{body['note']}\n"
+        f"      {source} via {where}; rule {prov.get('rule_id') or '-'}; "
+        f"program {prov.get('program_version') or '-'}; tier {prov.get('tier') or '-'}"
+        + (f"; lots {lots}" if lots else "")
+    )
+
+
+@app.command()
+def statement(
+    member: str,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    before: Annotated[int | None, typer.Option(help="Page: entries before this seq.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every entry of a member's account, newest first, with where each point came from."""
+    with _ledger(program, db) as ledger:
+        rows = ledger.statement(member, before_seq=before, limit=limit)
+    if not rows:
+        typer.echo(f"{member} has no entries", err=True)
+        raise typer.Exit(1)
+    for row in rows:
+        typer.echo(json.dumps(row.body) if as_json else _format_entry(row))
+
+
+@app.command()
+def lots(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
+    """A member's lots: what each earn left, and when it is released and expires."""
+    with _ledger(program, db) as ledger:
+        found = ledger.lots(member)
+    for lot in found:
+        typer.echo(
+            f"{lot.lot_id:<6} {lot.source:<28} {lot.remaining:>6}/{lot.amount:<6} {lot.status:<9} "
+            f"earned {lot.earned_at.date()} "
+            f"release {lot.release_at.isoformat() if lot.release_at else '-'} "
+            f"expires {lot.expires_at.isoformat() if lot.expires_at else 'never'}"
+        )
+
+
+@app.command(name="verify")
+def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
+    """Check every invariant against the store; exit 1 on any violation."""
+    with _ledger(program, db) as ledger:
+        report = verify(ledger.app, ledger.view)
+    for violation in report.violations:
+        typer.echo(f"VIOLATION {violation}", err=True)
+    typer.echo(
+        f"{report.members} members, {report.entries} entries, {report.receipts} receipts: "
+        + ("all invariants hold" if report.ok else f"{len(report.violations)} violations")
+    )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tick(program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None) -> None:
+    """Release pending points and expire lots due now (idempotent for an instant)."""
+    with _ledger(program, db) as ledger:
+        made = ledger.tick(_aware(now))
+    typer.echo(f"{made} entries")
+
+
+@app.command()
+def adjust(
+    member: str,
+    points: Annotated[int, typer.Argument(help="Signed points, e.g. 50 or -20.")],
+    reason: Annotated[str, typer.Option(help="Why (required, recorded on the entry).")],
+    actor: Annotated[str, typer.Option(help="Operator id (recorded on the entry).")],
+    allow_negative: bool = False,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Add or remove points by hand, with a reason and the operator's id."""
+    with _ledger(program, db) as ledger:
+        try:
+            entries = ledger.app.adjust(
+                member, points, reason=reason, actor=actor, allow_negative=allow_negative
+            )
+        except Declined as exc:
+            typer.echo(f"declined ({exc.reason}): {exc.detail}", err=True)
+            raise typer.Exit(1) from None
+        ledger.projection.run()
+    typer.echo(f"recorded {', '.join(entries)}")
+
+
+@tier_app.command("assign")
+def tier_assign(
+    member: str,
+    tier: str,
+    reason: Annotated[str, typer.Option()],
+    actor: Annotated[str, typer.Option()],
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Record the tier a member is in (the tiers service does this from qualifying activity)."""
+    with _ledger(program, db) as ledger:
+        try:
+            entries = ledger.app.assign_tier(member, tier, reason=reason, actor=actor)
+        except Declined as exc:
+            typer.echo(f"declined ({exc.reason}): {exc.detail}", err=True)
+            raise typer.Exit(1) from None
+        ledger.projection.run()
+    typer.echo(f"recorded {', '.join(entries)}")
+
+
+@app.command()
+def rebuild(program: ProgramOpt = None, db: DbOpt = None) -> None:
+    """Rebuild the balance, lot and statement projections from the ledger, from zero."""
+    with _ledger(program, db) as ledger:
+        ledger.view.reset()
+        count = ledger.projection.run()
+    typer.echo(f"rebuilt from {count} entries")
+
+
+@app.command()
+def rejections(program: ProgramOpt = None, db: DbOpt = None) -> None:
+    """Inbound events the ledger did not apply, with the reason and where they came from."""
+    with _ledger(program, db) as ledger:
+        found = ledger.app.rejections()
+    for r in found:
+        typer.echo(
+            f"{r.rejected_at.isoformat()} {r.origin.key()} {r.reason}: {r.detail}"
+            + (f" (event {r.event_id})" if r.event_id else "")
+        )
+    typer.echo(f"{len(found)} rejections")
+
+
+@program_app.command("validate")
+def program_validate(path: Path) -> None:
+    """Validate a program file and print its version."""
+    try:
+        loaded = load_program(path)
+    except ProgramFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{path}: valid, version {loaded.version}")
+
+
+@program_app.command("show")
+def program_show(path: Annotated[Path | None, typer.Argument()] = None) -> None:
+    """Print the program (validated, with defaults filled in) as JSON."""
+    settings = _settings(path, None)
+    try:
+        loaded = load_program(settings.program)
+    except ProgramFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"version": loaded.version, **loaded.model_dump(mode="json")}, indent=2))
+
+
+@app.command()
+def demo(
+    db: Annotated[
+        Path | None, typer.Option(help="Keep the demo ledger in this SQLite file.")
+    ] = None,
+) -> None:
+    """Run a coffee-chain program end to end and explain every member's points."""
+    from services.ledger.demo import run_demo
+
+    if db is None:
+        with tempfile.TemporaryDirectory(prefix="loyalty-demo-") as tmp:
+            run_demo(Path(tmp) / "demo.sqlite", typer.echo, _format_balance, _format_entry)
+    else:
+        run_demo(db, typer.echo, _format_balance, _format_entry)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,895 @@
+"""The member account: the consistency boundary of the ledger.
+
+Every change is an entry (a domain event) that carries its balanced postings, the lots it
+touched and their state afterwards, the balance after it, and its provenance. Commands work
+out every number first and only then trigger the entry, so a refused command changes nothing
+and replaying the entries never recomputes a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from services.ledger.domain import postings as acc
+from services.ledger.domain.errors import Declined, InvariantViolation
+from services.ledger.domain.lots import (
+    AVAILABLE,
+    PENDING,
+    Lot,
+    LotMove,
+    allocate,
+    spendable_total,
+)
+from services.ledger.domain.postings import Posting, apply_postings, check_balanced, transfer
+from services.ledger.domain.program import Program
+from services.ledger.domain.provenance import Origin, Provenance
+from services.ledger.domain.rules import (
+    EarnQuote,
+    Line,
+    LinePoints,
+    activity_period,
+    cap_quote,
+    expiry_for,
+    local_date,
+    pro_rata,
+    quote_purchase,
+    release_for,
+)
+
+LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/member")
+SCHEDULER = Origin(channel="scheduler")
+DAILY_WINDOW_DAYS = 7
+
+
+def account_id(member_id: str) -> UUID:
+    """The member account's id is derived from the member id, so it never needs a lookup."""
+    return uuid5(LEDGER_NAMESPACE, f"member:{member_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    available: int
+    pending: int
+    held: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """What an order earned, and how much of it refunds have taken back so far."""
+
+    order_id: str
+    lot_id: str | None
+    currency: str
+    total_minor: int
+    points: int
+    lines: tuple[LinePoints, ...]
+    refunded_minor: int = 0
+    refunded_quantities: tuple[tuple[str, int], ...] = ()
+    reversed_points: int = 0
+    refund_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionRecord:
+    redemption_id: str
+    points: int
+    reward_id: str | None
+    moves: tuple[LotMove, ...]
+    status: str  # redeemed | cancelled
+
+
+class MemberAccount(Aggregate):
+    """One member's points: lots, sub-account balances, and what was already applied."""
+
+    class Enrolled(Aggregate.Created):
+        member_id: str
+        effective_at: datetime
+        provenance: Provenance
+        auto: bool
+
+    class Entry(Aggregate.Event):
+        """Common shape of every ledger entry after enrolment."""
+
+        member_id: str
+        effective_at: datetime
+        postings: tuple[Posting, ...]
+        moves: tuple[LotMove, ...]
+        lots_after: tuple[Lot, ...]
+        balance_after: Balances
+        provenance: Provenance
+        note: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, MemberAccount)
+            aggregate._apply_entry(self)
+            self.apply_specific(aggregate)
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            """Entry-type state beyond lots and balances."""
+
+    class PointsEarned(Entry):
+        points: int
+        kind: str  # purchase | activity | referral
+        reference: str
+        order: OrderRecord | None
+        counters: tuple[str, ...]  # activity limit keys this earn counts against
+        day: str
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            if self.order is not None:
+                account.orders[self.order.order_id] = self.order
+            for key in self.counters:
+                account.activity_counts[key] = account.activity_counts.get(key, 0) + 1
+            if self.kind == "purchase":
+                account.daily_points[self.day] = account.daily_points.get(self.day, 0) + (
+                    self.points
+                )
+                account._prune_daily(self.day)
+            if self.kind == "referral" and self.reference.startswith("referred-by:"):
+                account.referred_by = self.reference.removeprefix("referred-by:")
+            if self.kind == "referral" and self.reference.startswith("referee:"):
+                referee = self.reference.removeprefix("referee:")
+                account.referees[referee] = self.provenance.event_id or ""
+            account.lifetime_earned += self.points
+
+    class PendingReleased(Entry):
+        lot_id: str
+        points: int
+
+    class PointsRedeemed(Entry):
+        redemption: RedemptionRecord
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.redemptions[self.redemption.redemption_id] = self.redemption
+
+    class RedemptionCancelled(Entry):
+        redemption_id: str
+        points: int
+        reason: str | None
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            record = account.redemptions[self.redemption_id]
+            account.redemptions[self.redemption_id] = replace(record, status="cancelled")
+
+    class PointsReversed(Entry):
+        order_id: str
+        refund_id: str
+        points: int  # taken back
+        forgiven: int  # not taken back because the return policy does not allow it
+        order: OrderRecord
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.orders[self.order_id] = self.order
+            account.lifetime_earned -= self.points + self.forgiven
+
+    class PointsExpired(Entry):
+        lot_id: str
+        points: int
+
+    class PointsAdjusted(Entry):
+        points: int
+        reason: str
+        actor: str
+
+    class TierAssigned(Entry):
+        tier: str | None
+        previous: str | None
+        reason: str
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.tier = self.tier
+
+    def __init__(
+        self, member_id: str, effective_at: datetime, provenance: Provenance, auto: bool
+    ) -> None:
+        self.member_id = member_id
+        self.enrolled_at = effective_at
+        self.auto_enrolled = auto
+        self.lots: dict[str, Lot] = {}
+        self.balances: dict[str, int] = dict.fromkeys(acc.ACCOUNTS, 0)
+        self.tier: str | None = None
+        self.orders: dict[str, OrderRecord] = {}
+        self.redemptions: dict[str, RedemptionRecord] = {}
+        self.activity_counts: dict[str, int] = {}
+        self.daily_points: dict[str, int] = {}
+        self.referred_by: str | None = None
+        self.referees: dict[str, str] = {}
+        self.lifetime_earned = 0
+        del provenance  # recorded on the event; nothing to keep in state
+
+    @staticmethod
+    def create_id(member_id: str) -> UUID:
+        return account_id(member_id)
+
+    @classmethod
+    def enrol(
+        cls, member_id: str, effective_at: datetime, provenance: Provenance, *, auto: bool
+    ) -> MemberAccount:
+        return cls._create(
+            cls.Enrolled,
+            member_id=member_id,
+            effective_at=effective_at,
+            provenance=provenance,
+            auto=auto,
+        )
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def balance(self) -> Balances:
+        return Balances(
+            self.balances[acc.AVAILABLE], self.balances[acc.PENDING], self.balances[acc.HELD]
+        )
+
+    @property
+    def debt(self) -> int:
+        """Points owed after an unlimited clawback; later earnings settle it first."""
+        return max(0, -self.balances[acc.AVAILABLE])
+
+    def spendable(self, now: datetime) -> int:
+        return spendable_total(self.lots.values(), now) - self.debt
+
+    # ------------------------------------------------------------- time-driven
+
+    def advance(self, now: datetime) -> int:
+        """Release pending lots and expire lots that are due at `now`; returns entries made.
+
+        Idempotent for an instant: what is done is no longer due.
+        """
+        made = 0
+        while True:
+            due: list[tuple[datetime, int, str]] = []
+            for lot in self.lots.values():
+                if lot.is_due_release(now) and lot.release_at is not None:
+                    due.append((lot.release_at, 0, lot.lot_id))
+                elif lot.is_due_expiry(now) and lot.expires_at is not None:
+                    due.append((lot.expires_at, 1, lot.lot_id))
+            if not due:
+                return made
+            at, kind, lot_id = min(due)
+            lot = self.lots[lot_id]
+            prov = Provenance(SCHEDULER, program_version=lot.program_version, tier=self.tier)
+            if kind == 0:
+                self._release(lot, at, prov.with_rule("pending_release"))
+            else:
+                self._expire(lot, at, prov.with_rule("expiry"))
+            made += 1
+
+    def _release(self, lot: Lot, at: datetime, prov: Provenance) -> None:
+        amount = lot.remaining
+        moves = self._settle_moves(lot.lot_id, amount)
+        note = (
+            f"{amount} pending points from {lot.source} are now available"
+            if amount
+            else f"nothing left to release from {lot.source} (refunded)"
+        )
+        if moves:
+            note += f"; {-moves[0].amount} settled the negative balance"
+        self._record(
+            self.PendingReleased,
+            effective_at=at,
+            postings=transfer(acc.PENDING, acc.AVAILABLE, amount),
+            moves=moves,
+            released=(lot.lot_id,),
+            provenance=prov,
+            note=note,
+            lot_id=lot.lot_id,
+            points=amount,
+        )
+
+    def _expire(self, lot: Lot, at: datetime, prov: Provenance) -> None:
+        amount = lot.remaining
+        self._record(
+            self.PointsExpired,
+            effective_at=at,
+            postings=transfer(acc.AVAILABLE, acc.EXPIRED, amount),
+            moves=(LotMove(lot.lot_id, -amount),),
+            provenance=prov,
+            note=f"{amount} unspent points of {lot.source} (earned "
+            f"{lot.earned_at.date().isoformat()}) expired",
+            lot_id=lot.lot_id,
+            points=amount,
+        )
+
+    # ------------------------------------------------------------------- earn
+
+    def earn_purchase(
+        self,
+        program: Program,
+        *,
+        order_id: str,
+        currency: str,
+        total_minor: int,
+        lines: Sequence[Line],
+        occurred_at: datetime,
+        source: str | None,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        if order_id in self.orders:
+            raise Declined("duplicate_order", f"order {order_id} has already earned points")
+        quote = quote_purchase(
+            program,
+            currency=currency,
+            total_minor=total_minor,
+            lines=lines,
+            occurred_at=occurred_at,
+            source=source,
+            tier_id=self.tier,
+        )
+        day = local_date(program, occurred_at).isoformat()
+        daily_cap = program.earn.caps.per_member_per_day
+        if daily_cap is not None:
+            left = max(0, daily_cap - self.daily_points.get(day, 0))
+            quote = cap_quote(quote, left, f"capped at {daily_cap} per member per day")
+        self.advance(now)
+        lot_id = self._next_lot_id() if quote.points else None
+        order = OrderRecord(
+            order_id=order_id,
+            lot_id=lot_id,
+            currency=currency,
+            total_minor=total_minor,
+            points=quote.points,
+            lines=quote.lines,
+        )
+        self._earn(
+            program,
+            quote=quote,
+            kind="purchase",
+            reference=f"order:{order_id}",
+            occurred_at=occurred_at,
+            provenance=provenance,
+            now=now,
+            pending=True,
+            order=order,
+            day=day,
+        )
+
+    def earn_activity(
+        self,
+        program: Program,
+        *,
+        activity: str,
+        reference: str | None,
+        occurred_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        rule = program.activities.get(activity)
+        if rule is None:
+            known = ", ".join(sorted(program.activities)) or "none"
+            raise Declined(
+                "unknown_activity", f"the program rewards no activity {activity!r} ({known})"
+            )
+        counters: list[str] = []
+        skipped: str | None = None
+        period = activity_period(program, rule.limit, occurred_at)
+        if period is not None:
+            key = f"{activity}|{period}"
+            if self.activity_counts.get(key, 0) >= 1:
+                skipped = f"{activity} already rewarded ({rule.limit.value.replace('_', ' ')})"
+            counters.append(key)
+        if reference is not None:
+            key = f"{activity}|ref:{reference}"
+            if self.activity_counts.get(key, 0) >= 1 and skipped is None:
+                skipped = f"{activity} {reference} already rewarded"
+            counters.append(key)
+        points = 0 if skipped else rule.points
+        explanation = skipped or f"{activity} earns {rule.points}"
+        quote = EarnQuote(points, (), (f"activity:{activity}",), explanation)
+        self.advance(now)
+        self._earn(
+            program,
+            quote=quote,
+            kind="activity",
+            reference=f"activity:{activity}" + (f":{reference}" if reference else ""),
+            occurred_at=occurred_at,
+            provenance=provenance,
+            now=now,
+            pending=False,
+            counters=() if skipped else tuple(counters),
+        )
+
+    def check_can_be_referred(self, referrer: str) -> None:
+        if self.referred_by is not None:
+            raise Declined(
+                "referee_already_referred",
+                f"{self.member_id} was already referred by {self.referred_by}",
+            )
+        if referrer in self.referees:
+            raise Declined("circular_referral", f"{self.member_id} referred {referrer} already")
+
+    def earn_referral(
+        self,
+        program: Program,
+        *,
+        role: str,
+        other_member: str,
+        occurred_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        """Referral bonus for one side: role `referrer` (other = referee) or `referee`."""
+        if role == "referrer":
+            points = program.referral.referrer_points
+            reference = f"referee:{other_member}"
+            text = f"referral bonus for referring {other_member}"
+        else:
+            points = program.referral.referee_points
+            reference = f"referred-by:{other_member}"
+            text = f"welcome bonus for joining through {other_member}"
+        quote = EarnQuote(points, (), (f"referral:{role}",), text)
+        self.advance(now)
+        self._earn(
+            program,
+            quote=quote,
+            kind="referral",
+            reference=reference,
+            occurred_at=occurred_at,
+            provenance=provenance,
+            now=now,
+            pending=False,
+        )
+
+    def _earn(
+        self,
+        program: Program,
+        *,
+        quote: EarnQuote,
+        kind: str,
+        reference: str,
+        occurred_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+        pending: bool,
+        order: OrderRecord | None = None,
+        counters: tuple[str, ...] = (),
+        day: str = "",
+    ) -> None:
+        points = quote.points
+        release_at = release_for(program, occurred_at) if pending else None
+        # A return window that has already passed (a late event) releases at once.
+        if release_at is not None and release_at <= now:
+            release_at = None
+        prov = replace(
+            provenance,
+            rule_id=",".join(quote.rule_ids),
+            program_version=program.version,
+            tier=self.tier,
+        )
+        new_lots: tuple[Lot, ...] = ()
+        moves: tuple[LotMove, ...] = ()
+        postings: tuple[Posting, ...] = ()
+        note = quote.explanation
+        if points:
+            lot_id = order.lot_id if order and order.lot_id else self._next_lot_id()
+            lot = Lot(
+                lot_id=lot_id,
+                amount=points,
+                remaining=points,
+                status=PENDING if release_at else AVAILABLE,
+                earned_at=occurred_at,
+                release_at=release_at,
+                expires_at=expiry_for(program, occurred_at),
+                source=reference,
+                program_version=program.version,
+            )
+            new_lots = (lot,)
+            if release_at:
+                postings = transfer(acc.ISSUED, acc.PENDING, points)
+                note += f"; pending until {release_at.isoformat()}"
+            else:
+                postings = transfer(acc.ISSUED, acc.AVAILABLE, points)
+                moves = self._settle_moves(lot_id, points)
+                if moves:
+                    note += f"; {-moves[0].amount} settled the negative balance"
+        self._record(
+            self.PointsEarned,
+            effective_at=occurred_at,
+            postings=postings,
+            moves=moves,
+            new_lots=new_lots,
+            provenance=prov,
+            note=f"{points} points: {note}",
+            points=points,
+            kind=kind,
+            reference=reference,
+            order=order,
+            counters=counters,
+            day=day,
+        )
+
+    # ----------------------------------------------------------------- refunds
+
+    def reverse_purchase(
+        self,
+        program: Program,
+        *,
+        order_id: str,
+        refund_id: str,
+        amount_minor: int | None,
+        lines: Mapping[str, int] | None,
+        occurred_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise Declined("unknown_order", f"order {order_id} earned nothing for this member")
+        if refund_id in order.refund_ids:
+            raise Declined("duplicate_refund", f"refund {refund_id} was already applied")
+        refunded_minor = order.refunded_minor
+        quantities = dict(order.refunded_quantities)
+        if amount_minor is not None:
+            refunded_minor += amount_minor
+            if refunded_minor > order.total_minor:
+                raise Declined(
+                    "refund_exceeds_order",
+                    f"refunds of order {order_id} would total {refunded_minor}, "
+                    f"more than its {order.total_minor}",
+                )
+        for sku, qty in (lines or {}).items():
+            bought = {lp.sku: lp.quantity for lp in order.lines}.get(sku)
+            if bought is None:
+                raise Declined("unknown_line", f"order {order_id} has no line {sku}")
+            quantities[sku] = quantities.get(sku, 0) + qty
+            if quantities[sku] > bought:
+                raise Declined(
+                    "refund_exceeds_order",
+                    f"refunds of {sku} would total {quantities[sku]}, more than the {bought} "
+                    "bought",
+                )
+        target = pro_rata(order.points, refunded_minor, order.total_minor)
+        target += sum(
+            pro_rata(lp.points, quantities.get(lp.sku, 0), lp.quantity) for lp in order.lines
+        )
+        target = min(target, order.points)
+        to_reverse = max(0, target - order.reversed_points)
+        self.advance(now)
+        moves, postings, forgiven = self._clawback(program, order, to_reverse, now)
+        taken = to_reverse - forgiven
+        new_order = replace(
+            order,
+            refunded_minor=refunded_minor,
+            refunded_quantities=tuple(sorted(quantities.items())),
+            reversed_points=order.reversed_points + to_reverse,
+            refund_ids=(*order.refund_ids, refund_id),
+        )
+        policy = program.returns.policy.value
+        note = f"refund {refund_id} of order {order_id}: {taken} points taken back"
+        if forgiven:
+            note += f", {forgiven} kept by the member (return policy {policy})"
+        self._record(
+            self.PointsReversed,
+            effective_at=occurred_at,
+            postings=postings,
+            moves=moves,
+            provenance=replace(
+                provenance,
+                rule_id=f"returns:{policy}",
+                program_version=program.version,
+                tier=self.tier,
+            ),
+            note=note,
+            order_id=order_id,
+            refund_id=refund_id,
+            points=taken,
+            forgiven=forgiven,
+            order=new_order,
+        )
+
+    def _clawback(
+        self, program: Program, order: OrderRecord, amount: int, now: datetime
+    ) -> tuple[tuple[LotMove, ...], tuple[Posting, ...], int]:
+        """Take back `amount` per the return policy: the order's own pending points first."""
+        from services.ledger.domain.program import ReturnPolicy
+
+        policy = program.returns.policy
+        moves: list[LotMove] = []
+        postings: list[Posting] = []
+        left = amount
+        own = self.lots.get(order.lot_id) if order.lot_id else None
+        if left and own is not None and own.status == PENDING and own.remaining:
+            take = min(left, own.remaining)
+            moves.append(LotMove(own.lot_id, -take))
+            postings += transfer(acc.PENDING, acc.ISSUED, take)
+            left -= take
+        if left and policy is not ReturnPolicy.PENDING_ONLY:
+            lots = dict(self.lots)
+            from_available = 0
+            if (
+                own is not None
+                and own.status == AVAILABLE
+                and own.remaining
+                and (own.expires_at is None or own.expires_at > now)
+            ):
+                take = min(left, own.remaining)
+                moves.append(LotMove(own.lot_id, -take))
+                lots[own.lot_id] = own.moved(-take)
+                from_available += take
+                left -= take
+            avail_left = max(0, spendable_total(lots.values(), now) - self.debt)
+            take = min(left, avail_left)
+            if take:
+                moves.extend(allocate(lots.values(), take, now))
+                from_available += take
+                left -= take
+            if left and policy is ReturnPolicy.UNLIMITED:
+                from_available += left  # the balance goes negative by what is left
+                left = 0
+            postings += transfer(acc.AVAILABLE, acc.ISSUED, from_available)
+        return _merge(moves), tuple(postings), left
+
+    # ------------------------------------------------------------- redemptions
+
+    def redeem(
+        self,
+        program: Program,
+        *,
+        redemption_id: str,
+        reward_id: str | None,
+        points: int | None,
+        occurred_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        if redemption_id in self.redemptions:
+            raise Declined("duplicate_redemption", f"redemption {redemption_id} already exists")
+        if reward_id is not None:
+            reward = program.rewards.get(reward_id)
+            if reward is None:
+                raise Declined("unknown_reward", f"no reward {reward_id!r} in the catalog")
+            points = reward.points
+            what = f"{reward.name} ({reward_id})"
+        else:
+            what = "points"
+        if points is None or points <= 0:
+            raise Declined("invalid_points", "a redemption needs a positive number of points")
+        self.advance(now)
+        available = self.spendable(now)
+        if points > available:
+            raise Declined(
+                "insufficient_points", f"{points} points requested, {available} available"
+            )
+        moves = allocate(self.lots.values(), points, now)
+        record = RedemptionRecord(redemption_id, points, reward_id, moves, "redeemed")
+        self._record(
+            self.PointsRedeemed,
+            effective_at=occurred_at,
+            postings=transfer(acc.AVAILABLE, acc.REDEEMED, points),
+            moves=moves,
+            provenance=replace(
+                provenance,
+                rule_id=f"reward:{reward_id}" if reward_id else "redeem:points",
+                program_version=program.version,
+                tier=self.tier,
+            ),
+            note=f"redeemed {points} points for {what} (redemption {redemption_id})",
+            redemption=record,
+        )
+
+    def cancel_redemption(
+        self,
+        *,
+        redemption_id: str,
+        reason: str | None,
+        occurred_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        record = self.redemptions.get(redemption_id)
+        if record is None:
+            raise Declined("unknown_redemption", f"no redemption {redemption_id}")
+        if record.status != "redeemed":
+            raise Declined("already_cancelled", f"redemption {redemption_id} was cancelled")
+        self.advance(now)
+        restore = tuple(LotMove(m.lot_id, -m.amount) for m in record.moves)
+        settle: list[LotMove] = []
+        debt = self.debt
+        for move in restore:
+            if debt <= 0:
+                break
+            take = min(debt, move.amount)
+            settle.append(LotMove(move.lot_id, -take))
+            debt -= take
+        note = f"redemption {redemption_id} cancelled: {record.points} points back to their lots"
+        self._record(
+            self.RedemptionCancelled,
+            effective_at=occurred_at,
+            postings=transfer(acc.REDEEMED, acc.AVAILABLE, record.points),
+            moves=restore + tuple(settle),
+            provenance=replace(provenance, rule_id="redeem:cancel", tier=self.tier),
+            note=note + " with their original expiry",
+            redemption_id=redemption_id,
+            points=record.points,
+            reason=reason,
+        )
+        # Points that went back to a lot whose expiry has passed expire at once.
+        self.advance(now)
+
+    # ------------------------------------------------------------- operations
+
+    def adjust(
+        self,
+        program: Program,
+        *,
+        points: int,
+        reason: str,
+        actor: str,
+        allow_negative: bool,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        if not reason.strip():
+            raise Declined("reason_required", "an adjustment needs a reason")
+        if not actor.strip():
+            raise Declined("actor_required", "an adjustment needs the operator's id")
+        if points == 0:
+            raise Declined("invalid_points", "an adjustment of zero points changes nothing")
+        self.advance(now)
+        prov = replace(
+            provenance, rule_id="adjustment", program_version=program.version, tier=self.tier
+        )
+        new_lots: tuple[Lot, ...] = ()
+        if points > 0:
+            lot_id = self._next_lot_id()
+            new_lots = (
+                Lot(
+                    lot_id=lot_id,
+                    amount=points,
+                    remaining=points,
+                    status=AVAILABLE,
+                    earned_at=now,
+                    release_at=None,
+                    expires_at=expiry_for(program, now),
+                    source="adjustment",
+                    program_version=program.version,
+                ),
+            )
+            moves = self._settle_moves(lot_id, points)
+        else:
+            wanted = -points
+            available = max(0, self.spendable(now))
+            if wanted > available and not allow_negative:
+                raise Declined(
+                    "insufficient_points",
+                    f"cannot remove {wanted} points, {available} available "
+                    "(allow a negative balance to remove more)",
+                )
+            moves = allocate(self.lots.values(), min(wanted, available), now)
+        self._record(
+            self.PointsAdjusted,
+            effective_at=now,
+            postings=transfer(acc.ADJUSTMENTS, acc.AVAILABLE, points)
+            if points > 0
+            else transfer(acc.AVAILABLE, acc.ADJUSTMENTS, -points),
+            moves=moves,
+            new_lots=new_lots,
+            provenance=prov,
+            note=f"adjusted by {points:+d} points by {actor}: {reason}",
+            points=points,
+            reason=reason,
+            actor=actor,
+        )
+
+    def assign_tier(
+        self,
+        program: Program,
+        *,
+        tier_id: str | None,
+        reason: str,
+        provenance: Provenance,
+        now: datetime,
+    ) -> None:
+        if tier_id is not None and program.tier(tier_id) is None:
+            known = ", ".join(t.id for t in program.tiers) or "none"
+            raise Declined("unknown_tier", f"no tier {tier_id!r} in the program ({known})")
+        if tier_id == self.tier:
+            raise Declined("tier_unchanged", f"{self.member_id} is already in tier {tier_id}")
+        self.advance(now)
+        self._record(
+            self.TierAssigned,
+            effective_at=now,
+            postings=(),
+            moves=(),
+            provenance=replace(provenance, rule_id="tier", program_version=program.version),
+            note=f"tier {self.tier or 'none'} -> {tier_id or 'none'}: {reason}",
+            tier=tier_id,
+            previous=self.tier,
+            reason=reason,
+        )
+
+    # --------------------------------------------------------------- internals
+
+    def _next_lot_id(self) -> str:
+        return f"L{self.version + 1}"
+
+    def _settle_moves(self, lot_id: str, credit: int) -> tuple[LotMove, ...]:
+        settle = min(self.debt, credit)
+        return (LotMove(lot_id, -settle),) if settle else ()
+
+    def _prune_daily(self, today: str) -> None:
+        horizon = (datetime.fromisoformat(today) - timedelta(days=DAILY_WINDOW_DAYS)).date()
+        for day in [d for d in self.daily_points if d < horizon.isoformat()]:
+            del self.daily_points[day]
+
+    def _record(
+        self,
+        event_class: type[MemberAccount.Entry],
+        *,
+        effective_at: datetime,
+        postings: Iterable[Posting],
+        moves: Iterable[LotMove],
+        provenance: Provenance,
+        note: str,
+        new_lots: Iterable[Lot] = (),
+        released: Iterable[str] = (),
+        **specific: Any,
+    ) -> None:
+        """Check an entry against every invariant, then trigger it."""
+        postings = tuple(postings)
+        moves = tuple(moves)
+        check_balanced(postings)
+        lots = dict(self.lots)
+        touched: dict[str, Lot] = {}
+        for lot in new_lots:
+            if lot.lot_id in lots:
+                raise InvariantViolation(f"lot {lot.lot_id} already exists")
+            lots[lot.lot_id] = touched[lot.lot_id] = lot
+        for lot_id in released:
+            lots[lot_id] = touched[lot_id] = lots[lot_id].released()
+        for move in moves:
+            lots[move.lot_id] = touched[move.lot_id] = lots[move.lot_id].moved(move.amount)
+        balances = apply_postings(self.balances, postings)
+        _check_lots_match(balances, lots.values())
+        self.trigger_event(
+            event_class,
+            member_id=self.member_id,
+            effective_at=effective_at,
+            postings=postings,
+            moves=moves,
+            lots_after=tuple(touched.values()),
+            balance_after=Balances(
+                balances[acc.AVAILABLE], balances[acc.PENDING], balances[acc.HELD]
+            ),
+            provenance=provenance,
+            note=note,
+            **specific,
+        )
+
+    def _apply_entry(self, entry: MemberAccount.Entry) -> None:
+        for lot in entry.lots_after:
+            self.lots[lot.lot_id] = lot
+        self.balances = apply_postings(self.balances, entry.postings)
+
+
+def _check_lots_match(balances: Mapping[str, int], lots: Iterable[Lot]) -> None:
+    """The sub-account balances must equal what the lots hold (the ledger explains itself)."""
+    lots = list(lots)
+    in_available = sum(lot.remaining for lot in lots if lot.status == AVAILABLE)
+    in_pending = sum(lot.remaining for lot in lots if lot.status == PENDING)
+    available = balances[acc.AVAILABLE]
+    expected = available if available >= 0 else 0
+    if in_available != expected:
+        raise InvariantViolation(
+            f"available balance {available} but available lots hold {in_available}"
+        )
+    if in_pending != balances[acc.PENDING]:
+        raise InvariantViolation(
+            f"pending balance {balances[acc.PENDING]} but pending lots hold {in_pending}"
+        )
+    if sum(balances.values()) != 0:
+        raise InvariantViolation("the account's postings do not sum to zero")
+
+
+def _merge(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
+    merged: dict[str, int] = {}
+    for move in moves:
+        merged[move.lot_id] = merged.get(move.lot_id, 0) + move.amount
+    return tuple(LotMove(k, v) for k, v in merged.items() if v)

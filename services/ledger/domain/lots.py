@@ -1,0 +1,99 @@
+"""Lots: every earn is a lot with its own expiry; spending takes the soonest-expiring first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from services.ledger.domain.errors import InvariantViolation
+
+PENDING = "pending"
+AVAILABLE = "available"
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """Points earned together. `remaining` is what is still unspent and unexpired."""
+
+    lot_id: str
+    amount: int
+    remaining: int
+    status: str  # pending | available
+    earned_at: datetime
+    release_at: datetime | None
+    expires_at: datetime | None
+    source: str
+    program_version: str | None = None
+
+    def moved(self, delta: int) -> Lot:
+        remaining = self.remaining + delta
+        if remaining < 0:
+            raise InvariantViolation(f"lot {self.lot_id} would be over-spent ({remaining})")
+        if remaining > self.amount:
+            raise InvariantViolation(f"lot {self.lot_id} would hold more than it earned")
+        return replace(self, remaining=remaining)
+
+    def released(self) -> Lot:
+        return replace(self, status=AVAILABLE)
+
+    def is_due_release(self, now: datetime) -> bool:
+        return self.status == PENDING and self.release_at is not None and self.release_at <= now
+
+    def is_due_expiry(self, now: datetime) -> bool:
+        return (
+            self.status == AVAILABLE
+            and self.remaining > 0
+            and self.expires_at is not None
+            and self.expires_at <= now
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LotMove:
+    """Points taken from (negative) or returned to (positive) one lot by an entry."""
+
+    lot_id: str
+    amount: int
+
+
+def spend_order_key(lot: Lot) -> tuple[datetime, datetime, str]:
+    """Soonest expiry first; lots that never expire last; then oldest; then id."""
+    return (lot.expires_at or _NEVER, lot.earned_at, lot.lot_id)
+
+
+def spendable(lots: Iterable[Lot], now: datetime) -> list[Lot]:
+    """Available lots with points left that have not reached their expiry, in spend order."""
+    return sorted(
+        (
+            lot
+            for lot in lots
+            if lot.status == AVAILABLE
+            and lot.remaining > 0
+            and (lot.expires_at is None or lot.expires_at > now)
+        ),
+        key=spend_order_key,
+    )
+
+
+def allocate(lots: Iterable[Lot], amount: int, now: datetime) -> tuple[LotMove, ...]:
+    """Take `amount` points from spendable lots, soonest-expiring first (all or nothing)."""
+    if amount < 0:
+        raise InvariantViolation("cannot allocate a negative amount")
+    moves: list[LotMove] = []
+    left = amount
+    for lot in spendable(lots, now):
+        if left == 0:
+            break
+        take = min(left, lot.remaining)
+        moves.append(LotMove(lot.lot_id, -take))
+        left -= take
+    if left:
+        raise InvariantViolation(f"cannot allocate {amount}: {left} short")
+    return tuple(moves)
+
+
+def spendable_total(lots: Iterable[Lot], now: datetime) -> int:
+    return sum(lot.remaining for lot in spendable(lots, now))

@@ -1,0 +1,167 @@
+"""Receipts and rejections: what became of every inbound event, recorded with the ledger.
+
+A receipt claims an `event_id` for good: a re-sent event gets the original outcome back and
+changes nothing. A rejection keeps input the ledger could not apply, with its reason and the
+original bytes, so ops can list it, publish it to the dead-letter topic and re-drive it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from services.ledger.domain.provenance import Origin
+
+_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/inbound")
+
+APPLIED = "applied"
+DECLINED = "declined"
+
+
+def receipt_id(event_id: str) -> UUID:
+    return uuid5(_NAMESPACE, f"event:{event_id}")
+
+
+def rejection_id(origin: Origin, raw_digest: str) -> UUID:
+    return uuid5(_NAMESPACE, f"rejection:{origin.key()}:{raw_digest}")
+
+
+class InboundReceipt(Aggregate):
+    """The outcome of one inbound event, keyed by its `event_id`."""
+
+    class Recorded(Aggregate.Created):
+        event_id: str
+        digest: str
+        event_type: str
+        member_id: str
+        outcome: str
+        reason: str | None
+        detail: str | None
+        entries: tuple[str, ...]
+        origin: Origin
+        received_at: datetime
+
+    def __init__(
+        self,
+        event_id: str,
+        digest: str,
+        event_type: str,
+        member_id: str,
+        outcome: str,
+        reason: str | None,
+        detail: str | None,
+        entries: tuple[str, ...],
+        origin: Origin,
+        received_at: datetime,
+    ) -> None:
+        self.event_id = event_id
+        self.digest = digest
+        self.event_type = event_type
+        self.member_id = member_id
+        self.outcome = outcome
+        self.reason = reason
+        self.detail = detail
+        self.entries = tuple(entries)
+        self.origin = origin
+        self.received_at = received_at
+
+    @staticmethod
+    def create_id(event_id: str) -> UUID:
+        return receipt_id(event_id)
+
+    @classmethod
+    def record(
+        cls,
+        *,
+        event_id: str,
+        digest: str,
+        event_type: str,
+        member_id: str,
+        outcome: str,
+        reason: str | None,
+        detail: str | None,
+        entries: tuple[str, ...],
+        origin: Origin,
+        received_at: datetime,
+    ) -> InboundReceipt:
+        return cls._create(
+            cls.Recorded,
+            event_id=event_id,
+            digest=digest,
+            event_type=event_type,
+            member_id=member_id,
+            outcome=outcome,
+            reason=reason,
+            detail=detail,
+            entries=entries,
+            origin=origin,
+            received_at=received_at,
+        )
+
+
+class Rejection(Aggregate):
+    """Input that was not applied: the reason, the original bytes (base64) and where it was."""
+
+    class Recorded(Aggregate.Created):
+        origin: Origin
+        reason: str
+        detail: str
+        raw_b64: str
+        event_id: str | None
+        member_id: str | None
+        rejected_at: datetime
+
+    class Redriven(Aggregate.Event):
+        outcome: str
+        actor: str
+        at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Rejection)
+            aggregate.redriven.append((self.at, self.outcome, self.actor))
+
+    def __init__(
+        self,
+        origin: Origin,
+        reason: str,
+        detail: str,
+        raw_b64: str,
+        event_id: str | None,
+        member_id: str | None,
+        rejected_at: datetime,
+    ) -> None:
+        self.origin = origin
+        self.reason = reason
+        self.detail = detail
+        self.raw_b64 = raw_b64
+        self.event_id = event_id
+        self.member_id = member_id
+        self.rejected_at = rejected_at
+        self.redriven: list[tuple[datetime, str, str]] = []
+
+    @classmethod
+    def record(
+        cls,
+        *,
+        id: UUID,
+        origin: Origin,
+        reason: str,
+        detail: str,
+        raw_b64: str,
+        event_id: str | None,
+        member_id: str | None,
+        rejected_at: datetime,
+    ) -> Rejection:
+        return cls._create(
+            cls.Recorded,
+            id=id,
+            origin=origin,
+            reason=reason,
+            detail=detail,
+            raw_b64=raw_b64,
+            event_id=event_id,
+            member_id=member_id,
+            rejected_at=rejected_at,
+        )
