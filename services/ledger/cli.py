@@ -214,7 +214,7 @@ def tick(program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None) -> No
 @app.command()
 def adjust(
     member: str,
-    points: Annotated[int, typer.Argument(help="Signed points, e.g. 50 or -20.")],
+    points: Annotated[int, typer.Argument(help="Signed points: 50, or -- -20 to remove.")],
     reason: Annotated[str, typer.Option(help="Why (required, recorded on the entry).")],
     actor: Annotated[str, typer.Option(help="Operator id (recorded on the entry).")],
     allow_negative: bool = False,

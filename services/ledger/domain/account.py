@@ -477,7 +477,7 @@ class MemberAccount(Aggregate):
                 earned_at=occurred_at,
                 release_at=release_at,
                 expires_at=expiry_for(program, occurred_at),
-                source=reference,
+                source=_label(kind, reference),
                 program_version=program.version,
             )
             new_lots = (lot,)
@@ -886,6 +886,17 @@ def _check_lots_match(balances: Mapping[str, int], lots: Iterable[Lot]) -> None:
         )
     if sum(balances.values()) != 0:
         raise InvariantViolation("the account's postings do not sum to zero")
+
+
+def _label(kind: str, reference: str) -> str:
+    """How a lot is named to people: "order 1001", "signup", "referral of m-7"."""
+    if kind == "purchase":
+        return "order " + reference.removeprefix("order:")
+    if reference.startswith("referee:"):
+        return "referral of " + reference.removeprefix("referee:")
+    if reference.startswith("referred-by:"):
+        return "referral by " + reference.removeprefix("referred-by:")
+    return reference.removeprefix("activity:").replace(":", " ")
 
 
 def _merge(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:

@@ -1,0 +1,136 @@
+"""The `loyalty` command line as an operator uses it, on the embedded default (SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.ledger.bootstrap import EXAMPLES
+from services.ledger.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("LOYALTY_DB", str(db))
+    monkeypatch.setenv("LOYALTY_PROGRAM", str(EXAMPLES / "coffee.yaml"))
+    monkeypatch.setenv("LOYALTY_NOW", "2026-11-20T12:00:00Z")
+    monkeypatch.delenv("PERSISTENCE_MODULE", raising=False)
+    return db
+
+
+def _line(event_id: str, member: str, cents: int, order: str) -> str:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "type": "purchase.completed",
+            "occurred_at": "2026-11-16T15:00:00Z",
+            "member_id": member,
+            "data": {"order_id": order, "currency": "USD", "total_minor": cents},
+        }
+    )
+
+
+def test_ingest_reports_each_rejected_line_and_applies_the_rest(env: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "\n".join(
+            [
+                _line("e-1", "m-1", 1255, "o-1"),
+                "not json at all",
+                _line("e-2", "m-1", 2000, "o-2").replace('"USD"', '"usd"'),
+                "",
+                _line("e-1", "m-1", 1255, "o-1"),
+                _line("e-3", "m-2", 500, "o-3").replace('"USD"', '"EUR"'),
+                _line("e-4", "m-2", 700, "o-4"),
+            ]
+        )
+        + "\n"
+    )
+    result = runner.invoke(app, ["ingest", str(events)])
+    assert result.exit_code == 1
+    assert "2 applied, 1 duplicates, 3 rejected" in result.stdout
+    assert "line 2: rejected (not_json)" in result.stderr
+    assert "line 3: rejected (schema)" in result.stderr
+    assert "data.currency" in result.stderr
+    assert "line 6: rejected (unsupported_currency)" in result.stderr
+
+    balance = runner.invoke(app, ["balance", "m-1", "--json"])
+    assert balance.exit_code == 0, balance.stderr
+    assert json.loads(balance.stdout)["available"] == 12  # released: the window has passed
+
+    statement = runner.invoke(app, ["statement", "m-1"])
+    assert statement.exit_code == 0
+    assert "points_earned" in statement.stdout
+    assert "event e-1 via file file=events.jsonl line=1" in statement.stdout
+
+    rejections = runner.invoke(app, ["rejections"])
+    assert "3 rejections" in rejections.stdout
+
+    verify = runner.invoke(app, ["verify"])
+    assert verify.exit_code == 0, verify.stderr
+    assert "all invariants hold" in verify.stdout
+
+
+def test_verify_exits_non_zero_on_a_violation(env: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    events = tmp_path / "events.jsonl"
+    events.write_text(_line("e-1", "m-1", 1255, "o-1") + "\n")
+    assert runner.invoke(app, ["ingest", str(events)]).exit_code == 0
+    with sqlite3.connect(env) as conn:
+        conn.execute("UPDATE view_balances SET available = available + 100")
+    result = runner.invoke(app, ["verify"])
+    assert result.exit_code == 1
+    assert "VIOLATION m-1: projection shows" in result.stderr
+    rebuilt = runner.invoke(app, ["rebuild"])
+    assert rebuilt.exit_code == 0
+    assert runner.invoke(app, ["verify"]).exit_code == 0
+
+
+def test_adjust_needs_a_reason_and_records_the_actor(env: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(_line("e-1", "m-1", 1255, "o-1") + "\n")
+    runner.invoke(app, ["ingest", str(events)])
+    missing = runner.invoke(app, ["adjust", "m-1", "5", "--actor", "ops-1"])
+    assert missing.exit_code != 0
+    declined = runner.invoke(
+        app, ["adjust", "m-1", "--reason", "fraud", "--actor", "a", "--", "-500"]
+    )
+    assert declined.exit_code == 1
+    assert "insufficient_points" in declined.stderr
+    ok = runner.invoke(app, ["adjust", "m-1", "8", "--reason", "goodwill", "--actor", "ops-1"])
+    assert ok.exit_code == 0, ok.stderr
+    statement = runner.invoke(app, ["statement", "m-1", "--json", "--limit", "1"])
+    entry = json.loads(statement.stdout)
+    assert entry["entry_type"] == "points_adjusted"
+    assert entry["provenance"]["origin"]["actor"] == "ops-1"
+    assert entry["details"]["reason"] == "goodwill"
+
+
+def test_program_validate_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: x\nname: X\ncurrencies: {USD: {minor_units: 2, points_per_unit: 0}}\n")
+    result = runner.invoke(app, ["program", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert "currencies.USD.points_per_unit" in result.stderr
+    good = runner.invoke(app, ["program", "validate", str(EXAMPLES / "retailer.yaml")])
+    assert good.exit_code == 0
+    assert "version northwind@" in good.stdout
+
+
+def test_demo_explains_every_point(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--db", str(tmp_path / "demo.sqlite")])
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "double-tuesday x2" in out
+    assert "applied, duplicate" in out
+    assert "redemption_cancelled" in out
+    assert "points_reversed" in out
+    assert "points_expired" in out
+    assert "all invariants hold" in out

@@ -1,0 +1,285 @@
+"""The ledger application on a real store: the same tests on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import IntegrityError, Tracking
+
+from services.ledger.adapters.sql_views import construct_view
+from services.ledger.application.ledger import Inbound
+from services.ledger.application.projection import LedgerProjection
+from services.ledger.application.service import Ledger
+from services.ledger.application.verify import verify
+from services.ledger.bootstrap import build_ledger
+from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.program import Program
+from services.ledger.domain.provenance import Origin
+
+T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)  # a Monday
+
+PROGRAM = Program.model_validate(
+    {
+        "id": "test",
+        "name": "Test",
+        "currencies": {"USD": {"minor_units": 2, "points_per_unit": "1"}},
+        "earn": {"pending_days": 2},
+        "activities": {"signup": {"points": 5}, "review": {"points": 3, "limit": "per_day"}},
+        "referral": {"referrer_points": 20, "referee_points": 10},
+        "expiry": {"months_after_earn": 1},
+        "rewards": {"mug": {"name": "Mug", "points": 30}},
+    }
+)
+
+
+def _event(event_id: str, kind: str, member: str, at: datetime, **data: Any) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "type": kind,
+            "occurred_at": at.isoformat().replace("+00:00", "Z"),
+            "member_id": member,
+            "data": data,
+        }
+    ).encode()
+
+
+def _purchase(event_id: str, member: str, order: str, cents: int, at: datetime = T0) -> bytes:
+    return _event(
+        event_id,
+        "purchase.completed",
+        member,
+        at,
+        order_id=order,
+        currency="USD",
+        total_minor=cents,
+    )
+
+
+def _file(raw: bytes, line: int = 1) -> Inbound:
+    return Inbound(raw, Origin("file", file="test", line=line))
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(T0)
+
+
+@pytest.fixture
+def ledger(store_env: dict[str, str], clock: FixedClock) -> Iterator[Ledger]:
+    built = build_ledger(program=PROGRAM, clock=clock, env=store_env)
+    yield built
+    built.close()
+
+
+def _balance(ledger: Ledger, member: str) -> tuple[int, int]:
+    ledger.projection.run()
+    found = ledger.balance(member)
+    assert found is not None
+    return found.available, found.pending
+
+
+def test_every_inbound_type_applies_and_is_explained(ledger: Ledger, clock: FixedClock) -> None:
+    outcomes = ledger.app.apply_batch(
+        [
+            _file(_event("e-enrol", "member.enrolled", "m-1", T0)),
+            _file(_purchase("e-buy", "m-1", "o-1", 5000)),
+            _file(_event("e-ref", "referral.qualified", "m-1", T0, referee_member_id="m-2")),
+            _file(_event("e-rev", "activity.completed", "m-1", T0, activity="review")),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["applied"] * 4
+    assert _balance(ledger, "m-1") == (5 + 20 + 3, 50)
+    assert _balance(ledger, "m-2") == (10, 0)
+
+    clock.advance(timedelta(days=3))
+    outcomes = ledger.app.apply_batch(
+        [
+            _file(
+                _event(
+                    "e-refund",
+                    "purchase.refunded",
+                    "m-1",
+                    clock.now(),
+                    order_id="o-1",
+                    refund_id="r-1",
+                    amount_minor=1000,
+                )
+            ),
+            _file(
+                _event(
+                    "e-red",
+                    "redemption.requested",
+                    "m-1",
+                    clock.now(),
+                    redemption_id="x-1",
+                    reward_id="mug",
+                )
+            ),
+            _file(_event("e-can", "redemption.cancelled", "m-1", clock.now(), redemption_id="x-1")),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["applied"] * 3
+    # 28 + 50 released - 10 refunded; the redemption was cancelled.
+    assert _balance(ledger, "m-1") == (68, 0)
+    types = [row.entry_type for row in reversed(ledger.statement("m-1"))]
+    assert types == [
+        "enrolled",
+        "points_earned",  # signup
+        "points_earned",  # purchase (pending)
+        "points_earned",  # referral
+        "points_earned",  # review
+        "pending_released",
+        "points_reversed",
+        "points_redeemed",
+        "redemption_cancelled",
+    ]
+    for row in ledger.statement("m-1"):
+        assert sum(p["amount"] for p in row.body["postings"]) == 0
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_resent_event_is_a_duplicate_and_conflicting_payload_is_rejected(ledger: Ledger) -> None:
+    first = ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])
+    again = ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000), line=2)])
+    changed = ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 9999), line=3)])
+    assert first[0].status == "applied"
+    assert again[0].status == "duplicate"
+    assert again[0].original == "applied"
+    assert again[0].entries == first[0].entries
+    assert changed[0].status == "rejected"
+    assert changed[0].reason == "conflict"
+    assert _balance(ledger, "m-1") == (0, 10)
+    reasons = [(r.reason, r.origin.line) for r in ledger.app.rejections()]
+    assert reasons == [("conflict", 3)]
+
+
+def test_a_duplicate_inside_one_batch_counts_once(ledger: Ledger) -> None:
+    raw = _purchase("e-1", "m-1", "o-1", 1000)
+    outcomes = ledger.app.apply_batch([_file(raw), _file(raw, line=2)])
+    assert [o.status for o in outcomes] == ["applied", "duplicate"]
+    assert _balance(ledger, "m-1") == (0, 10)
+
+
+def test_a_declined_event_keeps_its_outcome_and_changes_nothing(ledger: Ledger) -> None:
+    outcomes = ledger.app.apply_batch(
+        [
+            _file(_purchase("e-1", "m-1", "o-1", 1000)),
+            _file(_event("e-2", "redemption.requested", "m-1", T0, redemption_id="x", points=500)),
+            _file(_event("e-3", "redemption.requested", "m-9", T0, redemption_id="y", points=5)),
+        ]
+    )
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("applied", None),
+        ("rejected", "insufficient_points"),
+        ("rejected", "unknown_member"),
+    ]
+    again = ledger.app.apply_batch(
+        [_file(_event("e-2", "redemption.requested", "m-1", T0, redemption_id="x", points=500))]
+    )
+    assert (again[0].status, again[0].original) == ("duplicate", "declined")
+    assert ledger.app.find_account("m-9") is None
+    assert {r.reason for r in ledger.app.rejections()} == {
+        "insufficient_points",
+        "unknown_member",
+    }
+
+
+def test_batch_and_its_source_position_are_written_together(ledger: Ledger) -> None:
+    key = "kafka:loyalty.purchases.v1:0"
+    recorder = ledger.app.process_recorder
+    ledger.app.apply_batch(
+        [_file(_purchase("e-1", "m-1", "o-1", 1000)), _file(_purchase("e-2", "m-1", "o-2", 500))],
+        tracking=Tracking(key, 41),
+    )
+    assert recorder.max_tracking_id(key) == 41
+    # The same position again (a redelivered batch after a crash) is refused as a whole.
+    with pytest.raises(IntegrityError):
+        ledger.app.apply_batch(
+            [_file(_purchase("e-3", "m-1", "o-3", 700))], tracking=Tracking(key, 41)
+        )
+    assert _balance(ledger, "m-1") == (0, 15)
+    assert ledger.app.find_account("m-1") is not None
+
+
+def test_state_survives_a_restart_and_snapshots(
+    store_env: dict[str, str], clock: FixedClock
+) -> None:
+    first = build_ledger(program=PROGRAM, clock=clock, env=store_env)
+    items = [_file(_purchase(f"e-{i}", "m-1", f"o-{i}", 100), line=i) for i in range(250)]
+    first.app.apply_batch(items)
+    first.close()
+    second = build_ledger(program=PROGRAM, clock=clock, env=store_env)
+    try:
+        account = second.app.find_account("m-1")
+        assert account is not None
+        assert account.version == 251
+        assert account.balance.pending == 250
+        assert second.app.snapshots is not None
+        assert list(second.app.snapshots.get(account.id))  # snapshots were taken
+        assert _balance(second, "m-1") == (0, 250)
+        assert verify(second.app, second.view).ok
+    finally:
+        second.close()
+
+
+def test_tick_is_idempotent_for_an_instant(ledger: Ledger, clock: FixedClock) -> None:
+    ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])
+    ledger.projection.run()
+    at = T0 + timedelta(days=2)
+    assert ledger.tick(at) == 1  # released
+    assert ledger.tick(at) == 0
+    expiry = T0 + timedelta(days=40)
+    assert ledger.tick(expiry) == 1  # expired
+    assert ledger.tick(expiry) == 0
+    assert _balance(ledger, "m-1") == (0, 0)
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_balance_never_shows_expired_points_before_the_scheduler_runs(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    ledger.app.apply_batch(
+        [_file(_event("e-1", "activity.completed", "m-1", T0, activity="review"))]
+    )
+    ledger.projection.run()
+    later = T0 + timedelta(days=45)
+    found = ledger.balance("m-1", later)
+    assert found is not None
+    assert found.available == 0
+    soon = ledger.balance("m-1", T0 + timedelta(days=10))
+    assert soon is not None
+    assert soon.expiring[30] == 3
+
+
+def test_projection_rebuilt_from_zero_equals_the_live_one(ledger: Ledger) -> None:
+    ledger.app.apply_batch(
+        [_file(_purchase(f"e-{i}", f"m-{i % 3}", f"o-{i}", 100 * i), line=i) for i in range(1, 30)]
+    )
+    ledger.projection.run()
+    ledger.tick(T0 + timedelta(days=5))
+    rebuilt = construct_view(ledger.app.factory, prefix="rebuild_")
+    LedgerProjection(ledger.app.process_recorder, ledger.app.mapper, rebuilt, "ledger").run()
+    assert rebuilt.all_balances() == ledger.view.all_balances()
+    assert rebuilt.all_lots() == ledger.view.all_lots()
+    for member in ("m-0", "m-1", "m-2"):
+        assert rebuilt.entries(member, limit=100) == ledger.view.entries(member, limit=100)
+    ledger.view.reset()
+    assert ledger.view.all_balances() == []
+    ledger.projection.run()
+    assert ledger.view.all_balances() == rebuilt.all_balances()
+
+
+def test_verify_detects_a_projection_that_drifted(ledger: Ledger) -> None:
+    ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])
+    ledger.projection.run()
+    view: Any = ledger.view
+    with view._tx(commit=True) as cursor:
+        view._run(cursor, f"UPDATE {view.prefix}balances SET pending = pending + 1")
+    report = verify(ledger.app, ledger.view)
+    assert not report.ok
+    assert any("projection shows" in v for v in report.violations)
