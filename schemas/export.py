@@ -9,6 +9,7 @@ from typing import Any, Final
 from pydantic import TypeAdapter
 
 from schemas.inbound import MODEL_BY_TYPE, InboundEvent
+from schemas.outbound import LedgerEntry, MemberBalance
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parent / "json"
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -16,6 +17,8 @@ JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_SOURCES: dict[str, Any] = {
     **{f"{event_type}.json": model for event_type, model in MODEL_BY_TYPE.items()},
     "inbound-event.json": InboundEvent,
+    "ledger-entry.json": LedgerEntry,
+    "member-balance.json": MemberBalance,
 }
 """File name -> model class (or annotated type, such as the ``InboundEvent`` union) to export.
 
