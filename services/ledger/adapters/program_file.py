@@ -40,6 +40,8 @@ def parse_program(text: str, *, name: str = "program") -> Program:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
     except yaml.YAMLError as exc:
         raise ProgramFileError(f"{name}: not valid YAML: {exc}") from exc
+    except ProgramFileError as exc:
+        raise ProgramFileError(f"{name}: {exc}") from None
     if not isinstance(data, dict):
         raise ProgramFileError(f"{name}: expected a mapping of program settings at the top")
     try:

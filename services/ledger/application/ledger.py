@@ -262,6 +262,7 @@ class LedgerApplication(Application[UUID]):
         elif isinstance(event, RedemptionCancelled):
             account = self._account(batch, event.member_id, prov, at, create=False)
             account.cancel_redemption(
+                program,
                 redemption_id=event.data.redemption_id,
                 reason=event.data.reason,
                 occurred_at=at,

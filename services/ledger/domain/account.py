@@ -676,6 +676,7 @@ class MemberAccount(Aggregate):
 
     def cancel_redemption(
         self,
+        program: Program,
         *,
         redemption_id: str,
         reason: str | None,
@@ -704,7 +705,12 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=transfer(acc.REDEEMED, acc.AVAILABLE, record.points),
             moves=restore + tuple(settle),
-            provenance=replace(provenance, rule_id="redeem:cancel", tier=self.tier),
+            provenance=replace(
+                provenance,
+                rule_id="redeem:cancel",
+                program_version=program.version,
+                tier=self.tier,
+            ),
             note=note + " with their original expiry",
             redemption_id=redemption_id,
             points=record.points,

@@ -7,7 +7,7 @@ import json
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -218,7 +218,10 @@ class Program(_Model):
         return f"{self.id}@{program_digest(self)[:12]}"
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The same rules give the same text: numbers are written in one way (1.0 -> "1")."""
+        return json.dumps(
+            _canonical(self.model_dump(mode="python")), sort_keys=True, separators=(",", ":")
+        )
 
     def tier(self, tier_id: str | None) -> Tier | None:
         for tier in self.tiers:
@@ -229,6 +232,18 @@ class Program(_Model):
     @property
     def entry_tier(self) -> Tier | None:
         return self.tiers[0] if self.tiers else None
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, date | StrEnum):
+        return str(value) if isinstance(value, StrEnum) else value.isoformat()
+    return value
 
 
 def program_digest(program: Program) -> str:

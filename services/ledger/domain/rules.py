@@ -113,16 +113,16 @@ def quote_purchase(
     scale = Decimal(10) ** rate_cfg.minor_units
     exacts: list[Decimal] = []
     for line in basis:
-        mult = Decimal(1)
+        mult: Decimal | None = None  # the highest matching multiplier, even if below 1
         for m in program.earn.multipliers:
             if (line.category is not None and line.category in m.categories) or (
                 line.sku in m.skus
             ):
-                mult = max(mult, m.multiplier)
+                mult = m.multiplier if mult is None else max(mult, m.multiplier)
                 if m.id not in rule_ids:
                     rule_ids.append(m.id)
                     notes.append(f"{m.id} x{m.multiplier}")
-        promo_mult = Decimal(1)
+        promo_mult: Decimal | None = None
         for promo in program.earn.promotions:
             if promo.starts_on and day < promo.starts_on:
                 continue
@@ -132,11 +132,20 @@ def quote_purchase(
                 continue
             if promo.categories and line.category not in promo.categories:
                 continue
-            promo_mult = max(promo_mult, promo.multiplier)
+            promo_mult = (
+                promo.multiplier if promo_mult is None else max(promo_mult, promo.multiplier)
+            )
             if promo.id not in rule_ids:
                 rule_ids.append(promo.id)
                 notes.append(f"{promo.id} x{promo.multiplier}")
-        exacts.append(Decimal(line.value_minor) / scale * rate * mult * promo_mult * tier_mult)
+        exacts.append(
+            Decimal(line.value_minor)
+            / scale
+            * rate
+            * (Decimal(1) if mult is None else mult)
+            * (Decimal(1) if promo_mult is None else promo_mult)
+            * tier_mult
+        )
 
     points = _round(sum(exacts, Decimal(0)), program.earn.rounding)
     cap = program.earn.caps.per_order
