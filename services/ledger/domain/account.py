@@ -504,6 +504,8 @@ class MemberAccount(Aggregate):
             counters=counters,
             day=day,
         )
+        # A late event can carry points whose expiry has already passed: they expire at once.
+        self.advance(now)
 
     # ----------------------------------------------------------------- refunds
 
@@ -804,7 +806,9 @@ class MemberAccount(Aggregate):
             effective_at=now,
             postings=(),
             moves=(),
-            provenance=replace(provenance, rule_id="tier", program_version=program.version),
+            provenance=replace(
+                provenance, rule_id="tier", program_version=program.version, tier=tier_id
+            ),
             note=f"tier {self.tier or 'none'} -> {tier_id or 'none'}: {reason}",
             tier=tier_id,
             previous=self.tier,
