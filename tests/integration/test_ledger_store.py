@@ -283,14 +283,3 @@ def test_verify_detects_a_projection_that_drifted(ledger: Ledger) -> None:
     report = verify(ledger.app, ledger.view)
     assert not report.ok
     assert any("projection shows" in v for v in report.violations)
-
-
-def test_a_late_event_whose_points_already_expired_expires_them_at_once(
-    ledger: Ledger, clock: FixedClock
-) -> None:
-    clock.set(T0 + timedelta(days=60))
-    ledger.app.apply_batch([_file(_purchase("e-old", "m-1", "o-1", 1000, at=T0))])
-    assert _balance(ledger, "m-1") == (0, 0)
-    types = [row.entry_type for row in ledger.statement("m-1")]
-    assert types[:2] == ["points_expired", "points_earned"]
-    assert verify(ledger.app, ledger.view).ok

@@ -504,8 +504,6 @@ class MemberAccount(Aggregate):
             counters=counters,
             day=day,
         )
-        # A late event can carry points whose expiry has already passed: they expire at once.
-        self.advance(now)
 
     # ----------------------------------------------------------------- refunds
 
