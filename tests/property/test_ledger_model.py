@@ -8,6 +8,12 @@ balances, lots and statements are compared with the model, and the ledger's own 
 and a projection rebuilt from zero must agree with the live read models.
 
 The machine runs once per return policy (pending_only, within_balance, unlimited).
+
+Not modelled: partial refunds by line (only "every line in full"), multipliers, partners,
+tiers, per-order caps, half_up rounding, time zones other than UTC, expiry rounding,
+operator adjustments, holds, Kafka tracking positions, PostgreSQL. Two ledger bugs the
+machine found have their own strict-xfail tests at the end of this file; the machine steps
+around them (see KNOWN BUG) until they are fixed.
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ from services.ledger.application.ledger import Inbound, Outcome
 from services.ledger.application.projection import LedgerProjection
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import Settings, build_ledger
+from services.ledger.domain.account import account_id
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program, ReturnPolicy
 from services.ledger.domain.provenance import Origin
 
 # ----------------------------------------------------------------------------- the program
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+T0 = datetime(2026, 3, 3, 21, 0, tzinfo=UTC)  # a Tuesday evening: Wednesday is hours away
 MEMBERS = ("m-ann", "m-bob", "m-cat", "m-dan")
 PENDING_DAYS = 3
 EXPIRY_MONTHS = 2
@@ -209,6 +216,17 @@ class Model:
                 lot.remaining = 0
             m.version += 1
             made += 1
+
+    @staticmethod
+    def release_would_settle_debt(m: MMember, now: datetime) -> bool:
+        """A release is due (scheduler not run yet) for a member who owes points."""
+        return m.debt > 0 and any(
+            lot.status == PENDING
+            and lot.remaining > 0
+            and lot.release_at is not None
+            and lot.release_at <= now
+            for lot in m.lots.values()
+        )
 
     @classmethod
     def as_of(cls, m: MMember, now: datetime) -> MMember:
@@ -436,6 +454,8 @@ class Model:
         if not left or self.policy is ReturnPolicy.PENDING_ONLY:
             return taken
         from_available = 0
+        # An order whose own points already expired still takes its share from the member's
+        # other points: a documented known limit (docs/architecture.md), modelled as is.
         if own is not None and own.status == AVAILABLE and own.expires_at > now:
             part = min(left, own.remaining)
             own.remaining -= part
@@ -482,7 +502,18 @@ def _ts(at: datetime, offset_hours: int = 0) -> str:
     return local.strftime("%Y-%m-%dT%H:%M:%S") + f"+{offset_hours:02d}:00"
 
 
-LATENESS = (timedelta(0),) * 4 + (timedelta(hours=5), timedelta(hours=30), timedelta(hours=80))
+LATENESS = (
+    *(timedelta(0),) * 5,
+    timedelta(hours=5),
+    timedelta(hours=30),
+    timedelta(hours=80),  # past the pending window: available at once
+)
+# Also for earns that are available at once: about at their expiry, maybe already past it.
+# Not for purchases (the daily cap forgets days more than a week old, a documented limit),
+# and not inside multi-event batches (KNOWN BUG, see
+# test_a_declined_event_leaves_the_rest_of_its_batch_loadable).
+VERY_LATE = (*LATENESS, timedelta(days=61))
+EXPIRING_WINDOWS = (30, 60, 90)
 CLOCK_STEPS = st.one_of(
     st.integers(1, 36).map(lambda hours: timedelta(hours=hours)),
     st.integers(2, 70).map(lambda days: timedelta(days=days)),
@@ -506,6 +537,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.sent: dict[str, Sent] = {}
         self.counter = 0
         self.burst_done = False
+        self.in_batch = False
 
     def teardown(self) -> None:
         self.ledger.close()
@@ -526,7 +558,8 @@ class LedgerMachine(RuleBasedStateMachine):
         apply: Callable[[datetime, datetime], None],
     ) -> Command:
         """A new event occurring now, or a little late; `apply(at, now)` updates the model."""
-        at = self.clock.now() - data.draw(st.sampled_from(LATENESS), label="late by")
+        lateness = LATENESS if kind == "purchase.completed" or self.in_batch else VERY_LATE
+        at = self.clock.now() - data.draw(st.sampled_from(lateness), label="late by")
         event_id = self._next("e")
         payload = {
             "event_id": event_id,
@@ -655,7 +688,7 @@ class LedgerMachine(RuleBasedStateMachine):
             ]
             total = sum(q * p for q, p in lines)
         else:
-            total = data.draw(st.integers(0, 40_000), label="total_minor")
+            total = data.draw(st.integers(0, 80_000), label="total_minor")
         body["total_minor"] = total
         return self._event(
             data,
@@ -674,11 +707,13 @@ class LedgerMachine(RuleBasedStateMachine):
         )
 
     def refund_command(self, data: st.DataObject, *, released: bool = False) -> Command:
+        """A refund, sometimes of an unknown order, a reused id, or more than is left;
+        `released`: of an order whose points are available, for everything left."""
         orders = self._released_orders()
         if not (orders and (released or data.draw(st.booleans(), label="released order?"))):
             orders = self._orders()
         member, order_id = data.draw(st.sampled_from(orders), label="order")
-        if data.draw(st.integers(0, 9), label="other member?") == 0:
+        if not released and data.draw(st.integers(0, 9), label="other member?") == 0:
             member = data.draw(st.sampled_from(MEMBERS), label="refund member")
         m = self.model.members.get(member)
         order = m.orders.get(order_id) if m else None
@@ -688,7 +723,13 @@ class LedgerMachine(RuleBasedStateMachine):
             refund_id = data.draw(st.sampled_from(refund_ids), label="reused refund id")
         else:
             refund_id = self._next("r")
-        how = data.draw(st.sampled_from(["all", "part", "part", "too much", "lines"]), label="how")
+        how = (
+            "all"
+            if released
+            else data.draw(
+                st.sampled_from(["all", "part", "part", "too much", "lines"]), label="how"
+            )
+        )
         body: dict[str, Any] = {"order_id": order_id, "refund_id": refund_id}
         amount: int | None = None
         skus: tuple[str, ...] = ()
@@ -762,7 +803,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 label="redeem",
             )
             if member_given is None
-            else "exact"
+            else data.draw(st.sampled_from(["exact", "exact", "within"]), label="spend")
         )
         if how == "reward":
             reward = data.draw(st.sampled_from([*REWARDS, *REWARDS, "unicorn"]), label="reward")
@@ -789,9 +830,11 @@ class LedgerMachine(RuleBasedStateMachine):
             ),
         )
 
-    def cancel_command(self, data: st.DataObject) -> Command:
+    def cancel_command(self, data: st.DataObject, *, of: tuple[str, str] | None = None) -> Command:
         known = self._redemptions()
-        if known and data.draw(st.integers(0, 7), label="unknown redemption?") != 0:
+        if of is not None:
+            member, redemption_id = of
+        elif known and data.draw(st.integers(0, 7), label="unknown redemption?") != 0:
             member, redemption_id = data.draw(st.sampled_from(known), label="redemption")
         else:
             member = self._member(data)
@@ -864,10 +907,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self._released_orders()))
     @rule(data=st.data())
     def spend_then_refund(self, data: st.DataObject) -> None:
-        """Spend what an order earned, then refund it: the return policy decides who pays."""
+        """Spend what an order earned, then refund it: the return policy decides who pays;
+        sometimes then cancel the redemption (its points settle what the refund left owing)."""
         refund = self.refund_command(data, released=True)
         member = refund.payload["member_id"]
-        self._submit([self.redeem_command(data, member=member), refund])
+        redeem = self.redeem_command(data, member=member)
+        commands = [redeem, refund]
+        if data.draw(st.booleans(), label="then cancel the redemption?"):
+            of = (member, redeem.payload["data"]["redemption_id"])
+            commands.append(self.cancel_command(data, of=of))
+        self._submit(commands)
 
     @rule(data=st.data())
     def referral(self, data: st.DataObject) -> None:
@@ -916,8 +965,12 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         size = data.draw(st.integers(2, 8), label="batch size")
         commands: list[Command] = []
-        for _ in range(size):
-            commands.append(data.draw(st.sampled_from(builders), label="command")(data))
+        self.in_batch = True
+        try:
+            for _ in range(size):
+                commands.append(data.draw(st.sampled_from(builders), label="command")(data))
+        finally:
+            self.in_batch = False
         self._submit(commands)
 
     def _review_burst(self, data: st.DataObject) -> list[Command]:
@@ -952,15 +1005,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self._time_moved(tick=tick)
 
     def _due_times(self) -> list[datetime]:
+        """The next few release instants and the next few expiry instants."""
         now = self.clock.now()
-        times = {
-            when
-            for m in self.model.members.values()
-            for lot in m.lots.values()
-            for when in (lot.release_at, lot.expires_at)
-            if when is not None and when > now
-        }
-        return sorted(times)[:6]
+        lots = [lot for m in self.model.members.values() for lot in m.lots.values()]
+        releases = {lot.release_at for lot in lots if lot.release_at and lot.release_at > now}
+        expiries = {lot.expires_at for lot in lots if lot.remaining and lot.expires_at > now}
+        return sorted(releases)[:3] + sorted(expiries)[:3]
 
     def _time_moved(self, *, tick: bool) -> None:
         now = self.clock.now()
@@ -988,12 +1038,26 @@ class LedgerMachine(RuleBasedStateMachine):
                 continue
             assert shown is not None, f"{member} should exist"
             want = Model.as_of(m, now)
-            assert (shown.available, shown.pending, shown.held) == (
-                want.available,
-                want.pending,
-                0,
-            ), f"{member} balance {shown} but model expects {want.available}/{want.pending}"
             assert shown.lifetime_earned == m.lifetime, f"{member} lifetime {shown}"
+            assert (shown.pending, shown.held) == (want.pending, 0), f"{member} {shown}"
+            if Model.release_would_settle_debt(m, now):
+                # KNOWN BUG (test_balance_before_the_scheduler_runs_counts_debt_settlement):
+                # until the scheduler runs, reads release due points without settling the
+                # debt first, so `available` and `expiring` can be off. Compared after the
+                # tick instead (the tick itself is checked entry by entry).
+                continue
+            assert shown.available == want.available, (
+                f"{member} balance {shown} but model expects {want.available}/{want.pending}"
+            )
+            expiring = {
+                days: sum(
+                    lot.remaining
+                    for lot in want.lots.values()
+                    if now < lot.expires_at <= now + timedelta(days=days)
+                )
+                for days in EXPIRING_WINDOWS
+            }
+            assert shown.expiring == expiring, f"{member} expiring {shown.expiring} != {expiring}"
 
     def _check_rebuild(self) -> None:
         self.ledger.projection.run()
@@ -1095,8 +1159,112 @@ def _machine(policy: ReturnPolicy) -> type[LedgerMachine]:
 
 TestPendingOnly = _machine(ReturnPolicy.PENDING_ONLY).TestCase
 TestWithinBalance = _machine(ReturnPolicy.WITHIN_BALANCE).TestCase
-TestUnlimited = pytest.mark.xfail(
-    reason="OPEN: under the unlimited return policy the model and the ledger can disagree by "
-    "a point after a clawback into a negative balance (found 2026-11-23; see the issue note)",
-    strict=False,
-)(_machine(ReturnPolicy.UNLIMITED).TestCase)
+TestUnlimited = _machine(ReturnPolicy.UNLIMITED).TestCase
+
+
+# ------------------------------------------------------------ bugs the machine found
+
+BUG_AS_OF_DEBT = (
+    "BUG (service.balance_as_of): before the scheduler runs, a read releases due pending "
+    "points without letting them settle the member's negative balance first, then expires "
+    "them in full; the scheduler, at the same instant, settles the debt and expires nothing "
+    "(unlimited return policy only)"
+)
+
+
+@pytest.mark.xfail(reason=BUG_AS_OF_DEBT, strict=True)
+def test_balance_before_the_scheduler_runs_counts_debt_settlement(tmp_path: Path) -> None:
+    clock = FixedClock(T0)
+    ledger = build_ledger(
+        Settings(db=tmp_path / "x.sqlite", PERSISTENCE_MODULE="eventsourcing.sqlite"),
+        program=build_program(ReturnPolicy.UNLIMITED),
+        clock=clock,
+    )
+    sent = 0
+
+    def send(kind: str, **data: Any) -> None:
+        nonlocal sent
+        sent += 1
+        payload = {
+            "event_id": f"e{sent}",
+            "type": kind,
+            "occurred_at": _ts(clock.now()),
+            "member_id": "m-1",
+            "data": data,
+        }
+        [outcome] = ledger.app.apply_batch(
+            [Inbound(json.dumps(payload).encode(), Origin("file", file="bug", line=sent))]
+        )
+        assert outcome.status == "applied", outcome
+        ledger.projection.run()
+
+    def available() -> int:
+        shown = ledger.balance("m-1")
+        assert shown is not None
+        return shown.available
+
+    try:
+        clock.set(datetime(2026, 3, 2, 12, tzinfo=UTC))  # a Monday: no promotion
+        send("purchase.completed", order_id="o1", currency="USD", total_minor=1000)
+        clock.advance(timedelta(days=PENDING_DAYS))
+        ledger.tick()  # o1's 10 points are available
+        send("redemption.requested", redemption_id="x1", points=10)
+        send("purchase.completed", order_id="o2", currency="USD", total_minor=500)  # 5 pending
+        send("purchase.refunded", order_id="o1", refund_id="r1", amount_minor=1000)
+        assert available() == -10
+        clock.advance(timedelta(days=70))  # o2: release and expiry both due
+        before = available()  # -10 today
+        ledger.tick()
+        after = available()  # -5: the 5 released points settled part of the debt
+        assert after == -5
+        assert before == after
+    finally:
+        ledger.close()
+
+
+BUG_DECLINED_IN_BATCH = (
+    "BUG (LedgerApplication._apply_one): an event declined after MemberAccount.advance() made "
+    "entries loses those entries but not their effect on the in-memory account, so a later "
+    "event for the member in the same batch is stored with a version gap and the account "
+    "can no longer be loaded (OriginatorVersionError); reachable since late earns already "
+    "past their expiry are left for the next command to expire"
+)
+
+
+@pytest.mark.xfail(reason=BUG_DECLINED_IN_BATCH, strict=True)
+def test_a_declined_event_leaves_the_rest_of_its_batch_loadable(tmp_path: Path) -> None:
+    clock = FixedClock(T0)
+    ledger = build_ledger(
+        Settings(db=tmp_path / "x.sqlite", PERSISTENCE_MODULE="eventsourcing.sqlite"),
+        program=build_program(ReturnPolicy.WITHIN_BALANCE),
+        clock=clock,
+    )
+
+    def event(line: int, kind: str, at: datetime, **data: Any) -> Inbound:
+        payload = {
+            "event_id": f"e{line}",
+            "type": kind,
+            "occurred_at": _ts(at),
+            "member_id": "m-1",
+            "data": data,
+        }
+        return Inbound(json.dumps(payload).encode(), Origin("file", file="bug", line=line))
+
+    try:
+        outcomes = ledger.app.apply_batch(
+            [
+                # Its signup points are already past their expiry when it arrives.
+                event(1, "member.enrolled", T0 - timedelta(days=61)),
+                # advance() expires them, then the redemption is declined.
+                event(2, "redemption.requested", T0, redemption_id="x1", points=5),
+                event(3, "activity.completed", T0, activity="review"),
+            ]
+        )
+        assert [o.status for o in outcomes] == ["applied", "rejected", "applied"]
+        stored = ledger.app.recorder.select_events(account_id("m-1"))
+        assert [r.originator_version for r in stored] == list(range(1, len(stored) + 1))
+        assert ledger.app.find_account("m-1") is not None  # today: OriginatorVersionError
+        ledger.projection.run()
+        assert verify(ledger.app, ledger.view).ok
+    finally:
+        ledger.close()
