@@ -11,9 +11,8 @@ The machine runs once per return policy (pending_only, within_balance, unlimited
 
 Not modelled: partial refunds by line (only "every line in full"), multipliers, partners,
 tiers, per-order caps, half_up rounding, time zones other than UTC, expiry rounding,
-operator adjustments, holds, Kafka tracking positions, PostgreSQL. Two ledger bugs the
-machine found have their own strict-xfail tests at the end of this file; the machine steps
-around them (see KNOWN BUG) until they are fixed.
+operator adjustments, holds, Kafka tracking positions, PostgreSQL. The two ledger bugs the
+machine found (now fixed) keep their minimal reproductions at the end of this file.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -216,17 +214,6 @@ class Model:
                 lot.remaining = 0
             m.version += 1
             made += 1
-
-    @staticmethod
-    def release_would_settle_debt(m: MMember, now: datetime) -> bool:
-        """A release is due (scheduler not run yet) for a member who owes points."""
-        return m.debt > 0 and any(
-            lot.status == PENDING
-            and lot.remaining > 0
-            and lot.release_at is not None
-            and lot.release_at <= now
-            for lot in m.lots.values()
-        )
 
     @classmethod
     def as_of(cls, m: MMember, now: datetime) -> MMember:
@@ -509,9 +496,7 @@ LATENESS = (
     timedelta(hours=80),  # past the pending window: available at once
 )
 # Also for earns that are available at once: about at their expiry, maybe already past it.
-# Not for purchases (the daily cap forgets days more than a week old, a documented limit),
-# and not inside multi-event batches (KNOWN BUG, see
-# test_a_declined_event_leaves_the_rest_of_its_batch_loadable).
+# Not for purchases (the daily cap forgets days more than a week old, a documented limit).
 VERY_LATE = (*LATENESS, timedelta(days=61))
 EXPIRING_WINDOWS = (30, 60, 90)
 CLOCK_STEPS = st.one_of(
@@ -537,7 +522,6 @@ class LedgerMachine(RuleBasedStateMachine):
         self.sent: dict[str, Sent] = {}
         self.counter = 0
         self.burst_done = False
-        self.in_batch = False
 
     def teardown(self) -> None:
         self.ledger.close()
@@ -558,7 +542,7 @@ class LedgerMachine(RuleBasedStateMachine):
         apply: Callable[[datetime, datetime], None],
     ) -> Command:
         """A new event occurring now, or a little late; `apply(at, now)` updates the model."""
-        lateness = LATENESS if kind == "purchase.completed" or self.in_batch else VERY_LATE
+        lateness = LATENESS if kind == "purchase.completed" else VERY_LATE
         at = self.clock.now() - data.draw(st.sampled_from(lateness), label="late by")
         event_id = self._next("e")
         payload = {
@@ -595,7 +579,11 @@ class LedgerMachine(RuleBasedStateMachine):
             try:
                 command.apply(now)
             except Refused as refused:
-                self.model.members = saved
+                # Like the ledger: members made for a refused event are dropped; time-driven
+                # work the command did before refusing (release, expiry) is kept.
+                self.model.members = {
+                    member: m for member, m in self.model.members.items() if member in saved
+                }
                 expected.append(("rejected", refused.reason, frozenset()))
                 continue
             entries: set[str] = set()
@@ -965,12 +953,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         size = data.draw(st.integers(2, 8), label="batch size")
         commands: list[Command] = []
-        self.in_batch = True
-        try:
-            for _ in range(size):
-                commands.append(data.draw(st.sampled_from(builders), label="command")(data))
-        finally:
-            self.in_batch = False
+        for _ in range(size):
+            commands.append(data.draw(st.sampled_from(builders), label="command")(data))
         self._submit(commands)
 
     def _review_burst(self, data: st.DataObject) -> list[Command]:
@@ -1040,12 +1024,6 @@ class LedgerMachine(RuleBasedStateMachine):
             want = Model.as_of(m, now)
             assert shown.lifetime_earned == m.lifetime, f"{member} lifetime {shown}"
             assert (shown.pending, shown.held) == (want.pending, 0), f"{member} {shown}"
-            if Model.release_would_settle_debt(m, now):
-                # KNOWN BUG (test_balance_before_the_scheduler_runs_counts_debt_settlement):
-                # until the scheduler runs, reads release due points without settling the
-                # debt first, so `available` and `expiring` can be off. Compared after the
-                # tick instead (the tick itself is checked entry by entry).
-                continue
             assert shown.available == want.available, (
                 f"{member} balance {shown} but model expects {want.available}/{want.pending}"
             )
@@ -1162,18 +1140,12 @@ TestWithinBalance = _machine(ReturnPolicy.WITHIN_BALANCE).TestCase
 TestUnlimited = _machine(ReturnPolicy.UNLIMITED).TestCase
 
 
-# ------------------------------------------------------------ bugs the machine found
-
-BUG_AS_OF_DEBT = (
-    "BUG (service.balance_as_of): before the scheduler runs, a read releases due pending "
-    "points without letting them settle the member's negative balance first, then expires "
-    "them in full; the scheduler, at the same instant, settles the debt and expires nothing "
-    "(unlimited return policy only)"
-)
+# ------------------------------------- bugs the machine found (fixed; kept as regressions)
 
 
-@pytest.mark.xfail(reason=BUG_AS_OF_DEBT, strict=True)
 def test_balance_before_the_scheduler_runs_counts_debt_settlement(tmp_path: Path) -> None:
+    """A read before the scheduler releases due points into the debt first, as the
+    scheduler does, instead of showing them released and then expired in full."""
     clock = FixedClock(T0)
     ledger = build_ledger(
         Settings(db=tmp_path / "x.sqlite", PERSISTENCE_MODULE="eventsourcing.sqlite"),
@@ -1222,17 +1194,9 @@ def test_balance_before_the_scheduler_runs_counts_debt_settlement(tmp_path: Path
         ledger.close()
 
 
-BUG_DECLINED_IN_BATCH = (
-    "BUG (LedgerApplication._apply_one): an event declined after MemberAccount.advance() made "
-    "entries loses those entries but not their effect on the in-memory account, so a later "
-    "event for the member in the same batch is stored with a version gap and the account "
-    "can no longer be loaded (OriginatorVersionError); reachable since late earns already "
-    "past their expiry are left for the next command to expire"
-)
-
-
-@pytest.mark.xfail(reason=BUG_DECLINED_IN_BATCH, strict=True)
 def test_a_declined_event_leaves_the_rest_of_its_batch_loadable(tmp_path: Path) -> None:
+    """An event declined after time-driven entries were made keeps those entries, so the
+    next event for the member in the same batch is stored without a version gap."""
     clock = FixedClock(T0)
     ledger = build_ledger(
         Settings(db=tmp_path / "x.sqlite", PERSISTENCE_MODULE="eventsourcing.sqlite"),

@@ -80,6 +80,7 @@ class _Batch:
     receipts: dict[str, InboundReceipt] = field(default_factory=dict)
     others: list[Aggregate] = field(default_factory=list)
     rejection_ids: set[UUID] = field(default_factory=set)
+    created: set[str] = field(default_factory=set)
 
 
 class LedgerApplication(Application[UUID]):
@@ -146,16 +147,17 @@ class LedgerApplication(Application[UUID]):
                 original=earlier.outcome,
             )
         before = {m: len(a.pending_events) for m, a in batch.accounts.items() if a}
-        known = set(batch.accounts)
+        created_before = set(batch.created)
         provenance = Provenance(item.origin, event_id=event.event_id, event_type=event.type)
         try:
             self._dispatch(event, batch, provenance, now)
         except Declined as exc:
-            for member in set(batch.accounts) - known:
-                del batch.accounts[member]  # an account made for this event is not kept
-            for member, account in batch.accounts.items():
-                if account is not None:
-                    del account.pending_events[before.get(member, 0) :]
+            # Commands check before they change anything, so the only entries a declined
+            # event can leave are time-driven ones (release, expiry) that were due anyway:
+            # they are kept, which keeps the in-memory account and its pending events equal.
+            for member in batch.created - created_before:
+                batch.accounts[member] = None  # an account made for this event is not kept
+                batch.created.discard(member)
             outcome = self._reject(
                 batch, item, exc.reason, exc.detail, event.event_id, event.member_id, now
             )
@@ -290,6 +292,7 @@ class LedgerApplication(Application[UUID]):
         if existing is None:
             account = MemberAccount.enrol(event.member_id, event.occurred_at, prov, auto=False)
             batch.accounts[event.member_id] = account
+            batch.created.add(event.member_id)
         else:
             account = existing
             if signup is None or account.activity_counts.get("signup|ever"):
@@ -316,6 +319,7 @@ class LedgerApplication(Application[UUID]):
             raise Declined("not_enrolled", f"{member_id} is not enrolled")
         account = MemberAccount.enrol(member_id, at, prov, auto=True)
         batch.accounts[member_id] = account
+        batch.created.add(member_id)
         return account
 
     def _load(self, batch: _Batch, member_id: str) -> MemberAccount | None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
 from services.ledger.application.projection import LedgerProjection
 from services.ledger.application.views import BalanceRow, EntryRow, LedgerView
-from services.ledger.domain.lots import AVAILABLE, PENDING, Lot
+from services.ledger.domain.lots import Lot, next_due
 from services.ledger.domain.provenance import Origin
 
 EXPIRING_WINDOWS = (30, 60, 90)
@@ -32,20 +32,25 @@ class MemberBalanceView:
 
 
 def balance_as_of(row: BalanceRow, lots: Iterable[Lot], now: datetime) -> MemberBalanceView:
-    """Never shows expired points as available, even before the scheduler has run."""
+    """What the ledger will say at `now`: due releases and expiries are applied in the order
+    and with the debt settlement the scheduler uses, so expired points are never shown as
+    available even before the scheduler has run."""
     available, pending = row.available, row.pending
-    expiring = dict.fromkeys(EXPIRING_WINDOWS, 0)
-    for lot in lots:
-        if lot.status == PENDING and lot.release_at is not None and lot.release_at <= now:
+    current = {lot.lot_id: lot for lot in lots}
+    while (due := next_due(current.values(), now)) is not None:
+        _, kind, lot_id = due
+        lot = current[lot_id]
+        if kind == 0:
+            settled = min(max(0, -available), lot.remaining)
             pending -= lot.remaining
             available += lot.remaining
-            status = AVAILABLE
+            current[lot_id] = replace(lot.released(), remaining=lot.remaining - settled)
         else:
-            status = lot.status
+            available -= lot.remaining
+            current[lot_id] = replace(lot, remaining=0)
+    expiring = dict.fromkeys(EXPIRING_WINDOWS, 0)
+    for lot in current.values():
         if lot.remaining and lot.expires_at is not None:
-            if lot.expires_at <= now and status == AVAILABLE:
-                available -= lot.remaining
-                continue
             for days in EXPIRING_WINDOWS:
                 if now < lot.expires_at <= now + timedelta(days=days):
                     expiring[days] += lot.remaining

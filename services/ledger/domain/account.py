@@ -24,6 +24,7 @@ from services.ledger.domain.lots import (
     Lot,
     LotMove,
     allocate,
+    next_due,
     spendable_total,
 )
 from services.ledger.domain.postings import Posting, apply_postings, check_balanced, transfer
@@ -244,15 +245,10 @@ class MemberAccount(Aggregate):
         """
         made = 0
         while True:
-            due: list[tuple[datetime, int, str]] = []
-            for lot in self.lots.values():
-                if lot.is_due_release(now) and lot.release_at is not None:
-                    due.append((lot.release_at, 0, lot.lot_id))
-                elif lot.is_due_expiry(now) and lot.expires_at is not None:
-                    due.append((lot.expires_at, 1, lot.lot_id))
-            if not due:
+            due = next_due(self.lots.values(), now)
+            if due is None:
                 return made
-            at, kind, lot_id = min(due)
+            at, kind, lot_id = due
             lot = self.lots[lot_id]
             prov = Provenance(SCHEDULER, program_version=lot.program_version, tier=self.tier)
             if kind == 0:

@@ -59,6 +59,17 @@ class LotMove:
     amount: int
 
 
+def next_due(lots: Iterable[Lot], now: datetime) -> tuple[datetime, int, str] | None:
+    """The earliest time-driven step due at `now`: (when, 0 release | 1 expiry, lot id)."""
+    due: list[tuple[datetime, int, str]] = []
+    for lot in lots:
+        if lot.is_due_release(now) and lot.release_at is not None:
+            due.append((lot.release_at, 0, lot.lot_id))
+        elif lot.is_due_expiry(now) and lot.expires_at is not None:
+            due.append((lot.expires_at, 1, lot.lot_id))
+    return min(due) if due else None
+
+
 def spend_order_key(lot: Lot) -> tuple[datetime, datetime, str]:
     """Soonest expiry first; lots that never expire last; then oldest; then id."""
     return (lot.expires_at or _NEVER, lot.earned_at, lot.lot_id)
