@@ -123,6 +123,7 @@ class MLot:
     earned_at: datetime
     release_at: datetime | None
     expires_at: datetime
+    expired: int = 0  # points that expired from this lot
 
     def spend_key(self) -> tuple[datetime, datetime, str]:
         return (self.expires_at, self.earned_at, self.lot_id)
@@ -138,6 +139,7 @@ class MOrder:
     lines_refunded: bool = False
     reversed_points: int = 0
     refund_ids: set[str] = field(default_factory=set)
+    expired_credited: int = 0
 
 
 @dataclass
@@ -211,6 +213,7 @@ class Model:
             else:
                 m.expired += lot.remaining
                 m.available -= lot.remaining
+                lot.expired += lot.remaining
                 lot.remaining = 0
             m.version += 1
             made += 1
@@ -438,11 +441,13 @@ class Model:
             m.pending -= part
             left -= part
             taken += part
+        if left and own is not None:  # points of the order that already expired are gone
+            credit = min(left, max(0, own.expired - order.expired_credited))
+            order.expired_credited += credit
+            left -= credit
         if not left or self.policy is ReturnPolicy.PENDING_ONLY:
             return taken
         from_available = 0
-        # An order whose own points already expired still takes its share from the member's
-        # other points: a documented known limit (docs/architecture.md), modelled as is.
         if own is not None and own.status == AVAILABLE and own.expires_at > now:
             part = min(left, own.remaining)
             own.remaining -= part
@@ -496,7 +501,6 @@ LATENESS = (
     timedelta(hours=80),  # past the pending window: available at once
 )
 # Also for earns that are available at once: about at their expiry, maybe already past it.
-# Not for purchases (the daily cap forgets days more than a week old, a documented limit).
 VERY_LATE = (*LATENESS, timedelta(days=61))
 EXPIRING_WINDOWS = (30, 60, 90)
 CLOCK_STEPS = st.one_of(
@@ -542,7 +546,7 @@ class LedgerMachine(RuleBasedStateMachine):
         apply: Callable[[datetime, datetime], None],
     ) -> Command:
         """A new event occurring now, or a little late; `apply(at, now)` updates the model."""
-        lateness = LATENESS if kind == "purchase.completed" else VERY_LATE
+        lateness = VERY_LATE
         at = self.clock.now() - data.draw(st.sampled_from(lateness), label="late by")
         event_id = self._next("e")
         payload = {

@@ -392,11 +392,6 @@ def test_daily_cap_holds_for_a_late_order_within_a_week(coffee: Program) -> None
     assert late.points == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: daily totals older than 7 days before the newest purchase are pruned, so a "
-    "late order for such a day earns past the per-member daily cap",
-)
 def test_daily_cap_holds_for_a_late_order_after_more_than_a_week(coffee: Program) -> None:
     m = Member(coffee)
     monday = datetime(2026, 11, 16, 15, 0, tzinfo=UTC)
@@ -788,6 +783,34 @@ def test_unlimited_goes_negative_and_later_earnings_settle_the_debt_first() -> N
     with declined("insufficient_points"):
         m.redeem("r2", T0 + 4 * DAY, points=71)
     m.redeem("r2", T0 + 4 * DAY, points=70)
+
+
+@pytest.mark.parametrize("policy", ["within_balance", "unlimited", "pending_only"])
+def test_a_refund_does_not_take_again_what_already_expired_from_the_order(policy: str) -> None:
+    m = Member(make_program(returns={"policy": policy}, expiry={"months_after_earn": 1}))
+    first = new_lot(m.buy("o1", 10000, T0))  # 100, expires after a month
+    m.redeem("r1", T0 + DAY, points=60)  # 40 left in the lot
+    expired = one(m.advance(T0 + 40 * DAY), MemberAccount.PointsExpired)
+    assert (expired.lot_id, expired.points) == (first.lot_id, 40)
+    m.buy("o2", 5000, T0 + 40 * DAY)  # 50 fresh points
+    entry = one(
+        m.refund("o1", "f1", T0 + 41 * DAY, amount_minor=10000), MemberAccount.PointsReversed
+    )
+    assert entry.already_expired == 40  # gone already: not taken a second time
+    if policy == "pending_only":
+        assert (entry.points, entry.forgiven) == (0, 60)
+        assert m.account.balance == Balances(50, 0, 0)
+    elif policy == "within_balance":
+        assert (entry.points, entry.forgiven) == (50, 10)
+        assert m.account.balance == Balances(0, 0, 0)
+    else:
+        assert (entry.points, entry.forgiven) == (60, 0)
+        assert m.account.balance == Balances(-10, 0, 0)
+    assert entry.order.expired_credited == 40
+    assert "40 had already expired" in entry.note
+    # A second refund of the same order finds nothing more to credit or take.
+    with declined("refund_exceeds_order"):
+        m.refund("o1", "f2", T0 + 42 * DAY, amount_minor=1)
 
 
 def test_a_cancelled_redemption_settles_the_debt_first() -> None:

@@ -68,7 +68,7 @@ class LedgerProjection:
         if isinstance(event, MemberAccount.PointsEarned):
             lifetime += event.points
         elif isinstance(event, MemberAccount.PointsReversed):
-            lifetime -= event.points + event.forgiven
+            lifetime -= event.points + event.forgiven + event.already_expired
         elif isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier
         updated: datetime = message.recorded_at

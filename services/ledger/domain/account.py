@@ -45,7 +45,7 @@ from services.ledger.domain.rules import (
 
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/member")
 SCHEDULER = Origin(channel="scheduler")
-DAILY_WINDOW_DAYS = 7
+DAILY_WINDOW_DAYS = 400  # purchase points per day are kept this long, for late orders
 
 
 def account_id(member_id: str) -> UUID:
@@ -74,6 +74,7 @@ class OrderRecord:
     refunded_quantities: tuple[tuple[str, int], ...] = ()
     reversed_points: int = 0
     refund_ids: tuple[str, ...] = ()
+    expired_credited: int = 0  # reversed points that had already expired from the order's lot
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +164,21 @@ class MemberAccount(Aggregate):
         refund_id: str
         points: int  # taken back
         forgiven: int  # not taken back because the return policy does not allow it
+        already_expired: int  # the order's own points that had expired: nothing to take
         order: OrderRecord
 
         def apply_specific(self, account: MemberAccount) -> None:
             account.orders[self.order_id] = self.order
-            account.lifetime_earned -= self.points + self.forgiven
+            account.lifetime_earned -= self.points + self.forgiven + self.already_expired
 
     class PointsExpired(Entry):
         lot_id: str
         points: int
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.expired_by_lot[self.lot_id] = (
+                account.expired_by_lot.get(self.lot_id, 0) + self.points
+            )
 
     class PointsAdjusted(Entry):
         points: int
@@ -202,6 +209,7 @@ class MemberAccount(Aggregate):
         self.referred_by: str | None = None
         self.referees: dict[str, str] = {}
         self.lifetime_earned = 0
+        self.expired_by_lot: dict[str, int] = {}
         del provenance  # recorded on the event; nothing to keep in state
 
     @staticmethod
@@ -548,10 +556,11 @@ class MemberAccount(Aggregate):
         target = min(target, order.points)
         to_reverse = max(0, target - order.reversed_points)
         self.advance(now)
-        moves, postings, forgiven = self._clawback(program, order, to_reverse, now)
-        taken = to_reverse - forgiven
+        moves, postings, forgiven, already_expired = self._clawback(program, order, to_reverse, now)
+        taken = to_reverse - forgiven - already_expired
         new_order = replace(
             order,
+            expired_credited=order.expired_credited + already_expired,
             refunded_minor=refunded_minor,
             refunded_quantities=tuple(sorted(quantities.items())),
             reversed_points=order.reversed_points + to_reverse,
@@ -559,6 +568,8 @@ class MemberAccount(Aggregate):
         )
         policy = program.returns.policy.value
         note = f"refund {refund_id} of order {order_id}: {taken} points taken back"
+        if already_expired:
+            note += f", {already_expired} had already expired"
         if forgiven:
             note += f", {forgiven} kept by the member (return policy {policy})"
         self._record(
@@ -577,13 +588,18 @@ class MemberAccount(Aggregate):
             refund_id=refund_id,
             points=taken,
             forgiven=forgiven,
+            already_expired=already_expired,
             order=new_order,
         )
 
     def _clawback(
         self, program: Program, order: OrderRecord, amount: int, now: datetime
-    ) -> tuple[tuple[LotMove, ...], tuple[Posting, ...], int]:
-        """Take back `amount` per the return policy: the order's own pending points first."""
+    ) -> tuple[tuple[LotMove, ...], tuple[Posting, ...], int, int]:
+        """Take back `amount` per the return policy: the order's own pending points first.
+
+        Returns the moves, the postings, what is forgiven and what had already expired from
+        the order's own lot (those points are gone already, so they are not taken twice).
+        """
         from services.ledger.domain.program import ReturnPolicy
 
         policy = program.returns.policy
@@ -596,6 +612,11 @@ class MemberAccount(Aggregate):
             moves.append(LotMove(own.lot_id, -take))
             postings += transfer(acc.PENDING, acc.ISSUED, take)
             left -= take
+        already_expired = 0
+        if left and own is not None:
+            expired = self.expired_by_lot.get(own.lot_id, 0) - order.expired_credited
+            already_expired = min(left, max(0, expired))
+            left -= already_expired
         if left and policy is not ReturnPolicy.PENDING_ONLY:
             lots = dict(self.lots)
             from_available = 0
@@ -620,7 +641,7 @@ class MemberAccount(Aggregate):
                 from_available += left  # the balance goes negative by what is left
                 left = 0
             postings += transfer(acc.AVAILABLE, acc.ISSUED, from_available)
-        return _merge(moves), tuple(postings), left
+        return _merge(moves), tuple(postings), left, already_expired
 
     # ------------------------------------------------------------- redemptions
 
