@@ -148,6 +148,7 @@ SCRIPT: list[tuple[str, str, list[dict[str, Any]]]] = [
         ],
     ),
     ("A broken message from a partner system", "2026-05-15T09:00:00Z", []),
+    ("Mid-November, Ana checks what is about to expire", "2026-11-15T17:00:00Z", []),
     ("Six months later the May points expire at the end of November", "2026-12-01T05:00:00Z", []),
 ]
 
@@ -176,6 +177,12 @@ def run_demo(
                     )
                 ]
             outcomes = ledger.app.apply_batch(items) if items else []
+            if what.startswith("Mid-November"):
+                ledger.projection.run()
+                balance = ledger.balance("m-ana")
+                assert balance is not None
+                echo(f"{at[:10]}  {what}:\n            {format_balance(balance)}")
+                continue
             made = ledger.tick()
             results = ", ".join(o.status + (f" ({o.reason})" if o.reason else "") for o in outcomes)
             echo(

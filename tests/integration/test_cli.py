@@ -133,4 +133,5 @@ def test_demo_explains_every_point(tmp_path: Path) -> None:
     assert "redemption_cancelled" in out
     assert "points_reversed" in out
     assert "points_expired" in out
+    assert "expiring 23 in 30d" in out
     assert "all invariants hold" in out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import calendar
 import copy
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -1130,7 +1131,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
 # ------------------------------------------------------------------ one run per return policy
 
-SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None)
+# LOYALTY_MODEL_EXAMPLES raises the search for a deeper run (e.g. 500 before a release).
+SETTINGS = settings(
+    max_examples=int(os.environ.get("LOYALTY_MODEL_EXAMPLES", "40")),
+    stateful_step_count=30,
+    deadline=None,
+)
 
 
 def _machine(policy: ReturnPolicy) -> type[LedgerMachine]:

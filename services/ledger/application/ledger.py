@@ -161,7 +161,7 @@ class LedgerApplication(Application[UUID]):
             outcome = self._reject(
                 batch, item, exc.reason, exc.detail, event.event_id, event.member_id, now
             )
-            batch.receipts[event.event_id] = InboundReceipt.record(
+            batch.receipts[event.event_id] = InboundReceipt(
                 event_id=event.event_id,
                 digest=digest,
                 event_type=event.type,
@@ -180,7 +180,7 @@ class LedgerApplication(Application[UUID]):
             if account is not None
             for e in account.pending_events[before.get(member, 0) :]
         )
-        batch.receipts[event.event_id] = InboundReceipt.record(
+        batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
             digest=digest,
             event_type=event.type,
@@ -349,8 +349,7 @@ class LedgerApplication(Application[UUID]):
         if rid not in batch.rejection_ids and not self._exists(rid):
             batch.rejection_ids.add(rid)
             batch.others.append(
-                Rejection.record(
-                    id=rid,
+                Rejection(
                     origin=item.origin,
                     reason=reason,
                     detail=detail,
@@ -489,7 +488,7 @@ class LedgerApplication(Application[UUID]):
         """Keep every program version the ledger applied, so any entry can be explained."""
         pid = program_record_id(program.version)
         if not self._exists(pid):
-            self.save(ProgramRecord.record(program.version, program.canonical_json()))
+            self.save(ProgramRecord(version=program.version, document=program.canonical_json()))
 
     def program_document(self, version: str) -> str | None:
         try:

@@ -25,7 +25,3 @@ class ProgramRecord(Aggregate):
     @staticmethod
     def create_id(version: str) -> UUID:
         return program_record_id(version)
-
-    @classmethod
-    def record(cls, version: str, document: str) -> ProgramRecord:
-        return cls._create(cls.Recorded, version=version, document=document)

@@ -7,6 +7,8 @@ original bytes, so ops can list it, publish it to the dead-letter topic and re-d
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -71,35 +73,6 @@ class InboundReceipt(Aggregate):
     def create_id(event_id: str) -> UUID:
         return receipt_id(event_id)
 
-    @classmethod
-    def record(
-        cls,
-        *,
-        event_id: str,
-        digest: str,
-        event_type: str,
-        member_id: str,
-        outcome: str,
-        reason: str | None,
-        detail: str | None,
-        entries: tuple[str, ...],
-        origin: Origin,
-        received_at: datetime,
-    ) -> InboundReceipt:
-        return cls._create(
-            cls.Recorded,
-            event_id=event_id,
-            digest=digest,
-            event_type=event_type,
-            member_id=member_id,
-            outcome=outcome,
-            reason=reason,
-            detail=detail,
-            entries=entries,
-            origin=origin,
-            received_at=received_at,
-        )
-
 
 class Rejection(Aggregate):
     """Input that was not applied: the reason, the original bytes (base64) and where it was."""
@@ -141,27 +114,7 @@ class Rejection(Aggregate):
         self.rejected_at = rejected_at
         self.redriven: list[tuple[datetime, str, str]] = []
 
-    @classmethod
-    def record(
-        cls,
-        *,
-        id: UUID,
-        origin: Origin,
-        reason: str,
-        detail: str,
-        raw_b64: str,
-        event_id: str | None,
-        member_id: str | None,
-        rejected_at: datetime,
-    ) -> Rejection:
-        return cls._create(
-            cls.Recorded,
-            id=id,
-            origin=origin,
-            reason=reason,
-            detail=detail,
-            raw_b64=raw_b64,
-            event_id=event_id,
-            member_id=member_id,
-            rejected_at=rejected_at,
-        )
+    @staticmethod
+    def create_id(origin: Origin, raw_b64: str) -> UUID:
+        """The same bytes at the same position are one rejection, however often re-read."""
+        return rejection_id(origin, hashlib.sha256(base64.b64decode(raw_b64)).hexdigest())
