@@ -135,3 +135,21 @@ def test_demo_explains_every_point(tmp_path: Path) -> None:
     assert "points_expired" in out
     assert "expiring 23 in 30d" in out
     assert "all invariants hold" in out
+
+
+def test_the_cli_works_the_same_on_sqlite_and_postgresql(
+    store_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in store_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOYALTY_DB", store_env.get("SQLITE_DBNAME", str(tmp_path / "x.sqlite")))
+    monkeypatch.setenv("LOYALTY_PROGRAM", str(EXAMPLES / "coffee.yaml"))
+    monkeypatch.setenv("LOYALTY_NOW", "2026-11-20T12:00:00Z")
+    events = tmp_path / "events.jsonl"
+    events.write_text(_line("e-1", "m-1", 1255, "o-1") + "\n" + _line("e-2", "m-1", 800, "o-2"))
+    assert runner.invoke(app, ["ingest", str(events)]).exit_code == 0
+    again = runner.invoke(app, ["ingest", str(events)])
+    assert "0 applied, 2 duplicates, 0 rejected" in again.stdout
+    balance = runner.invoke(app, ["balance", "m-1", "--json"])
+    assert json.loads(balance.stdout)["available"] == 20
+    assert runner.invoke(app, ["verify"]).exit_code == 0
