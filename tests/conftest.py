@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.kafka import kafka_broker_for_tests
 from tests.support.postgres import PostgresServer, postgres_server_for_tests
 
 
@@ -15,6 +16,13 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session: $LOYALTY_TEST_POSTGRES_URL or a throwaway one."""
     with postgres_server_for_tests() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real broker: $KAFKA_BOOTSTRAP_SERVERS or a throwaway one."""
+    with kafka_broker_for_tests() as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(

@@ -26,8 +26,15 @@ app = typer.Typer(
 )
 program_app = typer.Typer(help="Program files: validate and show.", no_args_is_help=True)
 tier_app = typer.Typer(help="Member tiers.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics of the contract.", no_args_is_help=True)
 app.add_typer(program_app, name="program")
 app.add_typer(tier_app, name="tier")
+app.add_typer(topics_app, name="topics")
+
+BootstrapOpt = Annotated[
+    str,
+    typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."),
+]
 
 ProgramOpt = Annotated[
     Path | None,
@@ -313,6 +320,33 @@ def demo(
             run_demo(Path(tmp) / "demo.sqlite", typer.echo, _format_balance, _format_entry)
     else:
         run_demo(db, typer.echo, _format_balance, _format_entry)
+
+
+@topics_app.command("create")
+def topics_create(
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+    partitions: Annotated[int, typer.Option(min=1, max=1000)] = 3,
+) -> None:
+    """Create every declared topic that does not exist yet (safe to run again)."""
+    import asyncio
+
+    from services.ledger.adapters.kafka_topics import create_topics, declared_topics
+
+    created, existing = asyncio.run(create_topics(bootstrap, declared_topics(partitions)))
+    for name in created:
+        typer.echo(f"created {name}")
+    typer.echo(f"{len(created)} created, {len(existing)} already there")
+
+
+@topics_app.command("list")
+def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
+    """The topics on the broker and their partition counts."""
+    import asyncio
+
+    from services.ledger.adapters.kafka_topics import describe_topics
+
+    for name, count in asyncio.run(describe_topics(bootstrap)).items():
+        typer.echo(f"{name} {count}")
 
 
 def main() -> None:
