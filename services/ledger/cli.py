@@ -322,6 +322,26 @@ def demo(
         run_demo(db, typer.echo, _format_balance, _format_entry)
 
 
+@app.command()
+def serve(
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+    ingest: Annotated[bool, typer.Option(help="Consume the inbound topics.")] = True,
+    relay: Annotated[bool, typer.Option(help="Publish entries, balances, dead letters.")] = True,
+    group_id: Annotated[str, typer.Option(help="Consumer group of the ingest.")] = "loyalty-ledger",
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Run Kafka ingest and the outbox relay until SIGTERM/SIGINT (graceful)."""
+    import asyncio
+    import logging
+
+    from services.ledger.adapters.kafka_runner import serve as run_serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with _ledger(program, db) as ledger:
+        asyncio.run(run_serve(ledger, bootstrap, ingest=ingest, relay=relay, group_id=group_id))
+
+
 @topics_app.command("create")
 def topics_create(
     bootstrap: BootstrapOpt = "127.0.0.1:9092",

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Mapper, ProcessRecorder, Tracking
+from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
 from services.ledger.application.entries import entry_message
 from services.ledger.application.views import BalanceRow, EntryRow, LedgerView, ViewChanges
@@ -53,7 +53,12 @@ class LedgerProjection:
             current = self.view.balances(members)
             for position, event in events:
                 self._apply(event, position, current, changes)
-            self.view.apply_changes(changes, Tracking(self.view.tracking_key, notifications[-1].id))
+            try:
+                self.view.apply_changes(
+                    changes, Tracking(self.view.tracking_key, notifications[-1].id)
+                )
+            except IntegrityError:
+                continue  # another process projected these first: carry on from there
             done += len(events)
 
     @staticmethod

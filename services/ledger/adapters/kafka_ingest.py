@@ -1,0 +1,148 @@
+"""Kafka ingest: inbound topics -> the ledger, exactly-once in effect.
+
+Each batch of records from one partition is applied in one database transaction together
+with its position (`kafka:<topic>:<partition>` at the last offset). On start and on every
+assignment the consumer seeks to the stored position; the offsets it commits to Kafka are
+only a hint for tools. Bad input becomes a rejection in the same transaction (published to
+the dead-letter topic by the relay); a database or broker failure is not bad input: the
+batch is retried from the stored position, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from eventsourcing.persistence import IntegrityError, Tracking
+
+from schemas import INBOUND_TOPICS
+from services.ledger.application.ledger import Inbound, Outcome
+from services.ledger.application.service import Ledger
+from services.ledger.domain.provenance import Origin
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "loyalty-ledger"
+
+
+def tracking_key(topic: str, partition: int) -> str:
+    return f"kafka:{topic}:{partition}"
+
+
+class _SeekToStoredPosition(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingest: KafkaIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Nothing to do: a batch is applied whole or not at all."""
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.ingest.seek_to_stored(list(assigned))
+
+
+class KafkaIngest:
+    def __init__(
+        self,
+        ledger: Ledger,
+        bootstrap: str,
+        *,
+        group_id: str = GROUP_ID,
+        topics: Sequence[str] = tuple(sorted(INBOUND_TOPICS)),
+        max_batch: int = 500,
+        on_batch: Callable[[str, int, list[Outcome]], None] | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.max_batch = max_batch
+        self.on_batch = on_batch
+        # One thread for the store: the ledger is synchronous, the consumer is not.
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _in_store(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    def _stored_offset(self, topic: str, partition: int) -> int | None:
+        return self.ledger.app.process_recorder.max_tracking_id(tracking_key(topic, partition))
+
+    async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in partitions:
+            stored = await self._in_store(self._stored_offset, tp.topic, tp.partition)
+            if stored is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, stored + 1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the batch in hand is finished first."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_batch,
+            isolation_level="read_committed",
+        )
+        self._consumer = consumer
+        consumer.subscribe(self.topics, listener=_SeekToStoredPosition(self))
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                for tp, records in batches.items():
+                    if records:
+                        await self._apply(tp, records)
+        finally:
+            await consumer.stop()
+            self._consumer = None
+
+    async def _apply(self, tp: TopicPartition, records: list[Any]) -> None:
+        assert self._consumer is not None
+        items = [
+            Inbound(
+                r.value if r.value is not None else b"",
+                Origin("kafka", topic=tp.topic, partition=tp.partition, offset=r.offset),
+            )
+            for r in records
+        ]
+        last = records[-1].offset
+        tracking = Tracking(tracking_key(tp.topic, tp.partition), last)
+        delay = 0.5
+        while True:
+            try:
+                outcomes: list[Outcome] = await self._in_store(
+                    self.ledger.app.apply_batch, items, tracking
+                )
+            except IntegrityError as exc:
+                # Already applied (redelivery), or another instance changed one of these
+                # accounts first: carry on from the stored position.
+                log.info("batch at %s up to offset %s not applied (%s)", tp, last, exc)
+                await self.seek_to_stored([tp])
+                return
+            except Exception:
+                log.exception("applying a batch from %s failed; retrying in %.1fs", tp, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            break
+        await self._in_store(self.ledger.projection.run)
+        if self.on_batch is not None:
+            self.on_batch(tp.topic, tp.partition, outcomes)
+        try:
+            await self._consumer.commit({tp: last + 1})  # a hint for tools, not the truth
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("offset hint for %s not committed: %s", tp, exc)
+
+    def close(self) -> None:
+        if self._own_executor:
+            self._executor.shutdown(wait=True)

@@ -1,0 +1,174 @@
+"""The outbox relay: publishes the ledger's notification log to Kafka, at least once.
+
+Entries go to loyalty.ledger.v1 (key member_id, the ledger position in a header), each
+touched member's balance to loyalty.balances.v1 (compacted), and rejections to
+loyalty.deadletter.v1 with the original bytes and the reason in headers. The relay records
+how far it has published in the ledger's own store after the broker acknowledged, so a
+crash repeats messages (with the same position) but never skips one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from eventsourcing.persistence import Tracking
+
+from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
+from schemas.outbound import MemberBalance
+from services.ledger.application.entries import entry_message
+from services.ledger.application.projection import account_topics
+from services.ledger.application.service import Ledger
+from services.ledger.domain.account import MemberAccount
+from services.ledger.domain.receipts import Rejection
+
+RELAY_KEY = "relay:kafka"
+_REJECTION_TOPIC = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualname__}"
+
+Message = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def _h(value: object) -> bytes:
+    return str(value).encode()
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        ledger: Ledger,
+        bootstrap: str,
+        *,
+        batch: int = 500,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.bootstrap = bootstrap
+        self.batch = batch
+        self.topics = [*account_topics(), _REJECTION_TOPIC]
+        # Share the ingest's store thread when in one process: one writer to the views.
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="relay")
+
+    async def _in_store(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    @property
+    def position(self) -> int:
+        return self.ledger.app.process_recorder.max_tracking_id(RELAY_KEY) or 0
+
+    def _next_messages(self) -> tuple[int, list[Message]]:
+        """The messages for the next notifications after the relay's position."""
+        app = self.ledger.app
+        notifications = app.process_recorder.select_notifications(
+            start=self.position + 1, limit=self.batch, topics=self.topics
+        )
+        if not notifications:
+            return 0, []
+        self.ledger.projection.run()  # balances must include these entries
+        messages: list[Message] = []
+        members: set[str] = set()
+        for n in notifications:
+            event = app.mapper.to_domain_event(n)
+            if isinstance(event, MemberAccount.Enrolled | MemberAccount.Entry):
+                entry = entry_message(event, n.id)
+                members.add(entry.member_id)
+                messages.append(
+                    (
+                        TOPIC_LEDGER,
+                        entry.member_id.encode(),
+                        entry.model_dump_json().encode(),
+                        [("ledger-position", _h(n.id)), ("entry-type", _h(entry.entry_type))],
+                    )
+                )
+            elif isinstance(event, Rejection.Recorded):
+                messages.append(_dead_letter(event, n.id))
+        for member in sorted(members):
+            balance = self.ledger.balance(member)
+            if balance is None:
+                continue
+            body = MemberBalance(
+                member_id=member,
+                available=balance.available,
+                pending=balance.pending,
+                held=balance.held,
+                lifetime_earned=balance.lifetime_earned,
+                tier=balance.tier,
+                expiring={f"{k}d": v for k, v in balance.expiring.items()},
+                as_of_position=balance.as_of_position,
+                as_of=datetime.now(UTC),
+            )
+            messages.append(
+                (
+                    TOPIC_BALANCES,
+                    member.encode(),
+                    body.model_dump_json().encode(),
+                    [("ledger-position", _h(balance.as_of_position))],
+                )
+            )
+        return notifications[-1].id, messages
+
+    async def publish_pending(self, producer: AIOKafkaProducer) -> int:
+        """Publish everything after the relay's position; returns notifications handled."""
+        handled = 0
+        while True:
+            last, messages = await self._in_store(self._next_messages)
+            if not last:
+                return handled
+            futures = [
+                await producer.send(topic, value, key=key, headers=headers)
+                for topic, key, value, headers in messages
+            ]
+            await asyncio.gather(*futures)  # every message acknowledged before we move on
+            await self._in_store(
+                self.ledger.app.process_recorder.insert_tracking, Tracking(RELAY_KEY, last)
+            )
+            handled += len(messages)
+
+    async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
+        )
+        await producer.start()
+        try:
+            while not stop.is_set():
+                if not await self.publish_pending(producer):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=interval)
+        finally:
+            await producer.stop()
+
+    def close(self) -> None:
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+
+def _dead_letter(event: Rejection.Recorded, position: int) -> Message:
+    origin = event.origin
+    headers = [
+        ("reason", _h(event.reason)),
+        ("detail", event.detail.encode()[:4096]),
+        ("channel", _h(origin.channel)),
+        ("ledger-position", _h(position)),
+    ]
+    for name, value in (
+        ("source-topic", origin.topic),
+        ("source-partition", origin.partition),
+        ("source-offset", origin.offset),
+        ("source-file", origin.file),
+        ("source-line", origin.line),
+        ("event-id", event.event_id),
+    ):
+        if value is not None:
+            headers.append((name, _h(value)))
+    key = event.member_id.encode() if event.member_id else None
+    return (TOPIC_DEADLETTER, key, base64.b64decode(event.raw_b64), headers)
+
+
+def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    return {k: v.decode() for k, v in headers}

@@ -1,0 +1,46 @@
+"""Runs Kafka ingest and the outbox relay in one process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from services.ledger.adapters.kafka_ingest import GROUP_ID, KafkaIngest
+from services.ledger.adapters.kafka_relay import OutboxRelay
+from services.ledger.application.service import Ledger
+
+
+async def serve(
+    ledger: Ledger,
+    bootstrap: str,
+    *,
+    ingest: bool = True,
+    relay: bool = True,
+    group_id: str = GROUP_ID,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Graceful stop: the batch in hand is applied and published, then the process exits.
+    A hard kill at any instant loses nothing: positions live in the ledger's store."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="store")
+    consumer = KafkaIngest(ledger, bootstrap, group_id=group_id, executor=executor)
+    outbox = OutboxRelay(ledger, bootstrap, executor=executor)
+    tasks = []
+    if ingest:
+        tasks.append(asyncio.create_task(consumer.run(stop), name="ingest"))
+    if relay:
+        tasks.append(asyncio.create_task(outbox.run(stop), name="relay"))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # a task that failed stops the process with its error
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        executor.shutdown(wait=True)
