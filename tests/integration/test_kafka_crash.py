@@ -1,0 +1,183 @@
+"""Crash test: SIGKILL `loyalty serve` at random moments while events stream in.
+
+At the end every produced event is applied exactly once, `verify` holds, and the published
+ledger topic holds every entry (repeats only with the same position and the same body).
+LOYALTY_CRASH_EVENTS and LOYALTY_CRASH_KILLS size it (defaults: 20,000 events, 4 kills).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from typer.testing import CliRunner
+
+from schemas import INBOUND_TOPICS, TOPIC_ACTIVITIES, TOPIC_LEDGER, TOPIC_PURCHASES
+from services.ledger.adapters.kafka_ingest import tracking_key
+from services.ledger.application.verify import verify
+from services.ledger.bootstrap import EXAMPLES
+from services.ledger.cli import app
+from tests.support.pipeline import Pipeline, at_days_ago, event, position, read_all, wait_for
+from tests.support.postgres import PostgresServer
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
+
+EVENTS = int(os.environ.get("LOYALTY_CRASH_EVENTS", "20000"))
+KILLS = int(os.environ.get("LOYALTY_CRASH_KILLS", "4"))
+MEMBERS = 200
+
+
+def _stream(run: str, rng: random.Random) -> tuple[list[tuple[str, str, bytes]], set[str]]:
+    """Purchases and reviews for many members, with 2% of them re-sent verbatim."""
+    messages: list[tuple[str, str, bytes]] = []
+    ids: set[str] = set()
+    for n in range(EVENTS):
+        member = f"c{rng.randrange(MEMBERS)}-{run}"
+        event_id = f"{run}-{n}"
+        at = at_days_ago(rng.uniform(0, 20))
+        if rng.random() < 0.9:
+            raw = event(
+                event_id,
+                "purchase.completed",
+                member,
+                at,
+                order_id=f"o-{n}",
+                currency="USD",
+                total_minor=rng.randrange(100, 3000),
+            )
+            topic = TOPIC_PURCHASES
+        else:
+            raw = event(
+                event_id, "activity.completed", member, at, activity="review", reference=f"r{n}"
+            )
+            topic = TOPIC_ACTIVITIES
+        ids.add(event_id)
+        messages.append((topic, member, raw))
+        if rng.random() < 0.02:
+            messages.append((topic, member, raw))  # an upstream retry
+    return messages, ids
+
+
+async def _produce_steadily(bootstrap: str, messages: list[tuple[str, str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        for start in range(0, len(messages), 500):
+            futures = [
+                await producer.send(topic, raw, key=key.encode())
+                for topic, key, raw in messages[start : start + 500]
+            ]
+            await asyncio.gather(*futures)
+            await asyncio.sleep(0.05)  # a stream, not one burst
+    finally:
+        await producer.stop()
+
+
+async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(*sorted(INBOUND_TOPICS), bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        for _ in range(100):
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.1)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
+    kafka_bootstrap: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
+    assert created.exit_code == 0, created.output
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+    messages, ids = _stream(run, rng)
+    env = {
+        **postgres_server.new_database_env(),
+        "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
+        "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
+    }
+    pipeline = Pipeline(kafka_bootstrap, env, run, tmp_path / "serve.log")
+    producer = threading.Thread(
+        target=lambda: asyncio.run(_produce_steadily(kafka_bootstrap, messages)), daemon=True
+    )
+    producer.start()
+    pipeline.start()
+    kills = 0
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(1.0, 4.0))
+            assert pipeline.process is not None
+            pipeline.process.send_signal(signal.SIGKILL)
+            pipeline.process.wait(timeout=30)
+            kills += 1
+            pipeline.start()
+        producer.join(timeout=300)
+        assert not producer.is_alive()
+        ends = asyncio.run(_end_offsets(kafka_bootstrap))
+        ledger = pipeline.ledger()
+        try:
+            recorder = ledger.app.process_recorder
+
+            def all_applied() -> bool:
+                return all(
+                    (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
+                    for (t, p), end in ends.items()
+                    if end > 0
+                )
+
+            wait_for(all_applied, "every produced message to be applied", timeout=600)
+            ledger.projection.run()
+            credited: Counter[str] = Counter()
+            stored: dict[int, dict[str, Any]] = {}
+            for n in range(MEMBERS):
+                for row in ledger.statement(f"c{n}-{run}", limit=100_000):
+                    stored[row.position] = row.body
+                    if row.entry_type == "points_earned":
+                        credited[row.body["provenance"]["event_id"]] += 1
+            lost = ids - set(credited)
+            twice = {k: v for k, v in credited.items() if v > 1}
+            report = verify(ledger.app, ledger.view)
+        finally:
+            ledger.close()
+        print(
+            f"crash test: {EVENTS} events ({len(messages)} messages with re-sends), "
+            f"{kills} kills, lost {len(lost)}, applied twice {len(twice)}, "
+            f"{len(stored)} entries"
+        )
+        assert not lost, f"{len(lost)} events never applied, e.g. {sorted(lost)[:5]}"
+        assert not twice, f"{len(twice)} events applied twice, e.g. {list(twice.items())[:5]}"
+        assert report.ok, report.violations[:10]
+
+        def published() -> dict[int, list[bytes]]:
+            found: dict[int, list[bytes]] = {}
+            for record in asyncio.run(read_all(kafka_bootstrap, TOPIC_LEDGER)):
+                if record.key and record.key.decode().endswith(f"-{run}"):
+                    found.setdefault(position(record), []).append(record.value)
+            return found
+
+        wait_for(lambda: set(published()) >= set(stored), "every entry published", timeout=300)
+        for pos, values in published().items():
+            bodies = [json.loads(v) for v in values]
+            assert all(b == bodies[0] for b in bodies), f"position {pos} published differently"
+            assert bodies[0]["seq"] == stored[pos]["seq"]
+        assert pipeline.stop() == 0
+    finally:
+        if pipeline.process is not None and pipeline.process.poll() is None:
+            pipeline.process.kill()
+            pipeline.process.wait(timeout=10)
+        print(pipeline.log.read_text(errors="replace")[-2000:])
