@@ -328,6 +328,12 @@ def serve(
     ingest: Annotated[bool, typer.Option(help="Consume the inbound topics.")] = True,
     relay: Annotated[bool, typer.Option(help="Publish entries, balances, dead letters.")] = True,
     group_id: Annotated[str, typer.Option(help="Consumer group of the ingest.")] = "loyalty-ledger",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="LOYALTY_METRICS_PORT", help="Serve Prometheus /metrics here (0: off)."
+        ),
+    ] = 9464,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -336,8 +342,11 @@ def serve(
     import logging
 
     from services.ledger.adapters.kafka_runner import serve as run_serve
+    from services.ledger.adapters.metrics import serve_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if metrics_port:
+        serve_metrics(metrics_port)
     with _ledger(program, db) as ledger:
         asyncio.run(run_serve(ledger, bootstrap, ingest=ingest, relay=relay, group_id=group_id))
 

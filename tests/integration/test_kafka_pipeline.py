@@ -28,9 +28,11 @@ from tests.support.pipeline import (
     at_days_ago,
     buy_at,
     event,
+    free_port,
     position,
     produce,
     read_all,
+    scrape,
     wait_for,
 )
 
@@ -46,6 +48,7 @@ def pipeline(kafka_bootstrap: str, store_env: dict[str, str], tmp_path: Path) ->
         **store_env,
         "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
         "LOYALTY_DB": store_env.get("SQLITE_DBNAME", str(tmp_path / "ledger.sqlite")),
+        "LOYALTY_METRICS_PORT": str(free_port()),
     }
     running = Pipeline(kafka_bootstrap, env, uuid.uuid4().hex[:8], tmp_path / "serve.log")
     running.start()
@@ -264,4 +267,17 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_good_events_around_it_apply
         assert balance.available == 30  # both good purchases, around the bad ones
     finally:
         ledger.close()
+    samples = scrape(int(pipeline.env["LOYALTY_METRICS_PORT"]))
+    for reason in bad:
+        name = (
+            f'loyalty_ingest_messages_total{{outcome="rejected",reason="{reason}",'
+            f'topic="{TOPIC_PURCHASES}"}}'
+        )
+        assert samples.get(name, 0) >= 1, name
+    applied = (
+        f'loyalty_ingest_messages_total{{outcome="applied",reason="",topic="{TOPIC_PURCHASES}"}}'
+    )
+    assert samples[applied] >= 2
+    assert samples["loyalty_ingest_apply_seconds_count"] >= 1
+    assert any(k.startswith("loyalty_relay_messages_total") for k in samples)
     assert pipeline.stop() == 0

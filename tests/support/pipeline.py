@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ class Pipeline:
         with self.log.open("ab") as log:  # the child keeps its own copy of the handle
             self.process = subprocess.Popen(
                 [str(LOYALTY), "serve", "--bootstrap", self.bootstrap, "--group-id", self.run_id],
-                env={**os.environ, **self.env},
+                env={**os.environ, "LOYALTY_METRICS_PORT": "0", **self.env},
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
@@ -73,6 +75,24 @@ class Pipeline:
                 "SQLITE_DBNAME": self.env["LOYALTY_DB"],
             }
         return build_ledger(settings, env=store)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus samples of a /metrics page: 'name{labels}' -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 def event(event_id: str, kind: str, member: str, at: str, **data: Any) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import INBOUND_TOPICS
+from services.ledger.adapters import metrics
 from services.ledger.application.ledger import Inbound, Outcome
 from services.ledger.application.service import Ledger
 from services.ledger.domain.provenance import Origin
@@ -118,6 +120,7 @@ class KafkaIngest:
         last = records[-1].offset
         tracking = Tracking(tracking_key(tp.topic, tp.partition), last)
         delay = 0.5
+        began = time.perf_counter()
         while True:
             try:
                 outcomes: list[Outcome] = await self._in_store(
@@ -131,10 +134,20 @@ class KafkaIngest:
                 return
             except Exception:
                 log.exception("applying a batch from %s failed; retrying in %.1fs", tp, delay)
+                metrics.INGEST_RETRIES.inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             break
+        metrics.INGEST_APPLY_SECONDS.observe(time.perf_counter() - began)
+        metrics.INGEST_BATCH_SIZE.observe(len(items))
+        for outcome in outcomes:
+            metrics.INGEST_MESSAGES.labels(tp.topic, outcome.status, outcome.reason or "").inc()
+        highwater = self._consumer.highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - last - 1)
+            )
         await self._in_store(self.ledger.projection.run)
         if self.on_batch is not None:
             self.on_batch(tp.topic, tp.partition, outcomes)

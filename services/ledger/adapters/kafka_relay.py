@@ -22,6 +22,7 @@ from eventsourcing.persistence import Tracking
 
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
 from schemas.outbound import MemberBalance
+from services.ledger.adapters import metrics
 from services.ledger.application.entries import entry_message
 from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger
@@ -128,6 +129,10 @@ class OutboxRelay:
             await self._in_store(
                 self.ledger.app.process_recorder.insert_tracking, Tracking(RELAY_KEY, last)
             )
+            for topic, *_ in messages:
+                metrics.RELAY_MESSAGES.labels(topic).inc()
+            newest = await self._in_store(self.ledger.app.process_recorder.max_notification_id)
+            metrics.RELAY_LAG.set(max(0, (newest or 0) - last))
             handled += len(messages)
 
     async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
