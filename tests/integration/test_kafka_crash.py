@@ -38,11 +38,13 @@ KILLS = int(os.environ.get("LOYALTY_CRASH_KILLS", "4"))
 MEMBERS = 200
 
 
-def _stream(run: str, rng: random.Random) -> tuple[list[tuple[str, str, bytes]], set[str]]:
+def _stream(
+    run: str, rng: random.Random, count: int = EVENTS
+) -> tuple[list[tuple[str, str, bytes]], set[str]]:
     """Purchases and reviews for many members, with 2% of them re-sent verbatim."""
     messages: list[tuple[str, str, bytes]] = []
     ids: set[str] = set()
-    for n in range(EVENTS):
+    for n in range(count):
         member = f"c{rng.randrange(MEMBERS)}-{run}"
         event_id = f"{run}-{n}"
         at = at_days_ago(rng.uniform(0, 20))
@@ -98,6 +100,59 @@ async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
         await consumer.stop()
 
 
+def _assert_applied_once_and_published(
+    kafka_bootstrap: str, pipeline: Pipeline, run: str, ids: set[str], messages: int, kills: int
+) -> None:
+    """Every produced event applied exactly once, verify holds, every entry published."""
+    ends = asyncio.run(_end_offsets(kafka_bootstrap))
+    ledger = pipeline.ledger()
+    try:
+        recorder = ledger.app.process_recorder
+
+        def all_applied() -> bool:
+            return all(
+                (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
+                for (t, p), end in ends.items()
+                if end > 0
+            )
+
+        wait_for(all_applied, "every produced message to be applied", timeout=600)
+        ledger.projection.run()
+        credited: Counter[str] = Counter()
+        stored: dict[int, dict[str, Any]] = {}
+        for n in range(MEMBERS):
+            for row in ledger.statement(f"c{n}-{run}", limit=100_000):
+                stored[row.position] = row.body
+                if row.entry_type == "points_earned":
+                    credited[row.body["provenance"]["event_id"]] += 1
+        lost = ids - set(credited)
+        twice = {k: v for k, v in credited.items() if v > 1}
+        report = verify(ledger.app, ledger.view)
+    finally:
+        ledger.close()
+    print(
+        f"{len(ids)} events ({messages} messages with re-sends), "
+        f"{kills} kills, lost {len(lost)}, applied twice {len(twice)}, "
+        f"{len(stored)} entries"
+    )
+    assert not lost, f"{len(lost)} events never applied, e.g. {sorted(lost)[:5]}"
+    assert not twice, f"{len(twice)} events applied twice, e.g. {list(twice.items())[:5]}"
+    assert report.ok, report.violations[:10]
+
+    def published() -> dict[int, list[bytes]]:
+        found: dict[int, list[bytes]] = {}
+        for record in asyncio.run(read_all(kafka_bootstrap, TOPIC_LEDGER)):
+            if record.key and record.key.decode().endswith(f"-{run}"):
+                found.setdefault(position(record), []).append(record.value)
+        return found
+
+    wait_for(lambda: set(published()) >= set(stored), "every entry published", timeout=300)
+    for pos, values in published().items():
+        bodies = [json.loads(v) for v in values]
+        assert all(b == bodies[0] for b in bodies), f"position {pos} published differently"
+        assert bodies[0]["seq"] == stored[pos]["seq"]
+
+
 def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
     kafka_bootstrap: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
@@ -128,56 +183,51 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
             pipeline.start()
         producer.join(timeout=300)
         assert not producer.is_alive()
-        ends = asyncio.run(_end_offsets(kafka_bootstrap))
-        ledger = pipeline.ledger()
-        try:
-            recorder = ledger.app.process_recorder
-
-            def all_applied() -> bool:
-                return all(
-                    (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
-                    for (t, p), end in ends.items()
-                    if end > 0
-                )
-
-            wait_for(all_applied, "every produced message to be applied", timeout=600)
-            ledger.projection.run()
-            credited: Counter[str] = Counter()
-            stored: dict[int, dict[str, Any]] = {}
-            for n in range(MEMBERS):
-                for row in ledger.statement(f"c{n}-{run}", limit=100_000):
-                    stored[row.position] = row.body
-                    if row.entry_type == "points_earned":
-                        credited[row.body["provenance"]["event_id"]] += 1
-            lost = ids - set(credited)
-            twice = {k: v for k, v in credited.items() if v > 1}
-            report = verify(ledger.app, ledger.view)
-        finally:
-            ledger.close()
-        print(
-            f"crash test: {EVENTS} events ({len(messages)} messages with re-sends), "
-            f"{kills} kills, lost {len(lost)}, applied twice {len(twice)}, "
-            f"{len(stored)} entries"
+        _assert_applied_once_and_published(
+            kafka_bootstrap, pipeline, run, ids, len(messages), kills
         )
-        assert not lost, f"{len(lost)} events never applied, e.g. {sorted(lost)[:5]}"
-        assert not twice, f"{len(twice)} events applied twice, e.g. {list(twice.items())[:5]}"
-        assert report.ok, report.violations[:10]
-
-        def published() -> dict[int, list[bytes]]:
-            found: dict[int, list[bytes]] = {}
-            for record in asyncio.run(read_all(kafka_bootstrap, TOPIC_LEDGER)):
-                if record.key and record.key.decode().endswith(f"-{run}"):
-                    found.setdefault(position(record), []).append(record.value)
-            return found
-
-        wait_for(lambda: set(published()) >= set(stored), "every entry published", timeout=300)
-        for pos, values in published().items():
-            bodies = [json.loads(v) for v in values]
-            assert all(b == bodies[0] for b in bodies), f"position {pos} published differently"
-            assert bodies[0]["seq"] == stored[pos]["seq"]
         assert pipeline.stop() == 0
     finally:
         if pipeline.process is not None and pipeline.process.poll() is None:
             pipeline.process.kill()
             pipeline.process.wait(timeout=10)
         print(pipeline.log.read_text(errors="replace")[-2000:])
+
+
+def test_two_instances_share_the_partitions_and_one_is_killed_mid_stream(
+    kafka_bootstrap: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A rebalance: the survivor takes over the dead one's partitions from the stored
+    positions; nothing is lost and nothing is applied twice."""
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
+    assert created.exit_code == 0, created.output
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+    messages, ids = _stream(run, rng, count=6000)
+    env = {
+        **postgres_server.new_database_env(),
+        "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
+        "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
+    }
+    first = Pipeline(kafka_bootstrap, env, run, tmp_path / "first.log")
+    second = Pipeline(kafka_bootstrap, env, run, tmp_path / "second.log")
+    producer = threading.Thread(
+        target=lambda: asyncio.run(_produce_steadily(kafka_bootstrap, messages)), daemon=True
+    )
+    first.start()
+    second.start()
+    producer.start()
+    try:
+        time.sleep(rng.uniform(2.0, 4.0))
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+        producer.join(timeout=300)
+        assert not producer.is_alive()
+        _assert_applied_once_and_published(kafka_bootstrap, second, run, ids, len(messages), 1)
+        assert second.stop() == 0
+    finally:
+        for pipeline in (first, second):
+            if pipeline.process is not None and pipeline.process.poll() is None:
+                pipeline.process.kill()
+                pipeline.process.wait(timeout=10)

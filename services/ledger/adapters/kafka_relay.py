@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
 from schemas.outbound import MemberBalance
@@ -28,6 +29,8 @@ from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger
 from services.ledger.domain.account import MemberAccount
 from services.ledger.domain.receipts import Rejection
+
+log = logging.getLogger(__name__)
 
 RELAY_KEY = "relay:kafka"
 _REJECTION_TOPIC = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualname__}"
@@ -126,9 +129,14 @@ class OutboxRelay:
                 for topic, key, value, headers in messages
             ]
             await asyncio.gather(*futures)  # every message acknowledged before we move on
-            await self._in_store(
-                self.ledger.app.process_recorder.insert_tracking, Tracking(RELAY_KEY, last)
-            )
+            try:
+                await self._in_store(
+                    self.ledger.app.process_recorder.insert_tracking, Tracking(RELAY_KEY, last)
+                )
+            except IntegrityError:
+                # Another relay (a second `serve`) recorded this position or a later one
+                # first; what we published repeats messages with the same positions.
+                log.info("relay position %s already recorded by another relay", last)
             for topic, *_ in messages:
                 metrics.RELAY_MESSAGES.labels(topic).inc()
             newest = await self._in_store(self.ledger.app.process_recorder.max_notification_id)
