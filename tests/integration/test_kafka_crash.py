@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,20 @@ from services.ledger.adapters.kafka_ingest import tracking_key
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.cli import app
+from tests.support.kafka import kafka_broker_for_tests
 from tests.support.pipeline import Pipeline, at_days_ago, event, position, read_all, wait_for
 from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
+
+
+@pytest.fixture
+def crash_broker() -> Iterator[str]:
+    """A broker of its own per test: each leaves thousands of messages behind, which a
+    fresh store would otherwise re-ingest from the beginning."""
+    with kafka_broker_for_tests(private=True) as bootstrap:
+        yield bootstrap
+
 
 EVENTS = int(os.environ.get("LOYALTY_CRASH_EVENTS", "20000"))
 KILLS = int(os.environ.get("LOYALTY_CRASH_KILLS", "4"))
@@ -154,9 +165,9 @@ def _assert_applied_once_and_published(
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
-    kafka_bootstrap: str, postgres_server: PostgresServer, tmp_path: Path
+    crash_broker: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", crash_broker])
     assert created.exit_code == 0, created.output
     run = uuid.uuid4().hex[:8]
     rng = random.Random(run)
@@ -166,9 +177,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
         "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
         "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
     }
-    pipeline = Pipeline(kafka_bootstrap, env, run, tmp_path / "serve.log")
+    pipeline = Pipeline(crash_broker, env, run, tmp_path / "serve.log")
     producer = threading.Thread(
-        target=lambda: asyncio.run(_produce_steadily(kafka_bootstrap, messages)), daemon=True
+        target=lambda: asyncio.run(_produce_steadily(crash_broker, messages)), daemon=True
     )
     producer.start()
     pipeline.start()
@@ -183,9 +194,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
             pipeline.start()
         producer.join(timeout=300)
         assert not producer.is_alive()
-        _assert_applied_once_and_published(
-            kafka_bootstrap, pipeline, run, ids, len(messages), kills
-        )
+        _assert_applied_once_and_published(crash_broker, pipeline, run, ids, len(messages), kills)
         assert pipeline.stop() == 0
     finally:
         if pipeline.process is not None and pipeline.process.poll() is None:
@@ -195,11 +204,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(
 
 
 def test_two_instances_share_the_partitions_and_one_is_killed_mid_stream(
-    kafka_bootstrap: str, postgres_server: PostgresServer, tmp_path: Path
+    crash_broker: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     """A rebalance: the survivor takes over the dead one's partitions from the stored
     positions; nothing is lost and nothing is applied twice."""
-    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", crash_broker])
     assert created.exit_code == 0, created.output
     run = uuid.uuid4().hex[:8]
     rng = random.Random(run)
@@ -209,10 +218,10 @@ def test_two_instances_share_the_partitions_and_one_is_killed_mid_stream(
         "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
         "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
     }
-    first = Pipeline(kafka_bootstrap, env, run, tmp_path / "first.log")
-    second = Pipeline(kafka_bootstrap, env, run, tmp_path / "second.log")
+    first = Pipeline(crash_broker, env, run, tmp_path / "first.log")
+    second = Pipeline(crash_broker, env, run, tmp_path / "second.log")
     producer = threading.Thread(
-        target=lambda: asyncio.run(_produce_steadily(kafka_bootstrap, messages)), daemon=True
+        target=lambda: asyncio.run(_produce_steadily(crash_broker, messages)), daemon=True
     )
     first.start()
     second.start()
@@ -224,7 +233,7 @@ def test_two_instances_share_the_partitions_and_one_is_killed_mid_stream(
         first.process.wait(timeout=30)
         producer.join(timeout=300)
         assert not producer.is_alive()
-        _assert_applied_once_and_published(kafka_bootstrap, second, run, ids, len(messages), 1)
+        _assert_applied_once_and_published(crash_broker, second, run, ids, len(messages), 1)
         assert second.stop() == 0
     finally:
         for pipeline in (first, second):

@@ -17,10 +17,13 @@ _SCRIPT_TIMEOUT_S = 600  # the first start may fetch the jars
 
 
 @contextmanager
-def kafka_broker_for_tests() -> Iterator[str]:
-    """Yield bootstrap servers; a throwaway broker is stopped and deleted afterwards."""
+def kafka_broker_for_tests(*, private: bool = False) -> Iterator[str]:
+    """Yield bootstrap servers; a throwaway broker is stopped and deleted afterwards.
+
+    `private` always starts a broker of its own, so heavy tests leave the shared one's
+    topics small for the others."""
     given = os.environ.get(BOOTSTRAP_ENV_VAR)
-    if given:
+    if given and not private:
         yield given
         return
     data_dir = Path(tempfile.mkdtemp(prefix="loyalty-kafka-"))

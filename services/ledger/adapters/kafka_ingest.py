@@ -78,7 +78,10 @@ class KafkaIngest:
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
+        assigned = self._consumer.assignment()
         for tp in partitions:
+            if tp not in assigned:
+                continue  # revoked meanwhile: its new owner seeks for itself
             stored = await self._in_store(self._stored_offset, tp.topic, tp.partition)
             if stored is None:
                 await self._consumer.seek_to_beginning(tp)
@@ -143,7 +146,9 @@ class KafkaIngest:
         metrics.INGEST_BATCH_SIZE.observe(len(items))
         for outcome in outcomes:
             metrics.INGEST_MESSAGES.labels(tp.topic, outcome.status, outcome.reason or "").inc()
-        highwater = self._consumer.highwater(tp)
+        # The partition may have been revoked while the batch was applied (a rebalance).
+        still_ours = tp in self._consumer.assignment()
+        highwater = self._consumer.highwater(tp) if still_ours else None
         if highwater is not None:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                 max(0, highwater - last - 1)
@@ -151,6 +156,8 @@ class KafkaIngest:
         await self._in_store(self.ledger.projection.run)
         if self.on_batch is not None:
             self.on_batch(tp.topic, tp.partition, outcomes)
+        if not still_ours:
+            return
         try:
             await self._consumer.commit({tp: last + 1})  # a hint for tools, not the truth
         except (CommitFailedError, KafkaError) as exc:
