@@ -88,8 +88,11 @@ start() {
         return 0
     fi
     fetch
-    local port=${2:-$(free_port)} cport=${3:-$(free_port)}
+    # A restart in the same folder keeps its ports, so clients find the broker again.
+    local port=${2:-$(cat "$dir/port" 2>/dev/null || free_port)}
+    local cport=${3:-$(cat "$dir/cport" 2>/dev/null || free_port)}
     echo "$port" >"$dir/port"
+    echo "$cport" >"$dir/cport"
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1

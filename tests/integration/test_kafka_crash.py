@@ -11,7 +11,10 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -29,7 +32,7 @@ from services.ledger.adapters.kafka_ingest import tracking_key
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.cli import app
-from tests.support.kafka import kafka_broker_for_tests
+from tests.support.kafka import KAFKA_SH, kafka_broker_for_tests
 from tests.support.pipeline import Pipeline, at_days_ago, event, position, read_all, wait_for
 from tests.support.postgres import PostgresServer
 
@@ -240,3 +243,66 @@ def test_two_instances_share_the_partitions_and_one_is_killed_mid_stream(
             if pipeline.process is not None and pipeline.process.poll() is None:
                 pipeline.process.kill()
                 pipeline.process.wait(timeout=10)
+
+
+def test_ingest_resumes_by_itself_after_a_broker_restart(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    data = Path(tempfile.mkdtemp(prefix="loyalty-kafka-restart-"))
+
+    def broker(command: str) -> str:
+        done = subprocess.run(
+            ["bash", str(KAFKA_SH), command, str(data)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    bootstrap = broker("start").removeprefix("export KAFKA_BOOTSTRAP_SERVERS=")
+    pipeline: Pipeline | None = None
+    try:
+        created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", bootstrap])
+        assert created.exit_code == 0, created.output
+        run = uuid.uuid4().hex[:8]
+        rng = random.Random(run)
+        messages, ids = _stream(run, rng, count=3000)
+        env = {
+            **postgres_server.new_database_env(),
+            "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
+            "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
+        }
+        pipeline = Pipeline(bootstrap, env, run, tmp_path / "serve.log")
+        pipeline.start()
+        half = len(messages) // 2
+        asyncio.run(_produce_steadily(bootstrap, messages[:half]))
+        ledger = pipeline.ledger()
+        try:
+            recorder = ledger.app.process_recorder
+
+            def some_applied() -> bool:
+                return any(
+                    recorder.max_tracking_id(tracking_key(TOPIC_PURCHASES, p)) is not None
+                    for p in range(3)
+                )
+
+            wait_for(some_applied, "ingest to start")
+        finally:
+            ledger.close()
+        broker("stop")
+        time.sleep(3)  # the process keeps running without a broker
+        assert pipeline.process is not None
+        assert pipeline.process.poll() is None
+        broker("start")
+        asyncio.run(_produce_steadily(bootstrap, messages[half:]))
+        _assert_applied_once_and_published(bootstrap, pipeline, run, ids, len(messages), 0)
+        assert pipeline.stop() == 0
+    finally:
+        if pipeline is not None and pipeline.process is not None:
+            if pipeline.process.poll() is None:
+                pipeline.process.kill()
+                pipeline.process.wait(timeout=10)
+            print(pipeline.log.read_text(errors="replace")[-2000:])
+        broker("stop")
+        shutil.rmtree(data, ignore_errors=True)

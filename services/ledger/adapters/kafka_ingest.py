@@ -11,6 +11,7 @@ batch is retried from the stored position, never skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -90,20 +91,37 @@ class KafkaIngest:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished first."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_batch,
-            isolation_level="read_committed",
-        )
-        self._consumer = consumer
-        consumer.subscribe(self.topics, listener=_SeekToStoredPosition(self))
-        await consumer.start()
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self.max_batch,
+                isolation_level="read_committed",
+            )
+            self._consumer = consumer
+            consumer.subscribe(self.topics, listener=_SeekToStoredPosition(self))
+            try:
+                await consumer.start()
+                break
+            except KafkaError as exc:  # the broker is not there yet: wait for it
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                if stop.is_set():
+                    return
+                log.warning("cannot reach Kafka (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         try:
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                try:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                except KafkaError as exc:
+                    log.warning("fetching failed (%s); retrying", exc)
+                    await asyncio.sleep(1.0)
+                    continue
                 for tp, records in batches.items():
                     if records:
                         await self._apply(tp, records)

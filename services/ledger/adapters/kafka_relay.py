@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
@@ -144,13 +145,36 @@ class OutboxRelay:
             handled += len(messages)
 
     async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
-        )
-        await producer.start()
+        delay = 0.5
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
+            )
+            try:
+                await producer.start()
+                break
+            except KafkaError as exc:  # the broker is not there yet: wait for it
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if stop.is_set():
+                    return
+                log.warning("cannot reach Kafka (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         try:
+            delay = 0.5
             while not stop.is_set():
-                if not await self.publish_pending(producer):
+                try:
+                    published = await self.publish_pending(producer)
+                except KafkaError as exc:
+                    # The broker is away: nothing was recorded, so the same messages go
+                    # again (same positions) once it is back.
+                    log.warning("publishing failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                delay = 0.5
+                if not published:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=interval)
         finally:
