@@ -33,7 +33,15 @@ from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.cli import app
 from tests.support.kafka import KAFKA_SH, kafka_broker_for_tests
-from tests.support.pipeline import Pipeline, at_days_ago, event, position, read_all, wait_for
+from tests.support.pipeline import (
+    Pipeline,
+    assigned,
+    at_days_ago,
+    event,
+    position,
+    read_all,
+    wait_for,
+)
 from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
@@ -104,11 +112,7 @@ async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
     consumer = AIOKafkaConsumer(*sorted(INBOUND_TOPICS), bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        for _ in range(100):
-            if consumer.assignment():
-                break
-            await asyncio.sleep(0.1)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
+        ends = await consumer.end_offsets(await assigned(consumer))
         return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()

@@ -263,7 +263,7 @@ def test_projection_rebuilt_from_zero_equals_the_live_one(ledger: Ledger) -> Non
     ledger.projection.run()
     ledger.tick(T0 + timedelta(days=5))
     rebuilt = construct_view(ledger.app.factory, prefix="rebuild_")
-    LedgerProjection(ledger.app.process_recorder, ledger.app.mapper, rebuilt, "ledger").run()
+    LedgerProjection(ledger.app.process_recorder, ledger.app.mapper, rebuilt).run()
     assert rebuilt.all_balances() == ledger.view.all_balances()
     assert rebuilt.all_lots() == ledger.view.all_lots()
     for member in ("m-0", "m-1", "m-2"):

@@ -1047,7 +1047,7 @@ class LedgerMachine(RuleBasedStateMachine):
         view = self.rebuild_view
         view.reset()
         projection = LedgerProjection(
-            self.ledger.app.process_recorder, self.ledger.app.mapper, view, "ledger"
+            self.ledger.app.process_recorder, self.ledger.app.mapper, view
         )
         projection.run()
         live = self.ledger.view

@@ -111,6 +111,15 @@ async def produce(bootstrap: str, messages: list[tuple[str, str, bytes]]) -> Non
         await producer.stop()
 
 
+async def assigned(consumer: AIOKafkaConsumer) -> list[Any]:
+    """The partitions a group-less subscribed consumer was given (it takes a moment)."""
+    for _ in range(100):
+        if consumer.assignment():
+            break
+        await asyncio.sleep(0.1)
+    return sorted(consumer.assignment())
+
+
 async def read_all(bootstrap: str, topic: str) -> list[Any]:
     # Without a group, a subscribed consumer is assigned every partition of the topic.
     consumer = AIOKafkaConsumer(
@@ -118,11 +127,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     )
     await consumer.start()
     try:
-        for _ in range(100):
-            if consumer.assignment():
-                break
-            await asyncio.sleep(0.1)
-        partitions = sorted(consumer.assignment())
+        partitions = await assigned(consumer)
         assert partitions, f"no partitions for {topic}"
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

@@ -11,7 +11,6 @@ batch is retried from the stored position, never skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import INBOUND_TOPICS
 from services.ledger.adapters import metrics
+from services.ledger.adapters.kafka_clients import start_when_reachable
 from services.ledger.application.ledger import Inbound, Outcome
 from services.ledger.application.service import Ledger
 from services.ledger.domain.provenance import Origin
@@ -57,7 +57,6 @@ class KafkaIngest:
         group_id: str = GROUP_ID,
         topics: Sequence[str] = tuple(sorted(INBOUND_TOPICS)),
         max_batch: int = 500,
-        on_batch: Callable[[str, int, list[Outcome]], None] | None = None,
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.ledger = ledger
@@ -65,7 +64,6 @@ class KafkaIngest:
         self.group_id = group_id
         self.topics = list(topics)
         self.max_batch = max_batch
-        self.on_batch = on_batch
         # One thread for the store: the ledger is synchronous, the consumer is not.
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ledger")
@@ -91,8 +89,8 @@ class KafkaIngest:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished first."""
-        delay = 0.5
-        while True:
+
+        def make() -> AIOKafkaConsumer:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
                 group_id=self.group_id,
@@ -103,17 +101,11 @@ class KafkaIngest:
             )
             self._consumer = consumer
             consumer.subscribe(self.topics, listener=_SeekToStoredPosition(self))
-            try:
-                await consumer.start()
-                break
-            except KafkaError as exc:  # the broker is not there yet: wait for it
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                if stop.is_set():
-                    return
-                log.warning("cannot reach Kafka (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            return consumer
+
+        consumer = await start_when_reachable(make, stop)
+        if consumer is None:
+            return
         try:
             while not stop.is_set():
                 try:
@@ -172,8 +164,6 @@ class KafkaIngest:
                 max(0, highwater - last - 1)
             )
         await self._in_store(self.ledger.projection.run)
-        if self.on_batch is not None:
-            self.on_batch(tp.topic, tp.partition, outcomes)
         if not still_ours:
             return
         try:

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
 from schemas.outbound import MemberBalance
 from services.ledger.adapters import metrics
+from services.ledger.adapters.kafka_clients import start_when_reachable
 from services.ledger.application.entries import entry_message
 from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger
@@ -145,22 +145,14 @@ class OutboxRelay:
             handled += len(messages)
 
     async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
-        delay = 0.5
-        while True:
-            producer = AIOKafkaProducer(
+        producer = await start_when_reachable(
+            lambda: AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
-            )
-            try:
-                await producer.start()
-                break
-            except KafkaError as exc:  # the broker is not there yet: wait for it
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                if stop.is_set():
-                    return
-                log.warning("cannot reach Kafka (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            ),
+            stop,
+        )
+        if producer is None:
+            return
         try:
             delay = 0.5
             while not stop.is_set():
@@ -205,7 +197,3 @@ def _dead_letter(event: Rejection.Recorded, position: int) -> Message:
             headers.append((name, _h(value)))
     key = event.member_id.encode() if event.member_id else None
     return (TOPIC_DEADLETTER, key, base64.b64decode(event.raw_b64), headers)
-
-
-def decode_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    return {k: v.decode() for k, v in headers}

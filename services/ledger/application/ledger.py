@@ -395,8 +395,6 @@ class LedgerApplication(Application[UUID]):
         self,
         member_id: str,
         command: Callable[[MemberAccount, datetime], Any],
-        *,
-        origin: Origin,
     ) -> tuple[str, ...]:
         """Run an operator command against one account and save it; returns its entries."""
         account = self.find_account(member_id)
@@ -404,7 +402,6 @@ class LedgerApplication(Application[UUID]):
             raise Declined("unknown_member", f"{member_id} is not a member")
         now = self.clock.now()
         start = account.version
-        del origin  # carried by the provenance the command builds
         command(account, now)
         entries = tuple(f"{member_id}#{v}" for v in range(start + 1, account.version + 1))
         self.save(account)
@@ -420,8 +417,7 @@ class LedgerApplication(Application[UUID]):
         allow_negative: bool = False,
         request_id: str | None = None,
     ) -> tuple[str, ...]:
-        origin = Origin(channel="ops", actor=actor, request_id=request_id)
-        prov = Provenance(origin)
+        prov = Provenance(Origin(channel="ops", actor=actor, request_id=request_id))
         return self.operate(
             member_id,
             lambda account, now: account.adjust(
@@ -433,20 +429,17 @@ class LedgerApplication(Application[UUID]):
                 provenance=prov,
                 now=now,
             ),
-            origin=origin,
         )
 
     def assign_tier(
         self, member_id: str, tier_id: str | None, *, reason: str, actor: str
     ) -> tuple[str, ...]:
-        origin = Origin(channel="ops", actor=actor)
-        prov = Provenance(origin)
+        prov = Provenance(Origin(channel="ops", actor=actor))
         return self.operate(
             member_id,
             lambda account, now: account.assign_tier(
                 self.program, tier_id=tier_id, reason=reason, provenance=prov, now=now
             ),
-            origin=origin,
         )
 
     def advance_members(self, member_ids: Iterable[str], now: datetime | None = None) -> int:

@@ -24,13 +24,10 @@ def account_topics() -> list[str]:
 
 
 class LedgerProjection:
-    def __init__(
-        self, recorder: ProcessRecorder, mapper: Mapper[UUID], view: LedgerView, source_name: str
-    ) -> None:
+    def __init__(self, recorder: ProcessRecorder, mapper: Mapper[UUID], view: LedgerView) -> None:
         self.recorder = recorder
         self.mapper = mapper
         self.view = view
-        self.source_name = source_name
         self.topics = account_topics()
 
     @property

@@ -78,9 +78,7 @@ class Ledger:
     def __init__(self, app: LedgerApplication, view: LedgerView) -> None:
         self.app = app
         self.view = view
-        self.projection = LedgerProjection(
-            app.process_recorder, app.mapper, view, source_name=app.name
-        )
+        self.projection = LedgerProjection(app.process_recorder, app.mapper, view)
 
     def close(self) -> None:
         self.app.close()

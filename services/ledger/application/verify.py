@@ -14,8 +14,6 @@ from services.ledger.domain.lots import AVAILABLE, PENDING, Lot
 from services.ledger.domain.program import ReturnPolicy
 from services.ledger.domain.receipts import APPLIED, InboundReceipt
 
-_NEGATIVE_ALLOWED = {"PointsReversed", "PointsAdjusted"}
-
 
 @dataclass
 class VerifyReport:
@@ -134,9 +132,11 @@ def _fold(
         if after != event.balance_after:
             report.violations.append(f"{where}: balance_after {event.balance_after} != {after}")
         if available < 0 and available < before_available:
-            kind = type(event).__name__
-            allowed = kind == "PointsAdjusted" or (kind == "PointsReversed" and policy_unlimited)
-            if kind not in _NEGATIVE_ALLOWED or not allowed:
+            # Only an adjustment that allows it, or a clawback under the unlimited policy.
+            allowed = isinstance(event, MemberAccount.PointsAdjusted) or (
+                isinstance(event, MemberAccount.PointsReversed) and policy_unlimited
+            )
+            if not allowed:
                 report.violations.append(f"{where}: took the balance below zero ({available})")
         if isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier

@@ -28,7 +28,7 @@ from services.ledger.domain.lots import (
     spendable_total,
 )
 from services.ledger.domain.postings import Posting, apply_postings, check_balanced, transfer
-from services.ledger.domain.program import Program
+from services.ledger.domain.program import Program, ReturnPolicy
 from services.ledger.domain.provenance import Origin, Provenance
 from services.ledger.domain.rules import (
     EarnQuote,
@@ -600,8 +600,6 @@ class MemberAccount(Aggregate):
         Returns the moves, the postings, what is forgiven and what had already expired from
         the order's own lot (those points are gone already, so they are not taken twice).
         """
-        from services.ledger.domain.program import ReturnPolicy
-
         policy = program.returns.policy
         moves: list[LotMove] = []
         postings: list[Posting] = []

@@ -241,8 +241,8 @@ def _canonical(value: Any) -> Any:
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
-    if isinstance(value, date | StrEnum):
-        return str(value) if isinstance(value, StrEnum) else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
     return value
 
 
