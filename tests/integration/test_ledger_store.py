@@ -283,3 +283,44 @@ def test_verify_detects_a_projection_that_drifted(ledger: Ledger) -> None:
     report = verify(ledger.app, ledger.view)
     assert not report.ok
     assert any("projection shows" in v for v in report.violations)
+
+
+def test_an_account_cached_by_one_process_and_changed_by_another_is_never_overwritten(
+    store_env: dict[str, str], clock: FixedClock
+) -> None:
+    """Each ledger process caches the accounts it wrote. When another process writes one of
+    them meanwhile, the stale copy must not be saved: the batch fails as a whole, the stale
+    account leaves the cache, and the same batch applied again sees the other's entry."""
+    first = build_ledger(program=PROGRAM, clock=clock, env=store_env)
+    second = build_ledger(program=PROGRAM, clock=clock, env=store_env)
+    try:
+        first.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])  # cached by first
+        second.app.apply_batch([_file(_purchase("e-2", "m-1", "o-2", 500))])
+        retry = [
+            _file(_purchase("e-3", "m-1", "o-3", 700)),
+            _file(_purchase("e-4", "m-2", "o-4", 100)),
+        ]
+        with pytest.raises(IntegrityError):
+            first.app.apply_batch(retry)
+        outcomes = first.app.apply_batch(retry)
+        assert [o.status for o in outcomes] == ["applied", "applied"]
+        assert _balance(first, "m-1") == (0, 22)
+        assert _balance(first, "m-2") == (0, 1)
+        assert verify(first.app, first.view).ok
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_failed_batch_leaves_no_trace_in_the_cache(ledger: Ledger) -> None:
+    """An account changed in memory by a batch that was not saved is read again from the store."""
+    key = "kafka:loyalty.purchases.v1:0"
+    ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))], Tracking(key, 5))
+    with pytest.raises(IntegrityError):
+        ledger.app.apply_batch([_file(_purchase("e-2", "m-1", "o-2", 500))], Tracking(key, 5))
+    ledger.app.apply_batch([_file(_purchase("e-3", "m-1", "o-3", 300))], Tracking(key, 6))
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance.pending == 13
+    assert _balance(ledger, "m-1") == (0, 13)
+    assert verify(ledger.app, ledger.view).ok

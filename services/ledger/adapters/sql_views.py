@@ -68,18 +68,22 @@ class SqlLedgerView:
     def _run(self, cursor: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         return cursor.execute(self._q(sql), tuple(params))
 
+    def _run_many(self, cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cursor.executemany(self._q(sql), [tuple(row) for row in rows])
+
     def apply_changes(self, changes: ViewChanges, tracking: Tracking) -> None:
         p = self.prefix
         with self._tx(commit=True) as c:
-            for row in changes.balances.values():
-                self._run(
-                    c,
-                    f"INSERT INTO {p}balances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (member_id) DO UPDATE SET available = excluded.available, "
-                    "pending = excluded.pending, held = excluded.held, "
-                    "lifetime_earned = excluded.lifetime_earned, tier = excluded.tier, "
-                    "entries = excluded.entries, position = excluded.position, "
-                    "updated_at = excluded.updated_at",
+            self._run_many(
+                c,
+                f"INSERT INTO {p}balances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (member_id) DO UPDATE SET available = excluded.available, "
+                "pending = excluded.pending, held = excluded.held, "
+                "lifetime_earned = excluded.lifetime_earned, tier = excluded.tier, "
+                "entries = excluded.entries, position = excluded.position, "
+                "updated_at = excluded.updated_at",
+                [
                     (
                         row.member_id,
                         row.available,
@@ -90,14 +94,16 @@ class SqlLedgerView:
                         row.entries,
                         row.position,
                         _ts(row.updated_at),
-                    ),
-                )
-            for (member_id, _), lot in changes.lots.items():
-                self._run(
-                    c,
-                    f"INSERT INTO {p}lots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (member_id, lot_id) DO UPDATE SET "
-                    "remaining = excluded.remaining, status = excluded.status",
+                    )
+                    for row in changes.balances.values()
+                ],
+            )
+            self._run_many(
+                c,
+                f"INSERT INTO {p}lots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (member_id, lot_id) DO UPDATE SET "
+                "remaining = excluded.remaining, status = excluded.status",
+                [
                     (
                         member_id,
                         lot.lot_id,
@@ -109,12 +115,14 @@ class SqlLedgerView:
                         _ts(lot.expires_at),
                         lot.source,
                         lot.program_version,
-                    ),
-                )
-            for entry in changes.entries:
-                self._run(
-                    c,
-                    f"INSERT INTO {p}entries VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    for (member_id, _), lot in changes.lots.items()
+                ],
+            )
+            self._run_many(
+                c,
+                f"INSERT INTO {p}entries VALUES (?, ?, ?, ?, ?, ?)",
+                [
                     (
                         entry.position,
                         entry.member_id,
@@ -122,8 +130,10 @@ class SqlLedgerView:
                         entry.entry_type,
                         _ts(entry.effective_at),
                         json.dumps(entry.body, sort_keys=True),
-                    ),
-                )
+                    )
+                    for entry in changes.entries
+                ],
+            )
             self._track(c, tracking)
 
     @staticmethod

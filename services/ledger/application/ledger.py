@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +33,7 @@ from schemas import (
     parse_inbound,
     payload_digest,
 )
+from services.ledger.application.batch_reads import select_events_of
 from services.ledger.application.transcodings import register_value_types
 from services.ledger.domain.account import MemberAccount, account_id
 from services.ledger.domain.clock import Clock
@@ -81,6 +84,7 @@ class _Batch:
     others: list[Aggregate] = field(default_factory=list)
     rejection_ids: set[UUID] = field(default_factory=set)
     created: set[str] = field(default_factory=set)
+    known: dict[str, InboundReceipt] = field(default_factory=dict)  # receipts already stored
 
 
 class LedgerApplication(Application[UUID]):
@@ -93,6 +97,13 @@ class LedgerApplication(Application[UUID]):
         super().__init__(env)
         self.program = program
         self.clock = clock
+        # Accounts as last saved by this process, so a batch does not replay them from the
+        # store. A cached account that another process has written since is stale: its next
+        # save conflicts on the account's version, the batch fails as a whole, and every
+        # account the batch touched is dropped from the cache, so the retry reads the store.
+        self._accounts: OrderedDict[str, MemberAccount] = OrderedDict()
+        self._cache_size = int(self.env.get("LEDGER_ACCOUNT_CACHE", "50000") or 0)
+        self._writing = threading.RLock()
         self._record_program(program)
 
     def construct_recorder(self) -> ProcessRecorder:
@@ -113,19 +124,39 @@ class LedgerApplication(Application[UUID]):
         self, items: Sequence[Inbound], tracking: Tracking | None = None
     ) -> list[Outcome]:
         """Validate, de-duplicate and apply `items` in order, then save in one transaction."""
-        batch = _Batch()
-        now = self.clock.now()
-        outcomes = [self._apply_one(item, batch, now) for item in items]
-        self._save_batch(batch, tracking)
-        return outcomes
+        with self._writing:
+            batch = _Batch()
+            try:
+                now = self.clock.now()
+                parsed = [self._parse(item) for item in items]
+                events = [event for event in parsed if not isinstance(event, InvalidInput)]
+                batch.known = self._receipts({event.event_id for event in events})
+                self._prefetch(batch, events)
+                outcomes = [
+                    self._apply_one(item, event, batch, now)
+                    for item, event in zip(items, parsed, strict=True)
+                ]
+                self._save_batch(batch, tracking)
+            except BaseException:
+                self._forget(batch.accounts)
+                raise
+            self._remember(batch.accounts)
+            return outcomes
 
-    def _apply_one(self, item: Inbound, batch: _Batch, now: datetime) -> Outcome:
+    @staticmethod
+    def _parse(item: Inbound) -> InboundEvent | InvalidInput:
         try:
-            event = parse_inbound(item.raw, topic=item.origin.topic)
+            return parse_inbound(item.raw, topic=item.origin.topic)
         except InvalidInput as exc:
-            return self._reject(batch, item, exc.reason, exc.detail, None, None, now)
+            return exc
+
+    def _apply_one(
+        self, item: Inbound, event: InboundEvent | InvalidInput, batch: _Batch, now: datetime
+    ) -> Outcome:
+        if isinstance(event, InvalidInput):
+            return self._reject(batch, item, event.reason, event.detail, None, None, now)
         digest = payload_digest(event)
-        earlier = batch.receipts.get(event.event_id) or self._receipt(event.event_id)
+        earlier = batch.receipts.get(event.event_id) or batch.known.get(event.event_id)
         if earlier is not None:
             if earlier.digest != digest:
                 return self._reject(
@@ -146,7 +177,10 @@ class LedgerApplication(Application[UUID]):
                 earlier.entries,
                 original=earlier.outcome,
             )
-        before = {m: len(a.pending_events) for m, a in batch.accounts.items() if a}
+        involved = [event.member_id]
+        if isinstance(event, ReferralQualified):
+            involved.append(event.data.referee_member_id)
+        before = {m: len(a.pending_events) for m in involved if (a := batch.accounts.get(m))}
         created_before = set(batch.created)
         provenance = Provenance(item.origin, event_id=event.event_id, event_type=event.type)
         try:
@@ -176,8 +210,8 @@ class LedgerApplication(Application[UUID]):
             return outcome
         entries = tuple(
             f"{member}#{e.originator_version}"
-            for member, account in batch.accounts.items()
-            if account is not None
+            for member in involved
+            if (account := batch.accounts.get(member)) is not None
             for e in account.pending_events[before.get(member, 0) :]
         )
         batch.receipts[event.event_id] = InboundReceipt(
@@ -324,16 +358,65 @@ class LedgerApplication(Application[UUID]):
 
     def _load(self, batch: _Batch, member_id: str) -> MemberAccount | None:
         if member_id not in batch.accounts:
-            batch.accounts[member_id] = self.find_account(member_id)
+            batch.accounts[member_id] = self._account_for_write(member_id)
         return batch.accounts[member_id]
 
-    def _receipt(self, event_id: str) -> InboundReceipt | None:
-        try:
-            receipt: Any = self.repository.get(receipt_id(event_id))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(receipt, InboundReceipt)
-        return receipt
+    def _receipts(self, event_ids: set[str]) -> dict[str, InboundReceipt]:
+        """The stored receipts of these event ids, read in one query."""
+        by_id = {receipt_id(event_id): event_id for event_id in event_ids}
+        found: dict[str, InboundReceipt] = {}
+        for aggregate_id, stored in select_events_of(self.recorder, by_id).items():
+            receipt = self._project(stored)
+            assert isinstance(receipt, InboundReceipt)
+            found[by_id[aggregate_id]] = receipt
+        return found
+
+    def _prefetch(self, batch: _Batch, events: Sequence[InboundEvent]) -> None:
+        """Read the batch's accounts that are not cached in one query."""
+        members = {event.member_id for event in events}
+        members |= {e.data.referee_member_id for e in events if isinstance(e, ReferralQualified)}
+        wanted = {
+            account_id(m): m for m in members if m not in self._accounts and m not in batch.accounts
+        }
+        stored = select_events_of(self.recorder, wanted)
+        for aggregate_id, member in wanted.items():
+            if aggregate_id not in stored:
+                batch.accounts[member] = None
+                continue
+            account = self._project(stored[aggregate_id])
+            assert isinstance(account, MemberAccount)
+            batch.accounts[member] = account
+
+    def _project(self, stored: Sequence[Any]) -> Aggregate:
+        aggregate: Any = None
+        for record in stored:
+            event: Any = self.mapper.to_domain_event(record)
+            aggregate = event.mutate(aggregate)
+        assert isinstance(aggregate, Aggregate)
+        return aggregate
+
+    # ---------------------------------------------------------- account cache
+
+    def _account_for_write(self, member_id: str) -> MemberAccount | None:
+        cached = self._accounts.get(member_id)
+        if cached is not None:
+            self._accounts.move_to_end(member_id)
+            return cached
+        return self.find_account(member_id)
+
+    def _remember(self, accounts: dict[str, MemberAccount | None]) -> None:
+        if self._cache_size <= 0:
+            return
+        for member_id, account in accounts.items():
+            if account is not None:
+                self._accounts[member_id] = account
+                self._accounts.move_to_end(member_id)
+        while len(self._accounts) > self._cache_size:
+            self._accounts.popitem(last=False)
+
+    def _forget(self, members: Iterable[str]) -> None:
+        for member_id in list(members):
+            self._accounts.pop(member_id, None)
 
     def _reject(
         self,
@@ -397,15 +480,21 @@ class LedgerApplication(Application[UUID]):
         command: Callable[[MemberAccount, datetime], Any],
     ) -> tuple[str, ...]:
         """Run an operator command against one account and save it; returns its entries."""
-        account = self.find_account(member_id)
-        if account is None:
-            raise Declined("unknown_member", f"{member_id} is not a member")
-        now = self.clock.now()
-        start = account.version
-        command(account, now)
-        entries = tuple(f"{member_id}#{v}" for v in range(start + 1, account.version + 1))
-        self.save(account)
-        return entries
+        with self._writing:
+            account = self._account_for_write(member_id)
+            if account is None:
+                raise Declined("unknown_member", f"{member_id} is not a member")
+            try:
+                now = self.clock.now()
+                start = account.version
+                command(account, now)
+                entries = tuple(f"{member_id}#{v}" for v in range(start + 1, account.version + 1))
+                self.save(account)
+            except BaseException:
+                self._forget([member_id])
+                raise
+            self._remember({member_id: account})
+            return entries
 
     def adjust(
         self,
@@ -446,19 +535,28 @@ class LedgerApplication(Application[UUID]):
         """Release and expire what is due at `now` for these members; returns entries made."""
         at = now or self.clock.now()
         made = 0
-        chunk: list[MemberAccount] = []
-        for member_id in member_ids:
-            account = self.find_account(member_id)
-            if account is None:
-                continue
-            made += account.advance(at)
-            if account.pending_events:
-                chunk.append(account)
-            if len(chunk) >= 100:
-                self.save_with_tracking(chunk, None)
-                chunk = []
-        self.save_with_tracking(chunk, None)
+        chunk: dict[str, MemberAccount | None] = {}
+        with self._writing:
+            try:
+                for member_id in member_ids:
+                    account = self._account_for_write(member_id)
+                    if account is None:
+                        continue
+                    made += account.advance(at)
+                    if account.pending_events:
+                        chunk[member_id] = account
+                    if len(chunk) >= 100:
+                        self._save_accounts(chunk)
+                        chunk = {}
+                self._save_accounts(chunk)
+            except BaseException:
+                self._forget(chunk)
+                raise
         return made
+
+    def _save_accounts(self, accounts: dict[str, MemberAccount | None]) -> None:
+        self.save_with_tracking([a for a in accounts.values() if a is not None], None)
+        self._remember(accounts)
 
     def rejections(self) -> list[Rejection]:
         """Every recorded rejection, oldest first."""

@@ -7,6 +7,7 @@ import json
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -212,7 +213,7 @@ class Program(_Model):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Content hash of the validated program: the same rules give the same version."""
         return f"{self.id}@{program_digest(self)[:12]}"
