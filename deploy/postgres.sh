@@ -121,7 +121,8 @@ init_cluster() {
         printf '%s\n' "$out" >&2
         die "initdb failed"
     fi
-    # Durability is pointless for a throwaway test server; speed is not.
+    # Durability is pointless for a throwaway test server; speed is not. Benchmarks set
+    # LOYALTY_PG_DURABLE=1 to keep PostgreSQL's defaults (fsync, synchronous commit).
     as_owner tee -a "$DATA_DIR/postgresql.conf" >/dev/null <<EOF
 
 # --- throwaway test server (deploy/postgres.sh) ---
@@ -129,10 +130,14 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$DATA_DIR'
 password_encryption = 'scram-sha-256'
 max_connections = 200
+EOF
+    if [[ ${LOYALTY_PG_DURABLE:-0} != 1 ]]; then
+        as_owner tee -a "$DATA_DIR/postgresql.conf" >/dev/null <<EOF
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+    fi
 }
 
 cmd_start() {

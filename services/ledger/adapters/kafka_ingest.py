@@ -58,12 +58,16 @@ class KafkaIngest:
         topics: Sequence[str] = tuple(sorted(INBOUND_TOPICS)),
         max_batch: int = 500,
         executor: ThreadPoolExecutor | None = None,
+        project: bool = True,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topics = list(topics)
         self.max_batch = max_batch
+        self.project = project  # bring the views up to date after each batch
+        self.on_applied = on_applied  # e.g. wake the relay of this process
         # One thread for the store: the ledger is synchronous, the consumer is not.
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="ledger")
@@ -163,7 +167,10 @@ class KafkaIngest:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                 max(0, highwater - last - 1)
             )
-        await self._in_store(self.ledger.projection.run)
+        if self.on_applied is not None:
+            self.on_applied()
+        if self.project:
+            await self._in_store(self.ledger.projection.run)
         if not still_ours:
             return
         try:

@@ -28,9 +28,20 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    executor = ThreadPoolExecutor(1, thread_name_prefix="store")
-    consumer = KafkaIngest(ledger, bootstrap, group_id=group_id, executor=executor)
-    outbox = OutboxRelay(ledger, bootstrap, executor=executor)
+    # Two store threads: ingest writes the ledger while the relay brings the views up to
+    # date and publishes, so one's database round trips overlap the other's work. Without
+    # a relay in this process, ingest keeps the views up to date itself.
+    executor = ThreadPoolExecutor(1, thread_name_prefix="ingest")
+    relay_executor = ThreadPoolExecutor(1, thread_name_prefix="relay")
+    outbox = OutboxRelay(ledger, bootstrap, executor=relay_executor)
+    consumer = KafkaIngest(
+        ledger,
+        bootstrap,
+        group_id=group_id,
+        executor=executor,
+        project=not relay,
+        on_applied=outbox.wake if relay else None,
+    )
     tasks = []
     if ingest:
         tasks.append(asyncio.create_task(consumer.run(stop), name="ingest"))
@@ -44,3 +55,4 @@ async def serve(
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         executor.shutdown(wait=True)
+        relay_executor.shutdown(wait=True)

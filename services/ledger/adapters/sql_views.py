@@ -196,6 +196,35 @@ class SqlLedgerView:
             )
             return [self._lot(r) for r in c.fetchall()]
 
+    def lots_of(self, member_ids: list[str]) -> dict[str, list[Lot]]:
+        found: dict[str, list[Lot]] = {m: [] for m in member_ids}
+        if not member_ids:
+            return found
+        marks = ", ".join("?" for _ in member_ids)
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT * FROM {self.prefix}lots WHERE member_id IN ({marks}) "
+                "ORDER BY member_id, lot_id",
+                member_ids,
+            )
+            for r in c.fetchall():
+                found[r["member_id"]].append(self._lot(r))
+        return found
+
+    def published_entries(self, first: int, last: int) -> list[tuple[int, str, str, str]]:
+        """(position, member_id, entry_type, body as JSON text) for positions first..last."""
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT position, member_id, entry_type, body FROM {self.prefix}entries "
+                "WHERE position >= ? AND position <= ? ORDER BY position",
+                (first, last),
+            )
+            return [
+                (r["position"], r["member_id"], r["entry_type"], r["body"]) for r in c.fetchall()
+            ]
+
     def all_lots(self) -> list[tuple[str, Lot]]:
         with self._tx(commit=False) as c:
             self._run(c, f"SELECT * FROM {self.prefix}lots ORDER BY member_id, lot_id")
