@@ -17,6 +17,9 @@ from schemas.tiers import TierChanged
 from services.ledger.domain.program import NoticeKind, Program
 
 AVAILABLE_ACCOUNT = "member:available"
+# Entries that bring points the member did not have: a cancelled redemption or a voided
+# hold gives back what they had, which unlocks nothing new.
+UNLOCKING_ENTRIES = frozenset({"points_earned", "pending_released", "points_adjusted"})
 _TICK = timedelta(microseconds=1)
 
 
@@ -104,13 +107,16 @@ def entry_notices(entry: LedgerEntry, program: Program) -> list[Notice]:
                 "",
                 entry.effective_at,
                 _cause(entry),
-                {"points": entry.points, "available": entry.balance_after.available},
+                {
+                    "points": int(details.get("points") or 0),
+                    "available": entry.balance_after.available,
+                },
             )
         )
     after = entry.balance_after.available
     before = after - sum(p.amount for p in entry.postings if p.account == AVAILABLE_ACCOUNT)
     for reward_id, reward in sorted(program.rewards.items()):
-        if before < reward.points <= after:
+        if entry.entry_type in UNLOCKING_ENTRIES and before < reward.points <= after:
             found.append(
                 Notice(
                     entry.member_id,

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import TypeAdapter
-
 from schemas.outbound import LedgerEntry, LotOut
 from schemas.tiers import TierChanged
 from services.notifier.database import Database, Run
@@ -16,7 +14,8 @@ from services.notifier.sent_log import parse_ts, ts
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS member_lots (
-        member_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, lots TEXT NOT NULL)""",
+        member_id TEXT NOT NULL, lot_id TEXT NOT NULL, seq INTEGER NOT NULL,
+        lot TEXT NOT NULL, PRIMARY KEY (member_id, lot_id))""",
     """CREATE TABLE IF NOT EXISTS member_entries (
         member_id TEXT NOT NULL, seq INTEGER NOT NULL, entry_type TEXT NOT NULL,
         effective_at TEXT NOT NULL, points INTEGER NOT NULL, available_after INTEGER NOT NULL,
@@ -28,8 +27,6 @@ SCHEMA = (
         topic TEXT NOT NULL, part INTEGER NOT NULL, next_offset INTEGER NOT NULL,
         PRIMARY KEY (topic, part))""",
 )
-
-_LOTS = TypeAdapter(tuple[LotOut, ...])
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +46,9 @@ class Snapshots:
 
     @staticmethod
     def apply_entry(run: Run, entry: LedgerEntry) -> bool:
-        """Keep the entry's summary and, if it is the member's newest, its lots; False for
-        an entry seen before (the relay publishes at least once)."""
+        """Keep the entry's summary and the lots it touched (an entry carries only those;
+        each lot keeps the state of the newest entry that touched it); False for an entry
+        seen before (the relay publishes at least once)."""
         s = summary(entry)
         run(
             "INSERT INTO member_entries (member_id, seq, entry_type, effective_at, points,"
@@ -59,13 +57,13 @@ class Snapshots:
         )
         if run.rowcount != 1:
             return False
-        lots = _LOTS.dump_json(entry.lots_after).decode()
-        run(
-            "INSERT INTO member_lots (member_id, seq, lots) VALUES (?, ?, ?)"
-            " ON CONFLICT (member_id) DO UPDATE SET seq = excluded.seq, lots = excluded.lots"
-            " WHERE member_lots.seq < excluded.seq",
-            (entry.member_id, entry.seq, lots),
-        )
+        for lot in entry.lots_after:
+            run(
+                "INSERT INTO member_lots (member_id, lot_id, seq, lot) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (member_id, lot_id) DO UPDATE SET seq = excluded.seq,"
+                " lot = excluded.lot WHERE member_lots.seq < excluded.seq",
+                (entry.member_id, lot.lot_id, entry.seq, lot.model_dump_json()),
+            )
         return True
 
     @staticmethod
@@ -104,15 +102,17 @@ class Snapshots:
     def members(self) -> list[str]:
         with self.db.transaction() as run:
             rows = run(
-                "SELECT member_id FROM member_lots UNION SELECT member_id FROM member_tiers"
+                "SELECT member_id FROM member_entries UNION SELECT member_id FROM member_tiers"
                 " ORDER BY 1"
             )
         return [str(r[0]) for r in rows]
 
     def lots(self, member_id: str) -> tuple[LotOut, ...]:
         with self.db.transaction() as run:
-            rows = run("SELECT lots FROM member_lots WHERE member_id = ?", (member_id,))
-        return _LOTS.validate_json(str(rows[0][0])) if rows else ()
+            rows = run(
+                "SELECT lot FROM member_lots WHERE member_id = ? ORDER BY lot_id", (member_id,)
+            )
+        return tuple(LotOut.model_validate_json(str(row[0])) for row in rows)
 
     def entries(self, member_id: str) -> list[EntrySummary]:
         with self.db.transaction() as run:

@@ -110,6 +110,11 @@ def test_spending_below_a_price_unlocks_nothing() -> None:
     assert entry_notices(spent, program()) == []
 
 
+def test_points_given_back_by_a_cancelled_redemption_unlock_nothing() -> None:
+    back = entry("m-a", 6, "redemption_cancelled", T0, available_delta=50, available_after=60)
+    assert entry_notices(back, program()) == []
+
+
 def test_turned_off_kinds_produce_nothing() -> None:
     p = program(notifications={"kinds": ["points_expiring"]})
     crossing = entry("m-a", 5, "points_earned", T0, available_delta=60, available_after=60)
