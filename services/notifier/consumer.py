@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from schemas import TOPIC_LEDGER, TOPIC_TIERS
@@ -98,12 +98,12 @@ class KafkaNotices:
         self.bootstrap = bootstrap
 
     async def _assign(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
+        """Without a group, a subscribed consumer gets every partition; then seek each to
+        the stored position (or the beginning: a fresh notifier reads the whole topic)."""
+        consumer.subscribe(list(TOPICS))
         while not stop.is_set():
-            await consumer.topics()  # refreshes metadata
-            found = {t: consumer.partitions_for_topic(t) for t in TOPICS}
-            if all(found.values()):
-                partitions = [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps)]
-                consumer.assign(partitions)
+            partitions = sorted(consumer.assignment())
+            if {tp.topic for tp in partitions} == set(TOPICS):
                 stored = self.recorder.snapshots.positions()
                 for tp in partitions:
                     if (tp.topic, tp.partition) in stored:
@@ -111,8 +111,8 @@ class KafkaNotices:
                     else:
                         await consumer.seek_to_beginning(tp)
                 return True
-            log.info("waiting for topics %s", [t for t, ps in found.items() if not ps])
-            await asyncio.sleep(1.0)
+            log.info("waiting for the partitions of %s", ", ".join(TOPICS))
+            await asyncio.sleep(0.5)
         return False
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
