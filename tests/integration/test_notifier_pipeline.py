@@ -45,7 +45,7 @@ from services.notifier.notices import (
 )
 from services.notifier.sent_log import PENDING, SENDING
 from tests.support.notices import tier_changed
-from tests.support.pipeline import LOYALTY, buy_at, event, wait_for
+from tests.support.pipeline import LOYALTY, buy_at, event, free_port, scrape, wait_for
 from tests.support.receivers import Mailbox, smtp_server
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -186,9 +186,11 @@ def _expected(world: World, now: datetime) -> set[str]:
 
 class NotifierProcess:
     def __init__(self, bootstrap: str, db: str, program: Path, smtp_port: int, log: Path):
+        self.metrics_port = free_port()
         self.args = [
             str(LOYALTY), "notify", "run", "--bootstrap", bootstrap, "--notifier-db", db,
-            "--program", str(program), "--metrics-port", "0", "--scan-interval", "3600",
+            "--program", str(program), "--metrics-port", str(self.metrics_port),
+            "--scan-interval", "3600",
         ]  # fmt: skip
         self.env = {
             **os.environ,
@@ -261,6 +263,7 @@ def test_killed_mid_batch_and_restarted_it_sends_nothing_twice_and_misses_nothin
         notifier.start()
         wait_for(lambda: set(received()) >= expected, "every notice", 45)
         time.sleep(1.0)  # anything sent twice would arrive now
+        metrics = scrape(notifier.metrics_port)
         assert notifier.stop() == 0
     finally:
         if notifier.process is not None and notifier.process.poll() is None:
@@ -282,6 +285,13 @@ def test_killed_mid_batch_and_restarted_it_sends_nothing_twice_and_misses_nothin
     # Only a delivery in flight at the kill may repeat, and it is recorded as in doubt.
     assert twice <= in_doubt
     assert len(twice) <= 1
+    # The restarted process counted what it sent after the kill (our members and others').
+    sent_after_restart = sum(
+        v for k, v in metrics.items()
+        if k.startswith("loyalty_notice_deliveries_total{") and 'outcome="sent"' in k
+    )  # fmt: skip
+    assert sent_after_restart >= len(expected) - at_kill
+    assert "loyalty_notifier_queue_age_seconds" in metrics
     print(
         f"{len(expected)} notices, {at_kill} delivered before SIGKILL, "
         f"{len(twice)} repeated (in doubt: {sorted(in_doubt)})"
