@@ -52,7 +52,11 @@ class Sender:
         now = self.clock()
         due = [d for d in self.sent_log.due(now, limit) if d.channel in self.channels]
         for delivery in due:
-            await self.deliver(delivery)
+            try:
+                await self.deliver(delivery)
+            except Exception as exc:  # a bug or a bad template must not stop every send
+                log.exception("delivering %s on %s failed", delivery.notice.key, delivery.channel)
+                self._failed(delivery, f"{type(exc).__name__}: {exc}", self.clock())
         metrics.QUEUE_AGE.set(self.sent_log.oldest_due_age(self.clock()))
         return len(due)
 
@@ -92,23 +96,28 @@ class Sender:
         try:
             await channel.send(notice, rendered, contact)
         except DeliveryError as exc:
-            attempts = d.attempts + 1
-            last = attempts >= self.program.notifications.attempts
-            retry_at = None if last else now + backoff(attempts, self.program)
-            self.sent_log.failed(d, str(exc), self.clock(), retry_at)
-            metrics.DELIVERIES.labels(kind, d.channel, "failed").inc()
-            if last:
-                metrics.DELIVERIES.labels(kind, d.channel, "dead").inc()
-                log.error(
-                    "notice %s on %s is dead after %s tries: %s",
-                    d.notice.key,
-                    d.channel,
-                    attempts,
-                    exc,
-                )
+            self._failed(d, str(exc), now)
             return
         self.sent_log.sent(d, self.clock())
         metrics.DELIVERIES.labels(kind, d.channel, "sent").inc()
+
+    def _failed(self, d: Delivery, error: str, now: datetime) -> None:
+        """One more failed try: retried after the backoff, or dead after the last try."""
+        kind = d.notice.kind
+        attempts = d.attempts + 1
+        last = attempts >= self.program.notifications.attempts
+        retry_at = None if last else now + backoff(attempts, self.program)
+        self.sent_log.failed(d, error, self.clock(), retry_at, attempts)
+        metrics.DELIVERIES.labels(kind, d.channel, "failed").inc()
+        if last:
+            metrics.DELIVERIES.labels(kind, d.channel, "dead").inc()
+            log.error(
+                "notice %s on %s is dead after %s tries: %s",
+                d.notice.key,
+                d.channel,
+                attempts,
+                error,
+            )
 
     async def run(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         self.recover()

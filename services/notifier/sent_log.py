@@ -203,14 +203,17 @@ class SentLog:
             (SENT, ts(now), ts(now)),
         )
 
-    def failed(self, d: Delivery, error: str, now: datetime, retry_at: datetime | None) -> None:
-        """A failed try: retried at `retry_at`, or dead (the dead-letter) when None."""
+    def failed(
+        self, d: Delivery, error: str, now: datetime, retry_at: datetime | None, attempts: int
+    ) -> None:
+        """A failed try (`attempts` so far): retried at `retry_at`, or dead (the
+        dead-letter) when None."""
         state = FAILED if retry_at is not None else DEAD
         self._set(
             d.notice.key,
             d.channel,
-            "state = ?, last_error = ?, next_attempt_at = ?, updated_at = ?",
-            (state, error[:1000], ts(retry_at or now), ts(now)),
+            "state = ?, attempts = ?, last_error = ?, next_attempt_at = ?, updated_at = ?",
+            (state, attempts, error[:1000], ts(retry_at or now), ts(now)),
         )
 
     def suppress(self, d: Delivery, reason: str, now: datetime) -> None:

@@ -320,3 +320,40 @@ def test_erasing_a_member_removes_contacts_and_suppresses_what_was_not_sent(rig:
     assert rig.mailbox.messages == []
     assert rig.hooks.received == []
     assert set(rig.states("m-a").values()) == {SUPPRESSED}
+
+
+class _Broken:
+    """A channel with a bug: it raises something other than DeliveryError."""
+
+    name = "broken"
+
+    def unreachable(self, contact: object) -> str | None:
+        return None
+
+    async def send(self, notice: object, rendered: object, contact: object) -> None:
+        raise RuntimeError("boom")
+
+
+def test_a_channel_bug_fails_its_rows_without_stopping_the_others(
+    tmp_path: Path, smtp: tuple[int, Mailbox]
+) -> None:
+    p = program(notifications={"attempts": 2, "retry_base_seconds": 1})
+    clock = Clock(T0)
+    notifier = build_notifier(
+        p,
+        sqlite_url(tmp_path / "n.sqlite"),
+        [_Broken(), SmtpChannel("127.0.0.1", smtp[0], "loyalty@example.com")],  # type: ignore[list-item]
+        clock,
+    )
+    try:
+        notifier.contacts.set_contact("m-a", "ana@example.com")
+        crossing = entry("m-a", 2, "points_earned", T0, available_delta=60, available_after=60)
+        notifier.recorder.apply([Record(TOPIC_LEDGER, 0, 2, crossing.model_dump_json().encode())])
+        asyncio.run(notifier.sender.drain())
+        clock.now = T0 + timedelta(seconds=5)
+        asyncio.run(notifier.sender.drain())
+        states = {(d.channel, d.state, d.attempts) for d in notifier.sent_log.deliveries("m-a")}
+        assert states == {("broken", DEAD, 2), ("email", SENT, 1)}
+        assert len(smtp[1].messages) == 1
+    finally:
+        notifier.close()

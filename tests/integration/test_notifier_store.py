@@ -87,11 +87,11 @@ def test_delivery_states_and_crash_recovery(notifier: Notifier) -> None:
     (again,) = log.due(T0)
     assert (again.in_doubt, again.attempts, again.state) == (True, 1, FAILED)
     log.begin(again, T0)
-    log.failed(again, "HTTP 500", T0, T0 + DAY)
+    log.failed(again, "HTTP 500", T0, T0 + DAY, 2)
     assert log.due(T0) == []
     (later,) = log.due(T0 + DAY)
     log.begin(later, T0 + DAY)
-    log.failed(later, "HTTP 500", T0 + DAY, None)
+    log.failed(later, "HTTP 500", T0 + DAY, None, 3)
     assert [x.state for x in log.deliveries("m-a")] == [DEAD]
     assert log.oldest_due_age(T0 + 2 * DAY) == 0.0
     assert log.redrive(T0 + 2 * DAY) == 1
