@@ -342,7 +342,7 @@ def test_a_channel_bug_fails_its_rows_without_stopping_the_others(
     notifier = build_notifier(
         p,
         sqlite_url(tmp_path / "n.sqlite"),
-        [_Broken(), SmtpChannel("127.0.0.1", smtp[0], "loyalty@example.com")],  # type: ignore[list-item]
+        [_Broken(), SmtpChannel("127.0.0.1", smtp[0], "loyalty@example.com")],
         clock,
     )
     try:
