@@ -51,12 +51,18 @@ class Sender:
         """Deliver what is due now; returns how many rows were handled."""
         now = self.clock()
         due = [d for d in self.sent_log.due(now, limit) if d.channel in self.channels]
-        for delivery in due:
-            try:
-                await self.deliver(delivery)
-            except Exception as exc:  # a bug or a bad template must not stop every send
-                log.exception("delivering %s on %s failed", delivery.notice.key, delivery.channel)
-                self._failed(delivery, f"{type(exc).__name__}: {exc}", self.clock())
+        try:
+            for delivery in due:
+                try:
+                    await self.deliver(delivery)
+                except Exception as exc:  # a bug or a bad template must not stop every send
+                    log.exception(
+                        "delivering %s on %s failed", delivery.notice.key, delivery.channel
+                    )
+                    self._failed(delivery, f"{type(exc).__name__}: {exc}", self.clock())
+        finally:
+            for channel in self.channels.values():
+                await channel.close()
         metrics.QUEUE_AGE.set(self.sent_log.oldest_due_age(self.clock()))
         return len(due)
 

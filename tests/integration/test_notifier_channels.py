@@ -333,6 +333,9 @@ class _Broken:
     async def send(self, notice: object, rendered: object, contact: object) -> None:
         raise RuntimeError("boom")
 
+    async def close(self) -> None:
+        return None
+
 
 def test_a_channel_bug_fails_its_rows_without_stopping_the_others(
     tmp_path: Path, smtp: tuple[int, Mailbox]

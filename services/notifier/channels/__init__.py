@@ -23,3 +23,7 @@ class Channel(Protocol):
     async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
         """Deliver, or raise DeliveryError."""
         ...
+
+    async def close(self) -> None:
+        """Release connections kept between sends (called after each batch)."""
+        ...

@@ -19,5 +19,8 @@ class PrintChannel:
     def unreachable(self, contact: Contact | None) -> str | None:
         return None
 
+    async def close(self) -> None:
+        return None
+
     async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
         self.echo(f"{notice.member_id}: {rendered.subject}  [{notice.kind}; {notice.cause}]")

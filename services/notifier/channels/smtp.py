@@ -1,7 +1,12 @@
-"""Email over SMTP (aiosmtplib): a text body with an HTML alternative."""
+"""Email over SMTP (aiosmtplib): a text body with an HTML alternative.
+
+One connection serves a batch of sends (the sender closes it after each batch), so the
+time between the server accepting a message and the sent-log recording it is one
+database commit, not a QUIT and a disconnect."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from email.message import EmailMessage
 
@@ -39,6 +44,29 @@ class SmtpChannel:
         self.password = password
         self.start_tls = start_tls
         self.timeout = timeout
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self._client is None or not self._client.is_connected:
+            client = aiosmtplib.SMTP(
+                hostname=self.host,
+                port=self.port,
+                username=self.username,
+                password=self.password,
+                start_tls=self.start_tls,
+                timeout=self.timeout,
+            )
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
 
     def unreachable(self, contact: Contact | None) -> str | None:
         return None if contact is not None and contact.email else "no email address"
@@ -55,15 +83,22 @@ class SmtpChannel:
         message["X-Loyalty-Notice-Kind"] = str(notice.kind)
         message.set_content(rendered.text)
         message.add_alternative(rendered.html, subtype="html")
+        reused = self._client is not None and self._client.is_connected
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=self.host,
-                port=self.port,
-                username=self.username,
-                password=self.password,
-                start_tls=self.start_tls,
-                timeout=self.timeout,
-            )
+            try:
+                await (await self._connect()).send_message(message)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                if not reused:
+                    raise
+                # The server dropped an idle connection before this message: try a fresh one.
+                await self._drop()
+                await (await self._connect()).send_message(message)
         except (aiosmtplib.SMTPException, OSError) as exc:
+            await self._drop()
             raise DeliveryError(f"smtp: {type(exc).__name__}: {exc}") from exc
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()

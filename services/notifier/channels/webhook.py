@@ -69,6 +69,9 @@ class WebhookChannel:
     def unreachable(self, contact: Contact | None) -> str | None:
         return None
 
+    async def close(self) -> None:
+        return None
+
     async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
         body = payload(notice, rendered)
         headers = {
