@@ -378,5 +378,12 @@ def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
         typer.echo(f"{name} {count}")
 
 
+# The notifier's commands (services/notifier/cli.py): `loyalty notify ...`.
+
+from services.notifier.cli import notify_app  # noqa: E402
+
+app.add_typer(notify_app, name="notify")
+
+
 def main() -> None:
     app()

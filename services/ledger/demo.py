@@ -15,6 +15,7 @@ from services.ledger.application.views import EntryRow
 from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
+from services.notifier.embedded import EmbeddedNotifier
 
 MEMBERS = ("m-ana", "m-ben", "m-cy")
 
@@ -154,7 +155,9 @@ SCRIPT: list[tuple[str, str, list[dict[str, Any] | bytes] | str]] = [
         "2026-05-15T09:00:00Z",
         [b'{"event_id": "p-1", "type": "purchase.completed"'],
     ),
+    ("The notifier sends May's statements", "2026-06-01T14:00:00Z", []),
     ("Mid-November, Ana checks what is about to expire", "2026-11-15T17:00:00Z", "m-ana"),
+    ("A week before the end of November, the last expiry reminders", "2026-11-24T14:00:00Z", []),
     ("Six months later the May points expire at the end of November", "2026-12-01T05:00:00Z", []),
 ]
 
@@ -167,6 +170,13 @@ def run_demo(
 ) -> None:
     clock = FixedClock(datetime(2026, 5, 4, tzinfo=UTC))
     ledger = build_ledger(Settings(program=EXAMPLES / "coffee.yaml", db=db), clock=clock)
+    # The notifier, in-process: prints the notices it would send after each step.
+    notices = EmbeddedNotifier(
+        ledger.app.program,
+        clock.now,
+        lambda line: echo(f"            notice {line}"),
+        {m: f"{m.removeprefix('m-')}@example.com" for m in MEMBERS},
+    )
     try:
         echo(f"Program {ledger.app.program.name} ({ledger.app.program.version}), store {db}\n")
         for number, (what, at, step) in enumerate(SCRIPT, start=1):
@@ -176,6 +186,7 @@ def run_demo(
                 balance = ledger.balance(step)
                 assert balance is not None
                 echo(f"{at[:10]}  {what}:\n            {format_balance(balance)}")
+                notices.step(ledger)
                 continue
             items = [
                 Inbound(
@@ -192,6 +203,7 @@ def run_demo(
                 + (f"  -> {results}" if results else "")
                 + (f"  [{made} scheduled entries]" if made else "")
             )
+            notices.step(ledger)
         echo("")
         for member in MEMBERS:
             balance = ledger.balance(member)
@@ -199,6 +211,8 @@ def run_demo(
             echo(format_balance(balance))
             for row in reversed(ledger.statement(member, limit=100)):
                 echo("  " + format_entry(row).replace("\n", "\n  "))
+            for line in notices.lines(member):
+                echo("  notice " + line)
             echo("")
         report = verify(ledger.app, ledger.view)
         echo(
@@ -209,4 +223,5 @@ def run_demo(
         for rejection in ledger.app.rejections():
             echo(f"rejected: {rejection.reason}: {rejection.detail}")
     finally:
+        notices.close()
         ledger.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date
+from datetime import date, time
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
@@ -170,6 +170,53 @@ class Returns(_Model):
     policy: ReturnPolicy = ReturnPolicy.WITHIN_BALANCE
 
 
+class NoticeKind(StrEnum):
+    """What the notifier tells members about."""
+
+    POINTS_EXPIRING = "points_expiring"
+    TIER_REACHED = "tier_reached"
+    TIER_AT_RISK = "tier_at_risk"
+    REWARD_UNLOCKED = "reward_unlocked"
+    REFERRAL_REWARDED = "referral_rewarded"
+    POINTS_AVAILABLE = "points_available"
+    MONTHLY_STATEMENT = "monthly_statement"
+
+
+class QuietHours(_Model):
+    """No notice is sent from `start` to `end` (program time zone; may wrap midnight)."""
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _span(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet hours need different start and end")
+        return self
+
+
+class Notifications(_Model):
+    """What the notifier sends and when (not part of the ledger's rules, see `version`)."""
+
+    kinds: tuple[NoticeKind, ...] = tuple(NoticeKind)
+    expiry_reminder_days: tuple[Annotated[int, Field(ge=1, le=365)], ...] = (30, 7)
+    tier_at_risk_days: int = Field(default=30, ge=1, le=365)
+    quiet_hours: QuietHours | None = None
+    statement_day: int = Field(default=1, ge=1, le=28)
+    attempts: int = Field(default=5, ge=1, le=20, description="tries per channel, then dead")
+    retry_base_seconds: int = Field(default=30, ge=1, le=86400)
+
+    @field_validator("expiry_reminder_days")
+    @classmethod
+    def _days(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("reminder windows must be different")
+        return tuple(sorted(value, reverse=True))
+
+    def enabled(self, kind: NoticeKind) -> bool:
+        return kind in self.kinds
+
+
 class Program(_Model):
     id: Slug
     name: str = Field(min_length=1, max_length=200)
@@ -187,6 +234,7 @@ class Program(_Model):
     tier_qualification: TierQualification = TierQualification()
     rewards: dict[Slug, Reward] = {}
     returns: Returns = Returns()
+    notifications: Notifications = Notifications()
 
     @field_validator("timezone")
     @classmethod
@@ -219,10 +267,14 @@ class Program(_Model):
         return f"{self.id}@{program_digest(self)[:12]}"
 
     def canonical_json(self) -> str:
-        """The same rules give the same text: numbers are written in one way (1.0 -> "1")."""
-        return json.dumps(
-            _canonical(self.model_dump(mode="python")), sort_keys=True, separators=(",", ":")
-        )
+        """The same rules give the same text: numbers are written in one way (1.0 -> "1").
+
+        The notifications section is left out while it is the default, so programs written
+        before it existed keep their versions; a changed section changes the version."""
+        data = self.model_dump(mode="python")
+        if self.notifications == Notifications():
+            del data["notifications"]
+        return json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
 
     def tier(self, tier_id: str | None) -> Tier | None:
         for tier in self.tiers:
@@ -242,7 +294,7 @@ def _canonical(value: Any) -> Any:
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
-    if isinstance(value, date):
+    if isinstance(value, date | time):
         return value.isoformat()
     return value
 
