@@ -6,7 +6,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -247,13 +247,27 @@ def tier_assign(
     tier: str,
     reason: Annotated[str, typer.Option()],
     actor: Annotated[str, typer.Option()],
+    until: Annotated[
+        datetime | None,
+        typer.Option(help="When the override ends (ISO date or instant, UTC if naive)."),
+    ] = None,
+    lock: Annotated[
+        bool,
+        typer.Option(
+            "--lock/--no-lock",
+            help="Locked: automatic tier changes wait until --until (forever without it).",
+        ),
+    ] = False,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Record the tier a member is in (the tiers service does this from qualifying activity)."""
+    """Override a member's tier (ops); the tiers service normally sets it from activity."""
+    ends = until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
     with _ledger(program, db) as ledger:
         try:
-            entries = ledger.app.assign_tier(member, tier, reason=reason, actor=actor)
+            entries = ledger.app.assign_tier(
+                member, tier, reason=reason, actor=actor, until=ends, locked=lock
+            )
         except Declined as exc:
             typer.echo(f"declined ({exc.reason}): {exc.detail}", err=True)
             raise typer.Exit(1) from None
