@@ -25,10 +25,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 program_app = typer.Typer(help="Program files: validate and show.", no_args_is_help=True)
-tier_app = typer.Typer(help="Member tiers.", no_args_is_help=True)
+tier_app = typer.Typer(help="Member tiers: ops overrides.", no_args_is_help=True)
+tiers_app = typer.Typer(
+    help="The tiers service: run it, rebuild tiers from the ledger, explain a history.",
+    no_args_is_help=True,
+)
 topics_app = typer.Typer(help="Kafka topics of the contract.", no_args_is_help=True)
 app.add_typer(program_app, name="program")
 app.add_typer(tier_app, name="tier")
+app.add_typer(tiers_app, name="tiers")
 app.add_typer(topics_app, name="topics")
 
 BootstrapOpt = Annotated[
@@ -198,8 +203,11 @@ def lots(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
 @app.command(name="verify")
 def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
     """Check every invariant against the store; exit 1 on any violation."""
+    from services.tiers.rebuild import tier_differences
+
     with _ledger(program, db) as ledger:
         report = verify(ledger.app, ledger.view)
+        report.violations += tier_differences(ledger.app)
     for violation in report.violations:
         typer.echo(f"VIOLATION {violation}", err=True)
     typer.echo(
@@ -390,6 +398,93 @@ def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
 
     for name, count in asyncio.run(describe_topics(bootstrap)).items():
         typer.echo(f"{name} {count}")
+
+
+@tiers_app.command("serve")
+def tiers_serve(
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+    review_interval: Annotated[
+        float, typer.Option(help="Seconds between period-end reviews (downgrades).")
+    ] = 60.0,
+    data_dir: Annotated[Path, typer.Option(help="faust's data directory.")] = Path("var/tiers"),
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="LOYALTY_TIERS_METRICS_PORT", help="Serve Prometheus /metrics here (0: off)."
+        ),
+    ] = 9465,
+    program: ProgramOpt = None,
+) -> None:
+    """Run the tiers service (faust): loyalty.ledger.v1 -> loyalty.tiers.v1, until SIGTERM."""
+    import faust
+
+    from services.ledger.adapters.metrics import serve_metrics
+    from services.tiers.app import build_app
+
+    settings = _settings(program, None)
+    try:
+        loaded = load_program(settings.program)
+    except ProgramFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if metrics_port:
+        serve_metrics(metrics_port)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    brokers = [f"kafka://{host.strip()}" for host in bootstrap.split(",")]
+    service = build_app(
+        loaded, broker=";".join(brokers), data_dir=data_dir, review_interval=review_interval
+    )
+    faust.Worker(service.app, loglevel="info").execute_from_commandline()
+
+
+@tiers_app.command("rebuild")
+def tiers_rebuild(
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="Compare with the live table of the tiers service on this broker."),
+    ] = None,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+    now: NowOpt = None,
+) -> None:
+    """Recompute every member's tier from the ledger from zero; with --bootstrap, compare
+    with the tiers service's live table and exit 1 on any difference."""
+    import asyncio
+
+    from services.tiers.live_table import read_live_table
+    from services.tiers.rebuild import recompute_all
+
+    with _ledger(program, db) as ledger:
+        again = recompute_all(ledger.app, _aware(now))
+    live = asyncio.run(read_live_table(bootstrap)) if bootstrap else None
+    differences = 0
+    for member, found in again.items():
+        state = found.state
+        until = state.held_until.isoformat() if state.held_until else "-"
+        line = f"{member}: {state.tier or '-'} (held until {until}; {len(found.decisions)} changes)"
+        if live is not None:
+            shown = live.get(member)
+            if shown is None or shown.tier != state.tier:
+                differences += 1
+                line += f"  DIFFERS: live table has {shown.tier if shown else 'nothing'}"
+        typer.echo(line)
+    typer.echo(
+        f"{len(again)} members recomputed"
+        + (f", {differences} differ from the live table" if live is not None else "")
+    )
+    if differences:
+        raise typer.Exit(1)
+
+
+@tiers_app.command("history")
+def tiers_history(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
+    """A member's tier changes, each with the ledger entry that caused it."""
+    from services.tiers.explain import tier_history
+
+    with _ledger(program, db) as ledger:
+        lines = tier_history(ledger.app, member)
+    for line in lines or [f"{member} has no tier entries"]:
+        typer.echo(line)
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ from services.ledger.application.views import EntryRow
 from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
+from services.tiers.embedded import EmbeddedTiers
+from services.tiers.explain import tier_history
+from services.tiers.rebuild import tier_differences
 
 MEMBERS = ("m-ana", "m-ben", "m-cy")
 
@@ -87,6 +90,13 @@ SCRIPT: list[tuple[str, str, list[dict[str, Any] | bytes] | str]] = [
                 "m-ana",
                 referee_member_id="m-cy",
             ),
+        ],
+    ),
+    (
+        "Ana is Gold now (58 points this year): a $8.40 latte on Friday earns double, 16",
+        "2026-05-08T14:00:00Z",
+        [
+            _purchase("ord-1003-paid", "2026-05-08T14:00:00Z", "m-ana", "1003", 840),
         ],
     ),
     ("The scheduler releases pending points", "2026-05-09T12:00:00Z", []),
@@ -167,6 +177,7 @@ def run_demo(
 ) -> None:
     clock = FixedClock(datetime(2026, 5, 4, tzinfo=UTC))
     ledger = build_ledger(Settings(program=EXAMPLES / "coffee.yaml", db=db), clock=clock)
+    tiers = EmbeddedTiers(ledger.app)  # the tiers service's policy, in-process
     try:
         echo(f"Program {ledger.app.program.name} ({ledger.app.program.version}), store {db}\n")
         for number, (what, at, step) in enumerate(SCRIPT, start=1):
@@ -186,11 +197,13 @@ def run_demo(
             ]
             outcomes = ledger.app.apply_batch(items) if items else []
             made = ledger.tick()
+            changes = tiers.run(clock.now())
             results = ", ".join(o.status + (f" ({o.reason})" if o.reason else "") for o in outcomes)
             echo(
                 f"{at[:10]}  {what}"
                 + (f"  -> {results}" if results else "")
                 + (f"  [{made} scheduled entries]" if made else "")
+                + (f"  [{changes} tier changes]" if changes else "")
             )
         echo("")
         for member in MEMBERS:
@@ -200,7 +213,12 @@ def run_demo(
             for row in reversed(ledger.statement(member, limit=100)):
                 echo("  " + format_entry(row).replace("\n", "\n  "))
             echo("")
+        echo("Ana's tier history (each change and the ledger entry that caused it):")
+        for line in tier_history(ledger.app, "m-ana"):
+            echo("  " + line)
+        echo("")
         report = verify(ledger.app, ledger.view)
+        report.violations += tier_differences(ledger.app)
         echo(
             f"verify: {report.members} members, {report.entries} entries, "
             f"{report.receipts} receipts: "

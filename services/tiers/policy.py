@@ -326,7 +326,9 @@ def _maybe_upgrade(program: Program, state: TierState, now: datetime, position: 
             now,
             held,
             position,
-            f"{what} in the window: {value} >= {qualified.threshold}",
+            f"{what} in the window: {value} >= {qualified.threshold}"
+            if qualified.threshold
+            else "entry tier",
         )
         state = replace(
             state,
