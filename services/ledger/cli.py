@@ -407,6 +407,9 @@ def tiers_serve(
         float, typer.Option(help="Seconds between period-end reviews (downgrades).")
     ] = 60.0,
     data_dir: Annotated[Path, typer.Option(help="faust's data directory.")] = Path("var/tiers"),
+    app_id: Annotated[
+        str, typer.Option(help="faust app id: consumer group and changelog topic prefix.")
+    ] = "loyalty-tiers",
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -432,7 +435,11 @@ def tiers_serve(
     data_dir.mkdir(parents=True, exist_ok=True)
     brokers = [f"kafka://{host.strip()}" for host in bootstrap.split(",")]
     service = build_app(
-        loaded, broker=";".join(brokers), data_dir=data_dir, review_interval=review_interval
+        loaded,
+        broker=";".join(brokers),
+        data_dir=data_dir,
+        review_interval=review_interval,
+        app_id=app_id,
     )
     faust.Worker(service.app, loglevel="info").execute_from_commandline()
 
@@ -442,6 +449,12 @@ def tiers_rebuild(
     bootstrap: Annotated[
         str | None,
         typer.Option(help="Compare with the live table of the tiers service on this broker."),
+    ] = None,
+    app_id: Annotated[str, typer.Option(help="faust app id of the tiers service.")] = (
+        "loyalty-tiers"
+    ),
+    member: Annotated[
+        list[str] | None, typer.Option(help="Only these members (repeatable).")
     ] = None,
     program: ProgramOpt = None,
     db: DbOpt = None,
@@ -456,14 +469,18 @@ def tiers_rebuild(
 
     with _ledger(program, db) as ledger:
         again = recompute_all(ledger.app, _aware(now))
-    live = asyncio.run(read_live_table(bootstrap)) if bootstrap else None
+    live = asyncio.run(read_live_table(bootstrap, app_id)) if bootstrap else None
     differences = 0
-    for member, found in again.items():
+    if member:
+        again = {m: found for m, found in again.items() if m in set(member)}
+    for member_id, found in again.items():
         state = found.state
         until = state.held_until.isoformat() if state.held_until else "-"
-        line = f"{member}: {state.tier or '-'} (held until {until}; {len(found.decisions)} changes)"
+        line = (
+            f"{member_id}: {state.tier or '-'} (held until {until}; {len(found.decisions)} changes)"
+        )
         if live is not None:
-            shown = live.get(member)
+            shown = live.get(member_id)
             if shown is None or shown.tier != state.tier:
                 differences += 1
                 line += f"  DIFFERS: live table has {shown.tier if shown else 'nothing'}"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,28 @@ log = logging.getLogger(__name__)
 
 APP_ID = "loyalty-tiers"
 TABLE = "tier-state"
+
+
+class MemberKeyed(MutableMapping[str, Any]):
+    """The table seen with member ids as text (it stores them as raw bytes)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, member_id: str) -> Any:
+        return self.table[member_id.encode()]
+
+    def __setitem__(self, member_id: str, value: Any) -> None:
+        self.table[member_id.encode()] = value
+
+    def __delitem__(self, member_id: str) -> None:
+        del self.table[member_id.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode() for key in list(self.table.keys()))
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
 @dataclass
@@ -47,7 +70,7 @@ class TiersApp:
         """Apply the reviews due now to every member held here; returns changes published."""
         now = self.clock.now()
         published = 0
-        for member_id in list(self.table.keys()):
+        for member_id in list(self.processor.store.keys()):
             state, outgoing = self.processor.on_tick(member_id, now)
             if state is None:
                 continue
@@ -68,6 +91,7 @@ def build_app(
     review_interval: float = 60.0,
     app_id: str = APP_ID,
     partitions: int = 3,
+    session_timeout: float = 10.0,
 ) -> TiersApp:
     """Wire the faust app; `store` memory:// keeps the table in memory, rebuilt from its
     changelog topic on start (rocksdb:// would keep a local copy)."""
@@ -82,6 +106,9 @@ def build_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         table_standby_replicas=0,
+        # A worker that died is noticed after this long and its partitions move on.
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=session_timeout / 4,
     )
     ledger_topic = app.topic(
         TOPIC_LEDGER, key_type=bytes, value_type=bytes, value_serializer="raw", internal=False
@@ -89,10 +116,13 @@ def build_app(
     tiers_topic = app.topic(
         TOPIC_TIERS, key_type=bytes, value_type=bytes, value_serializer="raw", internal=False
     )
+    # Keys are the raw member id bytes, like loyalty.ledger.v1's keys: the producer's
+    # partitioner then puts a member's state in the changelog partition numbered like its
+    # ledger partition, which is the one the worker owning that ledger partition restores.
     table = app.Table(
-        TABLE, default=None, key_type=str, partitions=partitions, use_partitioner=True
+        TABLE, default=None, key_type=bytes, partitions=partitions, use_partitioner=True
     )
-    processor = TierProcessor(program, table)
+    processor = TierProcessor(program, MemberKeyed(table))
     tiers: TiersApp
 
     @app.agent(ledger_topic, name="entries")

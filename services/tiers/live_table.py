@@ -6,21 +6,21 @@ import json
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.ledger.adapters.kafka_topics import describe_topics
 from services.tiers.app import APP_ID, TABLE
 from services.tiers.codec import decode_state
 from services.tiers.policy import TierState
 
-CHANGELOG_TOPIC = f"{APP_ID}-{TABLE}-changelog"
 
-
-async def read_live_table(bootstrap: str, topic: str = CHANGELOG_TOPIC) -> dict[str, TierState]:
+async def read_live_table(bootstrap: str, app_id: str = APP_ID) -> dict[str, TierState]:
+    topic = f"{app_id}-{TABLE}-changelog"
+    count = (await describe_topics(bootstrap)).get(topic, 0)
+    if not count:
+        return {}
+    partitions = [TopicPartition(topic, p) for p in range(count)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the cluster metadata
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            return {}
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

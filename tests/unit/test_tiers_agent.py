@@ -130,7 +130,7 @@ def test_agent_publishes_an_upgrade_once_and_stores_the_position(
     assert upgrade.data.caused_by_position == 3
     assert upgrade.data.qualifying_value == 1000
     assert upgrade.data.valid_until == datetime(2027, 1, 11, tzinfo=UTC)
-    stored = service.table["m-1"]
+    stored = service.table[b"m-1"]
     assert stored["tier"] == "silver"
     assert stored["last_position"] == 4
     assert json.loads(json.dumps(stored)) == stored  # the changelog form is plain JSON
