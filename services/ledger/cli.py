@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from schemas.outbound import TierProgressOut
 from services.ledger.adapters.program_file import ProgramFileError, load_program
 from services.ledger.application.service import Ledger, MemberBalanceView
 from services.ledger.application.verify import verify
@@ -53,6 +54,23 @@ NowOpt = Annotated[
     typer.Option("--now", help="Instant to act at (RFC 3339, with zone); default: now."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+TiersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tiers/--no-tiers",
+        envvar="LOYALTY_EMBEDDED_TIERS",
+        help="Run the tier policy in-process afterwards (embedded mode; off when the "
+        "tiers service runs).",
+    ),
+]
+
+
+def _embedded_tiers(ledger: Ledger, now: datetime | None) -> int:
+    from services.tiers.embedded import EmbeddedTiers
+
+    changes = EmbeddedTiers(ledger.app).run(now or ledger.app.clock.now())
+    ledger.projection.run()
+    return changes
 
 
 def _settings(program: Path | None, db: Path | None) -> Settings:
@@ -90,6 +108,7 @@ def ingest(
     events: Annotated[Path, typer.Argument(help="JSON-lines file of inbound events.")],
     program: ProgramOpt = None,
     db: DbOpt = None,
+    tiers: TiersOpt = True,
 ) -> None:
     """Apply a JSON-lines file of events (same validation and rules as Kafka ingest)."""
     if not events.is_file():
@@ -97,6 +116,9 @@ def ingest(
         raise typer.Exit(2)
     with _ledger(program, db) as ledger:
         report = ledger.ingest_lines(events)
+        changes = _embedded_tiers(ledger, None) if tiers else 0
+    if changes:
+        typer.echo(f"{changes} tier changes")
     for line, outcome in report.rejected:
         typer.echo(f"line {line}: rejected ({outcome.reason}): {outcome.detail}", err=True)
     typer.echo(
@@ -113,6 +135,19 @@ def _format_balance(b: MemberBalanceView) -> str:
         f"lifetime {b.lifetime_earned}; tier {b.tier or '-'}; expiring {expiring} "
         f"(as of {b.as_of.isoformat()}, ledger position {b.as_of_position})"
     )
+
+
+def _format_tier(held_until: datetime | None, progress: TierProgressOut | None) -> str:
+    if progress is None:
+        return ""
+    held = f"held until {held_until.date().isoformat()}; " if held_until else ""
+    toward = (
+        f"{progress.qualifying_value} of {progress.next_threshold} {progress.basis} "
+        f"for {progress.next_tier}"
+        if progress.next_tier
+        else f"{progress.qualifying_value} {progress.basis}, top tier"
+    )
+    return f"  tier {held}{toward} by {progress.period_end.date().isoformat()}"
 
 
 def _balance_json(b: MemberBalanceView) -> dict[str, Any]:
@@ -138,12 +173,21 @@ def balance(
     as_json: JsonOpt = False,
 ) -> None:
     """A member's balance (points already due to expire are never shown as available)."""
+    from services.tiers.rebuild import balance_tier_fields
+
     with _ledger(program, db) as ledger:
         found = ledger.balance(member, _aware(now))
-    if found is None:
-        typer.echo(f"{member} is not a member", err=True)
-        raise typer.Exit(1)
-    typer.echo(json.dumps(_balance_json(found)) if as_json else _format_balance(found))
+        if found is None:
+            typer.echo(f"{member} is not a member", err=True)
+            raise typer.Exit(1)
+        held_until, progress = balance_tier_fields(ledger.app, member, found.as_of)
+    if as_json:
+        shown = _balance_json(found)
+        shown["tier_held_until"] = held_until.isoformat() if held_until else None
+        shown["tier_progress"] = progress.model_dump(mode="json") if progress else None
+        typer.echo(json.dumps(shown))
+    else:
+        typer.echo(_format_balance(found) + _format_tier(held_until, progress))
 
 
 def _format_entry(row: EntryRow) -> str:
@@ -219,11 +263,15 @@ def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
 
 
 @app.command()
-def tick(program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None) -> None:
-    """Release pending points and expire lots due now (idempotent for an instant)."""
+def tick(
+    program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None, tiers: TiersOpt = True
+) -> None:
+    """Release pending points and expire lots due now (idempotent for an instant); in
+    embedded mode, also the tier reviews due (period-end downgrades)."""
     with _ledger(program, db) as ledger:
         made = ledger.tick(_aware(now))
-    typer.echo(f"{made} entries")
+        changes = _embedded_tiers(ledger, _aware(now)) if tiers else 0
+    typer.echo(f"{made} entries" + (f", {changes} tier changes" if changes else ""))
 
 
 @app.command()

@@ -10,7 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.ledger.application.ledger import TIERS_CHANNEL, Inbound, LedgerApplication
+from services.ledger.application.ledger import (
+    APPLIED_STATUS,
+    TIERS_CHANNEL,
+    Inbound,
+    LedgerApplication,
+)
 from services.ledger.domain.provenance import Origin
 from services.tiers.history import ledger_entries
 from services.tiers.processor import Outgoing, TierProcessor
@@ -24,7 +29,8 @@ class EmbeddedTiers:
         self.position = 0
 
     def run(self, now: datetime | None = None) -> int:
-        """Process new ledger entries (and the reviews due at `now`); returns tier changes."""
+        """Process new ledger entries (and the reviews due at `now`); returns tier changes
+        recorded. A new instance starts from the ledger's first entry."""
         if not self.app.program.tiers:
             return 0
         changes = 0
@@ -45,5 +51,8 @@ class EmbeddedTiers:
                         outgoing += out
             if not outgoing:
                 return changes
-            self.app.apply_batch([Inbound(value, Origin(TIERS_CHANNEL)) for _, value in outgoing])
-            changes += len(outgoing)
+            outcomes = self.app.apply_batch(
+                [Inbound(value, Origin(TIERS_CHANNEL)) for _, value in outgoing]
+            )
+            # Decisions made again from the start of the ledger are duplicates: not counted.
+            changes += sum(o.status == APPLIED_STATUS for o in outcomes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from schemas.outbound import TierProgressOut
 from services.ledger.application.ledger import LedgerApplication
 from services.tiers.history import facts_by_member, member_facts
 from services.tiers.policy import Progress, TierDecision, TierState, progress, recompute
@@ -49,3 +50,19 @@ def tier_progress(app: LedgerApplication, member_id: str, now: datetime) -> Prog
         return None
     state, _ = recompute(app.program, member_id, member_facts(app, member_id), now)
     return progress(app.program, state, now)
+
+
+def balance_tier_fields(
+    app: LedgerApplication, member_id: str, now: datetime
+) -> tuple[datetime | None, TierProgressOut | None]:
+    """(held until, progress) for balance responses; (None, None) without tiers."""
+    shown = tier_progress(app, member_id, now)
+    if shown is None:
+        return None, None
+    return shown.held_until, TierProgressOut(
+        basis=app.program.tier_qualification.basis,
+        qualifying_value=shown.qualifying_value,
+        next_tier=shown.next_tier,
+        next_threshold=shown.next_threshold,
+        period_end=shown.period_end,
+    )

@@ -30,6 +30,7 @@ from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger
 from services.ledger.domain.account import MemberAccount
 from services.ledger.domain.receipts import Rejection
+from services.tiers.rebuild import balance_tier_fields
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class OutboxRelay:
             balance = self.ledger.balance(member)
             if balance is None:
                 continue
+            held_until, progress = balance_tier_fields(app, member, datetime.now(UTC))
             body = MemberBalance(
                 member_id=member,
                 available=balance.available,
@@ -107,6 +109,8 @@ class OutboxRelay:
                 expiring={f"{k}d": v for k, v in balance.expiring.items()},
                 as_of_position=balance.as_of_position,
                 as_of=datetime.now(UTC),
+                tier_held_until=held_until,
+                tier_progress=progress,
             )
             messages.append(
                 (
