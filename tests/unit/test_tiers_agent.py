@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from mode.utils import loops as mode_loops
+from prometheus_client import REGISTRY
 
 from schemas.outbound import BalanceOut, LedgerEntry, OriginOut, ProvenanceOut
 from schemas.tiers import TierChanged
@@ -111,6 +112,8 @@ def test_agent_publishes_an_upgrade_once_and_stores_the_position(
     tiers: tuple[TiersApp, list[TierChanged]],
 ) -> None:
     service, sent = tiers
+    upgrades = {"reason": "upgrade", "day": "2026-03-01"}
+    before = REGISTRY.get_sample_value("loyalty_tiers_changes_total", upgrades) or 0
 
     async def scenario() -> None:
         async with service.entries.test_context() as agent:
@@ -134,6 +137,8 @@ def test_agent_publishes_an_upgrade_once_and_stores_the_position(
     assert stored["tier"] == "silver"
     assert stored["last_position"] == 4
     assert json.loads(json.dumps(stored)) == stored  # the changelog form is plain JSON
+    assert REGISTRY.get_sample_value("loyalty_tiers_changes_total", upgrades) == before + 2
+    assert REGISTRY.get_sample_value("loyalty_tiers_last_position") == 4
 
 
 def test_review_timer_downgrades_after_the_period_and_grace(
@@ -162,3 +167,5 @@ def test_review_timer_downgrades_after_the_period_and_grace(
     assert last.data.caused_by_position is None
     assert last.data.effective_from == datetime(2028, 1, 11, tzinfo=UTC)
     assert service.processor.count_members() == {"bronze": 1}
+    assert REGISTRY.get_sample_value("loyalty_tiers_members", {"tier": "silver"}) == 0
+    assert REGISTRY.get_sample_value("loyalty_tiers_members", {"tier": "bronze"}) == 1
