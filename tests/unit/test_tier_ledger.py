@@ -22,6 +22,9 @@ from services.ledger.application.ledger import (
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
+from services.tiers.embedded import EmbeddedTiers
+from services.tiers.history import ledger_entries
+from services.tiers.rebuild import TierProgressCache, balance_tier_fields
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -124,3 +127,22 @@ def test_a_locked_override_refuses_automatic_changes_until_it_ends(
     account = ledger.find_account("m-1")
     assert account is not None
     assert (account.tier, account.tier_locked) == ("green", True)
+
+
+def test_the_relays_progress_cache_agrees_with_a_fresh_recomputation(
+    ledger: LedgerApplication,
+) -> None:
+    ledger.apply_batch([purchase("o1", 3000)])
+    EmbeddedTiers(ledger).run(NOW)
+    cache = TierProgressCache(ledger)
+    entries = list(ledger_entries(ledger))
+    cache.observe(entries[0])  # first sight reads the member's history so far
+    ledger.apply_batch([purchase("o2", 2500)])
+    EmbeddedTiers(ledger).run(NOW)
+    for entry in list(ledger_entries(ledger)):  # everything, some of it seen already
+        cache.observe(entry)
+    held_until, shown = cache.fields("m-1", NOW)
+    assert (held_until, shown) == balance_tier_fields(ledger, "m-1", NOW)
+    assert shown is not None
+    assert shown.qualifying_value == 55  # each purchase counted once
+    assert held_until is not None

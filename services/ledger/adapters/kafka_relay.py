@@ -30,7 +30,7 @@ from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger
 from services.ledger.domain.account import MemberAccount
 from services.ledger.domain.receipts import Rejection
-from services.tiers.rebuild import balance_tier_fields
+from services.tiers.rebuild import TierProgressCache
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class OutboxRelay:
         self.ledger = ledger
         self.bootstrap = bootstrap
         self.batch = batch
+        self._tiers = TierProgressCache(ledger.app)
         self.topics = [*account_topics(), _REJECTION_TOPIC]
         # Share the ingest's store thread when in one process: one writer to the views.
         self._own_executor = executor is None
@@ -83,6 +84,7 @@ class OutboxRelay:
             event = app.mapper.to_domain_event(n)
             if isinstance(event, MemberAccount.Enrolled | MemberAccount.Entry):
                 entry = entry_message(event, n.id)
+                self._tiers.observe(entry)
                 members.add(entry.member_id)
                 messages.append(
                     (
@@ -98,7 +100,7 @@ class OutboxRelay:
             balance = self.ledger.balance(member)
             if balance is None:
                 continue
-            held_until, progress = balance_tier_fields(app, member, datetime.now(UTC))
+            held_until, progress = self._tiers.fields(member, datetime.now(UTC))
             body = MemberBalance(
                 member_id=member,
                 available=balance.available,
