@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from pydantic import ValidationError
 
 from schemas import TOPIC_LEDGER, TOPIC_TIERS
 from services.ledger.domain.clock import Clock, SystemClock
@@ -128,7 +129,12 @@ def build_app(
     @app.agent(ledger_topic, name="entries")
     async def entries(stream: Any) -> Any:
         async for raw in stream:
-            state, outgoing = processor.on_entry(raw)
+            try:
+                state, outgoing = processor.on_entry(raw)
+            except ValidationError as exc:  # not a ledger entry: nothing to decide on
+                log.warning("skipped a message that is not a ledger entry: %s", exc)
+                yield 0
+                continue
             if state is not None:
                 await tiers.publish(outgoing)
                 processor.save(state)

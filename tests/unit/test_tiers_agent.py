@@ -122,6 +122,7 @@ def test_agent_publishes_an_upgrade_once_and_stores_the_position(
             await agent.put(entry(3, "points_earned", 400))
             await agent.put(entry(3, "points_earned", 400))  # redelivered
             await agent.put(entry(4, "points_redeemed", -900))  # spending: no change
+            await agent.put(b"not a ledger entry")  # skipped, the agent goes on
 
     run(scenario())
     assert [(m.data.from_tier, m.data.to_tier, m.data.reason) for m in sent] == [
