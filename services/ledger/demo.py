@@ -166,6 +166,12 @@ SCRIPT: list[tuple[str, str, list[dict[str, Any] | bytes] | str]] = [
     ),
     ("Mid-November, Ana checks what is about to expire", "2026-11-15T17:00:00Z", "m-ana"),
     ("Six months later the May points expire at the end of November", "2026-12-01T05:00:00Z", []),
+    (
+        "Ana keeps Gold through 2027 (2026 qualified); after a quiet 2027 and 30 days' grace,"
+        " she is back to Green",
+        "2028-01-31T06:00:00Z",
+        [],
+    ),
 ]
 
 
@@ -198,6 +204,7 @@ def run_demo(
             outcomes = ledger.app.apply_batch(items) if items else []
             made = ledger.tick()
             changes = tiers.run(clock.now())
+            ledger.projection.run()
             results = ", ".join(o.status + (f" ({o.reason})" if o.reason else "") for o in outcomes)
             echo(
                 f"{at[:10]}  {what}"

@@ -137,6 +137,7 @@ def test_demo_explains_every_point(tmp_path: Path) -> None:
     assert "green -> gold" in out  # Ana reaches Gold, then earns double
     assert "tier gold x2" in out
     assert "caused by position" in out
+    assert "gold -> green by tiers service: downgrade" in out
     assert "all invariants hold" in out
 
 
