@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from schemas import TOPIC_ACTIVITIES, TOPIC_PURCHASES, TOPIC_TIERS
-from schemas.outbound import LedgerEntry
+from schemas import TOPIC_ACTIVITIES, TOPIC_BALANCES, TOPIC_PURCHASES, TOPIC_TIERS
+from schemas.outbound import LedgerEntry, MemberBalance
 from schemas.tiers import TierChanged
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.cli import app
@@ -181,6 +181,22 @@ def test_upgrade_flows_back_into_the_ledger_and_survives_a_killed_tiers_process(
     assert earn.details["points"] == 20  # $10 at 1 pt/USD, Gold x2
     assert earn.provenance.tier == "gold"
     assert "tier:gold" in str(earn.provenance.rule_id)
+
+    # loyalty.balances.v1 shows the tier, how long it is held and the progress.
+    def balance_of_ana() -> MemberBalance | None:
+        records = asyncio.run(read_all(kafka_bootstrap, TOPIC_BALANCES))
+        found = [
+            MemberBalance.model_validate_json(r.value) for r in records if r.key == ana.encode()
+        ]
+        return found[-1] if found else None
+
+    wait_for(lambda: (b := balance_of_ana()) is not None and b.lifetime_earned == 85, "balance")
+    balance = balance_of_ana()
+    assert balance is not None
+    assert balance.tier == "gold"
+    assert balance.tier_held_until is not None
+    assert balance.tier_progress is not None
+    assert balance.tier_progress.qualifying_value == 85  # 10 + 30 + 25 + 20
 
     # Many members at once; the tiers process is killed in the middle and restarted.
     members = [pipeline.member(f"m{i}") for i in range(12)]
