@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ class TiersApp:
     table: Any
     entries: Any  # the agent
     clock: Clock
+    # The agent and the timer both read, publish, then store a member's state: one at a
+    # time, so neither stores a state the other has moved on meanwhile.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def publish(self, outgoing: list[Outgoing]) -> None:
         for key, value in outgoing:
@@ -72,11 +76,12 @@ class TiersApp:
         now = self.clock.now()
         published = 0
         for member_id in list(self.processor.store.keys()):
-            state, outgoing = self.processor.on_tick(member_id, now)
-            if state is None:
-                continue
-            await self.publish(outgoing)
-            self.processor.save(state)
+            async with self.lock:
+                state, outgoing = self.processor.on_tick(member_id, now)
+                if state is None:
+                    continue
+                await self.publish(outgoing)
+                self.processor.save(state)
             published += len(outgoing)
         self.processor.count_members()
         return published
@@ -129,15 +134,15 @@ def build_app(
     @app.agent(ledger_topic, name="entries")
     async def entries(stream: Any) -> Any:
         async for raw in stream:
-            try:
-                state, outgoing = processor.on_entry(raw)
-            except ValidationError as exc:  # not a ledger entry: nothing to decide on
-                log.warning("skipped a message that is not a ledger entry: %s", exc)
-                yield 0
-                continue
-            if state is not None:
-                await tiers.publish(outgoing)
-                processor.save(state)
+            async with tiers.lock:
+                try:
+                    state, outgoing = processor.on_entry(raw)
+                except ValidationError as exc:  # not a ledger entry: nothing to decide on
+                    log.warning("skipped a message that is not a ledger entry: %s", exc)
+                    state, outgoing = None, []
+                if state is not None:
+                    await tiers.publish(outgoing)
+                    processor.save(state)
             yield len(outgoing)
 
     tiers = TiersApp(
