@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from services.ledger.domain.program import Program
 from services.tiers.policy import Fact, TierDecision, TierState, advance, apply, progress, recompute
 
@@ -334,3 +337,14 @@ def test_progress_shows_the_next_tier_and_the_dates() -> None:
     assert shown.qualifying_value == 1200
     assert shown.period_end == at(2027, 1, 1, 0)
     assert shown.held_until == at(2027, 1, 1, 0) + timedelta(days=31)
+
+
+def test_window_settings_in_the_program_file() -> None:
+    assert program().tier_qualification.rolling_months == 12
+    assert program(window="rolling_12_months", months=3).tier_qualification.rolling_months == 12
+    assert program(window="rolling_months", months=3).tier_qualification.rolling_months == 3
+    assert program(window="calendar_year").tier_qualification.rolling_months is None
+    with pytest.raises(ValidationError, match="downgrade"):
+        program(downgrade="two_levels")
+    with pytest.raises(ValidationError, match="months"):
+        program(window="rolling_months", months=0)
