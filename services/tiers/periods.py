@@ -42,10 +42,16 @@ def next_period_end(q: TierQualification, zone: ZoneInfo, end: datetime) -> date
 
 
 def period_start(q: TierQualification, zone: ZoneInfo, end: datetime) -> datetime:
-    """Start (inclusive) of the period that ends at `end` (exclusive)."""
+    """Start (inclusive) of the period that ends at `end` (exclusive).
+
+    Calendar year: the year before `end` when `end` is a 1 January (a period end), else
+    the year `end` falls in (an override that ends mid-year is reviewed on that year).
+    """
     months = q.rolling_months
     if months is None:
-        return _year_start(end.astimezone(zone).year - 1, zone, end)
+        local = end.astimezone(zone)
+        at_year_start = (local.month, local.day, local.time()) == (1, 1, time())
+        return _year_start(local.year - 1 if at_year_start else local.year, zone, end)
     return _shift_months(end, -months, zone)
 
 
