@@ -293,8 +293,8 @@ def test_unlocked_override_is_reviewed_at_its_end_date() -> None:
 def test_unlocked_override_ending_mid_year_is_reviewed_on_that_years_activity() -> None:
     member = Member(program(window="calendar_year"))
     member.earn(at(2025, 12, 1), 4000)  # last year: does not count for 2026
-    member.earn(at(2026, 2, 1), 1200)
     member.override(at(2026, 3, 1), "gold", at(2026, 6, 1), locked=False)
+    member.earn(at(2026, 4, 1), 1200)
     made = member.tick(at(2026, 6, 1))
     assert moves(made) == [("gold", "silver", "downgrade")]
     assert made[0].qualifying_value == 1200
