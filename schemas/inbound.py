@@ -62,8 +62,9 @@ EVENT_TYPES_BY_TOPIC: Final[dict[str, frozenset[str]]] = {
     TOPIC_REFERRALS: frozenset({"referral.qualified"}),
     TOPIC_REDEMPTIONS: frozenset({"redemption.requested", "redemption.cancelled"}),
     TOPIC_ACTIVITIES: frozenset({"activity.completed", "member.enrolled"}),
+    TOPIC_TIERS: frozenset({"tier.changed"}),
 }
-"""Inbound event types allowed on each inbound topic; outbound topics carry none."""
+"""Event types the ledger takes from each topic (tier.changed: from the tiers service)."""
 
 INBOUND_TOPICS: Final = frozenset(EVENT_TYPES_BY_TOPIC)
 
@@ -379,6 +380,42 @@ class MemberEnrolled(EventEnvelope):
     data: MemberEnrolledData
 
 
+# ``tier.changed`` is published by the tiers service; the ledger applies it like any input.
+TierChangeReason = Literal["upgrade", "downgrade", "override", "override_ended", "recompute"]
+
+
+class TierChangedData(StrictModel):
+    """One tier decision and the qualifying activity behind it."""
+
+    from_tier: Code | None = Field(description="The tier held before; null for a new member.")
+    to_tier: Code = Field(description="The tier held from ``effective_from``.")
+    reason: TierChangeReason
+    detail: Annotated[str, StringConstraints(max_length=MAX_REASON_LENGTH)] = ""
+    basis: Literal["points", "spend"] = Field(
+        description="What qualifies: points earned (never the spendable balance) or spend."
+    )
+    qualifying_value: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000)] = Field(
+        description="Qualifying points, or spend in minor units, inside the window."
+    )
+    threshold: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000)] = Field(
+        description="The threshold of ``to_tier``."
+    )
+    effective_from: Timestamp
+    valid_until: Timestamp | None = Field(
+        description="End of the qualification period plus grace: held at least until then."
+    )
+    caused_by_position: Annotated[int, Field(ge=0)] | None = Field(
+        description="Ledger position of the entry that caused the change; null for a timer."
+    )
+
+
+class TierChanged(EventEnvelope):
+    """``tier.changed`` on ``loyalty.tiers.v1``."""
+
+    type: Literal["tier.changed"]
+    data: TierChangedData
+
+
 InboundEvent = Annotated[
     PurchaseCompleted
     | PurchaseRefunded
@@ -386,7 +423,8 @@ InboundEvent = Annotated[
     | RedemptionRequested
     | RedemptionCancelled
     | ActivityCompleted
-    | MemberEnrolled,
+    | MemberEnrolled
+    | TierChanged,
     Field(discriminator="type"),
 ]
 """Any inbound event, told apart by ``type``."""

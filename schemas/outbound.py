@@ -80,6 +80,16 @@ class LedgerEntry(_Out):
     details: dict[str, str | int | None] = {}
 
 
+class TierProgressOut(_Out):
+    """Where a member stands toward the next tier (qualifying activity, not the balance)."""
+
+    basis: str = Field(description="points (earned) or spend (minor units)")
+    qualifying_value: int = Field(description="qualifying points or spend in the window now")
+    next_tier: str | None = Field(description="the next tier up; null at the top")
+    next_threshold: int | None
+    period_end: datetime = Field(description="end of the current qualification period")
+
+
 class MemberBalance(_Out):
     """A member's balance as published on loyalty.balances.v1 (key: member_id)."""
 
@@ -94,3 +104,7 @@ class MemberBalance(_Out):
     )
     as_of_position: int | None
     as_of: datetime
+    tier_held_until: datetime | None = Field(
+        default=None, description="the current tier is held at least until then"
+    )
+    tier_progress: TierProgressOut | None = None

@@ -6,12 +6,13 @@ import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from schemas.outbound import TierProgressOut
 from services.ledger.adapters.program_file import ProgramFileError, load_program
 from services.ledger.application.service import Ledger, MemberBalanceView
 from services.ledger.application.verify import verify
@@ -25,10 +26,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 program_app = typer.Typer(help="Program files: validate and show.", no_args_is_help=True)
-tier_app = typer.Typer(help="Member tiers.", no_args_is_help=True)
+tier_app = typer.Typer(help="Member tiers: ops overrides.", no_args_is_help=True)
+tiers_app = typer.Typer(
+    help="The tiers service: run it, rebuild tiers from the ledger, explain a history.",
+    no_args_is_help=True,
+)
 topics_app = typer.Typer(help="Kafka topics of the contract.", no_args_is_help=True)
 app.add_typer(program_app, name="program")
 app.add_typer(tier_app, name="tier")
+app.add_typer(tiers_app, name="tiers")
 app.add_typer(topics_app, name="topics")
 
 BootstrapOpt = Annotated[
@@ -48,6 +54,23 @@ NowOpt = Annotated[
     typer.Option("--now", help="Instant to act at (RFC 3339, with zone); default: now."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+TiersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tiers/--no-tiers",
+        envvar="LOYALTY_EMBEDDED_TIERS",
+        help="Run the tier policy in-process afterwards (embedded mode; off when the "
+        "tiers service runs).",
+    ),
+]
+
+
+def _embedded_tiers(ledger: Ledger, now: datetime | None) -> int:
+    from services.tiers.embedded import EmbeddedTiers
+
+    changes = EmbeddedTiers(ledger.app).run(now or ledger.app.clock.now())
+    ledger.projection.run()
+    return changes
 
 
 def _settings(program: Path | None, db: Path | None) -> Settings:
@@ -85,6 +108,7 @@ def ingest(
     events: Annotated[Path, typer.Argument(help="JSON-lines file of inbound events.")],
     program: ProgramOpt = None,
     db: DbOpt = None,
+    tiers: TiersOpt = True,
 ) -> None:
     """Apply a JSON-lines file of events (same validation and rules as Kafka ingest)."""
     if not events.is_file():
@@ -92,6 +116,9 @@ def ingest(
         raise typer.Exit(2)
     with _ledger(program, db) as ledger:
         report = ledger.ingest_lines(events)
+        changes = _embedded_tiers(ledger, None) if tiers else 0
+    if changes:
+        typer.echo(f"{changes} tier changes")
     for line, outcome in report.rejected:
         typer.echo(f"line {line}: rejected ({outcome.reason}): {outcome.detail}", err=True)
     typer.echo(
@@ -108,6 +135,19 @@ def _format_balance(b: MemberBalanceView) -> str:
         f"lifetime {b.lifetime_earned}; tier {b.tier or '-'}; expiring {expiring} "
         f"(as of {b.as_of.isoformat()}, ledger position {b.as_of_position})"
     )
+
+
+def _format_tier(held_until: datetime | None, progress: TierProgressOut | None) -> str:
+    if progress is None:
+        return ""
+    held = f"held until {held_until.date().isoformat()}; " if held_until else ""
+    toward = (
+        f"{progress.qualifying_value} of {progress.next_threshold} {progress.basis} "
+        f"for {progress.next_tier}"
+        if progress.next_tier
+        else f"{progress.qualifying_value} {progress.basis}, top tier"
+    )
+    return f"  tier {held}{toward} by {progress.period_end.date().isoformat()}"
 
 
 def _balance_json(b: MemberBalanceView) -> dict[str, Any]:
@@ -133,12 +173,21 @@ def balance(
     as_json: JsonOpt = False,
 ) -> None:
     """A member's balance (points already due to expire are never shown as available)."""
+    from services.tiers.rebuild import balance_tier_fields
+
     with _ledger(program, db) as ledger:
         found = ledger.balance(member, _aware(now))
-    if found is None:
-        typer.echo(f"{member} is not a member", err=True)
-        raise typer.Exit(1)
-    typer.echo(json.dumps(_balance_json(found)) if as_json else _format_balance(found))
+        if found is None:
+            typer.echo(f"{member} is not a member", err=True)
+            raise typer.Exit(1)
+        held_until, progress = balance_tier_fields(ledger.app, member, found.as_of)
+    if as_json:
+        shown = _balance_json(found)
+        shown["tier_held_until"] = held_until.isoformat() if held_until else None
+        shown["tier_progress"] = progress.model_dump(mode="json") if progress else None
+        typer.echo(json.dumps(shown))
+    else:
+        typer.echo(_format_balance(found) + _format_tier(held_until, progress))
 
 
 def _format_entry(row: EntryRow) -> str:
@@ -198,8 +247,11 @@ def lots(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
 @app.command(name="verify")
 def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
     """Check every invariant against the store; exit 1 on any violation."""
+    from services.tiers.rebuild import tier_differences
+
     with _ledger(program, db) as ledger:
         report = verify(ledger.app, ledger.view)
+        report.violations += tier_differences(ledger.app)
     for violation in report.violations:
         typer.echo(f"VIOLATION {violation}", err=True)
     typer.echo(
@@ -211,11 +263,15 @@ def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
 
 
 @app.command()
-def tick(program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None) -> None:
-    """Release pending points and expire lots due now (idempotent for an instant)."""
+def tick(
+    program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None, tiers: TiersOpt = True
+) -> None:
+    """Release pending points and expire lots due now (idempotent for an instant); in
+    embedded mode, also the tier reviews due (period-end downgrades)."""
     with _ledger(program, db) as ledger:
         made = ledger.tick(_aware(now))
-    typer.echo(f"{made} entries")
+        changes = _embedded_tiers(ledger, _aware(now)) if tiers else 0
+    typer.echo(f"{made} entries" + (f", {changes} tier changes" if changes else ""))
 
 
 @app.command()
@@ -247,13 +303,27 @@ def tier_assign(
     tier: str,
     reason: Annotated[str, typer.Option()],
     actor: Annotated[str, typer.Option()],
+    until: Annotated[
+        datetime | None,
+        typer.Option(help="When the override ends (ISO date or instant, UTC if naive)."),
+    ] = None,
+    lock: Annotated[
+        bool,
+        typer.Option(
+            "--lock/--no-lock",
+            help="Locked: automatic tier changes wait until --until (forever without it).",
+        ),
+    ] = False,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Record the tier a member is in (the tiers service does this from qualifying activity)."""
+    """Override a member's tier (ops); the tiers service normally sets it from activity."""
+    ends = until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
     with _ledger(program, db) as ledger:
         try:
-            entries = ledger.app.assign_tier(member, tier, reason=reason, actor=actor)
+            entries = ledger.app.assign_tier(
+                member, tier, reason=reason, actor=actor, until=ends, locked=lock
+            )
         except Declined as exc:
             typer.echo(f"declined ({exc.reason}): {exc.detail}", err=True)
             raise typer.Exit(1) from None
@@ -376,6 +446,110 @@ def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
 
     for name, count in asyncio.run(describe_topics(bootstrap)).items():
         typer.echo(f"{name} {count}")
+
+
+@tiers_app.command("serve")
+def tiers_serve(
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+    review_interval: Annotated[
+        float, typer.Option(help="Seconds between period-end reviews (downgrades).")
+    ] = 60.0,
+    data_dir: Annotated[Path, typer.Option(help="faust's data directory.")] = Path("var/tiers"),
+    app_id: Annotated[
+        str, typer.Option(help="faust app id: consumer group and changelog topic prefix.")
+    ] = "loyalty-tiers",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="LOYALTY_TIERS_METRICS_PORT", help="Serve Prometheus /metrics here (0: off)."
+        ),
+    ] = 9465,
+    program: ProgramOpt = None,
+) -> None:
+    """Run the tiers service (faust): loyalty.ledger.v1 -> loyalty.tiers.v1, until SIGTERM."""
+    import faust
+
+    from services.ledger.adapters.metrics import serve_metrics
+    from services.tiers.app import build_app
+
+    settings = _settings(program, None)
+    try:
+        loaded = load_program(settings.program)
+    except ProgramFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if metrics_port:
+        serve_metrics(metrics_port)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    brokers = [f"kafka://{host.strip()}" for host in bootstrap.split(",")]
+    service = build_app(
+        loaded,
+        broker=";".join(brokers),
+        data_dir=data_dir,
+        review_interval=review_interval,
+        app_id=app_id,
+    )
+    faust.Worker(service.app, loglevel="info").execute_from_commandline()
+
+
+@tiers_app.command("rebuild")
+def tiers_rebuild(
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="Compare with the live table of the tiers service on this broker."),
+    ] = None,
+    app_id: Annotated[str, typer.Option(help="faust app id of the tiers service.")] = (
+        "loyalty-tiers"
+    ),
+    member: Annotated[
+        list[str] | None, typer.Option(help="Only these members (repeatable).")
+    ] = None,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+    now: NowOpt = None,
+) -> None:
+    """Recompute every member's tier from the ledger from zero; with --bootstrap, compare
+    with the tiers service's live table and exit 1 on any difference."""
+    import asyncio
+
+    from services.tiers.live_table import read_live_table
+    from services.tiers.rebuild import recompute_all
+
+    with _ledger(program, db) as ledger:
+        again = recompute_all(ledger.app, _aware(now))
+    live = asyncio.run(read_live_table(bootstrap, app_id)) if bootstrap else None
+    differences = 0
+    if member:
+        again = {m: found for m, found in again.items() if m in set(member)}
+    for member_id, found in again.items():
+        state = found.state
+        until = state.held_until.isoformat() if state.held_until else "-"
+        line = (
+            f"{member_id}: {state.tier or '-'} (held until {until}; {len(found.decisions)} changes)"
+        )
+        if live is not None:
+            shown = live.get(member_id)
+            if shown is None or shown.tier != state.tier:
+                differences += 1
+                line += f"  DIFFERS: live table has {shown.tier if shown else 'nothing'}"
+        typer.echo(line)
+    typer.echo(
+        f"{len(again)} members recomputed"
+        + (f", {differences} differ from the live table" if live is not None else "")
+    )
+    if differences:
+        raise typer.Exit(1)
+
+
+@tiers_app.command("history")
+def tiers_history(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
+    """A member's tier changes, each with the ledger entry that caused it."""
+    from services.tiers.explain import tier_history
+
+    with _ledger(program, db) as ledger:
+        lines = tier_history(ledger.app, member)
+    for line in lines or [f"{member} has no tier entries"]:
+        typer.echo(line)
 
 
 # The notifier's commands (services/notifier/cli.py): `loyalty notify ...`.

@@ -16,6 +16,9 @@ from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
 from services.notifier.embedded import EmbeddedNotifier
+from services.tiers.embedded import EmbeddedTiers
+from services.tiers.explain import tier_history
+from services.tiers.rebuild import tier_differences
 
 MEMBERS = ("m-ana", "m-ben", "m-cy")
 
@@ -90,6 +93,13 @@ SCRIPT: list[tuple[str, str, list[dict[str, Any] | bytes] | str]] = [
             ),
         ],
     ),
+    (
+        "Ana is Gold now (58 points this year): a $8.40 latte on Friday earns double, 16",
+        "2026-05-08T14:00:00Z",
+        [
+            _purchase("ord-1003-paid", "2026-05-08T14:00:00Z", "m-ana", "1003", 840),
+        ],
+    ),
     ("The scheduler releases pending points", "2026-05-09T12:00:00Z", []),
     (
         "Ben returns $10.00 of his order: 10 points taken back",
@@ -159,6 +169,12 @@ SCRIPT: list[tuple[str, str, list[dict[str, Any] | bytes] | str]] = [
     ("Mid-November, Ana checks what is about to expire", "2026-11-15T17:00:00Z", "m-ana"),
     ("A week before the end of November, the last expiry reminders", "2026-11-24T14:00:00Z", []),
     ("Six months later the May points expire at the end of November", "2026-12-01T05:00:00Z", []),
+    (
+        "Ana keeps Gold through 2027 (2026 qualified); after a quiet 2027 and 30 days' grace,"
+        " she is back to Green",
+        "2028-01-31T06:00:00Z",
+        [],
+    ),
 ]
 
 
@@ -170,6 +186,7 @@ def run_demo(
 ) -> None:
     clock = FixedClock(datetime(2026, 5, 4, tzinfo=UTC))
     ledger = build_ledger(Settings(program=EXAMPLES / "coffee.yaml", db=db), clock=clock)
+    tiers = EmbeddedTiers(ledger.app)  # the tiers service's policy, in-process
     # The notifier, in-process: prints the notices it would send after each step.
     notices = EmbeddedNotifier(
         ledger.app.program,
@@ -197,11 +214,14 @@ def run_demo(
             ]
             outcomes = ledger.app.apply_batch(items) if items else []
             made = ledger.tick()
+            changes = tiers.run(clock.now())
+            ledger.projection.run()
             results = ", ".join(o.status + (f" ({o.reason})" if o.reason else "") for o in outcomes)
             echo(
                 f"{at[:10]}  {what}"
                 + (f"  -> {results}" if results else "")
                 + (f"  [{made} scheduled entries]" if made else "")
+                + (f"  [{changes} tier changes]" if changes else "")
             )
             notices.step(ledger)
         echo("")
@@ -214,7 +234,12 @@ def run_demo(
             for line in notices.lines(member):
                 echo("  notice " + line)
             echo("")
+        echo("Ana's tier history (each change and the ledger entry that caused it):")
+        for line in tier_history(ledger.app, "m-ana"):
+            echo("  " + line)
+        echo("")
         report = verify(ledger.app, ledger.view)
+        report.violations += tier_differences(ledger.app)
         echo(
             f"verify: {report.members} members, {report.entries} entries, "
             f"{report.receipts} receipts: "

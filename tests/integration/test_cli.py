@@ -133,7 +133,11 @@ def test_demo_explains_every_point(tmp_path: Path) -> None:
     assert "redemption_cancelled" in out
     assert "points_reversed" in out
     assert "points_expired" in out
-    assert "expiring 23 in 30d" in out
+    assert "expiring 39 in 30d" in out
+    assert "green -> gold" in out  # Ana reaches Gold, then earns double
+    assert "tier gold x2" in out
+    assert "caused by position" in out
+    assert "gold -> green by tiers service: downgrade" in out
     assert "all invariants hold" in out
 
 

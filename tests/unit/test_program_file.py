@@ -129,8 +129,20 @@ def test_coffee_example_content() -> None:
     assert program.expiry.round_to is ExpiryRounding.END_OF_MONTH
     assert program.rewards["free-drink"].points == 50
     assert program.returns.policy is ReturnPolicy.WITHIN_BALANCE
-    assert program.tiers == ()
-    assert program.entry_tier is None
+    assert [(t.id, t.threshold, t.earn_multiplier) for t in program.tiers] == [
+        ("green", 0, Decimal(1)),
+        ("gold", 50, Decimal(2)),
+    ]
+    assert program.entry_tier is not None
+    assert program.entry_tier.id == "green"
+    q = program.tier_qualification
+    assert (q.basis, q.window, q.rolling_months, q.grace_days, q.downgrade) == (
+        "points",
+        "calendar_year",
+        None,
+        30,
+        "one_level",
+    )
 
 
 def test_retailer_example_content() -> None:

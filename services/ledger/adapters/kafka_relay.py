@@ -21,12 +21,13 @@ from aiokafka.errors import KafkaError
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
-from schemas.outbound import MemberBalance
+from schemas.outbound import LedgerEntry, MemberBalance
 from services.ledger.adapters import metrics
 from services.ledger.adapters.kafka_clients import start_when_reachable
 from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger, balance_as_of
 from services.ledger.domain.receipts import Rejection
+from services.tiers.rebuild import TierProgressCache
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class OutboxRelay:
         self.ledger = ledger
         self.bootstrap = bootstrap
         self.batch = batch
+        self._tiers = TierProgressCache(ledger.app)
         self.topics = [*account_topics(), _REJECTION_TOPIC]
         # Share the ingest's store thread when in one process: one writer to the views.
         self._own_executor = executor is None
@@ -91,6 +93,7 @@ class OutboxRelay:
         }
         messages: list[Message] = []
         members: set[str] = set()
+        tiers = bool(app.program.tiers)  # balances then show the progress toward the next
         for n in notifications:
             if n.topic == _REJECTION_TOPIC:
                 event = app.mapper.to_domain_event(n)
@@ -99,6 +102,8 @@ class OutboxRelay:
                 continue
             member, entry_type, body = written[n.id]
             members.add(member)
+            if tiers:
+                self._tiers.observe(LedgerEntry.model_validate_json(body))
             messages.append(
                 (
                     TOPIC_LEDGER,
@@ -121,6 +126,7 @@ class OutboxRelay:
             if row is None:
                 continue
             balance = balance_as_of(row, lots.get(member, []), now)
+            held_until, progress = self._tiers.fields(member, now)
             body = MemberBalance(
                 member_id=member,
                 available=balance.available,
@@ -131,6 +137,8 @@ class OutboxRelay:
                 expiring={f"{k}d": v for k, v in balance.expiring.items()},
                 as_of_position=balance.as_of_position,
                 as_of=now,
+                tier_held_until=held_until,
+                tier_progress=progress,
             )
             messages.append(
                 (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any
 
 from schemas.outbound import (
@@ -76,8 +77,17 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
     for key, value in vars(event).items():
         if key in _COMMON or key.startswith("_"):
             continue
-        if value is None or isinstance(value, str | int):
+        if isinstance(value, bool):
+            details[key] = int(value)
+        elif value is None or isinstance(value, str | int):
             details[key] = value
+        elif isinstance(value, datetime):
+            details[key] = value.isoformat()
+    # What the tiers service needs for a spend basis: the order's total and refunds so far.
+    if isinstance(event, MemberAccount.PointsEarned) and event.order is not None:
+        details["order_total_minor"] = event.order.total_minor
+    if isinstance(event, MemberAccount.PointsReversed):
+        details["order_refunded_minor"] = event.order.refunded_minor
     return LedgerEntry(
         member_id=event.member_id,
         seq=event.originator_version,

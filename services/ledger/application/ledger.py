@@ -21,6 +21,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import JSONTranscoder, ProcessRecorder, Tracking
 
 from schemas import (
+    TOPIC_TIERS,
     ActivityCompleted,
     InboundEvent,
     InvalidInput,
@@ -30,6 +31,7 @@ from schemas import (
     RedemptionCancelled,
     RedemptionRequested,
     ReferralQualified,
+    TierChanged,
     parse_inbound,
     payload_digest,
 )
@@ -51,6 +53,7 @@ from services.ledger.domain.receipts import (
 )
 from services.ledger.domain.rules import Line
 
+TIERS_CHANNEL = "tiers"  # the embedded tier policy's origin channel
 APPLIED_STATUS = "applied"
 DUPLICATE_STATUS = "duplicate"
 REJECTED_STATUS = "rejected"
@@ -317,6 +320,8 @@ class LedgerApplication(Application[UUID]):
             )
         elif isinstance(event, MemberEnrolled):
             self._enrol(batch, event, prov, now)
+        elif isinstance(event, TierChanged):
+            self._tier_changed(batch, event, prov, now)
         else:  # pragma: no cover - the union is closed
             raise Declined("unknown_type", f"no handler for {event.type}")
 
@@ -340,6 +345,26 @@ class LedgerApplication(Application[UUID]):
                 provenance=prov,
                 now=now,
             )
+
+    def _tier_changed(
+        self, batch: _Batch, event: TierChanged, prov: Provenance, now: datetime
+    ) -> None:
+        """A decision of the tiers service: only from its topic or the embedded policy."""
+        origin = prov.origin
+        if origin.topic != TOPIC_TIERS and origin.channel != TIERS_CHANNEL:
+            raise Declined("wrong_source", "tier.changed is taken from the tiers service only")
+        d = event.data
+        account = self._account(batch, event.member_id, prov, event.occurred_at, create=False)
+        account.assign_tier(
+            self.program,
+            tier_id=d.to_tier,
+            reason=f"{d.reason}: {d.detail}" if d.detail else d.reason,
+            provenance=prov,
+            now=now,
+            until=d.valid_until,
+            automatic=True,
+            effective_at=d.effective_from,
+        )
 
     def _account(
         self, batch: _Batch, member_id: str, prov: Provenance, at: datetime, *, create: bool
@@ -521,13 +546,27 @@ class LedgerApplication(Application[UUID]):
         )
 
     def assign_tier(
-        self, member_id: str, tier_id: str | None, *, reason: str, actor: str
+        self,
+        member_id: str,
+        tier_id: str | None,
+        *,
+        reason: str,
+        actor: str,
+        until: datetime | None = None,
+        locked: bool = False,
     ) -> tuple[str, ...]:
+        """An ops override: ends at `until` (or never); `locked` keeps automatic changes out."""
         prov = Provenance(Origin(channel="ops", actor=actor))
         return self.operate(
             member_id,
             lambda account, now: account.assign_tier(
-                self.program, tier_id=tier_id, reason=reason, provenance=prov, now=now
+                self.program,
+                tier_id=tier_id,
+                reason=reason,
+                provenance=prov,
+                now=now,
+                until=until,
+                locked=locked,
             ),
         )
 

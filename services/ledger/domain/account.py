@@ -89,6 +89,10 @@ class RedemptionRecord:
 class MemberAccount(Aggregate):
     """One member's points: lots, sub-account balances, and what was already applied."""
 
+    # Class defaults, so that snapshots taken before these existed still load.
+    tier_until: datetime | None = None
+    tier_locked: bool = False
+
     class Enrolled(Aggregate.Created):
         member_id: str
         effective_at: datetime
@@ -189,9 +193,14 @@ class MemberAccount(Aggregate):
         tier: str | None
         previous: str | None
         reason: str
+        # Added with the tiers service; entries recorded before read the class defaults.
+        until: datetime | None = None  # override: when it ends; tiers service: held until
+        locked: bool = False  # override: automatic tier changes wait until `until`
 
         def apply_specific(self, account: MemberAccount) -> None:
             account.tier = self.tier
+            account.tier_until = self.until
+            account.tier_locked = self.locked
 
     def __init__(
         self, member_id: str, effective_at: datetime, provenance: Provenance, auto: bool
@@ -807,16 +816,31 @@ class MemberAccount(Aggregate):
         reason: str,
         provenance: Provenance,
         now: datetime,
+        until: datetime | None = None,
+        locked: bool = False,
+        automatic: bool = False,
+        effective_at: datetime | None = None,
     ) -> None:
+        """Record a tier: from the tiers service (`automatic`) or an ops override.
+
+        An override may end at `until` and, when `locked`, automatic changes are declined
+        until then (forever without `until`), so a manual level is never silently replaced.
+        """
         if tier_id is not None and program.tier(tier_id) is None:
             known = ", ".join(t.id for t in program.tiers) or "none"
             raise Declined("unknown_tier", f"no tier {tier_id!r} in the program ({known})")
-        if tier_id == self.tier:
+        at = effective_at or now
+        if automatic and self.tier_locked and (self.tier_until is None or at < self.tier_until):
+            until_text = self.tier_until.isoformat() if self.tier_until else "no end date"
+            raise Declined(
+                "tier_locked", f"{self.member_id}'s tier was set by ops and locked ({until_text})"
+            )
+        if tier_id == self.tier and (automatic or (until, locked) == (None, False)):
             raise Declined("tier_unchanged", f"{self.member_id} is already in tier {tier_id}")
         self.advance(now)
         self._record(
             self.TierAssigned,
-            effective_at=now,
+            effective_at=at,
             postings=(),
             moves=(),
             provenance=replace(
@@ -826,6 +850,8 @@ class MemberAccount(Aggregate):
             tier=tier_id,
             previous=self.tier,
             reason=reason,
+            until=until,
+            locked=locked,
         )
 
     # --------------------------------------------------------------- internals

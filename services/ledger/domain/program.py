@@ -142,9 +142,27 @@ class Tier(_Model):
 
 
 class TierQualification(_Model):
+    """How a tier is earned and kept (the tiers service applies it; see services/tiers).
+
+    - basis: points earned (never the spendable balance) or spend in minor units;
+    - window: rolling N months (``rolling_12_months``, or ``rolling_months`` with
+      ``months``) or the calendar year in the program's time zone;
+    - grace_days: days after the end of the qualification period before a downgrade;
+    - downgrade: straight to the tier the period qualifies for, or one level at a time.
+    """
+
     basis: Literal["points", "spend"] = "points"
-    window: Literal["rolling_12_months", "calendar_year"] = "rolling_12_months"
+    window: Literal["rolling_12_months", "rolling_months", "calendar_year"] = "rolling_12_months"
+    months: int = Field(default=12, ge=1, le=36)
     grace_days: int = Field(default=0, ge=0, le=365)
+    downgrade: Literal["to_qualified", "one_level"] = "to_qualified"
+
+    @property
+    def rolling_months(self) -> int | None:
+        """Length of a rolling window in months; None for the calendar year."""
+        if self.window == "calendar_year":
+            return None
+        return 12 if self.window == "rolling_12_months" else self.months
 
 
 class Reward(_Model):
