@@ -62,6 +62,8 @@ def _program_file(tmp_path: Path) -> Path:
         {"id": "bean", "name": "Bean", "threshold": 0},
         {"id": "gold", "name": "Gold", "threshold": 100},
     ]
+    # No grace: the period ends at valid_until, which the tier changes below put 10 days out.
+    data["tier_qualification"] = {"basis": "points", "window": "calendar_year", "grace_days": 0}
     data["notifications"] = {"expiry_reminder_days": [45, 7]}
     path = tmp_path / "program.yaml"
     path.write_text(yaml.safe_dump(data))
