@@ -7,9 +7,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from services.ledger.application import commands
+from services.ledger.application.commands import Done
 from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
 from services.ledger.application.projection import LedgerProjection
-from services.ledger.application.views import BalanceRow, EntryRow, LedgerView
+from services.ledger.application.views import BalanceRow, EntryRow, HoldRow, LedgerView
+from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot, next_due
 from services.ledger.domain.provenance import Origin
 
@@ -126,6 +129,74 @@ class Ledger:
 
     def lots(self, member_id: str) -> list[Lot]:
         return self.view.lots(member_id)
+
+    def holds(self, member_id: str) -> list[HoldRow]:
+        return self.view.holds(member_id)
+
+    # ------------------------------------------------------------------ holds
+
+    def place_hold(
+        self,
+        member_id: str,
+        *,
+        reference: str,
+        points: int,
+        ttl: timedelta,
+        actor: str,
+        request_id: str | None = None,
+    ) -> Done[HoldRecord]:
+        done = commands.place_hold(
+            self.app,
+            member_id,
+            reference=reference,
+            points=points,
+            ttl=ttl,
+            actor=actor,
+            request_id=request_id,
+        )
+        self.projection.run()
+        return done
+
+    def capture_hold(
+        self, hold: str, *, points: int | None, actor: str, request_id: str | None = None
+    ) -> Done[HoldRecord]:
+        done = commands.capture_hold(
+            self.app, hold, points=points, actor=actor, request_id=request_id
+        )
+        self.projection.run()
+        return done
+
+    def void_hold(
+        self, hold: str, *, reason: str | None, actor: str, request_id: str | None = None
+    ) -> Done[HoldRecord]:
+        done = commands.void_hold(self.app, hold, reason=reason, actor=actor, request_id=request_id)
+        self.projection.run()
+        return done
+
+    def hold(self, hold: str) -> tuple[str, HoldRecord] | None:
+        return commands.find_hold(self.app, hold)
+
+    def adjust(
+        self,
+        member_id: str,
+        points: int,
+        *,
+        reason: str,
+        actor: str,
+        allow_negative: bool = False,
+        request_id: str | None = None,
+    ) -> Done[None]:
+        done = commands.adjust(
+            self.app,
+            member_id,
+            points,
+            reason=reason,
+            actor=actor,
+            allow_negative=allow_negative,
+            request_id=request_id,
+        )
+        self.projection.run()
+        return done
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, Inbound]]:

@@ -152,6 +152,10 @@ def _fold(
         or live.lots != lots
     ):
         report.violations.append(f"{member}: the stored account differs from a fresh fold")
+    if live is not None and balances[acc.HELD] != live.held_total:
+        report.violations.append(
+            f"{member}: held {balances[acc.HELD]} but open holds hold {live.held_total}"
+        )
     return (
         member,
         Balances(balances[acc.AVAILABLE], balances[acc.PENDING], balances[acc.HELD]),
