@@ -351,6 +351,56 @@ def serve(
         asyncio.run(run_serve(ledger, bootstrap, ingest=ingest, relay=relay, group_id=group_id))
 
 
+@app.command(name="api")
+def api_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    tick_seconds: Annotated[
+        float,
+        typer.Option(envvar="LOYALTY_TICK_SECONDS", help="Run the scheduler this often (0: off)."),
+    ] = 1.0,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker checked by /readyz."
+        ),
+    ] = None,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console)."""
+    import uvicorn
+
+    from services.ledger.api.app import create_app
+    from services.ledger.api.auth import KeyStore
+
+    keys = KeyStore.from_environment()
+    with _ledger(program, db) as ledger:
+        uvicorn.run(
+            create_app(ledger, keys, tick_seconds=tick_seconds, bootstrap=bootstrap),
+            host=host,
+            port=port,
+            log_level="info",
+        )
+
+
+@app.command(name="api-key")
+def api_key(
+    name: str,
+    scope: Annotated[list[str], typer.Option(help="events:write, members:read, ops:write")],
+) -> None:
+    """Make a new API key: prints the key (once) and the hashed entry for LOYALTY_API_KEYS."""
+    from services.ledger.api.auth import entry_json, new_key
+
+    try:
+        key, entry = new_key(name, scope)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"key: {key}")
+    typer.echo(f"entry: {entry_json(entry)}")
+
+
 @topics_app.command("create")
 def topics_create(
     bootstrap: BootstrapOpt = "127.0.0.1:9092",

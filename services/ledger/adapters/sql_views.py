@@ -221,6 +221,11 @@ class SqlLedgerView:
             self._run(c, f"SELECT * FROM {self.prefix}lots ORDER BY member_id, lot_id")
             return [(r["member_id"], self._lot(r)) for r in c.fetchall()]
 
+    def all_entries(self) -> list[EntryRow]:
+        with self._tx(commit=False) as c:
+            self._run(c, f"SELECT * FROM {self.prefix}entries ORDER BY position")
+            return self._entry_rows(c.fetchall())
+
     def entries(
         self, member_id: str, *, before_seq: int | None = None, limit: int = 50
     ) -> list[EntryRow]:
@@ -234,6 +239,10 @@ class SqlLedgerView:
         with self._tx(commit=False) as c:
             self._run(c, sql, params)
             rows = c.fetchall()
+        return self._entry_rows(rows)
+
+    @staticmethod
+    def _entry_rows(rows: Any) -> list[EntryRow]:
         result = []
         for r in rows:
             effective = _dt(r["effective_at"])
