@@ -28,6 +28,7 @@ from schemas import (
     RedemptionCancelled,
     RedemptionRequested,
     ReferralQualified,
+    canonical_json,
     parse_inbound,
     payload_digest,
 )
@@ -172,6 +173,7 @@ class LedgerApplication(Application[UUID]):
                 entries=(),
                 origin=item.origin,
                 received_at=now,
+                payload=canonical_json(event).decode(),
             )
             return outcome
         entries = tuple(
@@ -191,6 +193,7 @@ class LedgerApplication(Application[UUID]):
             entries=entries,
             origin=item.origin,
             received_at=now,
+            payload=canonical_json(event).decode(),
         )
         return Outcome(APPLIED_STATUS, event.event_id, event.member_id, entries=entries)
 
