@@ -353,3 +353,52 @@ def test_health_ready_metrics_and_openapi(client: TestClient) -> None:
         "/readyz",
     ):
         assert path in paths
+
+
+# -------------------------------------------------------------------- ops
+
+DOUBLE_YAML = """
+id: test
+name: Test
+currencies: {USD: {minor_units: 2, points_per_unit: "2"}}
+earn: {pending_days: 2}
+activities: {signup: {points: 5}, review: {points: 3, limit: per_day}}
+referral: {referrer_points: 20, referee_points: 10}
+expiry: {months_after_earn: 1}
+rewards: {mug: {name: Mug, points: 30}}
+"""
+
+
+def test_audit_lists_entries_with_their_source_event(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.get("/v1/members/m-1/audit", headers=READER)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["explained"] is True
+    assert (body["entries_total"], body["recorded_total"]) == (10, 10)
+    earned = body["entries"][1]
+    assert earned["entry"]["entry_type"] == "points_earned"
+    assert earned["source_event"]["event_id"] == "e-m-1"
+    assert earned["source_event"]["data"]["total_minor"] == 1000
+    assert client.get("/v1/members/m-9/audit", headers=READER).status_code == 404
+
+
+def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.post("/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=READER)
+    assert r.status_code == 200
+    (diff,) = r.json()["members"]
+    assert (diff["actual"], diff["would_have"], diff["difference"]) == (10, 20, 10)
+    body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1", "apply": True}
+    assert client.post("/v1/ops/what-if", json=body, headers=READER).status_code == 403
+    applied = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
+    assert applied["posted"] == ["m-1#3", "m-1#4"]  # the due release, then the adjustment
+    entry = client.get("/v1/members/m-1/statement?limit=1", headers=READER).json()["entries"][0]
+    assert (entry["entry_type"], entry["points"]) == ("points_adjusted", 10)
+    assert entry["provenance"]["origin"]["actor"] == "support-7"
+    again = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
+    assert again["posted"] == []
+    bad = client.post("/v1/ops/what-if", json={"program_yaml": "id: [1"}, headers=READER)
+    assert (bad.status_code, bad.json()["code"]) == (422, "invalid_program")
+    verified = client.get("/v1/ops/verify", headers=SUPPORT).json()
+    assert (verified["ok"], verified["violations"]) == (True, [])

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.ledger.api import errors
 from services.ledger.api.auth import KeyStore
-from services.ledger.api.routes import events, health, holds, members, program
+from services.ledger.api.routes import events, health, holds, members, ops, program
 from services.ledger.application.service import Ledger
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -77,7 +77,7 @@ def create_app(
     app.state.keys = keys
     app.state.bootstrap = bootstrap
     errors.install(app)
-    for module in (events, members, holds, program, health):
+    for module in (events, members, holds, program, ops, health):
         app.include_router(module.router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 

@@ -29,6 +29,7 @@ INVALID = {
     "unknown_tier",
     "unknown_activity",
     "unknown_reward",
+    "invalid_program",
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -149,3 +149,62 @@ class ProgramMetrics(_Out):
 class Health(_Out):
     status: str
     checks: dict[str, str] = {}
+
+
+class AuditEntry(_Out):
+    entry: LedgerEntry
+    source_event: dict[str, Any] | None = Field(
+        description="the inbound event as received (canonical JSON), when the entry came from one"
+    )
+
+
+class AuditReport(_Out):
+    member_id: str
+    balance: Balance
+    entries: list[AuditEntry] = Field(description="oldest first")
+    lots: list[LotView]
+    entries_total: int = Field(description="what the entries add up to (available+pending+held)")
+    recorded_total: int
+    explained: bool = Field(description="the entries add up to the balance")
+
+
+class WhatIfRequest(_In):
+    program_yaml: Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024)] = Field(
+        description="the other program version, as a program file (YAML)"
+    )
+    member_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)] | None
+    ) = None
+    apply: bool = Field(
+        default=False, description="post the differences as adjustments (ops:write), once"
+    )
+
+
+class MemberDifference(_Out):
+    member_id: str
+    actual: int
+    would_have: int
+    difference: int
+    actual_lifetime: int
+    would_have_lifetime: int
+
+
+class WhatIfReport(_Out):
+    run_id: str
+    program_version: str
+    current_version: str
+    position: int
+    as_of: datetime
+    replayed_events: int
+    replayed_operations: int
+    skipped: list[str]
+    members: list[MemberDifference]
+    posted: list[str]
+
+
+class VerifyResult(_Out):
+    ok: bool
+    members: int
+    entries: int
+    receipts: int
+    violations: list[str]
