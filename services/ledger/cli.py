@@ -263,11 +263,14 @@ def tier_assign(
 
 @app.command()
 def rebuild(program: ProgramOpt = None, db: DbOpt = None) -> None:
-    """Rebuild the balance, lot and statement projections from the ledger, from zero."""
+    """Rebuild the projections from zero in a fresh table set, then switch to it.
+
+    Running services keep serving the old tables meanwhile and switch on their next tick.
+    """
     with _ledger(program, db) as ledger:
-        ledger.view.reset()
-        count = ledger.projection.run()
-    typer.echo(f"rebuilt from {count} entries")
+        before = ledger.view.tracking_key.removesuffix("ledger")
+        prefix, count = ledger.rebuild()
+    typer.echo(f"rebuilt from {count} entries into {prefix}*; switched from {before}*")
 
 
 @app.command()

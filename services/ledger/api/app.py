@@ -42,6 +42,7 @@ class Ticker:
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):
             try:
+                self.ledger.use_active_view()  # after a `loyalty rebuild`
                 self.ledger.tick()
             except Exception:
                 log.exception("scheduler tick failed; trying again next tick")
