@@ -338,7 +338,9 @@ def test_health_ready_metrics_and_openapi(client: TestClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"store": "ok", "broker": "not configured"}
-    assert "loyalty_outstanding_points" in client.get("/metrics").text
+    text = client.get("/metrics").text
+    assert "loyalty_outstanding_points" in text
+    assert 'loyalty_api_requests_total{method="GET",route="/readyz",status="200"}' in text
     paths = client.get("/openapi.json").json()["paths"]
     for path in (
         "/v1/members/{member_id}/balance",

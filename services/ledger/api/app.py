@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter
 
 from services.ledger.api import errors
 from services.ledger.api.auth import KeyStore
@@ -19,6 +20,11 @@ from services.ledger.application.service import Ledger
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger(__name__)
+API_REQUESTS = Counter(
+    "loyalty_api_requests",
+    "HTTP requests by method, route and status",
+    ["method", "route", "status"],
+)
 
 
 class Ticker:
@@ -80,6 +86,17 @@ def create_app(
     errors.install(app)
     for module in (events, members, holds, program, ops, health):
         app.include_router(module.router)
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        API_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 
     @app.get("/console", include_in_schema=False)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas import INBOUND_EVENT_ADAPTER, MAX_MESSAGE_BYTES
+from services.ledger.adapters.metrics import INGEST_MESSAGES
 from services.ledger.api.deps import EventsWriter, LedgerDep
 from services.ledger.api.errors import ApiError, ErrorBody, status_for
 from services.ledger.api.models import EventResult
@@ -60,6 +61,7 @@ async def post_event(
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     origin = Origin(channel="http", request_id=request_id[:128], actor=caller.name)
     outcome = await run_in_threadpool(_apply, ledger, Inbound(raw, origin))
+    INGEST_MESSAGES.labels("http", outcome.status, outcome.reason or "").inc()
     if outcome.status == "rejected" or (
         outcome.status == "duplicate" and outcome.original == "declined"
     ):
