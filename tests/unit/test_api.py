@@ -404,3 +404,29 @@ def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: Fi
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_program")
     verified = client.get("/v1/ops/verify", headers=SUPPORT).json()
     assert (verified["ok"], verified["violations"]) == (True, [])
+
+
+def test_member_ids_with_a_slash_work_when_encoded(client: TestClient) -> None:
+    member = "airline/MX-123"  # a partner's member number; ids may contain "/"
+    r = client.post("/v1/events", json=purchase("e-x", member, 1000), headers=CHECKOUT)
+    assert r.status_code == 201
+    r = client.get("/v1/members/airline%2FMX-123/balance", headers=READER)
+    assert (r.status_code, r.json()["member_id"]) == (200, member)
+    r = client.get("/v1/members/airline/MX-123/statement", headers=READER)
+    assert [e["member_id"] for e in r.json()["entries"]] == [member, member]
+
+
+def test_rebuild_and_replay_over_http(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.post("/v1/ops/rebuild", headers=SUPPORT)
+    assert r.status_code == 200
+    assert r.json()["serving"] == "view_b_"
+    assert client.get("/v1/members/m-1/balance", headers=READER).json()["available"] == 10
+    assert client.post("/v1/ops/rebuild", headers=READER).status_code == 403
+    body = {"topic": "loyalty.purchases.v1", "from_offset": 5, "to_offset": 9}
+    r = client.post("/v1/ops/replay", json=body, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (409, "no_broker")
+    r = client.post("/v1/ops/replay", json={**body, "topic": "x"}, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = client.post("/v1/ops/replay", json={**body, "to_offset": 1}, headers=SUPPORT)
+    assert r.status_code == 422

@@ -208,3 +208,24 @@ class VerifyResult(_Out):
     entries: int
     receipts: int
     violations: list[str]
+
+
+class ReplayRequest(_In):
+    topic: str = Field(description="an inbound topic, e.g. loyalty.purchases.v1")
+    from_offset: int = Field(ge=0)
+    to_offset: int = Field(ge=0, description="inclusive")
+    partitions: list[Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
+        default=None, max_length=1000, description="default: every partition"
+    )
+
+
+class ReplayResult(_Out):
+    applied: int
+    skipped: int = Field(description="already applied before (idempotency)")
+    dead_lettered: int
+    reasons: dict[str, int]
+
+
+class RebuildResult(_Out):
+    serving: str = Field(description="the table set now serving the read models")
+    entries: int

@@ -66,7 +66,10 @@ def find_members(
 
 
 @router.get(
-    "/{member_id}/balance", operation_id="get_balance", response_model=Balance, responses=ERRORS
+    "/{member_id:path}/balance",
+    operation_id="get_balance",
+    response_model=Balance,
+    responses=ERRORS,
 )
 def get_balance(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> Balance:
     """Available, pending, held, lifetime, tier, expiring in 30/60/90 days, as-of position."""
@@ -74,7 +77,7 @@ def get_balance(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> Bal
 
 
 @router.get(
-    "/{member_id}/statement",
+    "/{member_id:path}/statement",
     operation_id="get_statement",
     response_model=Statement,
     responses=ERRORS,
@@ -98,7 +101,10 @@ def get_statement(
 
 
 @router.get(
-    "/{member_id}/lots", operation_id="get_lots", response_model=list[LotView], responses=ERRORS
+    "/{member_id:path}/lots",
+    operation_id="get_lots",
+    response_model=list[LotView],
+    responses=ERRORS,
 )
 def get_lots(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[LotView]:
     """What each earn left, and when it is released and expires."""
@@ -107,7 +113,10 @@ def get_lots(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[L
 
 
 @router.get(
-    "/{member_id}/holds", operation_id="list_holds", response_model=list[Hold], responses=ERRORS
+    "/{member_id:path}/holds",
+    operation_id="list_holds",
+    response_model=list[Hold],
+    responses=ERRORS,
 )
 def list_holds(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[Hold]:
     """The member's holds, newest first (as projected; GET /v1/holds/{id} is authoritative)."""
@@ -129,7 +138,7 @@ def list_holds(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list
 
 
 @router.post(
-    "/{member_id}/holds",
+    "/{member_id:path}/holds",
     operation_id="place_hold",
     response_model=Hold,
     status_code=201,
@@ -158,7 +167,7 @@ def place_hold(
 
 
 @router.post(
-    "/{member_id}/adjustments",
+    "/{member_id:path}/adjustments",
     operation_id="adjust",
     response_model=AdjustmentResult,
     status_code=201,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Request
 
+from schemas import INBOUND_TOPICS
+from services.ledger.adapters.kafka_replay import replay
 from services.ledger.adapters.program_file import ProgramFileError, parse_program
 from services.ledger.api import convert
 from services.ledger.api.deps import LedgerDep, MembersReader, OpsWriter
-from services.ledger.api.errors import ApiError
+from services.ledger.api.errors import ApiError, ErrorBody
 from services.ledger.api.models import (
     AuditEntry,
     AuditReport,
     MemberDifference,
+    RebuildResult,
+    ReplayRequest,
+    ReplayResult,
     VerifyResult,
     WhatIfReport,
     WhatIfRequest,
@@ -25,7 +31,7 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get(
-    "/v1/members/{member_id}/audit",
+    "/v1/members/{member_id:path}/audit",
     operation_id="audit_member",
     response_model=AuditReport,
     responses=ERRORS,
@@ -95,4 +101,49 @@ def verify_ledger(ledger: LedgerDep, _: OpsWriter) -> VerifyResult:
         entries=report.entries,
         receipts=report.receipts,
         violations=report.violations,
+    )
+
+
+@router.post(
+    "/v1/ops/rebuild", operation_id="rebuild", response_model=RebuildResult, responses=ERRORS
+)
+def rebuild(ledger: LedgerDep, _: OpsWriter) -> RebuildResult:
+    """Rebuild the read models from zero in the other table set, then switch to it."""
+    prefix, count = ledger.rebuild()
+    return RebuildResult(serving=prefix, entries=count)
+
+
+@router.post(
+    "/v1/ops/replay",
+    operation_id="replay",
+    response_model=ReplayResult,
+    responses={**ERRORS, 503: {"model": ErrorBody}},
+)
+async def replay_range(
+    body: ReplayRequest, request: Request, ledger: LedgerDep, _: OpsWriter
+) -> ReplayResult:
+    """Re-ingest an offset range of an inbound topic; applied events are skipped."""
+    if body.topic not in INBOUND_TOPICS:
+        raise ApiError(422, "invalid_input", f"topic must be one of {sorted(INBOUND_TOPICS)}")
+    if body.to_offset < body.from_offset:
+        raise ApiError(422, "invalid_input", "to_offset is before from_offset")
+    bootstrap: str | None = request.app.state.bootstrap
+    if not bootstrap:
+        raise ApiError(409, "no_broker", "the API was started without --bootstrap")
+    try:
+        report = await replay(
+            ledger,
+            bootstrap,
+            body.topic,
+            body.from_offset,
+            body.to_offset,
+            partitions=body.partitions,
+        )
+    except KafkaError as exc:
+        raise ApiError(503, "broker_unavailable", f"cannot read from Kafka: {exc}") from None
+    return ReplayResult(
+        applied=report.applied,
+        skipped=report.skipped,
+        dead_lettered=report.dead_lettered,
+        reasons=report.reasons,
     )
