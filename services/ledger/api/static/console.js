@@ -83,7 +83,7 @@ function render(audit) {
     div.append(strong, label);
     return div;
   }));
-  drawChart(audit.entries.map((x) => x.entry));
+  drawChart(audit.entries.map((x) => x.entry), Date.parse(audit.balance.as_of));
   $("explained").textContent = audit.explained
     ? `The ${audit.entries.length} entries add up to the balance (${audit.recorded_total}).`
     : `The entries add up to ${audit.entries_total} but the balance is ${audit.recorded_total}.`;
@@ -140,7 +140,7 @@ function provenance(e, source) {
 }
 
 // The balance (available + pending + held) after every entry, as an SVG step line.
-function drawChart(entries) {
+function drawChart(entries, asOf) {
   const ns = "http://www.w3.org/2000/svg";
   const width = 800;
   const height = 220;
@@ -154,7 +154,10 @@ function drawChart(entries) {
     v: e.balance_after.available + e.balance_after.pending + e.balance_after.held,
   }));
   points.sort((a, b) => a.t - b.t);
-  if (points.length) points.push({ t: Math.max(Date.now(), points[points.length - 1].t), v: points[points.length - 1].v });
+  if (points.length) {
+    const last = points[points.length - 1];
+    points.push({ t: Math.max(asOf, last.t), v: last.v });  // flat until the balance's as-of
+  }
   const t0 = points.length ? points[0].t : 0;
   const t1 = points.length ? points[points.length - 1].t : 1;
   const vmax = Math.max(1, ...points.map((p) => p.v));
