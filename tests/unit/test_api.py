@@ -430,3 +430,18 @@ def test_rebuild_and_replay_over_http(client: TestClient, clock: FixedClock) -> 
     assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
     r = client.post("/v1/ops/replay", json={**body, "to_offset": 1}, headers=SUPPORT)
     assert r.status_code == 422
+
+
+def test_an_adjustment_retried_with_its_request_id_is_posted_once(
+    client: TestClient, clock: FixedClock
+) -> None:
+    credited(client, clock, "m-1", 10)
+    headers = {**SUPPORT, "X-Request-Id": "ticket-881"}
+    body = {"points": 25, "reason": "ticket 881"}
+    first = client.post("/v1/members/m-1/adjustments", json=body, headers=headers)
+    again = client.post("/v1/members/m-1/adjustments", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["entries"] == first.json()["entries"][-1:]
+    assert again.json()["balance"]["available"] == 35
+    other = client.post("/v1/members/m-1/adjustments", json={**body, "points": 26}, headers=headers)
+    assert (other.status_code, other.json()["code"]) == (409, "request_conflict")

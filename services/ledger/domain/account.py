@@ -193,6 +193,15 @@ class MemberAccount(Aggregate):
         reason: str
         actor: str
 
+        def apply_specific(self, account: MemberAccount) -> None:
+            request_id = self.provenance.origin.request_id
+            if request_id:
+                account.adjustment_requests[request_id] = (
+                    self.originator_version,
+                    self.points,
+                    self.reason,
+                )
+
     class HoldPlaced(Entry):
         hold_id: str
         reference: str
@@ -283,6 +292,13 @@ class MemberAccount(Aggregate):
     def holds(self) -> dict[str, HoldRecord]:
         """Every hold by id (kept under a private name so older snapshots load without it)."""
         return cast(dict[str, HoldRecord], self.__dict__.setdefault("_holds", {}))
+
+    @property
+    def adjustment_requests(self) -> dict[str, tuple[int, int, str]]:
+        """Adjustments by request id (seq, points, reason): a retried request is not re-applied."""
+        return cast(
+            dict[str, tuple[int, int, str]], self.__dict__.setdefault("_adjustment_requests", {})
+        )
 
     @property
     def held_total(self) -> int:
@@ -974,6 +990,15 @@ class MemberAccount(Aggregate):
             raise Declined("actor_required", "an adjustment needs the operator's id")
         if points == 0:
             raise Declined("invalid_points", "an adjustment of zero points changes nothing")
+        request_id = provenance.origin.request_id
+        if request_id and request_id in self.adjustment_requests:
+            _, earlier_points, earlier_reason = self.adjustment_requests[request_id]
+            if (earlier_points, earlier_reason) != (points, reason):
+                raise Declined(
+                    "request_conflict",
+                    f"request {request_id} already adjusted {earlier_points:+d} ({earlier_reason})",
+                )
+            return  # a retry of a request already applied: nothing new
         self.advance(now)
         prov = replace(
             provenance, rule_id="adjustment", program_version=program.version, tier=self.tier

@@ -171,27 +171,39 @@ def place_hold(
     operation_id="adjust",
     response_model=AdjustmentResult,
     status_code=201,
-    responses=ERRORS,
+    responses={200: {"model": AdjustmentResult, "description": "a retried request"}, **ERRORS},
 )
 def adjust(
     member_id: MemberId,
     body: AdjustmentRequest,
+    response: Response,
     ledger: LedgerDep,
     caller: OpsWriter,
     request_id: RequestId = None,
 ) -> AdjustmentResult:
-    """Add or remove points by hand, with a required reason; the key's name is the actor."""
+    """Add or remove points by hand, with a required reason; the key's name is the actor.
+
+    Send an `X-Request-Id` to make a retry safe: the same id again returns the original
+    adjustment (200) instead of posting a second one.
+    """
+    rid = request_id or uuid.uuid4().hex
     done = ledger.adjust(
         member_id,
         body.points,
         reason=body.reason,
         actor=caller.name,
         allow_negative=body.allow_negative,
-        request_id=request_id or uuid.uuid4().hex,
+        request_id=rid,
     )
+    entries = list(done.entries)
+    if not entries:
+        response.status_code = 200
+        account = ledger.app.find_account(member_id)
+        assert account is not None
+        entries = [f"{member_id}#{account.adjustment_requests[rid][0]}"]
     return AdjustmentResult(
         member_id=member_id,
-        entries=list(done.entries),
+        entries=entries,
         actor=caller.name,
         balance=_balance(ledger, member_id),
     )
