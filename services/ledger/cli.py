@@ -556,7 +556,13 @@ def api_cmd(
     from services.ledger.api.app import create_app
     from services.ledger.api.auth import KeyStore
 
-    keys = KeyStore.from_environment()
+    try:
+        keys = KeyStore.from_environment()
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"cannot read the API keys (LOYALTY_API_KEYS / _FILE): {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not keys.names():
+        typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
     with _ledger(program, db) as ledger:
         uvicorn.run(
             create_app(ledger, keys, tick_seconds=tick_seconds, bootstrap=bootstrap),

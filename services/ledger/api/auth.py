@@ -53,6 +53,9 @@ class KeyStore:
     def __init__(self, entries: list[KeyEntry]) -> None:
         self._entries = [(e.sha256, Principal(e.name, frozenset(e.scopes))) for e in entries]
 
+    def names(self) -> list[str]:
+        return [principal.name for _, principal in self._entries]
+
     def authenticate(self, key: str) -> Principal | None:
         presented = digest(key)
         found = None
