@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from services.ledger.adapters.sql_views import SqlLedgerView
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import build_ledger
@@ -111,3 +112,17 @@ def test_an_expired_hold_is_released_by_the_scheduler(ledger: Ledger, clock: Fix
     assert [h.status for h in ledger.holds("m-1")] == ["expired"]
     assert ledger.statement("m-1", limit=1)[0].entry_type == "hold_expired"
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_verify_catches_a_holds_projection_that_differs_from_the_ledger(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    _with_points(ledger, clock, "m-1", 5000)
+    ledger.place_hold("m-1", reference="b", points=20, ttl=timedelta(minutes=1), actor="t")
+    assert verify(ledger.app, ledger.view).ok
+    view = ledger.view
+    assert isinstance(view, SqlLedgerView)
+    with view._tx(commit=True) as cursor:
+        view._run(cursor, "UPDATE view_holds SET status = 'voided'")
+    report = verify(ledger.app, ledger.view)
+    assert report.violations == ["m-1: projected holds differ from the ledger"]
