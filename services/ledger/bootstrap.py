@@ -12,6 +12,7 @@ from services.ledger.adapters.program_file import load_program
 from services.ledger.adapters.sql_views import construct_view
 from services.ledger.application.ledger import LedgerApplication
 from services.ledger.application.service import Ledger
+from services.ledger.application.view_switch import active_prefix
 from services.ledger.domain.clock import Clock, FixedClock, SystemClock
 from services.ledger.domain.program import Program
 
@@ -55,5 +56,5 @@ def build_ledger(
     if clock is None:
         clock = FixedClock(settings.now) if settings.now else SystemClock()
     app = LedgerApplication(program, clock, env if env is not None else store_env(settings))
-    view = construct_view(app.factory)
-    return Ledger(app, view)
+    view = construct_view(app.factory, active_prefix(app))
+    return Ledger(app, view, lambda prefix: construct_view(app.factory, prefix))

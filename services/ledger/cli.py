@@ -333,11 +333,14 @@ def tier_assign(
 
 @app.command()
 def rebuild(program: ProgramOpt = None, db: DbOpt = None) -> None:
-    """Rebuild the balance, lot and statement projections from the ledger, from zero."""
+    """Rebuild the projections from zero in a fresh table set, then switch to it.
+
+    Running services keep serving the old tables meanwhile and switch on their next tick.
+    """
     with _ledger(program, db) as ledger:
-        ledger.view.reset()
-        count = ledger.projection.run()
-    typer.echo(f"rebuilt from {count} entries")
+        before = ledger.view.tracking_key.removesuffix("ledger")
+        prefix, count = ledger.rebuild()
+    typer.echo(f"rebuilt from {count} entries into {prefix}*; switched from {before}*")
 
 
 @app.command()
@@ -419,6 +422,241 @@ def serve(
         serve_metrics(metrics_port)
     with _ledger(program, db) as ledger:
         asyncio.run(run_serve(ledger, bootstrap, ingest=ingest, relay=relay, group_id=group_id))
+
+
+@app.command()
+def audit(
+    member: str,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The member's every entry, oldest first, with provenance, source event and lots touched."""
+    from services.ledger.application.audit import audit as run_audit
+
+    with _ledger(program, db) as ledger:
+        found = run_audit(ledger, member)
+    if found is None:
+        typer.echo(f"{member} is not a member", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(audit_json(found), indent=2))
+        return
+    typer.echo(_format_balance(found.balance))
+    for line in found.lines:
+        e = line.entry
+        typer.echo(
+            _format_entry(
+                EntryRow(
+                    e.position or 0,
+                    member,
+                    e.seq,
+                    e.entry_type,
+                    e.effective_at,
+                    e.model_dump(mode="json"),
+                )
+            )
+        )
+        if line.source_event is not None:
+            typer.echo(f"      source event: {json.dumps(line.source_event, sort_keys=True)}")
+        for lot in e.lots_after:
+            expires = lot.expires_at.isoformat() if lot.expires_at else "never"
+            typer.echo(
+                f"      lot {lot.lot_id} ({lot.source}): {lot.remaining}/{lot.amount} "
+                f"{lot.status}, expires {expires}"
+            )
+    verdict = "explained" if found.explained else "NOT explained"
+    typer.echo(
+        f"entries add up to {found.entries_total}; the balance holds {found.recorded_total}: "
+        f"{verdict}"
+    )
+    if not found.explained:
+        raise typer.Exit(1)
+
+
+def audit_json(found: Any) -> dict[str, Any]:
+    return {
+        "member_id": found.member_id,
+        "balance": _balance_json(found.balance),
+        "entries": [
+            {**line.entry.model_dump(mode="json"), "source_event": line.source_event}
+            for line in found.lines
+        ],
+        "entries_total": found.entries_total,
+        "recorded_total": found.recorded_total,
+        "explained": found.explained,
+    }
+
+
+@app.command(name="what-if")
+def what_if_cmd(
+    new_program: Annotated[
+        Path, typer.Option("--program", help="The other program version (YAML).")
+    ],
+    member: Annotated[str | None, typer.Option(help="Only this member.")] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Post the differences as adjustments (once).")
+    ] = False,
+    actor: Annotated[str, typer.Option(help="Operator id recorded on adjustments.")] = "what-if",
+    ledger_program: Annotated[
+        Path | None,
+        typer.Option("--ledger-program", help="The ledger's own program; env LOYALTY_PROGRAM."),
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute members' histories under another program and show what they would have."""
+    from services.ledger.application.what_if import what_if
+
+    try:
+        other = load_program(new_program)
+    except ProgramFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    with _ledger(ledger_program, db) as ledger:
+        report = what_if(ledger, other, member=member, apply=apply, actor=actor)
+    if as_json:
+        typer.echo(json.dumps(what_if_json(report), indent=2))
+        return
+    for line in format_what_if(report):
+        typer.echo(line)
+
+
+def what_if_json(report: Any) -> dict[str, Any]:
+    return {
+        "run_id": report.run_id,
+        "program_version": report.program_version,
+        "current_version": report.current_version,
+        "position": report.position,
+        "as_of": report.as_of.isoformat(),
+        "replayed_events": report.replayed_events,
+        "replayed_operations": report.replayed_operations,
+        "skipped": report.skipped,
+        "members": [
+            {
+                "member_id": d.member_id,
+                "actual": d.actual,
+                "would_have": d.would_have,
+                "difference": d.difference,
+                "actual_lifetime": d.actual_lifetime,
+                "would_have_lifetime": d.would_have_lifetime,
+            }
+            for d in report.members
+        ],
+        "posted": report.posted,
+    }
+
+
+def format_what_if(report: Any) -> list[str]:
+    lines = [
+        f"what-if run {report.run_id}: program {report.program_version} instead of "
+        f"{report.current_version}, ledger position {report.position}, "
+        f"as of {report.as_of.isoformat()}",
+        f"replayed {report.replayed_events} events and {report.replayed_operations} "
+        f"operations; {len(report.skipped)} skipped",
+        *(f"  skipped {s}" for s in report.skipped),
+        f"{'member':<16} {'now':>8} {'would have':>11} {'difference':>11} "
+        f"{'lifetime now':>13} {'would have':>11}",
+    ]
+    for d in report.members:
+        lines.append(
+            f"{d.member_id:<16} {d.actual:>8} {d.would_have:>11} {d.difference:>+11} "
+            f"{d.actual_lifetime:>13} {d.would_have_lifetime:>11}"
+        )
+    total = sum(d.difference for d in report.members)
+    lines.append(f"total difference {total:+d} points over {len(report.members)} members")
+    if report.posted:
+        lines.append(f"posted {len(report.posted)} adjustments: {', '.join(report.posted)}")
+    return lines
+
+
+@app.command()
+def replay(
+    topic: Annotated[str, typer.Option(help="Inbound topic to re-read.")],
+    from_offset: Annotated[int, typer.Option(min=0, help="First offset (inclusive).")],
+    to_offset: Annotated[int, typer.Option(min=0, help="Last offset (inclusive).")],
+    partition: Annotated[
+        list[int] | None, typer.Option(help="Only these partitions (default: all).")
+    ] = None,
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Re-ingest an offset range; already-applied events are skipped by idempotency."""
+    import asyncio
+
+    from services.ledger.adapters.kafka_replay import replay as run_replay
+
+    if to_offset < from_offset:
+        typer.echo("--to-offset is before --from-offset", err=True)
+        raise typer.Exit(2)
+    with _ledger(program, db) as ledger:
+        report = asyncio.run(
+            run_replay(ledger, bootstrap, topic, from_offset, to_offset, partitions=partition)
+        )
+    for p, (first, last) in sorted(report.partitions.items()):
+        typer.echo(f"partition {p}: offsets {first}..{last}")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.reasons.items()))
+    typer.echo(
+        f"{report.applied} applied, {report.skipped} skipped (already applied), "
+        f"{report.dead_lettered} dead-lettered" + (f" ({reasons})" if reasons else "")
+    )
+
+
+@app.command(name="api")
+def api_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    tick_seconds: Annotated[
+        float,
+        typer.Option(envvar="LOYALTY_TICK_SECONDS", help="Run the scheduler this often (0: off)."),
+    ] = 1.0,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker checked by /readyz."
+        ),
+    ] = None,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console)."""
+    import uvicorn
+
+    from services.ledger.api.app import create_app
+    from services.ledger.api.auth import KeyStore
+
+    try:
+        keys = KeyStore.from_environment()
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"cannot read the API keys (LOYALTY_API_KEYS / _FILE): {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not keys.names():
+        typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
+    with _ledger(program, db) as ledger:
+        uvicorn.run(
+            create_app(ledger, keys, tick_seconds=tick_seconds, bootstrap=bootstrap),
+            host=host,
+            port=port,
+            log_level="info",
+        )
+
+
+@app.command(name="api-key")
+def api_key(
+    name: str,
+    scope: Annotated[list[str], typer.Option(help="events:write, members:read, ops:write")],
+) -> None:
+    """Make a new API key: prints the key (once) and the hashed entry for LOYALTY_API_KEYS."""
+    from services.ledger.api.auth import entry_json, new_key
+
+    try:
+        key, entry = new_key(name, scope)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"key: {key}")
+    typer.echo(f"entry: {entry_json(entry)}")
 
 
 @topics_app.command("create")

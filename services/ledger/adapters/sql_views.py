@@ -13,7 +13,13 @@ from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteFactory, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
-from services.ledger.application.views import BalanceRow, EntryRow, LedgerView, ViewChanges
+from services.ledger.application.views import (
+    BalanceRow,
+    EntryRow,
+    HoldRow,
+    LedgerView,
+    ViewChanges,
+)
 from services.ledger.domain.lots import Lot
 
 
@@ -44,6 +50,12 @@ def _table_statements(p: str) -> list[str]:
         "position BIGINT PRIMARY KEY, member_id TEXT NOT NULL, seq BIGINT NOT NULL, "
         "entry_type TEXT NOT NULL, effective_at TEXT NOT NULL, body TEXT NOT NULL)",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {p}entries_member ON {p}entries (member_id, seq)",
+        f"CREATE TABLE IF NOT EXISTS {p}holds ("
+        "hold_id TEXT PRIMARY KEY, member_id TEXT NOT NULL, reference TEXT NOT NULL, "
+        "points BIGINT NOT NULL, status TEXT NOT NULL, captured BIGINT NOT NULL, "
+        "placed_at TEXT NOT NULL, expires_at TEXT NOT NULL, resolved_at TEXT)",
+        f"CREATE INDEX IF NOT EXISTS {p}holds_member ON {p}holds (member_id)",
+        f"CREATE INDEX IF NOT EXISTS {p}holds_due ON {p}holds (expires_at) WHERE status = 'held'",
     ]
 
 
@@ -132,6 +144,26 @@ class SqlLedgerView:
                         json.dumps(entry.body, sort_keys=True),
                     )
                     for entry in changes.entries
+                ],
+            )
+            self._run_many(
+                c,
+                f"INSERT INTO {p}holds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (hold_id) DO UPDATE SET status = excluded.status, "
+                "captured = excluded.captured, resolved_at = excluded.resolved_at",
+                [
+                    (
+                        hold.hold_id,
+                        hold.member_id,
+                        hold.reference,
+                        hold.points,
+                        hold.status,
+                        hold.captured,
+                        _ts(hold.placed_at),
+                        _ts(hold.expires_at),
+                        _ts(hold.resolved_at),
+                    )
+                    for hold in changes.holds.values()
                 ],
             )
             self._track(c, tracking)
@@ -230,6 +262,11 @@ class SqlLedgerView:
             self._run(c, f"SELECT * FROM {self.prefix}lots ORDER BY member_id, lot_id")
             return [(r["member_id"], self._lot(r)) for r in c.fetchall()]
 
+    def all_entries(self) -> list[EntryRow]:
+        with self._tx(commit=False) as c:
+            self._run(c, f"SELECT * FROM {self.prefix}entries ORDER BY position")
+            return self._entry_rows(c.fetchall())
+
     def entries(
         self, member_id: str, *, before_seq: int | None = None, limit: int = 50
     ) -> list[EntryRow]:
@@ -243,6 +280,10 @@ class SqlLedgerView:
         with self._tx(commit=False) as c:
             self._run(c, sql, params)
             rows = c.fetchall()
+        return self._entry_rows(rows)
+
+    @staticmethod
+    def _entry_rows(rows: Any) -> list[EntryRow]:
         result = []
         for r in rows:
             effective = _dt(r["effective_at"])
@@ -259,24 +300,53 @@ class SqlLedgerView:
             )
         return result
 
+    def holds(self, member_id: str) -> list[HoldRow]:
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT * FROM {self.prefix}holds WHERE member_id = ? ORDER BY placed_at DESC",
+                (member_id,),
+            )
+            rows = c.fetchall()
+        result = []
+        for r in rows:
+            placed, expires = _dt(r["placed_at"]), _dt(r["expires_at"])
+            assert placed is not None
+            assert expires is not None
+            result.append(
+                HoldRow(
+                    hold_id=r["hold_id"],
+                    member_id=r["member_id"],
+                    reference=r["reference"],
+                    points=r["points"],
+                    status=r["status"],
+                    captured=r["captured"],
+                    placed_at=placed,
+                    expires_at=expires,
+                    resolved_at=_dt(r["resolved_at"]),
+                )
+            )
+        return result
+
     def members_due(self, now: datetime, limit: int = 10_000) -> list[str]:
         p = self.prefix
         at = _ts(now)
         with self._tx(commit=False) as c:
             self._run(
                 c,
-                f"SELECT DISTINCT member_id FROM {p}lots WHERE "
+                f"SELECT member_id FROM {p}lots WHERE "
                 "(status = 'pending' AND release_at <= ?) OR "
                 "(status = 'available' AND remaining > 0 AND expires_at <= ?) "
+                f"UNION SELECT member_id FROM {p}holds WHERE status = 'held' AND expires_at <= ? "
                 "ORDER BY member_id LIMIT ?",
-                (at, at, limit),
+                (at, at, at, limit),
             )
             return [r["member_id"] for r in c.fetchall()]
 
     def reset(self) -> None:
         p = self.prefix
         with self._tx(commit=True) as c:
-            for table in ("balances", "lots", "entries"):
+            for table in ("balances", "lots", "entries", "holds"):
                 self._run(c, f"DELETE FROM {p}{table}")
             self._reset_tracking(c)
 

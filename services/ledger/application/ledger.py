@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import JSONTranscoder, ProcessRecorder, Tracking
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, ProcessRecorder, Tracking
 
 from schemas import (
     TOPIC_TIERS,
@@ -32,6 +34,7 @@ from schemas import (
     RedemptionRequested,
     ReferralQualified,
     TierChanged,
+    canonical_json,
     parse_inbound,
     payload_digest,
 )
@@ -54,6 +57,8 @@ from services.ledger.domain.receipts import (
 from services.ledger.domain.rules import Line
 
 TIERS_CHANNEL = "tiers"  # the embedded tier policy's origin channel
+T = TypeVar("T")
+
 APPLIED_STATUS = "applied"
 DUPLICATE_STATUS = "duplicate"
 REJECTED_STATUS = "rejected"
@@ -209,6 +214,7 @@ class LedgerApplication(Application[UUID]):
                 entries=(),
                 origin=item.origin,
                 received_at=now,
+                payload=canonical_json(event).decode(),
             )
             return outcome
         entries = tuple(
@@ -228,6 +234,7 @@ class LedgerApplication(Application[UUID]):
             entries=entries,
             origin=item.origin,
             received_at=now,
+            payload=canonical_json(event).decode(),
         )
         return Outcome(APPLIED_STATUS, event.event_id, event.member_id, entries=entries)
 
@@ -505,21 +512,53 @@ class LedgerApplication(Application[UUID]):
         command: Callable[[MemberAccount, datetime], Any],
     ) -> tuple[str, ...]:
         """Run an operator command against one account and save it; returns its entries."""
-        with self._writing:
-            account = self._account_for_write(member_id)
-            if account is None:
-                raise Declined("unknown_member", f"{member_id} is not a member")
-            try:
-                now = self.clock.now()
-                start = account.version
-                command(account, now)
-                entries = tuple(f"{member_id}#{v}" for v in range(start + 1, account.version + 1))
-                self.save(account)
-            except BaseException:
-                self._forget([member_id])
-                raise
-            self._remember({member_id: account})
-            return entries
+        return self.run_command(member_id, command)[1]
+
+    def run_command(
+        self,
+        member_id: str,
+        command: Callable[[MemberAccount, datetime], T],
+        *,
+        missing: Declined | None = None,
+        attempts: int = 50,
+    ) -> tuple[T, tuple[str, ...]]:
+        """Load (from this process's cache when it has the account), run, save; on a version
+        conflict (another process wrote the account first) start again from the store.
+
+        A declined command keeps the time-driven entries it made first (a due expiry),
+        since they were due regardless. Returns the command's result and its entries."""
+        for attempt in range(attempts):
+            with self._writing:
+                account = self._account_for_write(member_id)
+                if account is None:
+                    raise missing or Declined("unknown_member", f"{member_id} is not a member")
+                try:
+                    now = self.clock.now()
+                    start = account.version
+                    try:
+                        result = command(account, now)
+                    except Declined:
+                        if account.pending_events:
+                            self.save(account)
+                        raise
+                    entries = tuple(
+                        f"{member_id}#{v}" for v in range(start + 1, account.version + 1)
+                    )
+                    if account.pending_events:
+                        self.save(account)
+                except Declined:
+                    self._remember({member_id: account})
+                    raise
+                except IntegrityError:
+                    self._forget([member_id])
+                    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter
+                    continue
+                except BaseException:
+                    self._forget([member_id])
+                    raise
+                self._remember({member_id: account})
+                return result, entries
+        raise Declined("busy", f"{member_id} is being written by others; try again")
 
     def adjust(
         self,

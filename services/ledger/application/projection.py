@@ -13,8 +13,15 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
 from services.ledger.application.entries import entry_message
-from services.ledger.application.views import BalanceRow, EntryRow, LedgerView, ViewChanges
+from services.ledger.application.views import (
+    BalanceRow,
+    EntryRow,
+    HoldRow,
+    LedgerView,
+    ViewChanges,
+)
 from services.ledger.domain.account import MemberAccount
+from services.ledger.domain.holds import HoldRecord
 
 
 def account_topics() -> list[str]:
@@ -88,6 +95,19 @@ class LedgerProjection:
         if isinstance(event, MemberAccount.Entry):
             for lot in event.lots_after:
                 changes.lots[(member, lot.lot_id)] = lot
+        hold = getattr(event, "hold", None)
+        if isinstance(hold, HoldRecord):
+            changes.holds[hold.hold_id] = HoldRow(
+                hold_id=hold.hold_id,
+                member_id=member,
+                reference=hold.reference,
+                points=hold.points,
+                status=hold.status,
+                captured=hold.captured,
+                placed_at=hold.placed_at,
+                expires_at=hold.expires_at,
+                resolved_at=hold.resolved_at,
+            )
         changes.entries.append(
             EntryRow(
                 position=position,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from services.ledger.application import commands
+from services.ledger.application.commands import Done
 from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
 from services.ledger.application.projection import LedgerProjection
-from services.ledger.application.views import BalanceRow, EntryRow, LedgerView
+from services.ledger.application.view_switch import active_prefix, other_prefix, record_switch
+from services.ledger.application.views import BalanceRow, EntryRow, HoldRow, LedgerView
+from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot, next_due
 from services.ledger.domain.provenance import Origin
 
@@ -75,10 +79,42 @@ class IngestReport:
 
 
 class Ledger:
-    def __init__(self, app: LedgerApplication, view: LedgerView) -> None:
+    def __init__(
+        self,
+        app: LedgerApplication,
+        view: LedgerView,
+        view_factory: Callable[[str], LedgerView] | None = None,
+    ) -> None:
         self.app = app
         self.view = view
         self.projection = LedgerProjection(app.process_recorder, app.mapper, view)
+        self.view_factory = view_factory
+
+    # ------------------------------------------------------------ projections
+
+    def use_active_view(self) -> bool:
+        """Serve from the table set the last rebuild switched to; True when it changed."""
+        if self.view_factory is None:
+            return False
+        prefix = active_prefix(self.app)
+        if self.view.tracking_key == f"{prefix}ledger":
+            return False
+        self.view = self.view_factory(prefix)
+        self.projection = LedgerProjection(self.app.process_recorder, self.app.mapper, self.view)
+        return True
+
+    def rebuild(self) -> tuple[str, int]:
+        """Project the ledger from zero into the other table set while the active one keeps
+        serving, then switch to it; returns the new prefix and the entries projected."""
+        assert self.view_factory is not None, "rebuild needs a view factory"
+        self.use_active_view()
+        target = other_prefix(active_prefix(self.app))
+        fresh = self.view_factory(target)
+        fresh.reset()
+        count = LedgerProjection(self.app.process_recorder, self.app.mapper, fresh).run()
+        record_switch(self.app, target)
+        self.use_active_view()
+        return target, count
 
     def close(self) -> None:
         self.app.close()
@@ -126,6 +162,74 @@ class Ledger:
 
     def lots(self, member_id: str) -> list[Lot]:
         return self.view.lots(member_id)
+
+    def holds(self, member_id: str) -> list[HoldRow]:
+        return self.view.holds(member_id)
+
+    # ------------------------------------------------------------------ holds
+
+    def place_hold(
+        self,
+        member_id: str,
+        *,
+        reference: str,
+        points: int,
+        ttl: timedelta,
+        actor: str,
+        request_id: str | None = None,
+    ) -> Done[HoldRecord]:
+        done = commands.place_hold(
+            self.app,
+            member_id,
+            reference=reference,
+            points=points,
+            ttl=ttl,
+            actor=actor,
+            request_id=request_id,
+        )
+        self.projection.run()
+        return done
+
+    def capture_hold(
+        self, hold: str, *, points: int | None, actor: str, request_id: str | None = None
+    ) -> Done[HoldRecord]:
+        done = commands.capture_hold(
+            self.app, hold, points=points, actor=actor, request_id=request_id
+        )
+        self.projection.run()
+        return done
+
+    def void_hold(
+        self, hold: str, *, reason: str | None, actor: str, request_id: str | None = None
+    ) -> Done[HoldRecord]:
+        done = commands.void_hold(self.app, hold, reason=reason, actor=actor, request_id=request_id)
+        self.projection.run()
+        return done
+
+    def hold(self, hold: str) -> tuple[str, HoldRecord] | None:
+        return commands.find_hold(self.app, hold)
+
+    def adjust(
+        self,
+        member_id: str,
+        points: int,
+        *,
+        reason: str,
+        actor: str,
+        allow_negative: bool = False,
+        request_id: str | None = None,
+    ) -> Done[None]:
+        done = commands.adjust(
+            self.app,
+            member_id,
+            points,
+            reason=reason,
+            actor=actor,
+            allow_negative=allow_negative,
+            request_id=request_id,
+        )
+        self.projection.run()
+        return done
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, Inbound]]:

@@ -8,6 +8,7 @@ from typing import Any
 from eventsourcing.persistence import JSONTranscoder, Transcoding
 
 from services.ledger.domain.account import Balances, OrderRecord, RedemptionRecord
+from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot, LotMove
 from services.ledger.domain.postings import Posting
 from services.ledger.domain.provenance import Origin, Provenance
@@ -15,6 +16,7 @@ from services.ledger.domain.rules import LinePoints
 
 VALUE_TYPES: tuple[type[Any], ...] = (
     Balances,
+    HoldRecord,
     LinePoints,
     Lot,
     LotMove,

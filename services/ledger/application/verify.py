@@ -68,7 +68,14 @@ def verify(app: LedgerApplication, view: LedgerView | None = None) -> VerifyRepo
         ):
             report.violations.append(f"receipt {receipt.event_id}: applied but names no entry")
     if view is not None:
-        _compare_view(view, folded, report)
+        holds = {}
+        for member in folded:
+            live = app.find_account(member)
+            if live is not None:
+                holds[member] = {
+                    h.hold_id: (h.status, h.points, h.captured) for h in live.holds.values()
+                }
+        _compare_view(view, folded, report, holds)
     return report
 
 
@@ -152,6 +159,10 @@ def _fold(
         or live.lots != lots
     ):
         report.violations.append(f"{member}: the stored account differs from a fresh fold")
+    if live is not None and balances[acc.HELD] != live.held_total:
+        report.violations.append(
+            f"{member}: held {balances[acc.HELD]} but open holds hold {live.held_total}"
+        )
     return (
         member,
         Balances(balances[acc.AVAILABLE], balances[acc.PENDING], balances[acc.HELD]),
@@ -164,6 +175,7 @@ def _compare_view(
     view: LedgerView,
     folded: dict[str, tuple[Balances, dict[str, Lot], str | None]],
     report: VerifyReport,
+    holds: dict[str, dict[str, tuple[str, int, int]]] | None = None,
 ) -> None:
     rows = {row.member_id: row for row in view.all_balances()}
     view_lots: dict[str, dict[str, Lot]] = {}
@@ -181,5 +193,9 @@ def _compare_view(
             )
         if view_lots.get(member, {}) != lots:
             report.violations.append(f"{member}: projected lots differ from the ledger")
+        if holds is not None:
+            shown_holds = {h.hold_id: (h.status, h.points, h.captured) for h in view.holds(member)}
+            if shown_holds != holds.get(member, {}):
+                report.violations.append(f"{member}: projected holds differ from the ledger")
     for member in rows:
         report.violations.append(f"{member}: in the projection but not in the ledger")

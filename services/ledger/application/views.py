@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -34,6 +34,19 @@ class EntryRow:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    hold_id: str
+    member_id: str
+    reference: str
+    points: int
+    status: str
+    captured: int
+    placed_at: datetime
+    expires_at: datetime
+    resolved_at: datetime | None
+
+
 @dataclass
 class ViewChanges:
     """Everything one projection batch writes, applied with its tracking position."""
@@ -41,6 +54,7 @@ class ViewChanges:
     balances: dict[str, BalanceRow]
     lots: dict[tuple[str, str], Lot]
     entries: list[EntryRow]
+    holds: dict[str, HoldRow] = field(default_factory=dict)
 
 
 class LedgerView(Protocol):
@@ -71,6 +85,10 @@ class LedgerView(Protocol):
     def entries(
         self, member_id: str, *, before_seq: int | None = None, limit: int = 50
     ) -> list[EntryRow]: ...
+
+    def holds(self, member_id: str) -> list[HoldRow]: ...
+
+    def all_entries(self) -> list[EntryRow]: ...
 
     def members_due(self, now: datetime, limit: int = 10_000) -> list[str]: ...
 

@@ -11,13 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
 from services.ledger.domain import postings as acc
 from services.ledger.domain.errors import Declined, InvariantViolation
+from services.ledger.domain.holds import (
+    CAPTURED,
+    EXPIRED,
+    VOIDED,
+    HoldRecord,
+    hold_id,
+    split_capture,
+)
 from services.ledger.domain.lots import (
     AVAILABLE,
     PENDING,
@@ -189,6 +197,50 @@ class MemberAccount(Aggregate):
         reason: str
         actor: str
 
+        def apply_specific(self, account: MemberAccount) -> None:
+            request_id = self.provenance.origin.request_id
+            if request_id:
+                account.adjustment_requests[request_id] = (
+                    self.originator_version,
+                    self.points,
+                    self.reason,
+                )
+
+    class HoldPlaced(Entry):
+        hold_id: str
+        reference: str
+        points: int
+        hold: HoldRecord
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.holds[self.hold_id] = self.hold
+
+    class HoldCaptured(Entry):
+        hold_id: str
+        points: int  # captured (redeemed)
+        returned: int  # back to the lots
+        hold: HoldRecord
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.holds[self.hold_id] = self.hold
+
+    class HoldVoided(Entry):
+        hold_id: str
+        points: int  # returned to the lots
+        reason: str | None
+        hold: HoldRecord
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.holds[self.hold_id] = self.hold
+
+    class HoldExpired(Entry):
+        hold_id: str
+        points: int  # returned to the lots
+        hold: HoldRecord
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.holds[self.hold_id] = self.hold
+
     class TierAssigned(Entry):
         tier: str | None
         previous: str | None
@@ -246,6 +298,22 @@ class MemberAccount(Aggregate):
         )
 
     @property
+    def holds(self) -> dict[str, HoldRecord]:
+        """Every hold by id (kept under a private name so older snapshots load without it)."""
+        return cast(dict[str, HoldRecord], self.__dict__.setdefault("_holds", {}))
+
+    @property
+    def adjustment_requests(self) -> dict[str, tuple[int, int, str]]:
+        """Adjustments by request id (seq, points, reason): a retried request is not re-applied."""
+        return cast(
+            dict[str, tuple[int, int, str]], self.__dict__.setdefault("_adjustment_requests", {})
+        )
+
+    @property
+    def held_total(self) -> int:
+        return sum(h.points for h in self.holds.values() if h.is_open)
+
+    @property
     def debt(self) -> int:
         """Points owed after an unlimited clawback; later earnings settle it first."""
         return max(0, -self.balances[acc.AVAILABLE])
@@ -263,6 +331,11 @@ class MemberAccount(Aggregate):
         made = 0
         while True:
             due = next_due(self.lots.values(), now)
+            hold = self._next_hold_due(now)
+            if hold is not None and (due is None or hold.expires_at <= due[0]):
+                self._expire_hold(hold)
+                made += 1
+                continue
             if due is None:
                 return made
             at, kind, lot_id = due
@@ -743,6 +816,170 @@ class MemberAccount(Aggregate):
         # Points that went back to a lot whose expiry has passed expire at once.
         self.advance(now)
 
+    # ------------------------------------------------------------------ holds
+
+    def place_hold(
+        self,
+        program: Program,
+        *,
+        reference: str,
+        points: int,
+        expires_at: datetime,
+        provenance: Provenance,
+        now: datetime,
+    ) -> HoldRecord:
+        """Set `points` aside until `expires_at`; the same reference again returns that hold."""
+        hid = hold_id(self.member_id, reference)
+        existing = self.holds.get(hid)
+        if existing is not None:
+            if existing.points != points:
+                raise Declined(
+                    "reference_conflict",
+                    f"reference {reference} already holds {existing.points} points, not {points}",
+                )
+            return existing
+        if points <= 0:
+            raise Declined("invalid_points", "a hold needs a positive number of points")
+        if expires_at <= now:
+            raise Declined("invalid_ttl", "a hold must expire in the future")
+        self.advance(now)
+        available = self.spendable(now)
+        if points > available:
+            raise Declined(
+                "insufficient_points", f"{points} points requested, {available} available"
+            )
+        moves = allocate(self.lots.values(), points, now)
+        record = HoldRecord(hid, reference, points, moves, now, expires_at)
+        self._record(
+            self.HoldPlaced,
+            effective_at=now,
+            postings=transfer(acc.AVAILABLE, acc.HELD, points),
+            moves=moves,
+            provenance=self._hold_provenance(program, provenance, "hold:place"),
+            note=f"{points} points held for {reference} until {expires_at.isoformat()}",
+            holds_after={**self.holds, hid: record},
+            hold_id=hid,
+            reference=reference,
+            points=points,
+            hold=record,
+        )
+        return record
+
+    def capture_hold(
+        self,
+        program: Program,
+        *,
+        hold: str,
+        points: int | None,
+        provenance: Provenance,
+        now: datetime,
+    ) -> HoldRecord:
+        """Redeem `points` of a hold (all of it by default); the rest goes back to its lots."""
+        record = self._open_hold(hold, now)
+        captured = record.points if points is None else points
+        if not 0 < captured <= record.points:
+            raise Declined(
+                "invalid_points",
+                f"capture between 1 and {record.points} points, not {captured}",
+            )
+        _, back = split_capture(record.moves, captured)  # the captured part left at placing
+        released = record.points - captured
+        done = replace(record, status=CAPTURED, captured=captured, resolved_at=now)
+        note = f"hold for {record.reference}: {captured} points redeemed"
+        if released:
+            note += f", {released} back to their lots with their original expiry"
+        self._record(
+            self.HoldCaptured,
+            effective_at=now,
+            postings=transfer(acc.HELD, acc.REDEEMED, captured)
+            + transfer(acc.HELD, acc.AVAILABLE, released),
+            moves=self._settled(back),
+            provenance=self._hold_provenance(program, provenance, "hold:capture"),
+            note=note,
+            holds_after={**self.holds, hold: done},
+            hold_id=hold,
+            points=captured,
+            returned=released,
+            hold=done,
+        )
+        self.advance(now)  # returned points on a lot already past its expiry expire now
+        return done
+
+    def void_hold(
+        self,
+        program: Program,
+        *,
+        hold: str,
+        reason: str | None,
+        provenance: Provenance,
+        now: datetime,
+    ) -> HoldRecord:
+        """Cancel a hold: every point goes back to the lot it came from."""
+        record = self._open_hold(hold, now)
+        done = replace(record, status=VOIDED, resolved_at=now)
+        self._record(
+            self.HoldVoided,
+            effective_at=now,
+            postings=transfer(acc.HELD, acc.AVAILABLE, record.points),
+            moves=self._settled(_returned(record)),
+            provenance=self._hold_provenance(program, provenance, "hold:void"),
+            note=f"hold for {record.reference} voided: {record.points} points back to "
+            "their lots with their original expiry" + (f" ({reason})" if reason else ""),
+            holds_after={**self.holds, hold: done},
+            hold_id=hold,
+            points=record.points,
+            reason=reason,
+            hold=done,
+        )
+        self.advance(now)
+        return done
+
+    def _open_hold(self, hold: str, now: datetime) -> HoldRecord:
+        if hold not in self.holds:
+            raise Declined("unknown_hold", f"{self.member_id} has no hold {hold}")
+        self.advance(now)  # a hold past its TTL expires first, and cannot be resolved again
+        record = self.holds[hold]
+        if not record.is_open:
+            raise Declined("hold_resolved", f"hold {hold} was already {record.status}")
+        return record
+
+    def _next_hold_due(self, now: datetime) -> HoldRecord | None:
+        due = [h for h in self.holds.values() if h.is_open and h.expires_at <= now]
+        return min(due, key=lambda h: (h.expires_at, h.hold_id)) if due else None
+
+    def _expire_hold(self, record: HoldRecord) -> None:
+        at = record.expires_at
+        done = replace(record, status=EXPIRED, resolved_at=at)
+        prov = Provenance(SCHEDULER, program_version=None, tier=self.tier, rule_id="hold:expiry")
+        self._record(
+            self.HoldExpired,
+            effective_at=at,
+            postings=transfer(acc.HELD, acc.AVAILABLE, record.points),
+            moves=self._settled(_returned(record)),
+            provenance=prov,
+            note=f"hold for {record.reference} expired: {record.points} points back to "
+            "their lots with their original expiry",
+            holds_after={**self.holds, record.hold_id: done},
+            hold_id=record.hold_id,
+            points=record.points,
+            hold=done,
+        )
+
+    def _settled(self, back: tuple[LotMove, ...]) -> tuple[LotMove, ...]:
+        """Points going back to lots settle a negative balance first (as later earnings do)."""
+        settle: list[LotMove] = []
+        debt = self.debt
+        for move in back:
+            if debt <= 0:
+                break
+            take = min(debt, move.amount)
+            settle.append(LotMove(move.lot_id, -take))
+            debt -= take
+        return _merge((*back, *settle))
+
+    def _hold_provenance(self, program: Program, provenance: Provenance, rule: str) -> Provenance:
+        return replace(provenance, rule_id=rule, program_version=program.version, tier=self.tier)
+
     # ------------------------------------------------------------- operations
 
     def adjust(
@@ -762,6 +999,15 @@ class MemberAccount(Aggregate):
             raise Declined("actor_required", "an adjustment needs the operator's id")
         if points == 0:
             raise Declined("invalid_points", "an adjustment of zero points changes nothing")
+        request_id = provenance.origin.request_id
+        if request_id and request_id in self.adjustment_requests:
+            _, earlier_points, earlier_reason = self.adjustment_requests[request_id]
+            if (earlier_points, earlier_reason) != (points, reason):
+                raise Declined(
+                    "request_conflict",
+                    f"request {request_id} already adjusted {earlier_points:+d} ({earlier_reason})",
+                )
+            return  # a retry of a request already applied: nothing new
         self.advance(now)
         prov = replace(
             provenance, rule_id="adjustment", program_version=program.version, tier=self.tier
@@ -879,6 +1125,7 @@ class MemberAccount(Aggregate):
         note: str,
         new_lots: Iterable[Lot] = (),
         released: Iterable[str] = (),
+        holds_after: Mapping[str, HoldRecord] | None = None,
         **specific: Any,
     ) -> None:
         """Check an entry against every invariant, then trigger it."""
@@ -897,6 +1144,7 @@ class MemberAccount(Aggregate):
             lots[move.lot_id] = touched[move.lot_id] = lots[move.lot_id].moved(move.amount)
         balances = apply_postings(self.balances, postings)
         _check_lots_match(balances, lots.values())
+        _check_holds_match(balances, self.holds if holds_after is None else holds_after)
         self.trigger_event(
             event_class,
             member_id=self.member_id,
@@ -935,6 +1183,19 @@ def _check_lots_match(balances: Mapping[str, int], lots: Iterable[Lot]) -> None:
         )
     if sum(balances.values()) != 0:
         raise InvariantViolation("the account's postings do not sum to zero")
+
+
+def _check_holds_match(balances: Mapping[str, int], holds: Mapping[str, HoldRecord]) -> None:
+    """Held points are exactly what the open holds hold."""
+    open_total = sum(h.points for h in holds.values() if h.is_open)
+    if balances[acc.HELD] != open_total:
+        raise InvariantViolation(
+            f"held balance {balances[acc.HELD]} but open holds hold {open_total}"
+        )
+
+
+def _returned(record: HoldRecord) -> tuple[LotMove, ...]:
+    return tuple(LotMove(m.lot_id, -m.amount) for m in record.moves)
 
 
 def _label(kind: str, reference: str) -> str:

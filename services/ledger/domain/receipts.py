@@ -44,6 +44,7 @@ class InboundReceipt(Aggregate):
         entries: tuple[str, ...]
         origin: Origin
         received_at: datetime
+        payload: str | None = None  # canonical JSON of the event, for what-if and audit
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class InboundReceipt(Aggregate):
         entries: tuple[str, ...],
         origin: Origin,
         received_at: datetime,
+        payload: str | None = None,
     ) -> None:
         self.event_id = event_id
         self.digest = digest
@@ -68,6 +70,7 @@ class InboundReceipt(Aggregate):
         self.entries = tuple(entries)
         self.origin = origin
         self.received_at = received_at
+        self.payload = payload
 
     @staticmethod
     def create_id(event_id: str) -> UUID:

@@ -1,0 +1,51 @@
+"""Ledger views to API response models."""
+
+from __future__ import annotations
+
+from services.ledger.api.models import Balance, Hold, LotView
+from services.ledger.application.service import MemberBalanceView
+from services.ledger.domain.holds import HoldRecord
+from services.ledger.domain.lots import Lot
+
+
+def balance(b: MemberBalanceView) -> Balance:
+    return Balance(
+        member_id=b.member_id,
+        available=b.available,
+        pending=b.pending,
+        held=b.held,
+        lifetime_earned=b.lifetime_earned,
+        tier=b.tier,
+        expiring={f"{k}d": v for k, v in b.expiring.items()},
+        as_of=b.as_of,
+        as_of_position=b.as_of_position,
+    )
+
+
+def hold(member_id: str, h: HoldRecord, entries: tuple[str, ...] = ()) -> Hold:
+    return Hold(
+        hold_id=h.hold_id,
+        member_id=member_id,
+        reference=h.reference,
+        points=h.points,
+        status=h.status,
+        captured=h.captured,
+        placed_at=h.placed_at,
+        expires_at=h.expires_at,
+        resolved_at=h.resolved_at,
+        entries=list(entries),
+    )
+
+
+def lot(x: Lot) -> LotView:
+    return LotView(
+        lot_id=x.lot_id,
+        source=x.source,
+        amount=x.amount,
+        remaining=x.remaining,
+        status=x.status,
+        earned_at=x.earned_at,
+        release_at=x.release_at,
+        expires_at=x.expires_at,
+        program_version=x.program_version,
+    )

@@ -1,0 +1,87 @@
+"""Every error as JSON with a machine-readable code and a human reason, mapped in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.ledger.domain.errors import Declined
+
+NOT_FOUND = {"unknown_member", "unknown_hold", "not_found"}
+INVALID = {
+    "invalid_points",
+    "invalid_ttl",
+    "reason_required",
+    "actor_required",
+    "invalid_input",
+    "not_json",
+    "not_object",
+    "not_utf8",
+    "oversized",
+    "schema",
+    "unknown_type",
+    "wrong_topic",
+    "unknown_tier",
+    "unknown_activity",
+    "unknown_reward",
+    "invalid_program",
+}
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. insufficient_points")
+    reason: str = Field(description="what went wrong, for a person")
+    details: list[dict[str, Any]] | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+def status_for(code: str) -> int:
+    if code in NOT_FOUND:
+        return 404
+    if code in INVALID:
+        return 422
+    return 409
+
+
+def body(code: str, reason: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return ErrorBody(code=code, reason=reason, details=details).model_dump(exclude_none=True)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(body(exc.code, exc.reason), status_code=exc.status)
+
+    @app.exception_handler(Declined)
+    async def _declined(_: Request, exc: Declined) -> JSONResponse:
+        return JSONResponse(body(exc.reason, exc.detail), status_code=status_for(exc.reason))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        reason = f"{'.'.join(first['loc'])}: {first['msg']}"
+        return JSONResponse(body("invalid_input", reason, details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated"}
+        code = codes.get(exc.status_code, "http_error")
+        return JSONResponse(
+            body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )

@@ -1,0 +1,78 @@
+"""POST /v1/events: the same envelope, validation, rules and idempotency as Kafka ingest."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from schemas import INBOUND_EVENT_ADAPTER, MAX_MESSAGE_BYTES
+from services.ledger.adapters.metrics import INGEST_MESSAGES
+from services.ledger.api.deps import EventsWriter, LedgerDep
+from services.ledger.api.errors import ApiError, ErrorBody, status_for
+from services.ledger.api.models import EventResult
+from services.ledger.application.ledger import Inbound, Outcome
+from services.ledger.domain.provenance import Origin
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+_ENVELOPE_SCHEMA: dict[str, Any] = INBOUND_EVENT_ADAPTER.json_schema(
+    ref_template="#/components/schemas/{model}"
+)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (401, 403, 404, 409, 413, 422)
+}
+
+
+def _apply(ledger: LedgerDep, item: Inbound) -> Outcome:
+    for _ in range(20):
+        try:
+            (outcome,) = ledger.app.apply_batch([item])
+        except IntegrityError:
+            continue  # another writer saved the same account first: apply again
+        ledger.projection.run()
+        return outcome
+    raise ApiError(409, "busy", "the member's account is being written by others; retry")
+
+
+@router.post(
+    "/events",
+    operation_id="post_event",
+    response_model=EventResult,
+    status_code=201,
+    responses={200: {"model": EventResult, "description": "a duplicate"}, **_ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ENVELOPE_SCHEMA}},
+        }
+    },
+)
+async def post_event(
+    request: Request, response: Response, ledger: LedgerDep, caller: EventsWriter
+) -> EventResult:
+    """Apply one inbound event. A re-POST of the same event returns the original result."""
+    raw = await request.body()
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ApiError(413, "oversized", f"the limit is {MAX_MESSAGE_BYTES} bytes")
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    origin = Origin(channel="http", request_id=request_id[:128], actor=caller.name)
+    outcome = await run_in_threadpool(_apply, ledger, Inbound(raw, origin))
+    INGEST_MESSAGES.labels("http", outcome.status, outcome.reason or "").inc()
+    if outcome.status == "rejected" or (
+        outcome.status == "duplicate" and outcome.original == "declined"
+    ):
+        code = outcome.reason or "rejected"
+        raise ApiError(status_for(code), code, outcome.detail or code)
+    if outcome.status == "duplicate":
+        response.status_code = 200
+    return EventResult(
+        status=outcome.status,
+        event_id=outcome.event_id or "",
+        member_id=outcome.member_id or "",
+        entries=list(outcome.entries),
+        original=outcome.original,
+    )

@@ -1,0 +1,209 @@
+"""Members: find, balance, statement (paged, with provenance), lots, holds, adjustments."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from schemas.limits import ID_PATTERN, MAX_ID_LENGTH
+from schemas.outbound import LedgerEntry
+from services.ledger.api import convert
+from services.ledger.api.deps import EventsWriter, LedgerDep, MembersReader, OpsWriter
+from services.ledger.api.errors import ApiError, ErrorBody
+from services.ledger.api.models import (
+    AdjustmentRequest,
+    AdjustmentResult,
+    Balance,
+    Hold,
+    HoldRequest,
+    LotView,
+    MemberSummary,
+    Statement,
+)
+from services.ledger.application.service import Ledger
+
+router = APIRouter(prefix="/v1/members", tags=["members"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (401, 403, 404, 409, 422)
+}
+MemberId = Annotated[
+    str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description="member")
+]
+RequestId = Annotated[str | None, Header(alias="X-Request-Id", max_length=128)]
+
+
+def _balance(ledger: Ledger, member_id: str) -> Balance:
+    ledger.projection.run()
+    found = ledger.balance(member_id)
+    if found is None:
+        raise ApiError(404, "unknown_member", f"{member_id} is not a member")
+    return convert.balance(found)
+
+
+@router.get("", operation_id="find_members", response_model=list[MemberSummary], responses=ERRORS)
+def find_members(
+    ledger: LedgerDep,
+    _: MembersReader,
+    prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> list[MemberSummary]:
+    """Members whose id starts with `prefix` (support's search box)."""
+    ledger.projection.run()
+    rows = [r for r in ledger.view.all_balances() if r.member_id.startswith(prefix)]
+    return [
+        MemberSummary(
+            member_id=r.member_id,
+            available=r.available,
+            pending=r.pending,
+            held=r.held,
+            tier=r.tier,
+        )
+        for r in rows[:limit]
+    ]
+
+
+@router.get(
+    "/{member_id:path}/balance",
+    operation_id="get_balance",
+    response_model=Balance,
+    responses=ERRORS,
+)
+def get_balance(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> Balance:
+    """Available, pending, held, lifetime, tier, expiring in 30/60/90 days, as-of position."""
+    return _balance(ledger, member_id)
+
+
+@router.get(
+    "/{member_id:path}/statement",
+    operation_id="get_statement",
+    response_model=Statement,
+    responses=ERRORS,
+)
+def get_statement(
+    member_id: MemberId,
+    ledger: LedgerDep,
+    _: MembersReader,
+    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^[1-9][0-9]{0,17}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Statement:
+    """Every entry, newest first, with its provenance; page with `next_cursor`."""
+    _balance(ledger, member_id)
+    before = int(cursor) if cursor else None
+    rows = ledger.statement(member_id, before_seq=before, limit=limit)
+    entries = [LedgerEntry.model_validate(r.body) for r in rows]
+    more = len(rows) == limit and rows[-1].seq > 1
+    return Statement(
+        member_id=member_id, entries=entries, next_cursor=str(rows[-1].seq) if more else None
+    )
+
+
+@router.get(
+    "/{member_id:path}/lots",
+    operation_id="get_lots",
+    response_model=list[LotView],
+    responses=ERRORS,
+)
+def get_lots(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[LotView]:
+    """What each earn left, and when it is released and expires."""
+    _balance(ledger, member_id)
+    return [convert.lot(x) for x in ledger.lots(member_id)]
+
+
+@router.get(
+    "/{member_id:path}/holds",
+    operation_id="list_holds",
+    response_model=list[Hold],
+    responses=ERRORS,
+)
+def list_holds(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[Hold]:
+    """The member's holds, newest first (as projected; GET /v1/holds/{id} is authoritative)."""
+    _balance(ledger, member_id)
+    return [
+        Hold(
+            hold_id=h.hold_id,
+            member_id=h.member_id,
+            reference=h.reference,
+            points=h.points,
+            status=h.status,
+            captured=h.captured,
+            placed_at=h.placed_at,
+            expires_at=h.expires_at,
+            resolved_at=h.resolved_at,
+        )
+        for h in ledger.holds(member_id)
+    ]
+
+
+@router.post(
+    "/{member_id:path}/holds",
+    operation_id="place_hold",
+    response_model=Hold,
+    status_code=201,
+    responses={200: {"model": Hold, "description": "the hold placed before"}, **ERRORS},
+)
+def place_hold(
+    member_id: MemberId,
+    body: HoldRequest,
+    response: Response,
+    ledger: LedgerDep,
+    caller: EventsWriter,
+    request_id: RequestId = None,
+) -> Hold:
+    """Set points aside for a checkout; the same `reference` again returns the same hold."""
+    done = ledger.place_hold(
+        member_id,
+        reference=body.reference,
+        points=body.points,
+        ttl=timedelta(seconds=body.ttl_seconds),
+        actor=caller.name,
+        request_id=request_id or uuid.uuid4().hex,
+    )
+    if not done.entries:
+        response.status_code = 200
+    return convert.hold(member_id, done.result, done.entries)
+
+
+@router.post(
+    "/{member_id:path}/adjustments",
+    operation_id="adjust",
+    response_model=AdjustmentResult,
+    status_code=201,
+    responses={200: {"model": AdjustmentResult, "description": "a retried request"}, **ERRORS},
+)
+def adjust(
+    member_id: MemberId,
+    body: AdjustmentRequest,
+    response: Response,
+    ledger: LedgerDep,
+    caller: OpsWriter,
+    request_id: RequestId = None,
+) -> AdjustmentResult:
+    """Add or remove points by hand, with a required reason; the key's name is the actor.
+
+    Send an `X-Request-Id` to make a retry safe: the same id again returns the original
+    adjustment (200) instead of posting a second one.
+    """
+    rid = request_id or uuid.uuid4().hex
+    done = ledger.adjust(
+        member_id,
+        body.points,
+        reason=body.reason,
+        actor=caller.name,
+        allow_negative=body.allow_negative,
+        request_id=rid,
+    )
+    entries = list(done.entries)
+    if not entries:
+        response.status_code = 200
+        account = ledger.app.find_account(member_id)
+        assert account is not None
+        entries = [f"{member_id}#{account.adjustment_requests[rid][0]}"]
+    return AdjustmentResult(
+        member_id=member_id,
+        entries=entries,
+        actor=caller.name,
+        balance=_balance(ledger, member_id),
+    )

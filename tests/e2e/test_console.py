@@ -1,0 +1,151 @@
+"""The support console in a real headless Chromium (Debian's package, driven by Playwright)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import uvicorn
+from PIL import Image
+from playwright.sync_api import Page, sync_playwright
+
+from services.ledger.api.app import create_app
+from services.ledger.api.auth import KeyStore, digest
+from services.ledger.application.service import Ledger
+from services.ledger.bootstrap import build_ledger
+from services.ledger.domain.clock import FixedClock
+from tests.integration.test_api_service import _free_port
+from tests.integration.test_ledger_store import PROGRAM, T0, _event, _file, _purchase
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium package"),
+]
+KEY = "k-support"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    clock = FixedClock(T0)
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "l.db")}
+    built = build_ledger(program=PROGRAM, clock=clock, env=env)
+    built.app.apply_batch(
+        [
+            _file(_purchase("e-1", "m-ana", "o-1", 5000)),
+            _file(_event("e-2", "activity.completed", "m-ana", T0, activity="review")),
+            _file(_purchase("e-3", "m-ben", "o-3", 2000)),
+        ]
+    )
+    clock.advance(timedelta(days=3))
+    built.tick()
+    hold = built.place_hold(
+        "m-ana", reference="c-1", points=20, ttl=timedelta(hours=1), actor="pos"
+    )
+    built.capture_hold(hold.result.hold_id, points=20, actor="pos")
+    clock.advance(timedelta(days=1))
+    built.app.apply_batch([_file(_purchase("e-4", "m-ana", "o-4", 3000, clock.now()))])
+    built.projection.run()
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def console_url(ledger: Ledger) -> Iterator[str]:
+    keys = KeyStore.from_json(
+        json.dumps(
+            [{"name": "support-1", "scopes": ["members:read", "ops:write"], "sha256": digest(KEY)}]
+        )
+    )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(ledger, keys), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/console"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def page(console_url: str) -> Iterator[Page]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(console_url)
+            yield page
+        finally:
+            browser.close()
+
+
+def _open(page: Page, member: str) -> None:
+    page.fill("#key", KEY)
+    page.dispatch_event("#key", "change")
+    page.fill("#search", "m-")
+    page.click("#search-form button")
+    page.click(f"#results li[data-member='{member}']")
+    page.wait_for_selector("#member:not([hidden])")
+
+
+def test_support_finds_a_member_and_explains_the_balance(page: Page) -> None:
+    _open(page, "m-ana")
+    assert page.inner_text("#member-title") == "m-ana"
+    assert page.inner_text(".card[data-field='available'] b") == "33"  # 50 + 3 - 20
+    assert page.inner_text(".card[data-field='pending'] b") == "30"
+    assert "add up to the balance" in page.inner_text("#explained")
+    rows = page.locator("#statement tbody tr")
+    assert rows.count() == 7  # enrolled, 2 earned, released, hold placed/captured, earned
+    text = page.inner_text("#statement")
+    assert "hold_captured" in text
+    assert "event e-1; via file file=test line=1; rule base:USD" in text
+    assert "actor=pos" in text
+    assert page.locator("#lots tbody tr").count() == 3
+
+    # The chart is drawn, and its screenshot is not blank.
+    path = page.locator("#chart svg path.balance-line")
+    assert path.get_attribute("d", timeout=5000)
+    shot = Image.open(io.BytesIO(page.locator("#chart svg").screenshot())).convert("RGB")
+    raw = shot.tobytes()
+    pixels = zip(raw[0::3], raw[1::3], raw[2::3], strict=True)
+    blue = sum(1 for r, g, b in pixels if b > 180 and r < 100 and g < 150)
+    assert blue > 200, f"only {blue} line pixels in the chart"
+
+
+def test_support_posts_an_adjustment_and_sees_a_what_if(page: Page) -> None:
+    _open(page, "m-ben")
+    page.fill("#adjust-points", "15")
+    page.fill("#adjust-reason", "missing stamp, ticket 881")
+    page.click("#adjust-form button")
+    page.wait_for_selector("#adjust-result.good")
+    assert "by support-1" in page.inner_text("#adjust-result")
+    page.wait_for_function(
+        "document.querySelector(\".card[data-field='available'] b\").textContent === '35'"
+    )
+    assert "missing stamp, ticket 881" in page.inner_text("#statement")
+
+    page.fill("#whatif-program", _double_program())
+    page.click("#whatif-form button")
+    page.wait_for_selector("#whatif tbody tr")
+    cells = page.locator("#whatif tbody tr td").all_inner_texts()
+    assert cells == ["m-ben", "35", "55", "+20"]
+
+
+def _double_program() -> str:
+    data = PROGRAM.model_dump(mode="json")
+    data["currencies"]["USD"]["points_per_unit"] = "2"
+    return json.dumps(data)  # JSON is YAML

@@ -1,0 +1,447 @@
+"""The HTTP API route by route, with the ledger and the key store swapped in by overrides."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from services.ledger.api.app import create_app
+from services.ledger.api.auth import KeyStore, digest, new_key
+from services.ledger.api.deps import get_keys, get_ledger
+from services.ledger.application.service import Ledger
+from services.ledger.application.verify import verify
+from services.ledger.bootstrap import build_ledger
+from services.ledger.domain.clock import FixedClock
+from tests.integration.test_ledger_store import PROGRAM, T0
+
+KEYS = {
+    "checkout": ("k-checkout", ["events:write", "members:read"]),
+    "support-7": ("k-support", ["members:read", "ops:write"]),
+    "reader": ("k-reader", ["members:read"]),
+}
+CHECKOUT = {"X-API-Key": "k-checkout"}
+SUPPORT = {"X-API-Key": "k-support"}
+READER = {"X-API-Key": "k-reader"}
+
+
+def key_store() -> KeyStore:
+    return KeyStore.from_json(
+        json.dumps(
+            [
+                {"name": name, "scopes": scopes, "sha256": digest(key)}
+                for name, (key, scopes) in KEYS.items()
+            ]
+        )
+    )
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(T0)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FixedClock) -> Iterator[Ledger]:
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "l.db")}
+    built = build_ledger(program=PROGRAM, clock=clock, env=env)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def client(ledger: Ledger) -> Iterator[TestClient]:
+    app: FastAPI = create_app(ledger, KeyStore([]))
+    app.dependency_overrides[get_ledger] = lambda: ledger
+    app.dependency_overrides[get_keys] = key_store
+    with TestClient(app) as c:
+        yield c
+
+
+def event(event_id: str, kind: str, member: str, **data: Any) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "type": kind,
+        "occurred_at": T0.isoformat().replace("+00:00", "Z"),
+        "member_id": member,
+        "data": data,
+    }
+
+
+def purchase(event_id: str, member: str, cents: int) -> dict[str, Any]:
+    return event(
+        event_id,
+        "purchase.completed",
+        member,
+        order_id=f"o-{event_id}",
+        currency="USD",
+        total_minor=cents,
+    )
+
+
+def credited(client: TestClient, clock: FixedClock, member: str, points: int) -> None:
+    """`points` available to `member`: a purchase, then past the return window."""
+    assert (
+        client.post(
+            "/v1/events", json=purchase(f"e-{member}", member, points * 100), headers=CHECKOUT
+        ).status_code
+        == 201
+    )
+    clock.advance(timedelta(days=3))
+    assert client.get(f"/v1/members/{member}/balance", headers=READER).json()["available"] == points
+
+
+# ------------------------------------------------------------------- auth
+
+
+def test_no_key_is_401_unknown_key_401_wrong_scope_403(client: TestClient) -> None:
+    r = client.get("/v1/members/m-1/balance")
+    assert (r.status_code, r.json()["code"]) == (401, "unauthenticated")
+    r = client.get("/v1/members/m-1/balance", headers={"X-API-Key": "nope"})
+    assert (r.status_code, r.json()["code"]) == (401, "unauthenticated")
+    r = client.post("/v1/events", json=purchase("e-1", "m-1", 100), headers=READER)
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+    assert "events:write" in r.json()["reason"]
+    r = client.post(
+        "/v1/members/m-1/adjustments", json={"points": 5, "reason": "x"}, headers=CHECKOUT
+    )
+    assert r.status_code == 403
+
+
+def test_keys_are_stored_hashed_and_made_with_known_scopes() -> None:
+    key, entry = new_key("pos", ["events:write"])
+    assert key not in entry.model_dump_json()
+    store = KeyStore([entry])
+    found = store.authenticate(key)
+    assert found is not None
+    assert (found.name, found.scopes) == ("pos", frozenset({"events:write"}))
+    assert store.authenticate(key + "x") is None
+    with pytest.raises(ValueError, match="unknown scopes"):
+        new_key("pos", ["admin"])
+
+
+# ----------------------------------------------------------------- events
+
+
+def test_post_event_applies_once_and_a_repost_returns_the_original(client: TestClient) -> None:
+    body = purchase("e-1", "m-1", 5000)
+    first = client.post("/v1/events", json=body, headers=CHECKOUT)
+    assert first.status_code == 201
+    assert first.json()["status"] == "applied"
+    again = client.post("/v1/events", json=body, headers=CHECKOUT)
+    assert again.status_code == 200
+    assert again.json()["status"] == "duplicate"
+    assert again.json()["original"] == "applied"
+    assert again.json()["entries"] == first.json()["entries"]
+    balance = client.get("/v1/members/m-1/balance", headers=READER).json()
+    assert (balance["available"], balance["pending"]) == (0, 50)
+    changed = client.post("/v1/events", json=purchase("e-1", "m-1", 9900), headers=CHECKOUT)
+    assert (changed.status_code, changed.json()["code"]) == (409, "conflict")
+
+
+def test_post_event_rejects_bad_input_with_4xx_and_reason(
+    client: TestClient, ledger: Ledger
+) -> None:
+    r = client.post("/v1/events", content=b"{not json", headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (422, "not_json")
+    bad = purchase("e-2", "m-1", -5)
+    r = client.post("/v1/events", json=bad, headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (422, "schema")
+    assert "total_minor" in r.json()["reason"]
+    unknown = event("e-3", "redemption.requested", "m-9", redemption_id="x", points=5)
+    r = client.post("/v1/events", json=unknown, headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (404, "unknown_member")
+    r = client.post("/v1/events", content=b"x" * 70_000, headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (413, "oversized")
+    # Rejections are kept with their reason, as for Kafka ingest.
+    assert {x.reason for x in ledger.app.rejections()} >= {"not_json", "schema", "unknown_member"}
+
+
+# ---------------------------------------------------------------- members
+
+
+def test_balance_of_an_unknown_member_is_404(client: TestClient) -> None:
+    r = client.get("/v1/members/m-404/balance", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (404, "unknown_member")
+    r = client.get("/v1/members/bad id/balance", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+
+
+def test_balance_shows_every_figure(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 40)
+    b = client.get("/v1/members/m-1/balance", headers=READER).json()
+    assert b["available"] == 40
+    assert (b["pending"], b["held"], b["lifetime_earned"], b["tier"]) == (0, 0, 40, None)
+    assert b["expiring"] == {"30d": 40, "60d": 40, "90d": 40}  # expiry is 1 month
+    assert b["as_of_position"] > 0
+
+
+def test_statement_pages_by_cursor_with_provenance(client: TestClient) -> None:
+    for i in range(4):
+        client.post("/v1/events", json=purchase(f"e-{i}", "m-1", 1000), headers=CHECKOUT)
+    page = client.get("/v1/members/m-1/statement?limit=3", headers=READER).json()
+    assert [e["seq"] for e in page["entries"]] == [5, 4, 3]
+    assert page["entries"][0]["provenance"]["event_id"] == "e-3"
+    assert page["entries"][0]["provenance"]["origin"] == {
+        "channel": "http",
+        "topic": None,
+        "partition": None,
+        "offset": None,
+        "line": None,
+        "file": None,
+        "request_id": page["entries"][0]["provenance"]["origin"]["request_id"],
+        "actor": "checkout",
+    }
+    rest = client.get(
+        f"/v1/members/m-1/statement?limit=3&cursor={page['next_cursor']}", headers=READER
+    ).json()
+    assert [e["seq"] for e in rest["entries"]] == [2, 1]
+    assert rest["next_cursor"] is None
+    r = client.get("/v1/members/m-1/statement?cursor=abc", headers=READER)
+    assert r.status_code == 422
+
+
+def test_lots_and_member_search(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 12)
+    lots = client.get("/v1/members/m-1/lots", headers=READER).json()
+    assert [(x["amount"], x["remaining"], x["status"]) for x in lots] == [(12, 12, "pending")]
+    found = client.get("/v1/members?prefix=m-", headers=READER).json()
+    assert [m["member_id"] for m in found] == ["m-1"]
+
+
+# ------------------------------------------------------------------ holds
+
+
+def test_hold_capture_in_part_and_the_rest_returns(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 100)
+    r = client.post(
+        "/v1/members/m-1/holds", json={"reference": "cart-1", "points": 60}, headers=CHECKOUT
+    )
+    assert r.status_code == 201
+    hold = r.json()
+    assert (hold["status"], hold["points"]) == ("held", 60)
+    again = client.post(
+        "/v1/members/m-1/holds", json={"reference": "cart-1", "points": 60}, headers=CHECKOUT
+    )
+    assert (again.status_code, again.json()["hold_id"]) == (200, hold["hold_id"])
+    b = client.get("/v1/members/m-1/balance", headers=READER).json()
+    assert (b["available"], b["held"]) == (40, 60)
+    r = client.post(f"/v1/holds/{hold['hold_id']}/capture", json={"points": 45}, headers=CHECKOUT)
+    assert r.status_code == 200
+    assert (r.json()["status"], r.json()["captured"]) == ("captured", 45)
+    b = client.get("/v1/members/m-1/balance", headers=READER).json()
+    assert (b["available"], b["held"]) == (55, 0)
+    r = client.post(f"/v1/holds/{hold['hold_id']}/void", headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (409, "hold_resolved")
+    statement = client.get("/v1/members/m-1/statement?limit=2", headers=READER).json()
+    assert [e["entry_type"] for e in statement["entries"]] == ["hold_captured", "hold_placed"]
+    assert statement["entries"][0]["provenance"]["origin"]["actor"] == "checkout"
+
+
+def test_hold_errors_are_4xx(client: TestClient, clock: FixedClock) -> None:
+    r = client.post("/v1/members/m-9/holds", json={"reference": "c", "points": 5}, headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (404, "unknown_member")
+    credited(client, clock, "m-1", 10)
+    r = client.post(
+        "/v1/members/m-1/holds", json={"reference": "c", "points": 11}, headers=CHECKOUT
+    )
+    assert (r.status_code, r.json()["code"]) == (409, "insufficient_points")
+    r = client.post("/v1/members/m-1/holds", json={"reference": "c", "points": 0}, headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = client.post(
+        "/v1/members/m-1/holds", json={"reference": "c", "points": "5"}, headers=CHECKOUT
+    )
+    assert r.status_code == 422
+    client.post("/v1/members/m-1/holds", json={"reference": "c", "points": 5}, headers=CHECKOUT)
+    r = client.post("/v1/members/m-1/holds", json={"reference": "c", "points": 6}, headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (409, "reference_conflict")
+    for path in ("/v1/holds/nope/capture", "/v1/holds/h.bS05.0123456789abcdef0123/void"):
+        r = client.post(path, headers=CHECKOUT)
+        assert (r.status_code, r.json()["code"]) == (404, "unknown_hold")
+    assert client.get("/v1/holds/nope", headers=READER).status_code == 404
+
+
+def test_a_hold_past_its_ttl_releases_itself(
+    client: TestClient, clock: FixedClock, ledger: Ledger
+) -> None:
+    credited(client, clock, "m-1", 30)
+    hold = client.post(
+        "/v1/members/m-1/holds",
+        json={"reference": "c", "points": 30, "ttl_seconds": 60},
+        headers=CHECKOUT,
+    ).json()
+    clock.advance(timedelta(seconds=61))
+    assert client.get(f"/v1/holds/{hold['hold_id']}", headers=READER).json()["status"] == "expired"
+    r = client.post(f"/v1/holds/{hold['hold_id']}/capture", headers=CHECKOUT)
+    assert (r.status_code, r.json()["code"]) == (409, "hold_resolved")
+    ledger.tick()
+    b = client.get("/v1/members/m-1/balance", headers=READER).json()
+    assert (b["available"], b["held"]) == (30, 0)
+    assert verify(ledger.app, ledger.view).ok
+
+
+# ------------------------------------------------------------ adjustments
+
+
+def test_adjustment_needs_ops_scope_and_a_reason_and_records_the_actor(
+    client: TestClient, clock: FixedClock
+) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.post("/v1/members/m-1/adjustments", json={"points": 5}, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = client.post(
+        "/v1/members/m-1/adjustments", json={"points": 0, "reason": "x"}, headers=SUPPORT
+    )
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_points")
+    r = client.post(
+        "/v1/members/m-1/adjustments", json={"points": -11, "reason": "x"}, headers=SUPPORT
+    )
+    assert (r.status_code, r.json()["code"]) == (409, "insufficient_points")
+    r = client.post(
+        "/v1/members/m-1/adjustments", json={"points": 25, "reason": "late order"}, headers=SUPPORT
+    )
+    assert r.status_code == 201
+    assert (r.json()["actor"], r.json()["balance"]["available"]) == ("support-7", 35)
+    entry = client.get("/v1/members/m-1/statement?limit=1", headers=READER).json()["entries"][0]
+    assert entry["entry_type"] == "points_adjusted"
+    assert entry["provenance"]["origin"]["actor"] == "support-7"
+    assert entry["details"]["reason"] == "late order"
+
+
+# ------------------------------------------------------- program, health
+
+
+def test_program_metrics(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 100)
+    credited(client, clock, "m-2", 100)
+    hold = client.post(
+        "/v1/members/m-1/holds", json={"reference": "c", "points": 25}, headers=CHECKOUT
+    ).json()
+    client.post(f"/v1/holds/{hold['hold_id']}/capture", headers=CHECKOUT)
+    m = client.get("/v1/program/metrics", headers=READER).json()
+    assert (m["members"], m["issued"], m["redeemed"], m["expired"]) == (2, 200, 25, 0)
+    assert m["outstanding_points"] == 175
+    assert m["redemption_rate_bp"] == 1250
+    assert m["members_per_tier"] == {"none": 2}
+    assert m["active_members"] == 2
+    assert sum(d["issued"] for d in m["per_day"]) == 200
+
+
+def test_health_ready_metrics_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"store": "ok", "broker": "not configured"}
+    text = client.get("/metrics").text
+    assert "loyalty_outstanding_points" in text
+    assert 'loyalty_api_requests_total{method="GET",route="/readyz",status="200"}' in text
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/members/{member_id}/balance",
+        "/v1/members/{member_id}/statement",
+        "/v1/events",
+        "/v1/members/{member_id}/holds",
+        "/v1/holds/{hold_id}/capture",
+        "/v1/holds/{hold_id}/void",
+        "/v1/members/{member_id}/adjustments",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in paths
+
+
+# -------------------------------------------------------------------- ops
+
+DOUBLE_YAML = """
+id: test
+name: Test
+currencies: {USD: {minor_units: 2, points_per_unit: "2"}}
+earn: {pending_days: 2}
+activities: {signup: {points: 5}, review: {points: 3, limit: per_day}}
+referral: {referrer_points: 20, referee_points: 10}
+expiry: {months_after_earn: 1}
+rewards: {mug: {name: Mug, points: 30}}
+"""
+
+
+def test_audit_lists_entries_with_their_source_event(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.get("/v1/members/m-1/audit", headers=READER)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["explained"] is True
+    assert (body["entries_total"], body["recorded_total"]) == (10, 10)
+    earned = body["entries"][1]
+    assert earned["entry"]["entry_type"] == "points_earned"
+    assert earned["source_event"]["event_id"] == "e-m-1"
+    assert earned["source_event"]["data"]["total_minor"] == 1000
+    assert client.get("/v1/members/m-9/audit", headers=READER).status_code == 404
+
+
+def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.post("/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=READER)
+    assert r.status_code == 200
+    (diff,) = r.json()["members"]
+    assert (diff["actual"], diff["would_have"], diff["difference"]) == (10, 20, 10)
+    body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1", "apply": True}
+    assert client.post("/v1/ops/what-if", json=body, headers=READER).status_code == 403
+    applied = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
+    assert applied["posted"] == ["m-1#3", "m-1#4"]  # the due release, then the adjustment
+    entry = client.get("/v1/members/m-1/statement?limit=1", headers=READER).json()["entries"][0]
+    assert (entry["entry_type"], entry["points"]) == ("points_adjusted", 10)
+    assert entry["provenance"]["origin"]["actor"] == "support-7"
+    again = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
+    assert again["posted"] == []
+    bad = client.post("/v1/ops/what-if", json={"program_yaml": "id: [1"}, headers=READER)
+    assert (bad.status_code, bad.json()["code"]) == (422, "invalid_program")
+    verified = client.get("/v1/ops/verify", headers=SUPPORT).json()
+    assert (verified["ok"], verified["violations"]) == (True, [])
+
+
+def test_member_ids_with_a_slash_work_when_encoded(client: TestClient) -> None:
+    member = "airline/MX-123"  # a partner's member number; ids may contain "/"
+    r = client.post("/v1/events", json=purchase("e-x", member, 1000), headers=CHECKOUT)
+    assert r.status_code == 201
+    r = client.get("/v1/members/airline%2FMX-123/balance", headers=READER)
+    assert (r.status_code, r.json()["member_id"]) == (200, member)
+    r = client.get("/v1/members/airline/MX-123/statement", headers=READER)
+    assert [e["member_id"] for e in r.json()["entries"]] == [member, member]
+
+
+def test_rebuild_and_replay_over_http(client: TestClient, clock: FixedClock) -> None:
+    credited(client, clock, "m-1", 10)
+    r = client.post("/v1/ops/rebuild", headers=SUPPORT)
+    assert r.status_code == 200
+    assert r.json()["serving"] == "view_b_"
+    assert client.get("/v1/members/m-1/balance", headers=READER).json()["available"] == 10
+    assert client.post("/v1/ops/rebuild", headers=READER).status_code == 403
+    body = {"topic": "loyalty.purchases.v1", "from_offset": 5, "to_offset": 9}
+    r = client.post("/v1/ops/replay", json=body, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (409, "no_broker")
+    r = client.post("/v1/ops/replay", json={**body, "topic": "x"}, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = client.post("/v1/ops/replay", json={**body, "to_offset": 1}, headers=SUPPORT)
+    assert r.status_code == 422
+
+
+def test_an_adjustment_retried_with_its_request_id_is_posted_once(
+    client: TestClient, clock: FixedClock
+) -> None:
+    credited(client, clock, "m-1", 10)
+    headers = {**SUPPORT, "X-Request-Id": "ticket-881"}
+    body = {"points": 25, "reason": "ticket 881"}
+    first = client.post("/v1/members/m-1/adjustments", json=body, headers=headers)
+    again = client.post("/v1/members/m-1/adjustments", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["entries"] == first.json()["entries"][-1:]
+    assert again.json()["balance"]["available"] == 35
+    other = client.post("/v1/members/m-1/adjustments", json={**body, "points": 26}, headers=headers)
+    assert (other.status_code, other.json()["code"]) == (409, "request_conflict")
