@@ -414,6 +414,7 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=0, help="0: all of them")
     parser.add_argument("--fast-pg", action="store_true", help="PostgreSQL without fsync")
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--max-batch", type=int, default=500, help="`serve --max-batch`")
     args = parser.parse_args()
     run = str(int(time.time()))
     mix = Mix(args.members, run)
@@ -433,7 +434,7 @@ def main() -> None:
         consumed, consume_s = asyncio.run(consume_only(bootstrap, ends))
         print(_row("raw: aiokafka consume only", consumed, consume_s, None), flush=True)
 
-        env = {**pg, "LOYALTY_DB": "/tmp/unused.sqlite"}
+        env = {**pg, "LOYALTY_DB": "/tmp/unused.sqlite", "LOYALTY_MAX_BATCH": str(args.max_batch)}
         reader = build_ledger(Settings(), env=pg)
         log = Path(f"/tmp/loyalty-bench-serve-{run}.log")
         began = time.perf_counter()
@@ -455,7 +456,11 @@ def main() -> None:
             )
         finally:
             process.terminate()
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             reader.close()
         naive_ends = ends
         if args.naive_events:

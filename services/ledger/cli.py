@@ -349,11 +349,38 @@ def rejections(program: ProgramOpt = None, db: DbOpt = None) -> None:
     with _ledger(program, db) as ledger:
         found = ledger.app.rejections()
     for r in found:
+        tries = "; ".join(
+            f"re-driven {at.isoformat()} by {who}: {what}" for at, what, who in r.redriven
+        )
         typer.echo(
             f"{r.rejected_at.isoformat()} {r.origin.key()} {r.reason}: {r.detail}"
             + (f" (event {r.event_id})" if r.event_id else "")
+            + (f" [{tries}]" if tries else "")
         )
     typer.echo(f"{len(found)} rejections")
+
+
+@app.command("redrive")
+def redrive(
+    actor: Annotated[str, typer.Option(help="Who re-drives (recorded on every attempt).")],
+    reason: Annotated[
+        list[str] | None, typer.Option(help="Only rejections with this reason (repeatable).")
+    ] = None,
+    event_id: Annotated[
+        list[str] | None, typer.Option(help="Only these events (repeatable).")
+    ] = None,
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Apply declined events again, e.g. redemptions that arrived before the purchase that
+    funds them. Each is applied at most once; invalid input is never re-driven."""
+    with _ledger(program, db) as ledger:
+        results = ledger.app.redrive(actor=actor, reasons=reason or (), event_ids=event_id or ())
+        ledger.projection.run()
+    for r in results:
+        typer.echo(f"{r.event_id or r.rejection_id}: {r.outcome} ({r.detail})")
+    applied = sum(1 for r in results if r.outcome == "applied")
+    typer.echo(f"{len(results)} re-driven: {applied} applied, {len(results) - applied} not")
 
 
 @program_app.command("validate")
@@ -401,6 +428,12 @@ def serve(
     ingest: Annotated[bool, typer.Option(help="Consume the inbound topics.")] = True,
     relay: Annotated[bool, typer.Option(help="Publish entries, balances, dead letters.")] = True,
     group_id: Annotated[str, typer.Option(help="Consumer group of the ingest.")] = "loyalty-ledger",
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            envvar="LOYALTY_MAX_BATCH", min=1, max=100_000, help="Records fetched per poll."
+        ),
+    ] = 500,
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -421,7 +454,16 @@ def serve(
     if metrics_port:
         serve_metrics(metrics_port)
     with _ledger(program, db) as ledger:
-        asyncio.run(run_serve(ledger, bootstrap, ingest=ingest, relay=relay, group_id=group_id))
+        asyncio.run(
+            run_serve(
+                ledger,
+                bootstrap,
+                ingest=ingest,
+                relay=relay,
+                group_id=group_id,
+                max_batch=max_batch,
+            )
+        )
 
 
 @app.command()

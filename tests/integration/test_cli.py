@@ -157,3 +157,35 @@ def test_the_cli_works_the_same_on_sqlite_and_postgresql(
     balance = runner.invoke(app, ["balance", "m-1", "--json"])
     assert json.loads(balance.stdout)["available"] == 20
     assert runner.invoke(app, ["verify"]).exit_code == 0
+
+
+def test_redrive_applies_a_declined_redemption_once_the_member_exists(
+    env: Path, tmp_path: Path
+) -> None:
+    def event(event_id: str, kind: str, **data: object) -> str:
+        return json.dumps(
+            {
+                "event_id": event_id,
+                "type": kind,
+                "occurred_at": "2026-11-16T15:00:00Z",
+                "member_id": "m-7",
+                "data": data,
+            }
+        )
+
+    early = tmp_path / "early.jsonl"
+    early.write_text(event("red-1", "redemption.requested", redemption_id="r1", points=4) + "\n")
+    assert runner.invoke(app, ["ingest", str(early)]).exit_code == 1  # unknown_member
+    joined = tmp_path / "joined.jsonl"
+    joined.write_text(event("join-1", "member.enrolled") + "\n")
+    assert runner.invoke(app, ["ingest", str(joined)]).exit_code == 0
+    result = runner.invoke(app, ["redrive", "--actor", "ops-7", "--reason", "unknown_member"])
+    assert result.exit_code == 0, result.output
+    assert "red-1: applied" in result.stdout
+    assert "1 re-driven: 1 applied, 0 not" in result.stdout
+    balance = runner.invoke(app, ["balance", "m-7", "--json"])
+    assert json.loads(balance.stdout)["available"] == 6  # signup 10 - 4
+    again = runner.invoke(app, ["redrive", "--actor", "ops-7"])
+    assert "0 re-driven" in again.stdout
+    listed = runner.invoke(app, ["rejections"])
+    assert "by ops-7: applied" in listed.stdout

@@ -38,8 +38,10 @@ from tests.support.pipeline import (
     assigned,
     at_days_ago,
     event,
+    free_port,
     position,
     read_all,
+    scrape,
     wait_for,
 )
 from tests.support.postgres import PostgresServer
@@ -244,6 +246,83 @@ def test_two_instances_share_the_partitions_and_one_is_killed_mid_stream(
         assert second.stop() == 0
     finally:
         for pipeline in (first, second):
+            if pipeline.process is not None and pipeline.process.poll() is None:
+                pipeline.process.kill()
+                pipeline.process.wait(timeout=10)
+
+
+def test_two_relays_publish_each_entry_once_and_the_survivor_takes_over(
+    crash_broker: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Two `serve` processes on one store: only the relay holding the store's lease
+    publishes, so every entry appears once; when the leader is killed, the other takes
+    the lease and publishes what follows."""
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", crash_broker])
+    assert created.exit_code == 0, created.output
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+    messages, ids = _stream(run, rng, count=2000)
+    before, after = messages[:1500], messages[1500:]
+    store = postgres_server.new_database_env()
+    ports = [free_port(), free_port()]
+    pipelines = [
+        Pipeline(
+            crash_broker,
+            {
+                **store,
+                "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
+                "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
+                "LOYALTY_METRICS_PORT": str(port),
+            },
+            run,
+            tmp_path / f"serve-{port}.log",
+        )
+        for port in ports
+    ]
+    for pipeline in pipelines:
+        pipeline.start()
+    try:
+        asyncio.run(_produce_steadily(crash_broker, before))
+        ledger = pipelines[0].ledger()
+        try:
+            ends = asyncio.run(_end_offsets(crash_broker))
+            recorder = ledger.app.process_recorder
+
+            def published_all() -> bool:
+                for (topic, partition), end_offset in ends.items():
+                    if (recorder.max_tracking_id(tracking_key(topic, partition)) or -1) < (
+                        end_offset - 1
+                    ):
+                        return False
+                relay_at = recorder.max_tracking_id("relay:kafka") or 0
+                return not recorder.select_notifications(
+                    start=relay_at + 1, limit=1, topics=ledger.projection.topics
+                )
+
+            wait_for(published_all, "the relay to catch up", timeout=120)
+        finally:
+            ledger.close()
+        counts = Counter(
+            position(r)
+            for r in asyncio.run(read_all(crash_broker, TOPIC_LEDGER))
+            if r.key and r.key.decode().endswith(f"-{run}")
+        )
+        assert counts, "nothing published"
+        repeated = {p: n for p, n in counts.items() if n > 1}
+        assert not repeated, f"{len(repeated)} positions published more than once"
+        leaders = [scrape(port).get("loyalty_relay_leader", 0.0) for port in ports]
+        assert sorted(leaders) == [0.0, 1.0], leaders
+        leader = pipelines[leaders.index(1.0)]
+        survivor = pipelines[leaders.index(0.0)]
+        assert leader.process is not None
+        leader.process.send_signal(signal.SIGKILL)
+        leader.process.wait(timeout=30)
+        asyncio.run(_produce_steadily(crash_broker, after))
+        _assert_applied_once_and_published(crash_broker, survivor, run, ids, len(messages), 1)
+        assert scrape(ports[pipelines.index(survivor)]).get("loyalty_relay_leader") == 1.0
+        assert survivor.stop() == 0
+    finally:
+        for pipeline in pipelines:
             if pipeline.process is not None and pipeline.process.poll() is None:
                 pipeline.process.kill()
                 pipeline.process.wait(timeout=10)

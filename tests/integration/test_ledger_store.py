@@ -324,3 +324,45 @@ def test_a_failed_batch_leaves_no_trace_in_the_cache(ledger: Ledger) -> None:
     assert account.balance.pending == 13
     assert _balance(ledger, "m-1") == (0, 13)
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_redemption_that_overtook_its_purchase_is_redriven_once(ledger: Ledger) -> None:
+    """Topics are not ordered with each other: a redemption can arrive before the purchase
+    that funds it. It is declined and dead-lettered; once the points are there, a re-drive
+    applies it, exactly once, and a later re-send is a duplicate of the applied event."""
+    redeem = _event("e-red", "redemption.requested", "m-1", T0, redemption_id="r1", points=8)
+    broken = b'{"event_id": "e-bad",'
+    ledger.app.apply_batch([_file(_event("e-0", "member.enrolled", "m-1", T0))])
+    first = ledger.app.apply_batch([_file(redeem, line=2), _file(broken, line=3)])
+    assert [o.reason for o in first] == ["insufficient_points", "not_json"]
+    # Nothing to re-drive into yet: declined again, and recorded as such.
+    again = ledger.app.redrive(actor="ops-ana", reasons=["insufficient_points"])
+    assert [(r.event_id, r.outcome) for r in again] == [("e-red", "declined")]
+    ledger.app.apply_batch(
+        [_file(_event("e-adj", "activity.completed", "m-1", T0, activity="review"))]
+    )
+    assert _balance(ledger, "m-1") == (8, 0)  # signup 5 + review 3
+
+    results = ledger.app.redrive(actor="ops-ana")
+    assert [(r.event_id, r.outcome) for r in results] == [("e-red", "applied"), (None, "skipped")]
+    assert _balance(ledger, "m-1") == (0, 0)
+    assert ledger.app.redrive(actor="ops-ana", reasons=["insufficient_points"]) == []
+    resent = ledger.app.apply_batch([_file(redeem, line=9)])
+    assert resent[0].status == "duplicate"
+    assert resent[0].original == "applied"
+    assert _balance(ledger, "m-1") == (0, 0)
+    redeemed = [r for r in ledger.statement("m-1") if r.entry_type == "points_redeemed"]
+    assert len(redeemed) == 1
+    assert redeemed[0].body["provenance"]["origin"]["actor"] == "ops-ana"
+    rejection = next(r for r in ledger.app.rejections() if r.event_id == "e-red")
+    assert [outcome for _, outcome, _ in rejection.redriven] == ["declined", "applied"]
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_conflicting_payload_is_never_redriven(ledger: Ledger) -> None:
+    ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])
+    clash = ledger.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 99999), line=2)])
+    assert clash[0].reason == "conflict"
+    results = ledger.app.redrive(actor="ops")
+    assert [(r.event_id, r.outcome) for r in results] == [("e-1", "skipped")]
+    assert _balance(ledger, "m-1") == (0, 10)

@@ -24,6 +24,7 @@ from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
 from schemas.outbound import LedgerEntry, MemberBalance
 from services.ledger.adapters import metrics
 from services.ledger.adapters.kafka_clients import start_when_reachable
+from services.ledger.adapters.relay_lease import lease_for
 from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger, balance_as_of
 from services.ledger.domain.receipts import Rejection
@@ -59,6 +60,7 @@ class OutboxRelay:
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="relay")
         self._wake: asyncio.Event | None = None
+        self.lease = lease_for(ledger.app.recorder)  # one publishing relay per store
 
     def wake(self) -> None:
         """New entries were written in this process: publish now rather than at the next poll."""
@@ -150,10 +152,17 @@ class OutboxRelay:
             )
         return messages
 
-    async def publish_pending(self, producer: AIOKafkaProducer) -> int:
-        """Publish everything after the relay's position; returns notifications handled."""
+    async def publish_pending(
+        self, producer: AIOKafkaProducer, stop: asyncio.Event | None = None
+    ) -> int:
+        """Publish everything after the relay's position (or until `stop`, after the batch
+        in hand); returns the messages published."""
         handled = 0
         while True:
+            if handled and stop is not None and stop.is_set():
+                return handled
+            if handled and not await self._in_store(self.lease.acquire):
+                return handled  # another relay leads now: leave the rest to it
             last, messages = await self._in_store(self._next_messages)
             if not last:
                 return handled
@@ -176,7 +185,9 @@ class OutboxRelay:
             metrics.RELAY_LAG.set(max(0, (newest or 0) - last))
             handled += len(messages)
 
-    async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
+    async def run(
+        self, stop: asyncio.Event, interval: float = 0.2, standby_interval: float = 1.0
+    ) -> None:
         producer = await start_when_reachable(
             lambda: AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
@@ -190,8 +201,14 @@ class OutboxRelay:
         try:
             delay = 0.5
             while not stop.is_set():
+                leading = await self._in_store(self.lease.acquire)
+                metrics.RELAY_LEADER.set(1 if leading else 0)
+                if not leading:  # another process's relay publishes; take over if it dies
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=standby_interval)
+                    continue
                 try:
-                    published = await self.publish_pending(producer)
+                    published = await self.publish_pending(producer, stop)
                 except KafkaError as exc:
                     # The broker is away: nothing was recorded, so the same messages go
                     # again (same positions) once it is back.
@@ -207,6 +224,8 @@ class OutboxRelay:
         finally:
             stop_waking.cancel()
             await producer.stop()
+            await self._in_store(self.lease.release)
+            metrics.RELAY_LEADER.set(0)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -19,6 +19,7 @@ async def serve(
     ingest: bool = True,
     relay: bool = True,
     group_id: str = GROUP_ID,
+    max_batch: int = 500,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Graceful stop: the batch in hand is applied and published, then the process exits.
@@ -38,6 +39,7 @@ async def serve(
         ledger,
         bootstrap,
         group_id=group_id,
+        max_batch=max_batch,
         executor=executor,
         project=not relay,
         on_applied=outbox.wake if relay else None,

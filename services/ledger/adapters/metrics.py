@@ -31,6 +31,9 @@ RELAY_MESSAGES = Counter(
     "loyalty_relay_messages", "Messages the relay published, by topic", ["topic"]
 )
 RELAY_LAG = Gauge("loyalty_relay_lag", "Ledger notifications recorded but not yet published")
+RELAY_LEADER = Gauge(
+    "loyalty_relay_leader", "1 while this process's relay holds the store's publishing lease"
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

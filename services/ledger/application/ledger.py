@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
@@ -83,6 +83,16 @@ class Outcome:
     detail: str | None = None
     entries: tuple[str, ...] = ()
     original: str | None = None  # for a duplicate: the outcome of the first delivery
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveResult:
+    """One re-drive attempt: `applied`, `declined` (again) or `skipped`, and why."""
+
+    rejection_id: UUID
+    event_id: str | None
+    outcome: str
+    detail: str
 
 
 @dataclass
@@ -163,7 +173,9 @@ class LedgerApplication(Application[UUID]):
     ) -> Outcome:
         if isinstance(event, InvalidInput):
             return self._reject(batch, item, event.reason, event.detail, None, None, now)
-        digest = payload_digest(event)
+        canonical = canonical_json(event)
+        digest = hashlib.sha256(canonical).hexdigest()  # = payload_digest(event)
+        payload = canonical.decode()
         earlier = batch.receipts.get(event.event_id) or batch.known.get(event.event_id)
         if earlier is not None:
             if earlier.digest != digest:
@@ -185,21 +197,10 @@ class LedgerApplication(Application[UUID]):
                 earlier.entries,
                 original=earlier.outcome,
             )
-        involved = [event.member_id]
-        if isinstance(event, ReferralQualified):
-            involved.append(event.data.referee_member_id)
-        before = {m: len(a.pending_events) for m in involved if (a := batch.accounts.get(m))}
-        created_before = set(batch.created)
         provenance = Provenance(item.origin, event_id=event.event_id, event_type=event.type)
         try:
-            self._dispatch(event, batch, provenance, now)
+            entries = self._run_event(event, batch, provenance, now)
         except Declined as exc:
-            # Commands check before they change anything, so the only entries a declined
-            # event can leave are time-driven ones (release, expiry) that were due anyway:
-            # they are kept, which keeps the in-memory account and its pending events equal.
-            for member in batch.created - created_before:
-                batch.accounts[member] = None  # an account made for this event is not kept
-                batch.created.discard(member)
             outcome = self._reject(
                 batch, item, exc.reason, exc.detail, event.event_id, event.member_id, now
             )
@@ -214,15 +215,9 @@ class LedgerApplication(Application[UUID]):
                 entries=(),
                 origin=item.origin,
                 received_at=now,
-                payload=canonical_json(event).decode(),
+                payload=payload,
             )
             return outcome
-        entries = tuple(
-            f"{member}#{e.originator_version}"
-            for member in involved
-            if (account := batch.accounts.get(member)) is not None
-            for e in account.pending_events[before.get(member, 0) :]
-        )
         batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
             digest=digest,
@@ -234,9 +229,37 @@ class LedgerApplication(Application[UUID]):
             entries=entries,
             origin=item.origin,
             received_at=now,
-            payload=canonical_json(event).decode(),
+            payload=payload,
         )
         return Outcome(APPLIED_STATUS, event.event_id, event.member_id, entries=entries)
+
+    def _run_event(
+        self, event: InboundEvent, batch: _Batch, provenance: Provenance, now: datetime
+    ) -> tuple[str, ...]:
+        """Apply one valid event to the batch's accounts; returns its entries (member#seq).
+
+        Commands check before they change anything, so the only entries a declined event
+        can leave are time-driven ones (release, expiry) that were due anyway: they are
+        kept, which keeps the in-memory account and its pending events equal. An account
+        made for a declined event is not kept."""
+        involved = [event.member_id]
+        if isinstance(event, ReferralQualified):
+            involved.append(event.data.referee_member_id)
+        before = {m: len(a.pending_events) for m in involved if (a := batch.accounts.get(m))}
+        created_before = set(batch.created)
+        try:
+            self._dispatch(event, batch, provenance, now)
+        except Declined:
+            for member in batch.created - created_before:
+                batch.accounts[member] = None
+                batch.created.discard(member)
+            raise
+        return tuple(
+            f"{member}#{e.originator_version}"
+            for member in involved
+            if (account := batch.accounts.get(member)) is not None
+            for e in account.pending_events[before.get(member, 0) :]
+        )
 
     def _dispatch(
         self, event: InboundEvent, batch: _Batch, prov: Provenance, now: datetime
@@ -652,6 +675,67 @@ class LedgerApplication(Application[UUID]):
                 assert isinstance(rejection, Rejection)
                 found.append(rejection)
             start = page[-1].id + 1
+
+    def redrive(
+        self,
+        *,
+        actor: str,
+        reasons: Iterable[str] = (),
+        event_ids: Iterable[str] = (),
+    ) -> list[RedriveResult]:
+        """Apply declined events again (e.g. a redemption that overtook the purchase funding
+        it). Each attempt is recorded on its rejection; one that succeeds also on the event's
+        receipt, so a later re-send is a duplicate of the applied event. Invalid input and
+        conflicting payloads are never applied: they must be fixed and sent again."""
+        wanted_reasons, wanted_ids = set(reasons), set(event_ids)
+        results = []
+        for rejection in self.rejections():
+            if wanted_reasons and rejection.reason not in wanted_reasons:
+                continue
+            if wanted_ids and rejection.event_id not in wanted_ids:
+                continue
+            if any(outcome == APPLIED for _, outcome, _ in rejection.redriven):
+                continue  # done before
+            results.append(self._redrive_one(rejection, actor))
+        return results
+
+    def _redrive_one(self, rejection: Rejection, actor: str) -> RedriveResult:
+        event_id = rejection.event_id
+        if event_id is None:
+            return RedriveResult(rejection.id, None, "skipped", "invalid input: fix and resend")
+        raw = base64.b64decode(rejection.raw_b64)
+        event = parse_inbound(raw, topic=rejection.origin.topic)  # it parsed when rejected
+        with self._writing:
+            batch = _Batch()
+            try:
+                receipt = self._receipts({event_id}).get(event_id)
+                if receipt is None or receipt.digest != payload_digest(event):
+                    return RedriveResult(
+                        rejection.id, event_id, "skipped", "another payload holds this event_id"
+                    )
+                if receipt.outcome != DECLINED:
+                    return RedriveResult(
+                        rejection.id, event_id, "skipped", f"the event is {receipt.outcome}"
+                    )
+                now = self.clock.now()
+                origin = replace(rejection.origin, actor=actor)
+                provenance = Provenance(origin, event_id=event_id, event_type=event.type)
+                self._prefetch(batch, [event])
+                try:
+                    entries = self._run_event(event, batch, provenance, now)
+                except Declined as exc:
+                    result = RedriveResult(rejection.id, event_id, "declined", exc.reason)
+                else:
+                    receipt.reapplied(entries, actor, now)
+                    result = RedriveResult(rejection.id, event_id, APPLIED, ", ".join(entries))
+                rejection.redriven_by(actor, result.outcome, now)
+                accounts = [a for a in batch.accounts.values() if a is not None]
+                self.save_with_tracking([*accounts, receipt, rejection], None)
+            except BaseException:
+                self._forget(batch.accounts)
+                raise
+            self._remember(batch.accounts)
+            return result
 
     def _record_program(self, program: Program) -> None:
         """Keep every program version the ledger applied, so any entry can be explained."""

@@ -39,13 +39,14 @@ class DataclassAsDict(Transcoding):
     def __init__(self, cls: type[Any]) -> None:
         self.type = cls
         self.name = cls.__name__
+        self.fields = tuple(f.name for f in dataclasses.fields(cls))  # once, not per object
 
     def encode(self, obj: Any) -> dict[str, Any]:
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return {name: getattr(obj, name) for name in self.fields}
 
     def decode(self, data: Any) -> Any:
         assert isinstance(data, dict)
-        return self.type(**{k: _tuples(v) for k, v in data.items()})
+        return self.type(**{k: _tuples(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def register_value_types(transcoder: JSONTranscoder) -> None:

@@ -72,6 +72,25 @@ class InboundReceipt(Aggregate):
         self.received_at = received_at
         self.payload = payload
 
+    class Reapplied(Aggregate.Event):
+        """A declined event applied on a later try (a re-drive of its dead letter)."""
+
+        entries: tuple[str, ...]
+        actor: str
+        at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, InboundReceipt)
+            aggregate.outcome = APPLIED
+            aggregate.reason = None
+            aggregate.detail = None
+            aggregate.entries = tuple(self.entries)
+
+    def reapplied(self, entries: tuple[str, ...], actor: str, at: datetime) -> None:
+        if self.outcome != DECLINED:
+            raise ValueError(f"only a declined event can be applied again, not {self.outcome}")
+        self.trigger_event(self.Reapplied, entries=entries, actor=actor, at=at)
+
     @staticmethod
     def create_id(event_id: str) -> UUID:
         return receipt_id(event_id)
@@ -116,6 +135,10 @@ class Rejection(Aggregate):
         self.member_id = member_id
         self.rejected_at = rejected_at
         self.redriven: list[tuple[datetime, str, str]] = []
+
+    def redriven_by(self, actor: str, outcome: str, at: datetime) -> None:
+        """Record one re-drive attempt: `applied`, or why it was declined again."""
+        self.trigger_event(self.Redriven, outcome=outcome, actor=actor, at=at)
 
     @staticmethod
     def create_id(origin: Origin, raw_b64: str) -> UUID:
