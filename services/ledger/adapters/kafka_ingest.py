@@ -31,6 +31,10 @@ from services.ledger.domain.provenance import Origin
 log = logging.getLogger(__name__)
 
 GROUP_ID = "loyalty-ledger"
+# Records applied per transaction, whatever the fetch size. A single eventsourcing insert of
+# more than about 4,000 stored events was seen to hang in psycopg's pipeline mode here
+# (docs/performance.md); 500 inbound events stay far below that.
+STORE_BATCH = 500
 
 
 def tracking_key(topic: str, partition: int) -> str:
@@ -119,13 +123,17 @@ class KafkaIngest:
                     await asyncio.sleep(1.0)
                     continue
                 for tp, records in batches.items():
-                    if records:
-                        await self._apply(tp, records)
+                    # At most STORE_BATCH records per transaction, each with its own position.
+                    for start in range(0, len(records), STORE_BATCH):
+                        if not await self._apply(tp, records[start : start + STORE_BATCH]):
+                            break  # the partition was sought back (or revoked): refetch
         finally:
             await consumer.stop()
             self._consumer = None
 
-    async def _apply(self, tp: TopicPartition, records: list[Any]) -> None:
+    async def _apply(self, tp: TopicPartition, records: list[Any]) -> bool:
+        """Apply one partition's records in one transaction; False when the rest of the
+        fetched records must not follow (position already recorded, or partition revoked)."""
         assert self._consumer is not None
         items = [
             Inbound(
@@ -148,7 +156,7 @@ class KafkaIngest:
                 # accounts first: carry on from the stored position.
                 log.info("batch at %s up to offset %s not applied (%s)", tp, last, exc)
                 await self.seek_to_stored([tp])
-                return
+                return False
             except Exception:
                 log.exception("applying a batch from %s failed; retrying in %.1fs", tp, delay)
                 metrics.INGEST_RETRIES.inc()
@@ -172,11 +180,12 @@ class KafkaIngest:
         if self.project:
             await self._in_store(self.ledger.projection.run)
         if not still_ours:
-            return
+            return False
         try:
             await self._consumer.commit({tp: last + 1})  # a hint for tools, not the truth
         except (CommitFailedError, KafkaError) as exc:
             log.warning("offset hint for %s not committed: %s", tp, exc)
+        return True
 
     def close(self) -> None:
         if self._own_executor:

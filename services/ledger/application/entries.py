@@ -36,9 +36,20 @@ _COMMON = {
 _MEMBER = set(acc.MEMBER_ACCOUNTS)
 
 
+def _fields(value: Any) -> dict[str, Any]:
+    """A flat dataclass as a dict, without `dataclasses.asdict`'s deep copy."""
+    names = _FIELD_NAMES.get(type(value))
+    if names is None:
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: getattr(value, name) for name in names}
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _provenance(p: Provenance) -> ProvenanceOut:
     return ProvenanceOut(
-        origin=OriginOut(**dataclasses.asdict(p.origin)),
+        origin=OriginOut(**_fields(p.origin)),
         event_id=p.event_id,
         event_type=p.event_type,
         rule_id=p.rule_id,
@@ -98,7 +109,7 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
         points=sum(p.amount for p in event.postings if p.account in _MEMBER),
         postings=tuple(PostingOut(account=p.account, amount=p.amount) for p in event.postings),
         moves=tuple(LotMoveOut(lot_id=m.lot_id, amount=m.amount) for m in event.moves),
-        lots_after=tuple(LotOut(**dataclasses.asdict(lot)) for lot in event.lots_after),
+        lots_after=tuple(LotOut(**_fields(lot)) for lot in event.lots_after),
         balance_after=BalanceOut(**dataclasses.asdict(event.balance_after)),
         provenance=_provenance(event.provenance),
         note=event.note,

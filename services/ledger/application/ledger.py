@@ -484,7 +484,7 @@ class LedgerApplication(Application[UUID]):
         now: datetime,
     ) -> Outcome:
         rid = rejection_id(item.origin, hashlib.sha256(item.raw).hexdigest())
-        if rid not in batch.rejection_ids and not self._exists(rid):
+        if rid not in batch.rejection_ids:  # already stored ones are dropped at the save
             batch.rejection_ids.add(rid)
             batch.others.append(
                 Rejection(
@@ -505,7 +505,10 @@ class LedgerApplication(Application[UUID]):
     def _save_batch(self, batch: _Batch, tracking: Tracking | None) -> None:
         aggregates: list[Aggregate] = [a for a in batch.accounts.values() if a is not None]
         aggregates += batch.receipts.values()
-        aggregates += batch.others
+        # The same bytes at the same position are one rejection, however often they are
+        # read (a file ingested twice, a replayed range): keep only the new ones.
+        stored = select_events_of(self.recorder, batch.rejection_ids)
+        aggregates += [a for a in batch.others if a.id not in stored]
         self.save_with_tracking(aggregates, tracking)
 
     def save_with_tracking(
