@@ -81,7 +81,11 @@ class TierProgressCache:
         if not self.app.program.tiers:
             return
         state = self.states.get(entry.member_id)
-        if state is None:  # first sight: its history so far (this entry included)
+        if state is None and entry.seq == 1:  # a new member: nothing to read
+            state = self.states[entry.member_id] = recompute(self.app.program, entry.member_id, [])[
+                0
+            ]
+        elif state is None:  # first sight: its history so far (this entry included)
             facts = member_facts(self.app, entry.member_id)
             self.states[entry.member_id] = recompute(self.app.program, entry.member_id, facts)[0]
             return

@@ -134,15 +134,19 @@ def test_the_relays_progress_cache_agrees_with_a_fresh_recomputation(
 ) -> None:
     ledger.apply_batch([purchase("o1", 3000)])
     EmbeddedTiers(ledger).run(NOW)
-    cache = TierProgressCache(ledger)
+    cache = TierProgressCache(ledger)  # first sight at the enrolment: a new member
+    late = TierProgressCache(ledger)  # first sight later: reads the history so far
     entries = list(ledger_entries(ledger))
-    cache.observe(entries[0])  # first sight reads the member's history so far
+    cache.observe(entries[0])
+    late.observe(entries[-1])
     ledger.apply_batch([purchase("o2", 2500)])
     EmbeddedTiers(ledger).run(NOW)
     for entry in list(ledger_entries(ledger)):  # everything, some of it seen already
         cache.observe(entry)
+        late.observe(entry)
     held_until, shown = cache.fields("m-1", NOW)
     assert (held_until, shown) == balance_tier_fields(ledger, "m-1", NOW)
+    assert late.fields("m-1", NOW) == (held_until, shown)
     assert shown is not None
     assert shown.qualifying_value == 55  # each purchase counted once
     assert held_until is not None
