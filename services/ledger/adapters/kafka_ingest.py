@@ -122,11 +122,15 @@ class KafkaIngest:
                     log.warning("fetching failed (%s); retrying", exc)
                     await asyncio.sleep(1.0)
                     continue
+                hints: dict[TopicPartition, int] = {}
                 for tp, records in batches.items():
                     # At most STORE_BATCH records per transaction, each with its own position.
                     for start in range(0, len(records), STORE_BATCH):
-                        if not await self._apply(tp, records[start : start + STORE_BATCH]):
+                        chunk = records[start : start + STORE_BATCH]
+                        if not await self._apply(tp, chunk):
                             break  # the partition was sought back (or revoked): refetch
+                        hints[tp] = chunk[-1].offset + 1
+                await self._commit_hints(hints)
         finally:
             await consumer.stop()
             self._consumer = None
@@ -179,13 +183,19 @@ class KafkaIngest:
             self.on_applied()
         if self.project:
             await self._in_store(self.ledger.projection.run)
-        if not still_ours:
-            return False
+        return still_ours
+
+    async def _commit_hints(self, hints: dict[TopicPartition, int]) -> None:
+        """Offsets for tools (lag dashboards), once per poll: a hint, not the truth."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        offsets = {tp: offset for tp, offset in hints.items() if tp in assigned}
+        if not offsets:
+            return
         try:
-            await self._consumer.commit({tp: last + 1})  # a hint for tools, not the truth
+            await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
-            log.warning("offset hint for %s not committed: %s", tp, exc)
-        return True
+            log.warning("offset hints not committed: %s", exc)
 
     def close(self) -> None:
         if self._own_executor:
