@@ -19,6 +19,7 @@ from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.program import Tier
 from tests.integration.test_ledger_store import PROGRAM, T0
 
 KEYS = {
@@ -445,3 +446,33 @@ def test_an_adjustment_retried_with_its_request_id_is_posted_once(
     assert again.json()["balance"]["available"] == 35
     other = client.post("/v1/members/m-1/adjustments", json={**body, "points": 26}, headers=headers)
     assert (other.status_code, other.json()["code"]) == (409, "request_conflict")
+
+
+def test_balance_shows_the_tier_it_is_held_until_and_the_progress(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    """With tiers in the program, the balance says how far the member is from the next."""
+    program = PROGRAM.model_copy(
+        update={
+            "tiers": (
+                Tier(id="green", name="Green", threshold=0),
+                Tier(id="gold", name="Gold", threshold=100),
+            )
+        }
+    )
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "t.db")}
+    tiered = build_ledger(program=program, clock=clock, env=env)
+    try:
+        app: FastAPI = create_app(tiered, KeyStore([]))
+        app.dependency_overrides[get_ledger] = lambda: tiered
+        app.dependency_overrides[get_keys] = key_store
+        with TestClient(app) as c:
+            posted = c.post("/v1/events", json=purchase("e-1", "m-1", 4000), headers=CHECKOUT)
+            assert posted.status_code == 201
+            b = c.get("/v1/members/m-1/balance", headers=READER).json()
+    finally:
+        tiered.close()
+    progress = b["tier_progress"]
+    assert progress["qualifying_value"] == 40
+    assert (progress["next_tier"], progress["next_threshold"]) == ("gold", 100)
+    assert progress["period_end"] is not None

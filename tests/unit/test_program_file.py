@@ -452,3 +452,13 @@ def test_weekday_numbering_matches_date_weekday() -> None:
         day = monday + timedelta(days=offset)
         weekday = Weekday(day.strftime("%A").lower())
         assert weekday.number == day.weekday()
+
+
+def test_a_copied_program_with_other_rules_has_its_own_version() -> None:
+    """The version is computed once per program; a copy with changes must not inherit it."""
+    program = load_program(EXAMPLES / "coffee.yaml")
+    first = program.version
+    changed = program.model_copy(update={"name": "Bean Points II"})
+    assert changed.version != first
+    assert changed.version == Program.model_validate(changed.model_dump()).version
+    assert program.model_copy().version == first

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from schemas.outbound import TierProgressOut
 from services.ledger.api.models import Balance, Hold, LotView
 from services.ledger.application.service import MemberBalanceView
 from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot
 
 
-def balance(b: MemberBalanceView) -> Balance:
+def balance(
+    b: MemberBalanceView,
+    held_until: datetime | None = None,
+    progress: TierProgressOut | None = None,
+) -> Balance:
     return Balance(
         member_id=b.member_id,
         available=b.available,
@@ -19,6 +26,8 @@ def balance(b: MemberBalanceView) -> Balance:
         expiring={f"{k}d": v for k, v in b.expiring.items()},
         as_of=b.as_of,
         as_of_position=b.as_of_position,
+        tier_held_until=held_until,
+        tier_progress=progress,
     )
 
 

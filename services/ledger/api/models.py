@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.limits import ID_PATTERN, MAX_POINTS, MAX_REASON_LENGTH, MAX_REFERENCE_LENGTH
-from schemas.outbound import LedgerEntry
+from schemas.outbound import LedgerEntry, TierProgressOut
 
 Reference = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_REFERENCE_LENGTH, pattern=ID_PATTERN)
@@ -45,6 +45,12 @@ class Balance(_Out):
     expiring: dict[str, int] = Field(description="points expiring within 30d, 60d and 90d")
     as_of: datetime
     as_of_position: int = Field(description="ledger position the balance reflects")
+    tier_held_until: datetime | None = Field(
+        default=None, description="the current tier is held at least until then"
+    )
+    tier_progress: TierProgressOut | None = Field(
+        default=None, description="qualifying value, next tier, its threshold, period end"
+    )
 
 
 class Statement(_Out):

@@ -24,6 +24,7 @@ from services.ledger.api.models import (
     Statement,
 )
 from services.ledger.application.service import Ledger
+from services.tiers.rebuild import balance_tier_fields
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -40,7 +41,8 @@ def _balance(ledger: Ledger, member_id: str) -> Balance:
     found = ledger.balance(member_id)
     if found is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")
-    return convert.balance(found)
+    held_until, progress = balance_tier_fields(ledger.app, member_id, found.as_of)
+    return convert.balance(found, held_until, progress)
 
 
 @router.get("", operation_id="find_members", response_model=list[MemberSummary], responses=ERRORS)
