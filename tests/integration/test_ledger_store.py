@@ -366,3 +366,36 @@ def test_a_conflicting_payload_is_never_redriven(ledger: Ledger) -> None:
     results = ledger.app.redrive(actor="ops")
     assert [(r.event_id, r.outcome) for r in results] == [("e-1", "skipped")]
     assert _balance(ledger, "m-1") == (0, 10)
+
+
+def test_processes_starting_at_once_on_a_fresh_store_all_come_up(
+    store_env: dict[str, str], clock: FixedClock
+) -> None:
+    """Two `serve` processes started together on a new database race to create the tables
+    and record the program; neither may fail for it."""
+    import threading
+
+    built: list[Ledger] = []
+    errors: list[BaseException] = []
+    gate = threading.Barrier(4)
+
+    def start() -> None:
+        gate.wait()
+        try:
+            built.append(build_ledger(program=PROGRAM, clock=clock, env=store_env))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert not errors, errors
+        assert len(built) == 4
+        built[0].app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])
+        assert _balance(built[1], "m-1") == (0, 10)
+    finally:
+        for ledger in built:
+            ledger.close()

@@ -13,6 +13,7 @@ from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteFactory, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
+from services.ledger.application.tables import created_concurrently
 from services.ledger.application.views import (
     BalanceRow,
     EntryRow,
@@ -407,6 +408,6 @@ def construct_view(factory: InfrastructureFactory[Any], prefix: str = "view_") -
         if prefix == base.prefix
         else type(f"{base.__name__}_{prefix}", (base,), {"prefix": prefix})
     )
-    view = factory.tracking_recorder(cls)
+    view = created_concurrently(lambda: factory.tracking_recorder(cls))
     assert isinstance(view, SqlLedgerView)
     return view  # type: ignore[return-value]

@@ -7,6 +7,7 @@ position of the batch in its source (when given), are written together or not at
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import random
 import threading
@@ -20,7 +21,13 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, ProcessRecorder, Tracking
+from eventsourcing.persistence import (
+    EventStore,
+    IntegrityError,
+    JSONTranscoder,
+    ProcessRecorder,
+    Tracking,
+)
 
 from schemas import (
     TOPIC_TIERS,
@@ -39,6 +46,7 @@ from schemas import (
     payload_digest,
 )
 from services.ledger.application.batch_reads import select_events_of
+from services.ledger.application.tables import created_concurrently
 from services.ledger.application.transcodings import register_value_types
 from services.ledger.domain.account import MemberAccount, account_id
 from services.ledger.domain.clock import Clock
@@ -125,7 +133,10 @@ class LedgerApplication(Application[UUID]):
         self._record_program(program)
 
     def construct_recorder(self) -> ProcessRecorder:
-        return self.factory.process_recorder()
+        return created_concurrently(self.factory.process_recorder)
+
+    def construct_snapshot_store(self) -> EventStore[UUID]:
+        return created_concurrently(super().construct_snapshot_store)
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -744,7 +755,8 @@ class LedgerApplication(Application[UUID]):
         """Keep every program version the ledger applied, so any entry can be explained."""
         pid = program_record_id(program.version)
         if not self._exists(pid):
-            self.save(ProgramRecord(version=program.version, document=program.canonical_json()))
+            with contextlib.suppress(IntegrityError):  # another process starting just now
+                self.save(ProgramRecord(version=program.version, document=program.canonical_json()))
 
     def program_document(self, version: str) -> str | None:
         try:
