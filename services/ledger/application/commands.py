@@ -148,17 +148,13 @@ def adjust(
     request_id: str | None = None,
     channel: str = "http",
 ) -> Done[None]:
-    prov = _prov(actor, request_id, channel)
-    return run_on_account(
-        app,
+    entries = app.adjust(
         member_id,
-        lambda account, now: account.adjust(
-            app.program,
-            points=points,
-            reason=reason,
-            actor=actor,
-            allow_negative=allow_negative,
-            provenance=prov,
-            now=now,
-        ),
+        points,
+        reason=reason,
+        actor=actor,
+        allow_negative=allow_negative,
+        request_id=request_id,
+        channel=channel,
     )
+    return Done(None, entries)

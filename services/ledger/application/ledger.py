@@ -606,8 +606,9 @@ class LedgerApplication(Application[UUID]):
         actor: str,
         allow_negative: bool = False,
         request_id: str | None = None,
+        channel: str = "ops",
     ) -> tuple[str, ...]:
-        prov = Provenance(Origin(channel="ops", actor=actor, request_id=request_id))
+        prov = Provenance(Origin(channel=channel, actor=actor, request_id=request_id))
         return self.operate(
             member_id,
             lambda account, now: account.adjust(
