@@ -399,3 +399,50 @@ def test_processes_starting_at_once_on_a_fresh_store_all_come_up(
     finally:
         for ledger in built:
             ledger.close()
+
+
+def test_projectors_running_at_once_never_deadlock_and_agree(
+    store_env: dict[str, str], clock: FixedClock
+) -> None:
+    """Several processes may project the same store at once (two `serve`s, `verify` while one
+    serves). With different batch sizes their batches overlap in different member orders;
+    none may fail, and the view must equal a fresh fold of the ledger."""
+    import random
+    import threading
+
+    writer = build_ledger(program=PROGRAM, clock=clock, env=store_env)
+    rng = random.Random(7)
+    members = [f"m-{n}" for n in range(150)]
+    batch = [
+        _file(_purchase(f"e-{n}", rng.choice(members), f"o-{n}", 100 + n), line=n)
+        for n in range(1200)
+    ]
+    for start in range(0, len(batch), 300):
+        writer.app.apply_batch(batch[start : start + 300])
+    readers = [build_ledger(program=PROGRAM, clock=clock, env=store_env) for _ in range(4)]
+    errors: list[BaseException] = []
+    gate = threading.Barrier(len(readers))
+
+    def project(ledger: Ledger, size: int) -> None:
+        gate.wait()
+        try:
+            ledger.projection.run(batch_size=size)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=project, args=(r, size))
+        for r, size in zip(readers, (13, 97, 500, 1000), strict=True)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        report = verify(writer.app, writer.view)
+        assert report.ok, report.violations
+        assert len(writer.view.all_entries()) == 1200 + len(set(members))  # + enrolments
+    finally:
+        for ledger in [writer, *readers]:
+            ledger.close()

@@ -86,8 +86,15 @@ class SqlLedgerView:
             cursor.executemany(self._q(sql), [tuple(row) for row in rows])
 
     def apply_changes(self, changes: ViewChanges, tracking: Tracking) -> None:
+        """Write the rows and the position in one transaction.
+
+        Two projectors of the same store (two `serve` processes, or `loyalty verify` while
+        one serves) may apply the same notifications at once. The position is written first,
+        so the second waits there and then fails with IntegrityError without touching a row;
+        rows are written in key order, so overlapping batches never deadlock either."""
         p = self.prefix
         with self._tx(commit=True) as c:
+            self._track(c, tracking)
             self._run_many(
                 c,
                 f"INSERT INTO {p}balances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -108,7 +115,7 @@ class SqlLedgerView:
                         row.position,
                         _ts(row.updated_at),
                     )
-                    for row in changes.balances.values()
+                    for _, row in sorted(changes.balances.items())
                 ],
             )
             self._run_many(
@@ -129,7 +136,7 @@ class SqlLedgerView:
                         lot.source,
                         lot.program_version,
                     )
-                    for (member_id, _), lot in changes.lots.items()
+                    for (member_id, _), lot in sorted(changes.lots.items())
                 ],
             )
             self._run_many(
@@ -144,7 +151,7 @@ class SqlLedgerView:
                         _ts(entry.effective_at),
                         json.dumps(entry.body, sort_keys=True),
                     )
-                    for entry in changes.entries
+                    for entry in sorted(changes.entries, key=lambda e: e.position)
                 ],
             )
             self._run_many(
@@ -164,10 +171,9 @@ class SqlLedgerView:
                         _ts(hold.expires_at),
                         _ts(hold.resolved_at),
                     )
-                    for hold in changes.holds.values()
+                    for _, hold in sorted(changes.holds.items())
                 ],
             )
-            self._track(c, tracking)
 
     @staticmethod
     def _balance(row: Any) -> BalanceRow:
