@@ -44,7 +44,7 @@ from tests.support.pipeline import (
     scrape,
     wait_for,
 )
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, restartable_server
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
 
@@ -130,6 +130,9 @@ def _assert_applied_once_and_published(
         recorder = ledger.app.process_recorder
 
         def all_applied() -> bool:
+            process = pipeline.process
+            if process is not None and process.poll() is not None:
+                pytest.fail(f"serve exited ({process.returncode}) before applying everything")
             return all(
                 (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
                 for (t, p), end in ends.items()
@@ -389,3 +392,49 @@ def test_ingest_resumes_by_itself_after_a_broker_restart(
             print(pipeline.log.read_text(errors="replace")[-2000:])
         broker("stop")
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_ingest_and_relay_ride_out_a_database_restart(crash_broker: str, tmp_path: Path) -> None:
+    """PostgreSQL stops mid-stream and comes back: `serve` keeps running, retries, and in
+    the end every event is applied once and every entry published."""
+    with restartable_server() as database:
+        created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", crash_broker])
+        assert created.exit_code == 0, created.output
+        run = uuid.uuid4().hex[:8]
+        messages, ids = _stream(run, random.Random(run), count=3000)
+        env = {
+            **database.server.new_database_env(),
+            "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
+            "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
+        }
+        pipeline = Pipeline(crash_broker, env, run, tmp_path / "serve.log")
+        pipeline.start()
+        try:
+            third = len(messages) // 3
+            asyncio.run(_produce_steadily(crash_broker, messages[:third]))
+            ledger = pipeline.ledger()
+            try:
+                recorder = ledger.app.process_recorder
+                wait_for(
+                    lambda: any(
+                        recorder.max_tracking_id(tracking_key(TOPIC_PURCHASES, p)) is not None
+                        for p in range(3)
+                    ),
+                    "ingest to start",
+                )
+            finally:
+                ledger.close()
+            database.stop()
+            asyncio.run(_produce_steadily(crash_broker, messages[third : 2 * third]))
+            time.sleep(5)  # ingest and relay fail against the stopped database, and retry
+            assert pipeline.process is not None
+            assert pipeline.process.poll() is None, "serve exited while the database was down"
+            database.start()
+            asyncio.run(_produce_steadily(crash_broker, messages[2 * third :]))
+            _assert_applied_once_and_published(crash_broker, pipeline, run, ids, len(messages), 0)
+            assert pipeline.stop() == 0
+        finally:
+            if pipeline.process is not None and pipeline.process.poll() is None:
+                pipeline.process.kill()
+                pipeline.process.wait(timeout=10)
+            print(pipeline.log.read_text(errors="replace")[-3000:])

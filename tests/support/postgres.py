@@ -117,6 +117,41 @@ def _parse_exports(output: str) -> dict[str, str]:
     return env
 
 
+class RestartableServer:
+    """A throwaway server that a test can stop and start again on the same port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        env = _parse_exports(_run_script("start", str(data_dir)))
+        self.server = PostgresServer(
+            host=env["POSTGRES_HOST"],
+            port=int(env["POSTGRES_PORT"]),
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            admin_dbname=env["POSTGRES_DBNAME"],
+        )
+
+    def stop(self) -> None:
+        _run_script("stop", str(self.data_dir))
+
+    def start(self) -> None:
+        _run_script("start", str(self.data_dir), str(self.server.port))
+
+
+@contextmanager
+def restartable_server() -> Iterator[RestartableServer]:
+    """A server of the test's own (under /tmp, see throwaway_server), deleted afterwards."""
+    data_dir = Path(tempfile.mkdtemp(prefix="loyalty-pg-", dir="/tmp"))
+    try:
+        running = RestartableServer(data_dir)
+        try:
+            yield running
+        finally:
+            running.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 @contextmanager
 def throwaway_server() -> Iterator[PostgresServer]:
     """Start a PostgreSQL server in a new directory under /tmp; stop and delete it after."""

@@ -182,7 +182,12 @@ class KafkaIngest:
         if self.on_applied is not None:
             self.on_applied()
         if self.project:
-            await self._in_store(self.ledger.projection.run)
+            try:
+                await self._in_store(self.ledger.projection.run)
+            except Exception:
+                # The batch is applied and its position recorded; the views catch up from
+                # their own position after the next batch (or in the relay's process).
+                log.exception("bringing the views up to date failed; the next batch retries")
         return still_ours
 
     async def _commit_hints(self, hints: dict[TopicPartition, int]) -> None:

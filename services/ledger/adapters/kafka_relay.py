@@ -201,19 +201,30 @@ class OutboxRelay:
         try:
             delay = 0.5
             while not stop.is_set():
-                leading = await self._in_store(self.lease.acquire)
-                metrics.RELAY_LEADER.set(1 if leading else 0)
-                if not leading:  # another process's relay publishes; take over if it dies
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=standby_interval)
-                    continue
                 try:
+                    leading = await self._in_store(self.lease.acquire)
+                    metrics.RELAY_LEADER.set(1 if leading else 0)
+                    if not leading:  # another process's relay publishes; take over if it dies
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=standby_interval)
+                        continue
                     published = await self.publish_pending(producer, stop)
                 except KafkaError as exc:
                     # The broker is away: nothing was recorded, so the same messages go
                     # again (same positions) once it is back.
                     log.warning("publishing failed (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
+                    metrics.RELAY_RETRIES.labels("broker").inc()
+                    await self._pause(stop, delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                except Exception:
+                    # The store is away (or a transient conflict): the relay's position is
+                    # only recorded after its messages were acknowledged, so the next round
+                    # starts from the last recorded one. A process that exits here would
+                    # need someone to restart it; waiting costs nothing.
+                    log.exception("relaying failed; retrying in %.1fs", delay)
+                    metrics.RELAY_RETRIES.labels("store").inc()
+                    await self._pause(stop, delay)
                     delay = min(delay * 2, 10.0)
                     continue
                 delay = 0.5
@@ -226,6 +237,11 @@ class OutboxRelay:
             await producer.stop()
             await self._in_store(self.lease.release)
             metrics.RELAY_LEADER.set(0)
+
+    @staticmethod
+    async def _pause(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

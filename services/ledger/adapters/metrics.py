@@ -30,6 +30,9 @@ CONSUMER_LAG = Gauge(
 RELAY_MESSAGES = Counter(
     "loyalty_relay_messages", "Messages the relay published, by topic", ["topic"]
 )
+RELAY_RETRIES = Counter(
+    "loyalty_relay_retries", "Relay rounds retried after a failure, by what failed", ["cause"]
+)
 RELAY_LAG = Gauge("loyalty_relay_lag", "Ledger notifications recorded but not yet published")
 RELAY_LEADER = Gauge(
     "loyalty_relay_leader", "1 while this process's relay holds the store's publishing lease"
