@@ -544,11 +544,23 @@ def what_if_cmd(
         Path | None,
         typer.Option("--ledger-program", help="The ledger's own program; env LOYALTY_PROGRAM."),
     ] = None,
+    recorded_tiers: Annotated[
+        bool,
+        typer.Option(
+            "--recorded-tiers",
+            help="Replay the tier changes as they were recorded instead of deciding them "
+            "again under the other program.",
+        ),
+    ] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute members' histories under another program and show what they would have."""
+    """Recompute members' histories under another program and show what they would have.
+
+    Tiers are decided again under the other program (its thresholds, window and grace),
+    as the tiers service would have decided them right after each entry."""
     from services.ledger.application.what_if import what_if
+    from services.tiers.embedded import tier_decider
 
     try:
         other = load_program(new_program)
@@ -556,7 +568,14 @@ def what_if_cmd(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     with _ledger(ledger_program, db) as ledger:
-        report = what_if(ledger, other, member=member, apply=apply, actor=actor)
+        report = what_if(
+            ledger,
+            other,
+            member=member,
+            apply=apply,
+            actor=actor,
+            tiers=None if recorded_tiers else tier_decider,
+        )
     if as_json:
         typer.echo(json.dumps(what_if_json(report), indent=2))
         return
@@ -573,6 +592,8 @@ def what_if_json(report: Any) -> dict[str, Any]:
         "as_of": report.as_of.isoformat(),
         "replayed_events": report.replayed_events,
         "replayed_operations": report.replayed_operations,
+        "tiers_recomputed": report.tiers_recomputed,
+        "tier_changes": report.tier_changes,
         "skipped": report.skipped,
         "members": [
             {
@@ -596,6 +617,8 @@ def format_what_if(report: Any) -> list[str]:
         f"as of {report.as_of.isoformat()}",
         f"replayed {report.replayed_events} events and {report.replayed_operations} "
         f"operations; {len(report.skipped)} skipped",
+        f"tiers {'decided again under it' if report.tiers_recomputed else 'as recorded'}: "
+        f"{report.tier_changes} tier changes",
         *(f"  skipped {s}" for s in report.skipped),
         f"{'member':<16} {'now':>8} {'would have':>11} {'difference':>11} "
         f"{'lifetime now':>13} {'would have':>11}",

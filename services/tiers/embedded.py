@@ -7,6 +7,7 @@ channel ``tiers``), so they are recorded exactly once like on the Kafka path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -56,3 +57,8 @@ class EmbeddedTiers:
             )
             # Decisions made again from the start of the ledger are duplicates: not counted.
             changes += sum(o.status == APPLIED_STATUS for o in outcomes)
+
+
+def tier_decider(app: LedgerApplication) -> Callable[[datetime | None], int]:
+    """Decides tiers for `app` from its own entries (what-if replays decide them again)."""
+    return EmbeddedTiers(app).run

@@ -14,6 +14,7 @@ from services.ledger.application.what_if import what_if
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
+from services.tiers.embedded import tier_decider
 from tests.integration.test_ledger_store import PROGRAM, T0, _event, _file, _purchase
 
 DOUBLE = Program.model_validate(
@@ -78,3 +79,67 @@ def test_another_program_shows_the_difference_and_posts_it_once(ledger: Ledger) 
     assert again.posted == []
     assert [d.difference for d in again.members] == [0]
     assert verify(ledger.app, ledger.view).ok
+
+
+TIERED = Program.model_validate(
+    {
+        **PROGRAM.model_dump(mode="json", exclude={"tiers", "tier_qualification"}),
+        "tiers": [
+            {"id": "base", "name": "Base", "threshold": 0},
+            {"id": "gold", "name": "Gold", "threshold": 50, "earn_multiplier": "2"},
+        ],
+        "tier_qualification": {"basis": "points", "window": "calendar_year"},
+    }
+)
+GOLD_AT_1000 = Program.model_validate(
+    {
+        **TIERED.model_dump(mode="json"),
+        "tiers": [
+            {"id": "base", "name": "Base", "threshold": 0},
+            {"id": "gold", "name": "Gold", "threshold": 1000, "earn_multiplier": "2"},
+        ],
+    }
+)
+
+
+@pytest.fixture
+def tiered(store_env: dict[str, str], clock: FixedClock) -> Iterator[Ledger]:
+    """m-1 earns 60 points, reaches Gold (decided in-process, as in embedded mode), then
+    earns 10 points more at x2."""
+    built = build_ledger(program=TIERED, clock=clock, env=store_env)
+    decide = tier_decider(built.app)
+    built.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 6000))])
+    assert decide(None) == 2  # base on the first entry, then gold
+    clock.advance(timedelta(hours=1))
+    built.app.apply_batch([_file(_purchase("e-2", "m-1", "o-2", 1000, T0 + timedelta(hours=1)))])
+    built.projection.run()
+    yield built
+    built.close()
+
+
+def test_tiers_are_decided_again_under_the_other_program(tiered: Ledger) -> None:
+    # Under its own program, deciding tiers again gives back exactly what was recorded.
+    same = what_if(tiered, TIERED, tiers=tier_decider)
+    assert same.tiers_recomputed
+    assert same.tier_changes == 2
+    assert [(d.actual, d.difference) for d in same.members] == [(60 + 20, 0)]
+
+    # With Gold out of reach, the second purchase would have earned at x1.
+    raised = what_if(tiered, GOLD_AT_1000, tiers=tier_decider)
+    assert raised.tier_changes == 1  # base only
+    (diff,) = raised.members
+    assert (diff.actual, diff.would_have, diff.difference) == (80, 70, -10)
+
+    # Replaying the recorded tier changes instead keeps Gold, so it shows no difference.
+    recorded = what_if(tiered, GOLD_AT_1000)
+    assert not recorded.tiers_recomputed
+    assert recorded.tier_changes == 2
+    assert [d.difference for d in recorded.members] == [0]
+    assert recorded.run_id != raised.run_id
+
+    applied = what_if(tiered, GOLD_AT_1000, tiers=tier_decider, apply=True)
+    assert len(applied.posted) == 1
+    again = what_if(tiered, GOLD_AT_1000, tiers=tier_decider, apply=True)
+    assert again.posted == []
+    assert [d.difference for d in again.members] == [0]
+    assert verify(tiered.app, tiered.view).ok

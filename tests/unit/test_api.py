@@ -392,6 +392,11 @@ def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: Fi
     assert r.status_code == 200
     (diff,) = r.json()["members"]
     assert (diff["actual"], diff["would_have"], diff["difference"]) == (10, 20, 10)
+    assert r.json()["tiers_recomputed"] is True
+    recorded = {"program_yaml": DOUBLE_YAML, "recorded_tiers": True}
+    as_recorded = client.post("/v1/ops/what-if", json=recorded, headers=READER).json()
+    assert as_recorded["tiers_recomputed"] is False
+    assert as_recorded["run_id"] != r.json()["run_id"]
     body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1", "apply": True}
     assert client.post("/v1/ops/what-if", json=body, headers=READER).status_code == 403
     applied = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()

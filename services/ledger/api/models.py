@@ -184,6 +184,11 @@ class WhatIfRequest(_In):
     apply: bool = Field(
         default=False, description="post the differences as adjustments (ops:write), once"
     )
+    recorded_tiers: bool = Field(
+        default=False,
+        description="replay tier changes as recorded instead of deciding them again under "
+        "the other program",
+    )
 
 
 class MemberDifference(_Out):
@@ -203,6 +208,8 @@ class WhatIfReport(_Out):
     as_of: datetime
     replayed_events: int
     replayed_operations: int
+    tiers_recomputed: bool = Field(description="tiers decided again under the other program")
+    tier_changes: int = Field(description="tier changes recorded during the replay")
     skipped: list[str]
     members: list[MemberDifference]
     posted: list[str]

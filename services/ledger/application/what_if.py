@@ -2,16 +2,22 @@
 
 The whole ledger is replayed, in its original order, into an in-memory ledger that applies
 the other program: every inbound event from its receipt (the canonical payload is kept on
-the receipt), at the instant it was received, and every operation (adjustments, tier
+the receipt), at the instant it was received, and every operation (adjustments, manual tier
 assignments, holds) as it was made. Compensating adjustments from earlier what-if runs are
 left out of the replay, so the difference after applying one is zero: running again posts
 nothing new.
+
+Tiers are decided again under the other program when the caller gives a tier decider (the
+tiers service's policy, run in-process): the recorded `tier.changed` events were decided
+under the current program, so they are left out and the decider records its own as the
+replay goes, reviewing period ends once per replayed day. Without a decider the recorded
+tier changes are replayed as they happened.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +42,13 @@ _REPLAYED = (
 )
 
 
+TIER_CHANGED = "tier.changed"
+
+#: Given the replay's ledger, a function that decides tiers from its new entries (and, when
+#: given an instant, runs the period-end reviews due then); returns the changes recorded.
+TierDecider = Callable[[LedgerApplication], Callable[[datetime | None], int]]
+
+
 @dataclass(frozen=True, slots=True)
 class MemberDiff:
     member_id: str
@@ -58,6 +71,8 @@ class WhatIfReport:
     as_of: datetime
     replayed_events: int = 0
     replayed_operations: int = 0
+    tiers_recomputed: bool = False
+    tier_changes: int = 0  # recorded during the replay (decided again, or as recorded)
     skipped: list[str] = field(default_factory=list)
     members: list[MemberDiff] = field(default_factory=list)
     posted: list[str] = field(default_factory=list)
@@ -82,8 +97,10 @@ def _history(app: LedgerApplication, position: int) -> Iterator[Any]:
         start = page[-1].id + 1
 
 
-def run_id(program: Program, member: str | None, position: int) -> str:
+def run_id(program: Program, member: str | None, position: int, tiers: str = "recorded") -> str:
     text = f"{program.version}|{member or '*'}|{position}"
+    if tiers != "recorded":
+        text += f"|tiers={tiers}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -94,19 +111,20 @@ def what_if(
     member: str | None = None,
     apply: bool = False,
     actor: str = "what-if",
+    tiers: TierDecider | None = None,
 ) -> WhatIfReport:
     app = ledger.app
     ledger.projection.run()
     now = app.clock.now()
     position = app.recorder.max_notification_id() or 0
     report = WhatIfReport(
-        run_id=run_id(program, member, position),
+        run_id=run_id(program, member, position, "recorded" if tiers is None else "decided"),
         program_version=program.version,
         current_version=app.program.version,
         position=position,
         as_of=now,
     )
-    sim = _replay(app, program, position, report)
+    sim = _replay(app, program, position, report, tiers)
     now = report.as_of  # never before the history it recomputes
     members = [member] if member is not None else [r.member_id for r in ledger.view.all_balances()]
     for member_id in members:
@@ -135,25 +153,50 @@ def what_if(
 
 
 def _replay(
-    app: LedgerApplication, program: Program, position: int, report: WhatIfReport
+    app: LedgerApplication,
+    program: Program,
+    position: int,
+    report: WhatIfReport,
+    tiers: TierDecider | None,
 ) -> LedgerApplication:
     clock = FixedClock(report.as_of)
     sim = LedgerApplication(program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    decide = tiers(sim) if tiers is not None else None
+    report.tiers_recomputed = decide is not None
+    reviewed: list[datetime] = []  # the day of the last period-end review
+
+    def at(instant: datetime) -> None:
+        _at(clock, report, instant)
+        if decide is None:
+            return
+        if not reviewed or instant.date() > reviewed[0].date():
+            report.tier_changes += decide(instant)  # reviews due by this instant first
+            reviewed[:] = [instant]
+
+    def decided() -> None:
+        if decide is not None:
+            report.tier_changes += decide(None)
+
     for event in _history(app, position):
         if isinstance(event, InboundReceipt.Recorded):
+            if event.event_type == TIER_CHANGED:
+                if decide is not None:
+                    continue  # decided under the current program: the decider decides again
+                report.tier_changes += 1
             if event.payload is None:
                 report.skipped.append(f"event {event.event_id}: recorded without its payload")
                 continue
-            _at(clock, report, event.received_at)
+            at(event.received_at)
             sim.apply_batch([Inbound(event.payload.encode(), event.origin)])
             report.replayed_events += 1
+            decided()
             continue
         assert isinstance(event, MemberAccount.Entry)
         if event.provenance.event_id is not None:
             continue  # made by an inbound event: the receipt replays it
         if (event.provenance.origin.request_id or "").startswith(WHAT_IF):
             continue  # an earlier what-if's compensation
-        _at(clock, report, event.effective_at)
+        at(event.effective_at)
         try:
             _operation(sim, event)
         except Declined as exc:
@@ -163,6 +206,9 @@ def _replay(
             )
             continue
         report.replayed_operations += 1
+        decided()
+    if decide is not None:
+        report.tier_changes += decide(report.as_of)  # the reviews due by now
     return sim
 
 
