@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -149,3 +150,34 @@ def _double_program() -> str:
     data = PROGRAM.model_dump(mode="json")
     data["currencies"]["USD"]["points_per_unit"] = "2"
     return json.dumps(data)  # JSON is YAML
+
+
+def test_the_interactive_api_docs_render_without_internet(console_url: str) -> None:
+    """/docs loads Swagger UI from the API itself: with every other host blocked, the
+    operations of the OpenAPI document are listed."""
+    base = console_url.removesuffix("/console")
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+
+            def only_local(route: Any) -> None:
+                if route.request.url.startswith(base):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_local)
+            page.goto(f"{base}/docs")
+            page.wait_for_selector(".opblock", timeout=15_000)
+            operations = page.locator(".opblock").count()
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert outside == []
+    assert operations >= 10, operations
+    assert "/v1/events" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -9,7 +10,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 
@@ -19,6 +21,8 @@ from services.ledger.api.routes import events, health, holds, members, ops, prog
 from services.ledger.application.service import Ledger
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: Swagger UI's own build, as shipped in the swagger-ui-py package (no CDN needed).
+SWAGGER_UI = importlib.resources.files("swagger_ui") / "static"
 log = logging.getLogger(__name__)
 API_REQUESTS = Counter(
     "loyalty_api_requests",
@@ -79,6 +83,10 @@ def create_app(
         "Authenticate with an API key in the X-API-Key header. Errors are JSON "
         '`{"code": ..., "reason": ...}`.',
         lifespan=lifespan,
+        # The interactive docs are served from the swagger-ui-py package (below), so
+        # they work on a machine without internet access; ReDoc would need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ledger = ledger
     app.state.keys = keys
@@ -98,6 +106,17 @@ def create_app(
         return response
 
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
+    app.mount("/docs/assets", StaticFiles(directory=str(SWAGGER_UI)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title}: interactive docs",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
     @app.get("/console", include_in_schema=False)
     def console() -> FileResponse:
