@@ -226,11 +226,11 @@ async def consume_only(bootstrap: str, ends: dict[TopicPartition, int]) -> tuple
 
 
 def start_serve(
-    bootstrap: str, env: dict[str, str], group: str, log: Path
+    bootstrap: str, env: dict[str, str], group: str, log: Path, *options: str
 ) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [str(LOYALTY), "serve", "--bootstrap", bootstrap, "--group-id", group],
+            [str(LOYALTY), "serve", "--bootstrap", bootstrap, "--group-id", group, *options],
             env={**os.environ, **env, "LOYALTY_METRICS_PORT": "0"},
             stdout=subprocess.DEVNULL,
             stderr=handle,
@@ -423,6 +423,11 @@ def main() -> None:
     parser.add_argument("--fast-pg", action="store_true", help="PostgreSQL without fsync")
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--max-batch", type=int, default=500, help="`serve --max-batch`")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="two processes: `serve --no-relay --no-project` and `serve --no-ingest`",
+    )
     args = parser.parse_args()
     run = str(int(time.time()))
     mix = Mix(args.members, run)
@@ -446,10 +451,16 @@ def main() -> None:
         reader = build_ledger(Settings(), env=pg)
         log = Path(f"/tmp/loyalty-bench-serve-{run}.log")
         began = time.perf_counter()
-        process = start_serve(bootstrap, env, f"bench-{run}", log)
+        if args.split:
+            processes = [
+                start_serve(bootstrap, env, f"bench-{run}", log, "--no-relay", "--no-project"),
+                start_serve(bootstrap, env, f"bench-{run}", log, "--no-ingest"),
+            ]
+        else:
+            processes = [start_serve(bootstrap, env, f"bench-{run}", log)]
         try:
             while not caught_up(reader, ends):
-                if process.poll() is not None:
+                if any(p.poll() is not None for p in processes):
                     raise SystemExit(f"loyalty serve exited; see {log}")
                 if time.perf_counter() - began > args.timeout:
                     raise SystemExit("timed out")
@@ -469,12 +480,14 @@ def main() -> None:
                 latency(bootstrap, mix, args.rate, args.seconds)
             )
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             reader.close()
         naive_ends = ends
         if args.naive_events:

@@ -440,6 +440,14 @@ def serve(
             envvar="LOYALTY_METRICS_PORT", help="Serve Prometheus /metrics here (0: off)."
         ),
     ] = 9464,
+    project: Annotated[
+        bool | None,
+        typer.Option(
+            "--project/--no-project",
+            help="Ingest updates the views after each batch (default: only without --relay). "
+            "--no-ingest and --no-relay --no-project split the work over two processes.",
+        ),
+    ] = None,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -462,6 +470,7 @@ def serve(
                 relay=relay,
                 group_id=group_id,
                 max_batch=max_batch,
+                project=project,
             )
         )
 

@@ -438,3 +438,49 @@ def test_ingest_and_relay_ride_out_a_database_restart(crash_broker: str, tmp_pat
                 pipeline.process.kill()
                 pipeline.process.wait(timeout=10)
             print(pipeline.log.read_text(errors="replace")[-3000:])
+
+
+def test_ingest_and_relay_in_two_processes_each_killed_once(
+    crash_broker: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """`serve --no-relay --no-project` and `serve --no-ingest` share the work (one core
+    each); killing either mid-stream loses and repeats nothing."""
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", crash_broker])
+    assert created.exit_code == 0, created.output
+    run = uuid.uuid4().hex[:8]
+    messages, ids = _stream(run, random.Random(run), count=4000)
+    env = {
+        **postgres_server.new_database_env(),
+        "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
+        "LOYALTY_DB": str(tmp_path / "unused.sqlite"),
+    }
+    ingest = Pipeline(
+        crash_broker, env, run, tmp_path / "ingest.log", ("--no-relay", "--no-project")
+    )
+    relay = Pipeline(crash_broker, env, run, tmp_path / "relay.log", ("--no-ingest",))
+    producer = threading.Thread(
+        target=lambda: asyncio.run(_produce_steadily(crash_broker, messages)), daemon=True
+    )
+    producer.start()
+    ingest.start()
+    relay.start()
+    try:
+        for victim in (ingest, relay):
+            time.sleep(2.0)
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGKILL)
+            victim.process.wait(timeout=30)
+            victim.start()
+        producer.join(timeout=300)
+        assert not producer.is_alive()
+        _assert_applied_once_and_published(crash_broker, ingest, run, ids, len(messages), 2)
+        assert relay.process is not None
+        assert relay.process.poll() is None
+        assert ingest.stop() == 0
+        assert relay.stop() == 0
+    finally:
+        for pipeline in (ingest, relay):
+            if pipeline.process is not None and pipeline.process.poll() is None:
+                pipeline.process.kill()
+                pipeline.process.wait(timeout=10)
+            print(pipeline.log.read_text(errors="replace")[-1500:])

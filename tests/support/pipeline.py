@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,19 @@ def buy_at(days_ago: float) -> str:
 class Pipeline:
     """A running `loyalty serve` over a fresh store, and a way to read what it did."""
 
-    def __init__(self, bootstrap: str, env: dict[str, str], run_id: str, log: Path) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        env: dict[str, str],
+        run_id: str,
+        log: Path,
+        options: Sequence[str] = (),
+    ) -> None:
         self.bootstrap = bootstrap
         self.env = env
         self.run_id = run_id
         self.log = log
+        self.options = list(options)  # more `serve` options, e.g. --no-relay
         self.process: subprocess.Popen[bytes] | None = None
 
     def member(self, name: str) -> str:
@@ -54,7 +63,15 @@ class Pipeline:
     def start(self) -> None:
         with self.log.open("ab") as log:  # the child keeps its own copy of the handle
             self.process = subprocess.Popen(
-                [str(LOYALTY), "serve", "--bootstrap", self.bootstrap, "--group-id", self.run_id],
+                [
+                    str(LOYALTY),
+                    "serve",
+                    "--bootstrap",
+                    self.bootstrap,
+                    "--group-id",
+                    self.run_id,
+                    *self.options,
+                ],
                 env={**os.environ, "LOYALTY_METRICS_PORT": "0", **self.env},
                 stdout=subprocess.DEVNULL,
                 stderr=log,

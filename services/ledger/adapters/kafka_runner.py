@@ -21,9 +21,15 @@ async def serve(
     group_id: str = GROUP_ID,
     max_batch: int = 500,
     stop: asyncio.Event | None = None,
+    project: bool | None = None,
 ) -> None:
     """Graceful stop: the batch in hand is applied and published, then the process exits.
-    A hard kill at any instant loses nothing: positions live in the ledger's store."""
+    A hard kill at any instant loses nothing: positions live in the ledger's store.
+
+    `project` (default: only when this process has no relay) makes ingest bring the views
+    up to date after each batch; a relay always does before it publishes. An ingest-only
+    process next to a relay-only one leaves it to the relay, so each does its own half on
+    its own core."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -41,7 +47,7 @@ async def serve(
         group_id=group_id,
         max_batch=max_batch,
         executor=executor,
-        project=not relay,
+        project=(not relay) if project is None else project,
         on_applied=outbox.wake if relay else None,
     )
     tasks = []
