@@ -54,6 +54,13 @@ NowOpt = Annotated[
     typer.Option("--now", help="Instant to act at (RFC 3339, with zone); default: now."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+MetricsHostOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="LOYALTY_METRICS_HOST",
+        help="Interface /metrics listens on (0.0.0.0 in a container, for Prometheus).",
+    ),
+]
 TiersOpt = Annotated[
     bool,
     typer.Option(
@@ -440,6 +447,7 @@ def serve(
             envvar="LOYALTY_METRICS_PORT", help="Serve Prometheus /metrics here (0: off)."
         ),
     ] = 9464,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
     project: Annotated[
         bool | None,
         typer.Option(
@@ -460,7 +468,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if metrics_port:
-        serve_metrics(metrics_port)
+        serve_metrics(metrics_port, metrics_host)
     with _ledger(program, db) as ledger:
         asyncio.run(
             run_serve(
@@ -776,6 +784,7 @@ def tiers_serve(
             envvar="LOYALTY_TIERS_METRICS_PORT", help="Serve Prometheus /metrics here (0: off)."
         ),
     ] = 9465,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
     program: ProgramOpt = None,
 ) -> None:
     """Run the tiers service (faust): loyalty.ledger.v1 -> loyalty.tiers.v1, until SIGTERM."""
@@ -791,7 +800,7 @@ def tiers_serve(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     if metrics_port:
-        serve_metrics(metrics_port)
+        serve_metrics(metrics_port, metrics_host)
     data_dir.mkdir(parents=True, exist_ok=True)
     brokers = [f"kafka://{host.strip()}" for host in bootstrap.split(",")]
     service = build_app(

@@ -86,7 +86,14 @@ def run(
         typer.Option(
             envvar="LOYALTY_NOTIFIER_METRICS_PORT", help="Prometheus /metrics port (0: off)."
         ),
-    ] = 9465,
+    ] = 9466,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            envvar="LOYALTY_METRICS_HOST",
+            help="Interface /metrics listens on (0.0.0.0 in a container, for Prometheus).",
+        ),
+    ] = "127.0.0.1",
     db: DbOpt = None,
     program: ProgramOpt = None,
 ) -> None:
@@ -102,7 +109,7 @@ def run(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=metrics_host)
     with _notifier(db, program, channels=True) as notifier:
         if not notifier.sender.channels:
             typer.echo("no channel configured (SMTP host or webhook URL)", err=True)

@@ -481,3 +481,25 @@ def test_balance_shows_the_tier_it_is_held_until_and_the_progress(
     assert progress["qualifying_value"] == 40
     assert (progress["next_tier"], progress["next_threshold"]) == ("gold", 100)
     assert progress["period_end"] is not None
+
+
+def test_a_verify_that_finds_a_drift_says_so_on_metrics(
+    client: TestClient, ledger: Ledger, clock: FixedClock
+) -> None:
+    """Prometheus alerts on loyalty_invariant_violations (deploy/prometheus/alerts.yml)."""
+
+    def violations() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("loyalty_invariant_violations "):
+                return float(line.split()[1])
+        raise AssertionError("loyalty_invariant_violations is not exported")
+
+    credited(client, clock, "m-1", 10)
+    assert client.get("/v1/ops/verify", headers=SUPPORT).json()["ok"] is True
+    assert violations() == 0
+    view: Any = ledger.view
+    with view._tx(commit=True) as cursor:
+        view._run(cursor, f"UPDATE {view.prefix}balances SET pending = pending + 1")
+    report = client.get("/v1/ops/verify", headers=SUPPORT).json()
+    assert report["ok"] is False
+    assert violations() == len(report["violations"]) >= 1

@@ -15,6 +15,12 @@ router = APIRouter(tags=["health"])
 
 OUTSTANDING = Gauge("loyalty_outstanding_points", "Points members hold: available+pending+held")
 PROJECTION_LAG = Gauge("loyalty_projection_lag", "Ledger notifications not yet projected")
+INVARIANT_VIOLATIONS = Gauge(
+    "loyalty_invariant_violations", "Violations found by this process's last verify run"
+)
+VERIFIED_AT = Gauge(
+    "loyalty_verify_last_run_timestamp_seconds", "When this process last ran verify (Unix time)"
+)
 
 
 @router.get("/healthz", operation_id="healthz", response_model=Health)

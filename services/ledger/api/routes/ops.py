@@ -22,6 +22,7 @@ from services.ledger.api.models import (
     WhatIfReport,
     WhatIfRequest,
 )
+from services.ledger.api.routes.health import INVARIANT_VIOLATIONS, VERIFIED_AT
 from services.ledger.api.routes.members import ERRORS, MemberId
 from services.ledger.application.audit import audit
 from services.ledger.application.verify import verify
@@ -105,6 +106,8 @@ def verify_ledger(ledger: LedgerDep, _: OpsWriter) -> VerifyResult:
     """Every invariant, and every projection against a fresh fold of the ledger."""
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
+    INVARIANT_VIOLATIONS.set(len(report.violations))
+    VERIFIED_AT.set_to_current_time()
     return VerifyResult(
         ok=report.ok,
         members=report.members,
