@@ -699,14 +699,19 @@ def api_cmd(
             "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker checked by /readyz."
         ),
     ] = None,
+    tiers: TiersOpt = True,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console)."""
+    """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console).
+
+    In embedded mode (the default) the scheduler also runs the tier policy, so members
+    reach and lose tiers without a tiers service; turn it off where `tiers serve` runs."""
     import uvicorn
 
     from services.ledger.api.app import create_app
     from services.ledger.api.auth import KeyStore
+    from services.tiers.embedded import tier_decider
 
     try:
         keys = KeyStore.from_environment()
@@ -717,7 +722,13 @@ def api_cmd(
         typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
     with _ledger(program, db) as ledger:
         uvicorn.run(
-            create_app(ledger, keys, tick_seconds=tick_seconds, bootstrap=bootstrap),
+            create_app(
+                ledger,
+                keys,
+                tick_seconds=tick_seconds,
+                bootstrap=bootstrap,
+                tiers=tier_decider(ledger.app) if tiers and tick_seconds > 0 else None,
+            ),
             host=host,
             port=port,
             log_level="info",

@@ -256,7 +256,11 @@ def apply(program: Program, state: TierState, fact: Fact) -> Step:
     state = _record(program, state, fact)
     if fact.kind == "override":
         state = _override(program, state, fact, now)
-    else:
+    elif fact.kind == "earn" or state.tier is None:
+        # Only qualifying activity upgrades or holds a tier longer (and a member's first
+        # entry places them in the entry tier). A release, an expiry, a redemption or a tier
+        # entry must not: the scheduler records those late, with an earlier effective time,
+        # and evaluating the window then would keep a tier the member no longer earns.
         state, upgrade = _maybe_upgrade(program, state, now, fact.position)
         decisions += upgrade
     state = replace(

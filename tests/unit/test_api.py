@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
-from services.ledger.domain.program import Tier
+from services.ledger.domain.program import Tier, TierQualification
+from services.tiers.embedded import tier_decider
 from tests.integration.test_ledger_store import PROGRAM, T0
 
 KEYS = {
@@ -503,3 +504,51 @@ def test_a_verify_that_finds_a_drift_says_so_on_metrics(
     report = client.get("/v1/ops/verify", headers=SUPPORT).json()
     assert report["ok"] is False
     assert violations() == len(report["violations"]) >= 1
+
+
+def test_in_embedded_mode_the_scheduler_decides_tiers(tmp_path: Path, clock: FixedClock) -> None:
+    """Without a tiers service, `loyalty api` runs the tier policy after each tick: a member
+    reaches Gold by purchases over HTTP, and drops back after the period with no activity."""
+    import time
+
+    program = PROGRAM.model_copy(
+        update={
+            "tiers": (
+                Tier(id="green", name="Green", threshold=0),
+                Tier(id="gold", name="Gold", threshold=100),
+            ),
+            "tier_qualification": TierQualification(grace_days=0),
+        }
+    )
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "t.db")}
+    tiered = build_ledger(program=program, clock=clock, env=env)
+
+    def tier_becomes(c: TestClient, expected: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while True:
+            b: dict[str, Any] = c.get("/v1/members/m-1/balance", headers=READER).json()
+            if b["tier"] == expected:
+                return b
+            assert time.monotonic() < deadline, f"tier is {b['tier']}, not {expected}"
+            time.sleep(0.05)
+
+    try:
+        app: FastAPI = create_app(
+            tiered, KeyStore([]), tick_seconds=0.05, tiers=tier_decider(tiered.app)
+        )
+        app.dependency_overrides[get_ledger] = lambda: tiered
+        app.dependency_overrides[get_keys] = key_store
+        with TestClient(app) as c:
+            posted = c.post("/v1/events", json=purchase("e-1", "m-1", 15000), headers=CHECKOUT)
+            assert posted.status_code == 201
+            gold = tier_becomes(c, "gold")
+            held_until = datetime.fromisoformat(gold["tier_held_until"])
+            clock.set(held_until + timedelta(days=1))
+            tier_becomes(c, "green")
+            entries = c.get("/v1/members/m-1/statement?limit=50", headers=READER).json()
+        tiers = [
+            e["details"]["tier"] for e in entries["entries"] if e["entry_type"] == "tier_assigned"
+        ]
+        assert tiers == ["green", "gold", "green"]  # newest first
+    finally:
+        tiered.close()

@@ -198,6 +198,22 @@ def test_earning_during_the_period_again_moves_the_held_until_date_on() -> None:
     assert member.tick(at(2026, 7, 2)) == []
 
 
+def test_only_qualifying_activity_holds_a_tier_longer() -> None:
+    """Releases, expiries and redemptions come later in the year (often recorded late, with
+    an earlier effective time); they must not move the held-until date on."""
+    member = Member(program(window="rolling_months", months=6, grace_days=0))
+    member.earn(at(2026, 1, 1), 1000)
+    assert member.state.held_until == at(2026, 7, 1)
+    for when in (at(2026, 1, 3), at(2026, 3, 1), at(2026, 6, 30)):
+        member.position += 1
+        member._apply(Fact(member.position, M, when))  # released, expired, redeemed
+    assert member.state.held_until == at(2026, 7, 1)
+    assert moves(member.tick(at(2026, 7, 2))) == [("silver", "bronze", "downgrade")]
+    member.position += 1
+    member._apply(Fact(member.position, M, at(2026, 1, 5)))  # recorded late, dated early
+    assert member.tier == "bronze"
+
+
 def test_one_level_at_a_time() -> None:
     member = Member(program(window="calendar_year", downgrade="one_level"))
     member.earn(at(2026, 5, 1), 6000)

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -31,12 +32,21 @@ API_REQUESTS = Counter(
 )
 
 
-class Ticker:
-    """Runs the scheduler (release, expire, hold timeouts) every `seconds` in a thread."""
+#: Decides tiers from the ledger's new entries (and runs period-end reviews when given an
+#: instant); returns the tier changes it recorded. See services.tiers.embedded.
+TierDecider = Callable[[datetime | None], int]
+REVIEW_EVERY = timedelta(minutes=1)  # period-end reviews: a minute late at most
 
-    def __init__(self, ledger: Ledger, seconds: float) -> None:
+
+class Ticker:
+    """Runs the scheduler (release, expire, hold timeouts) every `seconds` in a thread, and
+    in embedded mode the tier policy after it (new entries every tick, reviews each minute)."""
+
+    def __init__(self, ledger: Ledger, seconds: float, tiers: TierDecider | None = None) -> None:
         self.ledger = ledger
         self.seconds = seconds
+        self.tiers = tiers
+        self._reviewed: datetime | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
 
@@ -52,10 +62,21 @@ class Ticker:
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):
             try:
-                self.ledger.use_active_view()  # after a `loyalty rebuild`
-                self.ledger.tick()
+                self.once()
             except Exception:
                 log.exception("scheduler tick failed; trying again next tick")
+
+    def once(self) -> None:
+        self.ledger.use_active_view()  # after a `loyalty rebuild`
+        now = self.ledger.app.clock.now()
+        self.ledger.tick(now)
+        if self.tiers is None:
+            return
+        review = self._reviewed is None or now - self._reviewed >= REVIEW_EVERY
+        if self.tiers(now if review else None):
+            self.ledger.projection.run()
+        if review:
+            self._reviewed = now
 
 
 def create_app(
@@ -64,9 +85,11 @@ def create_app(
     *,
     tick_seconds: float = 0,
     bootstrap: str | None = None,
+    tiers: TierDecider | None = None,
 ) -> FastAPI:
-    """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background."""
-    ticker = Ticker(ledger, tick_seconds)
+    """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background, and
+    `tiers` (embedded mode, no tiers service) the tier policy after each tick."""
+    ticker = Ticker(ledger, tick_seconds, tiers)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
