@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -124,3 +125,45 @@ def test_live_state_equals_recomputation_from_the_full_history(
     if not any(f.kind == "override" for f, *_ in facts):  # overrides are ledger entries
         for before, after in itertools.pairwise(live):
             assert after.from_tier == before.to_tier  # a chain: nothing missing in between
+
+
+def _decided(decisions: list[TierDecision]) -> list[tuple[object, ...]]:
+    """A decision without the position that caused it (positions shift when entries are
+    inserted)."""
+    return [
+        (d.from_tier, d.to_tier, d.reason, d.qualifying_value, d.effective_from, d.valid_until)
+        for d in decisions
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prog=programs,
+    steps=st.lists(step, min_size=1, max_size=30),
+    inserted=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 1000)), max_size=10),
+    tail=st.integers(0, 800),
+)
+def test_entries_that_are_not_qualifying_activity_change_no_decision(
+    prog: Program,
+    steps: list[tuple[int, str, int, str, bool, int | None, bool, int | None, bool]],
+    inserted: list[tuple[int, int]],
+    tail: int,
+) -> None:
+    """Releases, expiries, redemptions (facts of kind "other") land anywhere in the ledger,
+    dated anywhere up to the next entry's date, as the scheduler records them late: the
+    member's tier decisions stay the same."""
+    facts = [f for f, *_ in history(steps) if f.kind != "other"]
+    if not facts:
+        return
+    now = facts[-1].at + timedelta(days=tail)
+    mixed: list[Fact] = []
+    for i, fact in enumerate(facts):
+        mixed.append(fact)
+        following = facts[i + 1].at if i + 1 < len(facts) else now
+        for after, permille in inserted:
+            if after % len(facts) == i:
+                mixed.append(Fact(0, M, fact.at + (following - fact.at) * permille / 1000))
+    renumbered = [replace(f, position=n) for n, f in enumerate(mixed, start=1)]
+    _, plain = recompute(prog, M, facts, now)
+    _, with_others = recompute(prog, M, renumbered, now)
+    assert _decided(with_others) == _decided(plain)
