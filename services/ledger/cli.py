@@ -699,14 +699,22 @@ def api_cmd(
             "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker checked by /readyz."
         ),
     ] = None,
-    tiers: TiersOpt = True,
+    tiers: Annotated[
+        bool | None,
+        typer.Option(
+            "--tiers/--no-tiers",
+            envvar="LOYALTY_EMBEDDED_TIERS",
+            help="The scheduler runs the tier policy in-process (default: on without "
+            "--bootstrap, i.e. embedded; with Kafka the tiers service decides).",
+        ),
+    ] = None,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console).
 
-    In embedded mode (the default) the scheduler also runs the tier policy, so members
-    reach and lose tiers without a tiers service; turn it off where `tiers serve` runs."""
+    Embedded (no --bootstrap), the scheduler also runs the tier policy, so members reach
+    and lose tiers without a tiers service."""
     import uvicorn
 
     from services.ledger.api.app import create_app
@@ -720,6 +728,7 @@ def api_cmd(
         raise typer.Exit(2) from None
     if not keys.names():
         typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
+    embedded_tiers = tiers if tiers is not None else bootstrap is None
     with _ledger(program, db) as ledger:
         uvicorn.run(
             create_app(
@@ -727,7 +736,7 @@ def api_cmd(
                 keys,
                 tick_seconds=tick_seconds,
                 bootstrap=bootstrap,
-                tiers=tier_decider(ledger.app) if tiers and tick_seconds > 0 else None,
+                tiers=tier_decider(ledger.app) if embedded_tiers and tick_seconds > 0 else None,
             ),
             host=host,
             port=port,
