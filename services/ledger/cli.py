@@ -719,6 +719,7 @@ def api_cmd(
 
     from services.ledger.api.app import create_app
     from services.ledger.api.auth import KeyStore
+    from services.notifier.bootstrap import NotifierSettings, build_notifier
     from services.tiers.embedded import tier_decider
 
     try:
@@ -730,24 +731,32 @@ def api_cmd(
         typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
     embedded_tiers = tiers if tiers is not None else bootstrap is None
     with _ledger(program, db) as ledger:
-        uvicorn.run(
-            create_app(
-                ledger,
-                keys,
-                tick_seconds=tick_seconds,
-                bootstrap=bootstrap,
-                tiers=tier_decider(ledger.app) if embedded_tiers and tick_seconds > 0 else None,
-            ),
-            host=host,
-            port=port,
-            log_level="info",
-        )
+        # The notifier's stores (LOYALTY_NOTIFIER_DB): contacts, opt-outs, notices sent.
+        notifier = build_notifier(ledger.app.program, NotifierSettings().db, [])
+        try:
+            uvicorn.run(
+                create_app(
+                    ledger,
+                    keys,
+                    tick_seconds=tick_seconds,
+                    bootstrap=bootstrap,
+                    tiers=tier_decider(ledger.app) if embedded_tiers and tick_seconds > 0 else None,
+                    notifier=notifier,
+                ),
+                host=host,
+                port=port,
+                log_level="info",
+            )
+        finally:
+            notifier.close()
 
 
 @app.command(name="api-key")
 def api_key(
     name: str,
-    scope: Annotated[list[str], typer.Option(help="events:write, members:read, ops:write")],
+    scope: Annotated[
+        list[str], typer.Option(help="events:write, members:read, members:write, ops:write")
+    ],
 ) -> None:
     """Make a new API key: prints the key (once) and the hashed entry for LOYALTY_API_KEYS."""
     from services.ledger.api.auth import entry_json, new_key

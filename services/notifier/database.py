@@ -7,6 +7,7 @@ every value is a bound parameter.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,9 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # One connection shared by every thread of the process (the API's request threads):
+        # one transaction at a time.
+        self._lock = threading.RLock()
         self.postgres = url.startswith(("postgresql://", "postgres://"))
         if self.postgres:
             import psycopg
@@ -41,17 +45,18 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Run]:
-        if self.postgres:
-            with self._pg.transaction(), self._pg.cursor() as cursor:
-                yield Run(cursor, postgres=True)
-            return
-        self._lite.execute("BEGIN IMMEDIATE")
-        try:
-            yield Run(self._lite.cursor(), postgres=False)
-        except BaseException:
-            self._lite.execute("ROLLBACK")
-            raise
-        self._lite.execute("COMMIT")
+        with self._lock:
+            if self.postgres:
+                with self._pg.transaction(), self._pg.cursor() as cursor:
+                    yield Run(cursor, postgres=True)
+                return
+            self._lite.execute("BEGIN IMMEDIATE")
+            try:
+                yield Run(self._lite.cursor(), postgres=False)
+            except BaseException:
+                self._lite.execute("ROLLBACK")
+                raise
+            self._lite.execute("COMMIT")
 
 
 class Run:

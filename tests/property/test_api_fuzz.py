@@ -19,6 +19,7 @@ from services.ledger.api.auth import KeyStore, digest
 from services.ledger.application.service import Ledger
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
+from services.notifier.bootstrap import build_notifier
 from tests.integration.test_ledger_store import PROGRAM, T0, _file, _purchase
 
 EXAMPLES = int(os.environ.get("LOYALTY_FUZZ_EXAMPLES", "12"))
@@ -36,26 +37,27 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
     built.close()
 
 
-def test_no_operation_answers_5xx(ledger: Ledger) -> None:
+def test_no_operation_answers_5xx(ledger: Ledger, tmp_path: Path) -> None:
     keys = KeyStore.from_json(
         json.dumps(
             [
                 {
                     "name": "fuzz",
-                    "scopes": ["events:write", "members:read", "ops:write"],
+                    "scopes": ["events:write", "members:read", "members:write", "ops:write"],
                     "sha256": digest(KEY),
                 }
             ]
         )
     )
-    app = create_app(ledger, keys)
+    notifier = build_notifier(PROGRAM, f"sqlite:///{tmp_path / 'notifier.sqlite'}", [])
+    app = create_app(ledger, keys, notifier=notifier)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures: list[str] = []
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result  # the document itself is valid
         operations.append(result.ok())
-    assert len(operations) >= 12
+    assert len(operations) >= 18  # with the notification routes
 
     for operation in operations:
 
@@ -76,4 +78,5 @@ def test_no_operation_answers_5xx(ledger: Ledger) -> None:
                 assert set(body) >= {"code", "reason"}, body
 
         check()
+    notifier.close()
     assert failures == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -15,11 +16,17 @@ from fastapi.testclient import TestClient
 from services.ledger.api.app import create_app
 from services.ledger.api.auth import KeyStore, digest, new_key
 from services.ledger.api.deps import get_keys, get_ledger
+from services.ledger.api.models import OptOutRequest
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
-from services.ledger.domain.program import Tier, TierQualification
+from services.ledger.domain.program import NoticeKind, Tier, TierQualification
+from services.notifier.bootstrap import build_notifier
+from services.notifier.contacts import Contact
+from services.notifier.embedded import as_records, ledger_entries
+from services.notifier.notices import Notice
+from services.notifier.templates import Rendered
 from services.tiers.embedded import tier_decider
 from tests.integration.test_ledger_store import PROGRAM, T0
 
@@ -27,10 +34,12 @@ KEYS = {
     "checkout": ("k-checkout", ["events:write", "members:read"]),
     "support-7": ("k-support", ["members:read", "ops:write"]),
     "reader": ("k-reader", ["members:read"]),
+    "crm": ("k-crm", ["members:read", "members:write"]),
 }
 CHECKOUT = {"X-API-Key": "k-checkout"}
 SUPPORT = {"X-API-Key": "k-support"}
 READER = {"X-API-Key": "k-reader"}
+CRM = {"X-API-Key": "k-crm"}
 
 
 def key_store() -> KeyStore:
@@ -552,3 +561,76 @@ def test_in_embedded_mode_the_scheduler_decides_tiers(tmp_path: Path, clock: Fix
         assert tiers == ["green", "gold", "green"]  # newest first
     finally:
         tiered.close()
+
+
+# ---------------------------------------------------------- notifications
+
+
+class RecordingEmail:
+    """An email channel that keeps what it was asked to send."""
+
+    name = "email"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def unreachable(self, contact: Contact | None) -> str | None:
+        return None if contact and contact.email else "no email address"
+
+    async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
+        assert contact is not None
+        self.sent.append((str(contact.email), str(notice.kind)))
+
+    async def close(self) -> None:
+        return None
+
+
+def test_contacts_opt_outs_and_notices_over_http(
+    tmp_path: Path, ledger: Ledger, clock: FixedClock
+) -> None:
+    """A CRM sets the contact and an opt-out over HTTP; the notifier then sends the notices
+    the member still wants and suppresses the other; support reads what happened."""
+    url = f"sqlite:///{tmp_path / 'notifier.sqlite'}"
+    served = build_notifier(PROGRAM, url, [], clock.now)
+    email = RecordingEmail()
+    sender = build_notifier(PROGRAM, url, [email], clock.now)  # `loyalty notify run`
+    app: FastAPI = create_app(ledger, KeyStore([]), notifier=served)
+    app.dependency_overrides[get_ledger] = lambda: ledger
+    app.dependency_overrides[get_keys] = key_store
+    base = "/v1/members/m-1/notifications"
+    try:
+        with TestClient(app) as c:
+            assert c.get(f"{base}/preferences", headers=READER).status_code == 404  # unknown
+            credited(c, clock, "m-1", 50)
+            ledger.tick()  # 50 points released: points_available, and the mug (30) unlocked
+            contact = {"email": "ana@example.com", "name": "Ana"}
+            assert c.put(f"{base}/contact", json=contact, headers=READER).status_code == 403
+            r = c.put(f"{base}/contact", json=contact, headers=CRM)
+            assert (r.status_code, r.json()["email"]) == (200, "ana@example.com")
+            bad = c.post(f"{base}/opt-outs", json={"channel": "fax"}, headers=CRM)
+            assert bad.status_code == 422
+            out = {"channel": "email", "kind": "reward_unlocked"}
+            r = c.post(f"{base}/opt-outs", json=out, headers=CRM)
+            assert r.json()["opted_out"] == [out]
+
+            sender.recorder.apply(as_records(ledger_entries(ledger)))
+            asyncio.run(sender.sender.drain())
+            assert email.sent == [("ana@example.com", "points_available")]
+            states = {n["kind"]: n["state"] for n in c.get(base, headers=READER).json()}
+            assert states == {"points_available": "sent", "reward_unlocked": "suppressed"}
+
+            again = c.delete(f"{base}/opt-outs/email/reward_unlocked", headers=CRM)
+            assert again.json()["opted_out"] == []
+            gone = c.delete(f"{base}/opt-outs/email/reward_unlocked", headers=CRM)
+            assert (gone.status_code, gone.json()["code"]) == (404, "no_opt_out")
+            assert c.post(f"{base}/erase", headers=CRM).status_code == 403
+            erased = c.post(f"{base}/erase", headers=SUPPORT).json()
+            assert (erased["email"], erased["name"]) == (None, None)
+    finally:
+        served.close()
+        sender.close()
+
+
+def test_every_notice_kind_can_be_opted_out_over_http() -> None:
+    schema = OptOutRequest.model_json_schema()["properties"]["kind"]
+    assert set(schema["enum"]) == {k.value for k in NoticeKind} | {"*"}

@@ -18,8 +18,17 @@ from prometheus_client import Counter
 
 from services.ledger.api import errors
 from services.ledger.api.auth import KeyStore
-from services.ledger.api.routes import events, health, holds, members, ops, program
+from services.ledger.api.routes import (
+    events,
+    health,
+    holds,
+    members,
+    notifications,
+    ops,
+    program,
+)
 from services.ledger.application.service import Ledger
+from services.notifier.bootstrap import Notifier
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Swagger UI's own build, as shipped in the swagger-ui-py package (no CDN needed).
@@ -86,9 +95,11 @@ def create_app(
     tick_seconds: float = 0,
     bootstrap: str | None = None,
     tiers: TierDecider | None = None,
+    notifier: Notifier | None = None,
 ) -> FastAPI:
     """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background, and
-    `tiers` (embedded mode, no tiers service) the tier policy after each tick."""
+    `tiers` (embedded mode, no tiers service) the tier policy after each tick. With the
+    notifier's stores (`notifier`), members' contacts, opt-outs and notices are served too."""
     ticker = Ticker(ledger, tick_seconds, tiers)
 
     @asynccontextmanager
@@ -117,6 +128,9 @@ def create_app(
     errors.install(app)
     for module in (events, members, holds, program, ops, health):
         app.include_router(module.router)
+    if notifier is not None:
+        app.state.notifier = notifier
+        app.include_router(notifications.router)
 
     @app.middleware("http")
     async def count_requests(

@@ -49,4 +49,5 @@ def require(scope: str) -> Callable[[Principal], Principal]:
 
 EventsWriter = Annotated[Principal, Depends(require("events:write"))]
 MembersReader = Annotated[Principal, Depends(require("members:read"))]
+MembersWriter = Annotated[Principal, Depends(require("members:write"))]
 OpsWriter = Annotated[Principal, Depends(require("ops:write"))]

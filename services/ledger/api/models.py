@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -242,3 +242,58 @@ class ReplayResult(_Out):
 class RebuildResult(_Out):
     serving: str = Field(description="the table set now serving the read models")
     entries: int
+
+
+# ------------------------------------------------------------- notifications
+
+NoticeChannel = Literal["email", "webhook", "*"]
+NoticeKindOrAll = Literal[
+    "points_expiring",
+    "tier_reached",
+    "tier_at_risk",
+    "reward_unlocked",
+    "referral_rewarded",
+    "points_available",
+    "monthly_statement",
+    "*",
+]
+
+
+class OptOut(_Out):
+    channel: str = Field(description="email, webhook, or * (every channel)")
+    kind: str = Field(description="a notice kind, or * (every kind)")
+
+
+class OptOutRequest(_In):
+    channel: NoticeChannel = "*"
+    kind: NoticeKindOrAll = "*"
+
+
+class ContactRequest(_In):
+    email: (
+        Annotated[
+            str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+        ]
+        | None
+    ) = Field(default=None, description="omit or null to clear")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class NotificationPreferences(_Out):
+    member_id: str
+    email: str | None
+    name: str | None
+    opted_out: list[OptOut]
+
+
+class NoticeDelivery(_Out):
+    key: str = Field(description="member|kind|subject|window: one notice, at most once")
+    kind: str
+    channel: str
+    state: str = Field(description="pending, sending, sent, failed, dead or suppressed")
+    attempts: int
+    at: datetime
+    sent_at: datetime | None
+    last_error: str | None
+    in_doubt: bool
+    cause: str
