@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 KEYS = [
     {"name": "checkout", "scopes": ["events:write", "members:read"], "sha256": digest("k-co")},
     {"name": "support-1", "scopes": ["members:read", "ops:write"], "sha256": digest("k-ops")},
+    {"name": "crm", "scopes": ["members:read", "members:write"], "sha256": digest("k-crm")},
 ]
 CO = {"X-API-Key": "k-co"}
 OPS = {"X-API-Key": "k-ops"}
@@ -40,9 +41,14 @@ def _free_port() -> int:
 @pytest.fixture
 def service(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[str]:
     port = _free_port()
+    notices = postgres_server.new_database_env()  # the notifier's own database
     env = {
         **os.environ,
         **postgres_server.new_database_env(),
+        "LOYALTY_NOTIFIER_DB": (
+            f"postgresql://{notices['POSTGRES_USER']}:{notices['POSTGRES_PASSWORD']}@"
+            f"{notices['POSTGRES_HOST']}:{notices['POSTGRES_PORT']}/{notices['POSTGRES_DBNAME']}"
+        ),
         "LOYALTY_PROGRAM": str(EXAMPLES / "coffee.yaml"),
         "LOYALTY_API_KEYS": json.dumps(KEYS),
         "LOYALTY_TICK_SECONDS": "0.2",
@@ -133,3 +139,24 @@ def test_credit_hold_capture_and_read_over_http(service: str) -> None:
             == 403
         )
         assert "loyalty_outstanding_points" in http.get("/metrics").text
+
+
+def test_notice_preferences_over_http_on_postgresql(service: str) -> None:
+    """The API keeps members' contacts and opt-outs in the notifier's database."""
+    crm = {"X-API-Key": "k-crm"}
+    base = "/v1/members/m-7/notifications"
+    with httpx.Client(base_url=service, timeout=10) as http:
+        e = _event("act-7", "activity.completed", "m-7", activity="signup")
+        assert http.post("/v1/events", json=e, headers=CO).status_code == 201
+        contact = {"email": "m7@example.com", "name": "Sam"}
+
+        def set_contact(_: int) -> int:
+            return http.put(f"{base}/contact", json=contact, headers=crm).status_code
+
+        with ThreadPoolExecutor(max_workers=4) as pool:  # one connection, many threads
+            assert sorted(pool.map(set_contact, range(8))) == [200] * 8
+        out = {"channel": "*", "kind": "monthly_statement"}
+        assert http.post(f"{base}/opt-outs", json=out, headers=crm).status_code == 200
+        prefs = http.get(f"{base}/preferences", headers=CO).json()
+        assert (prefs["email"], prefs["opted_out"]) == ("m7@example.com", [out])
+        assert http.get(f"{base}", headers=CO).json() == []  # the notifier sent nothing yet
