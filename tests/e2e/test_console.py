@@ -22,6 +22,9 @@ from services.ledger.api.auth import KeyStore, digest
 from services.ledger.application.service import Ledger
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
+from services.notifier.bootstrap import build_notifier
+from services.notifier.channels.printer import PrintChannel
+from services.notifier.embedded import as_records, ledger_entries
 from tests.integration.test_api_service import _free_port
 from tests.integration.test_ledger_store import PROGRAM, T0, _event, _file, _purchase
 
@@ -59,15 +62,27 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 @pytest.fixture
-def console_url(ledger: Ledger) -> Iterator[str]:
+def console_url(ledger: Ledger, tmp_path: Path) -> Iterator[str]:
     keys = KeyStore.from_json(
         json.dumps(
             [{"name": "support-1", "scopes": ["members:read", "ops:write"], "sha256": digest(KEY)}]
         )
     )
+    # The notifier has recorded what the ledger's entries call for (not sent yet), and
+    # knows m-ana's email and one opt-out.
+    url = f"sqlite:///{tmp_path / 'notifier.sqlite'}"
+    notifier = build_notifier(PROGRAM, url, [PrintChannel(lambda _: None)])
+    notifier.recorder.apply(as_records(ledger_entries(ledger)))
+    notifier.contacts.set_contact("m-ana", "ana@example.com", "Ana")
+    notifier.contacts.opt_out("m-ana", "email", "monthly_statement")
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(ledger, keys), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(ledger, keys, notifier=notifier),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -78,6 +93,7 @@ def console_url(ledger: Ledger) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/console"
     server.should_exit = True
     thread.join(timeout=10)
+    notifier.close()
 
 
 @pytest.fixture
@@ -116,6 +132,16 @@ def test_support_finds_a_member_and_explains_the_balance(page: Page) -> None:
     assert "event e-1; via file file=test line=1; rule base:USD" in text
     assert "actor=pos" in text
     assert page.locator("#lots tbody tr").count() == 3
+
+    # What the member was told: the notifier's record, and the member's preferences.
+    page.wait_for_selector("#notices tbody tr")
+    notices = page.inner_text("#notices")
+    assert "points_available" in notices
+    assert "pending" in notices
+    assert "pending_released" in notices  # the cause names the entry
+    prefs = page.inner_text("#prefs")
+    assert "ana@example.com" in prefs
+    assert "monthly_statement on email" in prefs
 
     # The chart is drawn, and its screenshot is not blank.
     path = page.locator("#chart svg path.balance-line")

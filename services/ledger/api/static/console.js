@@ -62,6 +62,37 @@ async function openMember(memberId) {
     render(audit);
   } catch (err) {
     showError(err);
+    return;
+  }
+  await renderNotices(memberId);
+}
+
+async function renderNotices(memberId) {
+  const base = `/v1/members/${encodeURIComponent(memberId)}/notifications`;
+  const body = $("notices").querySelector("tbody");
+  body.replaceChildren();
+  let prefs;
+  let notices;
+  try {
+    [prefs, notices] = await Promise.all([
+      api("GET", `${base}/preferences`), api("GET", base),
+    ]);
+  } catch (err) {
+    $("prefs").textContent = `Notices are not available here (${err.message}).`;
+    return;
+  }
+  const outs = prefs.opted_out.map((o) => `${o.kind} on ${o.channel}`).join(", ");
+  $("prefs").textContent = `Email: ${prefs.email || "none"}. `
+    + (outs ? `Opted out of: ${outs}.` : "No opt-outs.");
+  for (const n of [...notices].reverse()) {
+    const row = document.createElement("tr");
+    cell(row, n.at.slice(0, 16).replace("T", " "));
+    cell(row, n.kind);
+    cell(row, n.channel);
+    cell(row, n.state + (n.last_error ? ` (${n.last_error})` : ""));
+    cell(row, n.attempts, "num");
+    cell(row, n.cause);
+    body.appendChild(row);
   }
 }
 
