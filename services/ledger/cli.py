@@ -732,7 +732,13 @@ def api_cmd(
     embedded_tiers = tiers if tiers is not None else bootstrap is None
     with _ledger(program, db) as ledger:
         # The notifier's stores (LOYALTY_NOTIFIER_DB): contacts, opt-outs, notices sent.
-        notifier = build_notifier(ledger.app.program, NotifierSettings().db, [])
+        try:
+            notifier = build_notifier(ledger.app.program, NotifierSettings().db, [])
+        except Exception as exc:
+            typer.echo(
+                f"cannot open the notifier's database (LOYALTY_NOTIFIER_DB): {exc}", err=True
+            )
+            raise typer.Exit(2) from None
         try:
             uvicorn.run(
                 create_app(
