@@ -601,30 +601,9 @@ def what_if_cmd(
 
 
 def what_if_json(report: Any) -> dict[str, Any]:
-    return {
-        "run_id": report.run_id,
-        "program_version": report.program_version,
-        "current_version": report.current_version,
-        "position": report.position,
-        "as_of": report.as_of.isoformat(),
-        "replayed_events": report.replayed_events,
-        "replayed_operations": report.replayed_operations,
-        "tiers_recomputed": report.tiers_recomputed,
-        "tier_changes": report.tier_changes,
-        "skipped": report.skipped,
-        "members": [
-            {
-                "member_id": d.member_id,
-                "actual": d.actual,
-                "would_have": d.would_have,
-                "difference": d.difference,
-                "actual_lifetime": d.actual_lifetime,
-                "would_have_lifetime": d.would_have_lifetime,
-            }
-            for d in report.members
-        ],
-        "posted": report.posted,
-    }
+    from services.ledger.api.convert import what_if_report
+
+    return what_if_report(report).model_dump(mode="json")
 
 
 def format_what_if(report: Any) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from schemas.outbound import TierProgressOut
-from services.ledger.api.models import Balance, Hold, LotView
+from services.ledger.api.models import Balance, Hold, LotView, MemberDifference, WhatIfReport
+from services.ledger.application import what_if
 from services.ledger.application.service import MemberBalanceView
 from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot
@@ -57,4 +58,32 @@ def lot(x: Lot) -> LotView:
         release_at=x.release_at,
         expires_at=x.expires_at,
         program_version=x.program_version,
+    )
+
+
+def what_if_report(r: what_if.WhatIfReport) -> WhatIfReport:
+    """The API's response, and `loyalty what-if --json`."""
+    return WhatIfReport(
+        run_id=r.run_id,
+        program_version=r.program_version,
+        current_version=r.current_version,
+        position=r.position,
+        as_of=r.as_of,
+        replayed_events=r.replayed_events,
+        replayed_operations=r.replayed_operations,
+        tiers_recomputed=r.tiers_recomputed,
+        tier_changes=r.tier_changes,
+        skipped=r.skipped,
+        members=[
+            MemberDifference(
+                member_id=d.member_id,
+                actual=d.actual,
+                would_have=d.would_have,
+                difference=d.difference,
+                actual_lifetime=d.actual_lifetime,
+                would_have_lifetime=d.would_have_lifetime,
+            )
+            for d in r.members
+        ],
+        posted=r.posted,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from services.ledger.application import commands
@@ -163,15 +163,16 @@ def _replay(
     sim = LedgerApplication(program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
     decide = tiers(sim) if tiers is not None else None
     report.tiers_recomputed = decide is not None
-    reviewed: list[datetime] = []  # the day of the last period-end review
+    reviewed: date | None = None  # the day of the last period-end review
 
     def at(instant: datetime) -> None:
+        nonlocal reviewed
         _at(clock, report, instant)
         if decide is None:
             return
-        if not reviewed or instant.date() > reviewed[0].date():
+        if reviewed is None or instant.date() > reviewed:
             report.tier_changes += decide(instant)  # reviews due by this instant first
-            reviewed[:] = [instant]
+            reviewed = instant.date()
 
     def decided() -> None:
         if decide is not None:

@@ -14,7 +14,6 @@ from services.ledger.api.errors import ApiError, ErrorBody
 from services.ledger.api.models import (
     AuditEntry,
     AuditReport,
-    MemberDifference,
     RebuildResult,
     ReplayRequest,
     ReplayResult,
@@ -75,30 +74,7 @@ def what_if_run(body: WhatIfRequest, ledger: LedgerDep, caller: MembersReader) -
         actor=caller.name,
         tiers=None if body.recorded_tiers else tier_decider,
     )
-    return WhatIfReport(
-        run_id=report.run_id,
-        program_version=report.program_version,
-        current_version=report.current_version,
-        position=report.position,
-        as_of=report.as_of,
-        replayed_events=report.replayed_events,
-        replayed_operations=report.replayed_operations,
-        tiers_recomputed=report.tiers_recomputed,
-        tier_changes=report.tier_changes,
-        skipped=report.skipped,
-        members=[
-            MemberDifference(
-                member_id=d.member_id,
-                actual=d.actual,
-                would_have=d.would_have,
-                difference=d.difference,
-                actual_lifetime=d.actual_lifetime,
-                would_have_lifetime=d.would_have_lifetime,
-            )
-            for d in report.members
-        ],
-        posted=report.posted,
-    )
+    return convert.what_if_report(report)
 
 
 @router.get("/v1/ops/verify", operation_id="verify", response_model=VerifyResult, responses=ERRORS)
