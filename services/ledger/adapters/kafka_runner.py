@@ -57,7 +57,7 @@ async def serve(
         tasks.append(asyncio.create_task(consumer.run(stop), name="ingest"))
     if relay:
         # Ingest in this process wakes the relay after each batch; a relay on its own polls,
-        # often enough that polling adds little to the latency (a cheap query each time).
+        # often enough that polling adds little to the latency (three small queries a poll).
         interval = 0.2 if ingest else RELAY_ONLY_POLL_SECONDS
         tasks.append(asyncio.create_task(outbox.run(stop, interval=interval), name="relay"))
     try:
