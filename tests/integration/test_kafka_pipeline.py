@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
 from schemas import (
@@ -20,8 +22,9 @@ from schemas import (
     TOPIC_REDEMPTIONS,
     TOPIC_REFERRALS,
 )
+from services.ledger.adapters.kafka_replay import replay
 from services.ledger.application.verify import verify
-from services.ledger.bootstrap import EXAMPLES
+from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
 from services.ledger.cli import app
 from tests.support.pipeline import (
     Pipeline,
@@ -227,12 +230,13 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_good_events_around_it_apply
             total_minor=total,
         )
 
+    tag = run.encode()  # each run's own bytes: the dead-letter topic is shared by the runs
     bad = {
-        "not_json": b"{not json",
-        "not_utf8": b"\xff\xfe\x00",
+        "not_json": b"{not json " + tag,
+        "not_utf8": b"\xff\xfe\x00" + tag,
         "schema": buy(90, -5),
         "unknown_type": json.dumps({"event_id": f"{run}-u", "type": "points.magic"}).encode(),
-        "oversized": b'{"pad": "' + b"x" * 70_000 + b'"}',
+        "oversized": b'{"pad": "' + tag + b"x" * 70_000 + b'"}',
         "conflict": buy(1, 999),  # same event_id as the first purchase, other payload
         "unsupported_currency": buy(91, 100).replace(b'"USD"', b'"EUR"'),
     }
@@ -248,7 +252,11 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_good_events_around_it_apply
         for r in records:
             headers = {k: v.decode() for k, v in r.headers}
             if r.value in bad.values():
-                found[headers["reason"]] = {**headers, "value": r.value.decode("latin-1")}
+                found[headers["reason"]] = {
+                    **headers,
+                    "value": r.value.decode("latin-1"),
+                    "key": r.key.decode() if r.key is not None else "<null>",
+                }
         return found
 
     wait_for(lambda: set(dead_letters()) >= set(bad), "every bad message dead-lettered")
@@ -256,6 +264,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_good_events_around_it_apply
     for reason, raw in bad.items():
         letter = letters[reason]
         assert letter["value"].encode("latin-1") == raw
+        assert letter["key"] == dan  # as produced, even where the bytes name no member
         assert letter["source-topic"] == TOPIC_PURCHASES
         assert int(letter["source-offset"]) >= 0
         assert letter["detail"]
@@ -281,3 +290,64 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_good_events_around_it_apply
     assert samples["loyalty_ingest_apply_seconds_count"] >= 1
     assert any(k.startswith("loyalty_relay_messages_total") for k in samples)
     assert pipeline.stop() == 0
+
+
+def test_a_dead_letter_keeps_the_original_key_and_a_replay_keeps_it_too(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    run = pipeline.run_id
+    garbage = f"{{not json {run}".encode()
+    unkeyed = f"{{not json either {run}".encode()
+
+    async def send() -> list[tuple[int, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=pipeline.bootstrap)
+        await producer.start()
+        try:
+            sent = []
+            for key, value in ((b"m-7", garbage), (None, unkeyed)):
+                meta = await producer.send_and_wait(TOPIC_PURCHASES, value, key=key)
+                sent.append((meta.partition, meta.offset))
+            return sent
+        finally:
+            await producer.stop()
+
+    sent = asyncio.run(send())
+
+    def letters() -> dict[bytes, Any]:
+        records = asyncio.run(read_all(pipeline.bootstrap, TOPIC_DEADLETTER))
+        return {r.value: r for r in records if r.value in (garbage, unkeyed)}
+
+    wait_for(lambda: len(letters()) == 2, "both messages dead-lettered")
+    found = letters()
+    assert found[garbage].key == b"m-7"
+    assert found[unkeyed].key is None  # a null key stays null
+    for value, (partition, offset) in zip((garbage, unkeyed), sent, strict=True):
+        headers = {k: v.decode() for k, v in found[value].headers}
+        assert headers["reason"] == "not_json"
+        assert (headers["source-partition"], headers["source-offset"]) == (
+            str(partition),
+            str(offset),
+        )
+    assert pipeline.stop() == 0
+
+    # `loyalty replay` reads records through the same path: the key is kept there too.
+    partition, offset = sent[0]
+    replayed = str(tmp_path / "replayed.sqlite")
+    fresh = build_ledger(
+        Settings(program=EXAMPLES / "coffee.yaml"),
+        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": replayed},
+    )
+    try:
+        report = asyncio.run(
+            replay(
+                fresh, pipeline.bootstrap, TOPIC_PURCHASES, offset, offset, partitions=[partition]
+            )
+        )
+        assert report.dead_lettered == 1
+        [rejection] = fresh.app.rejections()
+        assert (rejection.key_b64, rejection.origin.offset) == (
+            base64.b64encode(b"m-7").decode(),
+            offset,
+        )
+    finally:
+        fresh.close()

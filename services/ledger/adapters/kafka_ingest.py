@@ -143,6 +143,7 @@ class KafkaIngest:
             Inbound(
                 r.value if r.value is not None else b"",
                 Origin("kafka", topic=tp.topic, partition=tp.partition, offset=r.offset),
+                r.key,
             )
             for r in records
         ]

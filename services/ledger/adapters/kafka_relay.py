@@ -2,9 +2,9 @@
 
 Entries go to loyalty.ledger.v1 (key member_id, the ledger position in a header), each
 touched member's balance to loyalty.balances.v1 (compacted), and rejections to
-loyalty.deadletter.v1 with the original bytes and the reason in headers. The relay records
-how far it has published in the ledger's own store after the broker acknowledged, so a
-crash repeats messages (with the same position) but never skips one.
+loyalty.deadletter.v1 with the original key and bytes and the reason in headers. The relay
+records how far it has published in the ledger's own store after the broker acknowledged,
+so a crash repeats messages (with the same position) but never skips one.
 """
 
 from __future__ import annotations
@@ -270,5 +270,12 @@ def _dead_letter(event: Rejection.Recorded, position: int) -> Message:
     ):
         if value is not None:
             headers.append((name, _h(value)))
-    key = event.member_id.encode() if event.member_id else None
-    return (TOPIC_DEADLETTER, key, base64.b64decode(event.raw_b64), headers)
+    return (TOPIC_DEADLETTER, _dead_letter_key(event), base64.b64decode(event.raw_b64), headers)
+
+
+def _dead_letter_key(event: Rejection.Recorded) -> bytes | None:
+    """A message from Kafka keeps its own key, a null one included; input from elsewhere
+    (a file, HTTP) had none and is keyed by its member id when that is known."""
+    if event.origin.channel == "kafka":
+        return None if event.key_b64 is None else base64.b64decode(event.key_b64)
+    return event.member_id.encode() if event.member_id else None

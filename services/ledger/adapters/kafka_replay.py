@@ -84,6 +84,7 @@ async def replay(
                             Origin(
                                 "kafka", topic=tp.topic, partition=tp.partition, offset=r.offset
                             ),
+                            r.key,
                         )
                         for r in wanted
                     ]

@@ -78,6 +78,7 @@ class Inbound:
 
     raw: bytes
     origin: Origin
+    key: bytes | None = None  # the Kafka record's key, kept with a rejection
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +507,7 @@ class LedgerApplication(Application[UUID]):
                     event_id=event_id,
                     member_id=member_id,
                     rejected_at=now,
+                    key_b64=None if item.key is None else base64.b64encode(item.key).decode(),
                 )
             )
         return Outcome(REJECTED_STATUS, event_id, member_id, reason, detail)

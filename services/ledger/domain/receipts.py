@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -97,9 +98,14 @@ class InboundReceipt(Aggregate):
 
 
 class Rejection(Aggregate):
-    """Input that was not applied: the reason, the original bytes (base64) and where it was."""
+    """Input that was not applied: the reason, the original bytes (base64) and where it was.
+
+    `key_b64` is the Kafka record's key as received (base64; None: the record had none, or
+    the input did not come from Kafka), so its dead letter carries the same key."""
 
     class Recorded(Aggregate.Created):
+        class_version = 2
+
         origin: Origin
         reason: str
         detail: str
@@ -107,6 +113,20 @@ class Rejection(Aggregate):
         event_id: str | None
         member_id: str | None
         rejected_at: datetime
+        key_b64: str | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 did not keep the key. Its dead letters were published keyed by the
+            member id (none when unknown), which is also the key the contract asks producers
+            to send: a rejection from Kafka reads as keyed so, and is published again as it
+            was then."""
+            member_id = state.get("member_id")
+            origin = state.get("origin")
+            from_kafka = isinstance(origin, Origin) and origin.channel == "kafka"
+            state["key_b64"] = (
+                base64.b64encode(member_id.encode()).decode() if from_kafka and member_id else None
+            )
 
     class Redriven(Aggregate.Event):
         outcome: str
@@ -126,6 +146,7 @@ class Rejection(Aggregate):
         event_id: str | None,
         member_id: str | None,
         rejected_at: datetime,
+        key_b64: str | None = None,
     ) -> None:
         self.origin = origin
         self.reason = reason
@@ -134,6 +155,7 @@ class Rejection(Aggregate):
         self.event_id = event_id
         self.member_id = member_id
         self.rejected_at = rejected_at
+        self.key_b64 = key_b64
         self.redriven: list[tuple[datetime, str, str]] = []
 
     def redriven_by(self, actor: str, outcome: str, at: datetime) -> None:
