@@ -53,6 +53,15 @@ NowOpt = Annotated[
     datetime | None,
     typer.Option("--now", help="Instant to act at (RFC 3339, with zone); default: now."),
 ]
+AsOfOpt = Annotated[
+    datetime | None,
+    typer.Option(
+        "--as-of",
+        "--now",
+        help="The balance as the ledger stood at this instant (RFC 3339, with zone; a later "
+        "one counts what will be due by then); default: now.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 MetricsHostOpt = Annotated[
     str,
@@ -103,9 +112,9 @@ def _ledger(program: Path | None, db: Path | None) -> Iterator[Ledger]:
         ledger.close()
 
 
-def _aware(now: datetime | None) -> datetime | None:
+def _aware(now: datetime | None, option: str = "--now") -> datetime | None:
     if now is not None and now.tzinfo is None:
-        typer.echo("--now needs a time zone, e.g. 2026-11-20T10:00:00Z", err=True)
+        typer.echo(f"{option} needs a time zone, e.g. 2026-11-20T10:00:00Z", err=True)
         raise typer.Exit(2)
     return now
 
@@ -176,18 +185,28 @@ def balance(
     member: str,
     program: ProgramOpt = None,
     db: DbOpt = None,
-    now: NowOpt = None,
+    as_of: AsOfOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """A member's balance (points already due to expire are never shown as available)."""
+    """A member's balance (points already due to expire are never shown as available).
+
+    With --as-of (or --now) a past instant, the balance as the ledger stood then: the
+    entries in recorded order up to the first one effective after it (docs/architecture.md).
+    """
     from services.tiers.rebuild import balance_tier_fields
 
+    at = _aware(as_of, "--as-of")
     with _ledger(program, db) as ledger:
-        found = ledger.balance(member, _aware(now))
+        try:
+            found = ledger.balance(member, at)
+        except Declined as exc:
+            typer.echo(exc.detail, err=True)
+            raise typer.Exit(2) from None
         if found is None:
             typer.echo(f"{member} is not a member", err=True)
             raise typer.Exit(1)
-        held_until, progress = balance_tier_fields(ledger.app, member, found.as_of)
+        through = None if at is None else found.entries  # as of then: its entries so far
+        held_until, progress = balance_tier_fields(ledger.app, member, found.as_of, through)
     if as_json:
         shown = _balance_json(found)
         shown["tier_held_until"] = held_until.isoformat() if held_until else None

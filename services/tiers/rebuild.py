@@ -53,19 +53,26 @@ def tier_differences(app: LedgerApplication) -> list[str]:
     return found
 
 
-def tier_progress(app: LedgerApplication, member_id: str, now: datetime) -> Progress | None:
-    """Where a member stands toward the next tier, from its history (None: no tiers)."""
-    if not app.program.tiers:
+def tier_progress(
+    app: LedgerApplication, member_id: str, now: datetime, through: int | None = None
+) -> Progress | None:
+    """Where a member stands toward the next tier, from its history (None: no tiers); with
+    `through`, from its entries up to that one (seq) only: a balance as of a past instant
+    (0: before the member's first entry, None)."""
+    if not app.program.tiers or through == 0:
         return None
-    state, _ = recompute(app.program, member_id, member_facts(app, member_id), now)
+    facts = member_facts(app, member_id)
+    if through is not None:
+        facts = [f for f in facts if f.position <= through]
+    state, _ = recompute(app.program, member_id, facts, now)
     return progress(app.program, state, now)
 
 
 def balance_tier_fields(
-    app: LedgerApplication, member_id: str, now: datetime
+    app: LedgerApplication, member_id: str, now: datetime, through: int | None = None
 ) -> tuple[datetime | None, TierProgressOut | None]:
     """(held until, progress) for balance responses; (None, None) without tiers."""
-    return _fields(app, tier_progress(app, member_id, now))
+    return _fields(app, tier_progress(app, member_id, now, through))
 
 
 class TierProgressCache:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from services.ledger.bootstrap import EXAMPLES
 from services.ledger.cli import app
 
 runner = CliRunner()
+EVENTS = EXAMPLES / "what-if-events.jsonl"
 
 
 @pytest.fixture
@@ -111,6 +113,56 @@ def test_adjust_needs_a_reason_and_records_the_actor(env: Path, tmp_path: Path) 
     assert entry["entry_type"] == "points_adjusted"
     assert entry["provenance"]["origin"]["actor"] == "ops-1"
     assert entry["details"]["reason"] == "goodwill"
+
+
+def test_balance_as_of_a_past_date_is_the_balance_then(env: Path) -> None:
+    """m-ana in what-if-events.jsonl, all ingested on 2026-11-20 (LOYALTY_NOW):
+
+    seq effective         entry                        available  lifetime
+    1   11-02 13:00       enrolled                          0         0
+    2   11-02 13:00       signup +10                       10        10
+    3   11-02 14:00       purchase +12                     22        22
+    4   11-03 14:00       purchase +16 (double Tuesday)    38        38
+    5   11-04 09:00       review +5                        43        43
+    6   11-10 14:00       pastry -35                        8        43
+    7   11-02 13:00       tier green (the embedded tier policy, after the batch)
+    """
+    assert runner.invoke(app, ["ingest", str(EVENTS)]).exit_code == 0
+
+    def balance(*options: str) -> dict[str, Any]:
+        result = runner.invoke(app, ["balance", "m-ana", "--json", *options])
+        assert result.exit_code == 0, result.output
+        shown: dict[str, Any] = json.loads(result.stdout)
+        return shown
+
+    before = balance("--as-of", "2026-11-01T00:00:00Z")
+    assert (before["available"], before["lifetime_earned"], before["tier"]) == (0, 0, None)
+    assert (before["as_of_position"], before["tier_progress"]) == (0, None)
+    # The newest entry effective by then would be #7, whose balance-after (8) counts the
+    # pastry of 11-10: not the balance of 11-02.
+    first = balance("--now", "2026-11-02T13:30:00Z")
+    assert (first["available"], first["lifetime_earned"], first["tier"]) == (10, 10, "green")
+    assert first["tier_progress"]["qualifying_value"] == 10
+    assert first["as_of"] == "2026-11-02T13:30:00+00:00"
+    tuesday = balance("--as-of", "2026-11-03T23:59:59-05:00")  # 11-04 04:59 UTC
+    assert (tuesday["available"], tuesday["lifetime_earned"]) == (38, 38)
+    before_pastry = balance("--as-of", "2026-11-10T13:59:59Z")
+    assert (before_pastry["available"], before_pastry["lifetime_earned"]) == (43, 43)
+    after_pastry = balance("--as-of", "2026-11-10T14:00:00Z")
+    assert (after_pastry["available"], after_pastry["lifetime_earned"]) == (8, 43)
+    now = balance()
+    assert (now["available"], now["lifetime_earned"], now["tier"]) == (8, 43, "green")
+    assert now["as_of_position"] == after_pastry["as_of_position"]
+
+    text = runner.invoke(app, ["balance", "m-ana", "--as-of", "2026-11-02T13:30:00Z"])
+    assert text.stdout.startswith("m-ana: 10 available, 0 pending, 0 held; lifetime 10;")
+    assert "(as of 2026-11-02T13:30:00+00:00, ledger position " in text.stdout
+    naive = runner.invoke(app, ["balance", "m-ana", "--as-of", "2026-11-02T13:30:00"])
+    assert naive.exit_code == 2
+    assert "needs a time zone" in naive.stderr
+    far = runner.invoke(app, ["balance", "m-ana", "--as-of", "9999-12-31T23:00:00-05:00"])
+    assert far.exit_code == 2
+    assert "as_of must be in the years" in far.stderr
 
 
 def test_program_validate_names_the_field(tmp_path: Path) -> None:

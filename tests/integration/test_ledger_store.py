@@ -256,6 +256,101 @@ def test_balance_never_shows_expired_points_before_the_scheduler_runs(
     assert soon.expiring[30] == 3
 
 
+def test_balance_as_of_a_past_instant_is_the_balance_then(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    """Entries on several days, one of them recorded late (back-dated), then expiries.
+
+    seq effective  entry                          balance after (available, pending)
+    1   day 0      enrolled                        0,  0
+    2   day 0      signup +5 (L2)                  5,  0
+    3   day 0      purchase o-1 +50 pending (L3)   5, 50
+    4   day 1      review +3 (L4)                  8, 50
+    5   day 2      L3 released (made on day 3)    58,  0
+    6   day 3      mug -30: L2 5, L3 25           28,  0
+    7   day 1 6h   purchase o-2 +20 (L7), sent    48,  0
+                   on day 5: released at once
+    8   day 31     L3 expires (25)                23,  0
+    9   day 32     L4 expires (3)                 20,  0
+    10  day 32 6h  L7 expires (20)                 0,  0
+    """
+    day = timedelta(days=1)
+    ledger.app.apply_batch(
+        [
+            _file(_event("e-enrol", "member.enrolled", "m-1", T0)),
+            _file(_purchase("e-1", "m-1", "o-1", 5000), line=2),
+        ]
+    )
+    clock.set(T0 + day)
+    ledger.app.apply_batch(
+        [_file(_event("e-2", "activity.completed", "m-1", T0 + day, activity="review"), line=3)]
+    )
+    clock.set(T0 + 3 * day)
+    ledger.app.apply_batch(
+        [
+            _file(
+                _event(
+                    "e-3",
+                    "redemption.requested",
+                    "m-1",
+                    T0 + 3 * day,
+                    redemption_id="x",
+                    reward_id="mug",
+                ),
+                line=4,
+            )
+        ]
+    )
+    clock.set(T0 + 5 * day)
+    ledger.app.apply_batch(
+        [_file(_purchase("e-4", "m-1", "o-2", 2000, at=T0 + day + timedelta(hours=6)), line=5)]
+    )
+    clock.set(T0 + 40 * day)
+    assert ledger.tick() == 3
+    rows = {r.seq: r for r in ledger.statement("m-1")}
+    assert [rows[s].entry_type for s in sorted(rows)] == [
+        "enrolled",
+        "points_earned",
+        "points_earned",
+        "points_earned",
+        "pending_released",
+        "points_redeemed",
+        "points_earned",
+        "points_expired",
+        "points_expired",
+        "points_expired",
+    ]
+
+    # as of: (available, pending, lifetime, expiring 30/60/90 d, the last entry counted)
+    expected = {
+        T0 - timedelta(seconds=1): (0, 0, 0, (0, 0, 0), 0),  # before the first entry
+        T0: (5, 50, 55, (0, 55, 55), 3),  # L2 and L3 expire on day 31
+        # Not the late purchase (effective day 1 6h): the ledger only recorded it after
+        # entries effective later (days 2 and 3), so it was not in the ledger then. Its
+        # balance-after (48) counts those later entries: it is no balance of this instant.
+        T0 + day + timedelta(hours=12): (8, 50, 58, (55, 58, 58), 4),
+        T0 + 2 * day + timedelta(hours=12): (58, 0, 58, (58, 58, 58), 5),
+        T0 + 4 * day: (48, 0, 78, (48, 48, 48), 7),  # the late purchase, after the mug
+        T0 + 31 * day + timedelta(hours=12): (23, 0, 78, (23, 23, 23), 8),
+        T0 + 40 * day: (0, 0, 78, (0, 0, 0), 10),  # after the last entry: as now
+    }
+    for at, (available, pending, lifetime, expiring, seq) in expected.items():
+        found = ledger.balance("m-1", at)
+        assert found is not None
+        shown = (
+            found.available,
+            found.pending,
+            found.lifetime_earned,
+            (found.expiring[30], found.expiring[60], found.expiring[90]),
+            found.as_of_position,
+        )
+        position = rows[seq].position if seq else 0
+        assert shown == (available, pending, lifetime, expiring, position), at
+        assert (found.held, found.as_of, found.entries) == (0, at, seq)
+    assert ledger.balance("m-1") == ledger.balance("m-1", clock.now())
+    assert ledger.balance("m-nobody", T0) is None
+
+
 def test_projection_rebuilt_from_zero_equals_the_live_one(ledger: Ledger) -> None:
     ledger.app.apply_batch(
         [_file(_purchase(f"e-{i}", f"m-{i % 3}", f"o-{i}", 100 * i), line=i) for i in range(1, 30)]

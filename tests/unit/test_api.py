@@ -193,6 +193,65 @@ def test_balance_shows_every_figure(client: TestClient, clock: FixedClock) -> No
     assert b["as_of_position"] > 0
 
 
+def test_balance_as_of_an_instant_is_the_balance_then(
+    client: TestClient, clock: FixedClock
+) -> None:
+    """seq 1 enrolled and 2 purchase +10 pending (day 0); 3 released (effective day 2,
+    recorded on day 3 by the review's command); 4 review +3 (day 3)."""
+    assert client.post("/v1/events", json=purchase("e-1", "m-1", 1000), headers=CHECKOUT)
+    clock.advance(timedelta(days=3))
+    review = {**event("e-2", "activity.completed", "m-1", activity="review")}
+    review["occurred_at"] = clock.now().isoformat()
+    assert client.post("/v1/events", json=review, headers=CHECKOUT).status_code == 201
+
+    def as_of(at: datetime) -> dict[str, Any]:
+        r = client.get("/v1/members/m-1/balance", params={"as_of": at.isoformat()}, headers=READER)
+        assert r.status_code == 200, r.text
+        found: dict[str, Any] = r.json()
+        assert datetime.fromisoformat(found["as_of"]) == at
+        return found
+
+    def figures(b: dict[str, Any]) -> tuple[int, int, int, int]:
+        return b["available"], b["pending"], b["held"], b["lifetime_earned"]
+
+    day = timedelta(days=1)
+    before = as_of(T0 - timedelta(hours=1))  # before the member's first entry
+    assert figures(before) == (0, 0, 0, 0)
+    assert (before["as_of_position"], before["expiring"]) == (0, {"30d": 0, "60d": 0, "90d": 0})
+    assert figures(as_of(T0)) == (0, 10, 0, 10)
+    assert figures(as_of(T0 + day)) == (0, 10, 0, 10)
+    released = as_of(T0 + 2 * day + timedelta(hours=12))
+    assert figures(released) == (10, 0, 0, 10)
+    assert released["expiring"] == {"30d": 10, "60d": 10, "90d": 10}  # on 2026-04-02
+    now = client.get("/v1/members/m-1/balance", headers=READER).json()
+    assert figures(now) == (13, 0, 0, 13)
+    assert figures(as_of(T0 + 3 * day)) == (13, 0, 0, 13)
+    assert now["as_of_position"] > released["as_of_position"] > before["as_of_position"]
+
+
+@pytest.mark.parametrize(
+    ("as_of", "says"),
+    [
+        ("yesterday", "query.as_of"),
+        ("2026-03-02T12:00:00", "timezone"),  # no zone
+        ("2026-02-30T12:00:00Z", "query.as_of"),
+        ("9999-12-31T23:00:00-05:00", "years"),  # would overflow in UTC
+        ("0001-01-01T00:00:00+05:00", "years"),
+    ],
+)
+def test_a_bad_as_of_is_422_with_a_reason(client: TestClient, as_of: str, says: str) -> None:
+    assert client.post("/v1/events", json=purchase("e-1", "m-1", 1000), headers=CHECKOUT)
+    r = client.get("/v1/members/m-1/balance", params={"as_of": as_of}, headers=READER)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_input"
+    assert says in r.json()["reason"]
+
+
+def test_balance_as_of_for_an_unknown_member_is_404(client: TestClient) -> None:
+    r = client.get("/v1/members/m-404/balance", params={"as_of": T0.isoformat()}, headers=READER)
+    assert (r.status_code, r.json()["code"]) == (404, "unknown_member")
+
+
 def test_statement_pages_by_cursor_with_provenance(client: TestClient) -> None:
     for i in range(4):
         client.post("/v1/events", json=purchase(f"e-{i}", "m-1", 1000), headers=CHECKOUT)

@@ -16,6 +16,7 @@ from psycopg.sql import SQL, Identifier
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.views import (
     BalanceRow,
+    BalanceSources,
     EntryRow,
     HoldRow,
     LedgerView,
@@ -51,6 +52,11 @@ def _table_statements(p: str) -> list[str]:
         "position BIGINT PRIMARY KEY, member_id TEXT NOT NULL, seq BIGINT NOT NULL, "
         "entry_type TEXT NOT NULL, effective_at TEXT NOT NULL, body TEXT NOT NULL)",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {p}entries_member ON {p}entries (member_id, seq)",
+        # Balances as of an instant: a member's entries by effective time, and tier changes.
+        f"CREATE INDEX IF NOT EXISTS {p}entries_effective "
+        f"ON {p}entries (member_id, effective_at, seq)",
+        f"CREATE INDEX IF NOT EXISTS {p}entries_tier_set ON {p}entries (member_id, seq) "
+        "WHERE entry_type = 'tier_assigned'",
         f"CREATE TABLE IF NOT EXISTS {p}holds ("
         "hold_id TEXT PRIMARY KEY, member_id TEXT NOT NULL, reference TEXT NOT NULL, "
         "points BIGINT NOT NULL, status TEXT NOT NULL, captured BIGINT NOT NULL, "
@@ -251,6 +257,55 @@ class SqlLedgerView:
                 found[r["member_id"]].append(self._lot(r))
         return found
 
+    def balance_sources(self, member_id: str, at: datetime) -> BalanceSources | None:
+        """The member's balance and lots now, the entries from the last one counted as of
+        `at` onward and the tier change in force then, in one snapshot (BalanceSources).
+
+        Indexed reads: the index entries of the entries effective after `at`, and the rows
+        recorded from the last one counted on; what was recorded since `at`, not the
+        member's whole history."""
+        p = self.prefix
+        when = _ts(at)
+        with self._tx(commit=False) as c:
+            self._snapshot(c)
+            self._run(c, f"SELECT * FROM {p}balances WHERE member_id = ?", (member_id,))
+            found = c.fetchall()
+            if not found:
+                return None
+            self._run(
+                c,
+                f"SELECT * FROM {p}entries WHERE member_id = ? AND seq >= ("
+                f"SELECT MIN(seq) FROM {p}entries WHERE member_id = ? AND effective_at > ?"
+                ") - 1 ORDER BY seq",
+                (member_id, member_id, when),
+            )
+            since = self._entry_rows(c.fetchall())
+            tier_set: list[EntryRow] = []
+            if since:
+                self._run(
+                    c,
+                    f"SELECT * FROM {p}entries WHERE member_id = ? "
+                    "AND entry_type = 'tier_assigned' AND effective_at <= ? "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (member_id, when),
+                )
+                tier_set = self._entry_rows(c.fetchall())
+            self._run(
+                c,
+                f"SELECT * FROM {p}lots WHERE member_id = ? ORDER BY lot_id",
+                (member_id,),
+            )
+            lots = [self._lot(r) for r in c.fetchall()]
+        return BalanceSources(
+            balance=self._balance(found[0]),
+            lots=lots,
+            since=since,
+            tier_set=tier_set[0] if tier_set else None,
+        )
+
+    def _snapshot(self, cursor: Any) -> None:
+        """Make the reads of this transaction see one snapshot of the database."""
+
     def published_entries(self, first: int, last: int) -> list[tuple[int, str, str, str]]:
         """(position, member_id, entry_type, body as JSON text) for positions first..last."""
         with self._tx(commit=False) as c:
@@ -362,6 +417,8 @@ class SqlLedgerView:
 
 
 class SQLiteLedgerView(SqlLedgerView, SQLiteTrackingRecorder):
+    # A SQLite transaction reads one snapshot already (BEGIN, then the first read).
+
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_table_statements(self.prefix)]
 
@@ -383,6 +440,10 @@ class PostgresLedgerView(SqlLedgerView, PostgresTrackingRecorder):
 
     def _q(self, sql: str) -> Any:
         return SQL(sql.replace("?", "%s"))
+
+    def _snapshot(self, cursor: Any) -> None:
+        # READ COMMITTED (the default) would let each statement see a later commit.
+        cursor.execute(SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
 
     def _tx(self, *, commit: bool) -> AbstractContextManager[Any]:
         return self.datastore.transaction(commit=commit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -115,3 +116,13 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
         note=event.note,
         details=details,
     )
+
+
+def lifetime_change(entry_type: str, details: Mapping[str, Any]) -> int:
+    """How an entry changes the points a member has earned in all (`lifetime_earned`): an
+    earn adds its points, a refund takes back what it reversed, forgave or found expired."""
+    if entry_type == "points_earned":
+        return int(details["points"])
+    if entry_type == "points_reversed":
+        return -int(details["points"]) - int(details["forgiven"]) - int(details["already_expired"])
+    return 0

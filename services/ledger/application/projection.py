@@ -12,7 +12,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
-from services.ledger.application.entries import entry_message
+from services.ledger.application.entries import entry_message, lifetime_change
 from services.ledger.application.views import (
     BalanceRow,
     EntryRow,
@@ -72,13 +72,11 @@ class LedgerProjection:
         message = entry_message(event, position)
         member = message.member_id
         row = current.get(member)
-        lifetime = row.lifetime_earned if row else 0
+        lifetime = (row.lifetime_earned if row else 0) + lifetime_change(
+            message.entry_type, message.details
+        )
         tier = row.tier if row else None
-        if isinstance(event, MemberAccount.PointsEarned):
-            lifetime += event.points
-        elif isinstance(event, MemberAccount.PointsReversed):
-            lifetime -= event.points + event.forgiven + event.already_expired
-        elif isinstance(event, MemberAccount.TierAssigned):
+        if isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier
         updated: datetime = message.recorded_at
         current[member] = changes.balances[member] = BalanceRow(

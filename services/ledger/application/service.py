@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from services.ledger.application import commands
 from services.ledger.application.commands import Done
+from services.ledger.application.entries import lifetime_change
 from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
 from services.ledger.application.projection import LedgerProjection
 from services.ledger.application.view_switch import active_prefix, other_prefix, record_switch
-from services.ledger.application.views import BalanceRow, EntryRow, HoldRow, LedgerView
+from services.ledger.application.views import (
+    BalanceRow,
+    BalanceSources,
+    EntryRow,
+    HoldRow,
+    LedgerView,
+)
+from services.ledger.domain.errors import Declined
 from services.ledger.domain.holds import HoldRecord
-from services.ledger.domain.lots import Lot, next_due
+from services.ledger.domain.lots import PENDING, Lot, created_by, next_due
 from services.ledger.domain.provenance import Origin
 
 EXPIRING_WINDOWS = (30, 60, 90)
@@ -33,6 +41,7 @@ class MemberBalanceView:
     expiring: dict[int, int]
     as_of: datetime
     as_of_position: int
+    entries: int = 0  # the member's entries it counts: the last one's seq (0: none yet)
 
 
 def balance_as_of(row: BalanceRow, lots: Iterable[Lot], now: datetime) -> MemberBalanceView:
@@ -68,7 +77,98 @@ def balance_as_of(row: BalanceRow, lots: Iterable[Lot], now: datetime) -> Member
         expiring=expiring,
         as_of=now,
         as_of_position=row.position,
+        entries=row.entries,
     )
+
+
+# Instants a balance can be asked for: far enough from datetime's limits that converting
+# to UTC and looking 90 days ahead (or a qualification period back) cannot overflow.
+AS_OF_YEARS = (1900, 8999)
+
+
+def check_as_of(at: datetime) -> None:
+    """Refuse an instant a balance cannot be worked out for (no time zone, out of range)."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise Declined("invalid_input", "as_of needs a time zone, e.g. 2026-11-20T10:00:00Z")
+    first, last = AS_OF_YEARS
+    if not first <= at.year <= last:
+        raise Declined("invalid_input", f"as_of must be in the years {first} to {last}")
+
+
+def balance_then(sources: BalanceSources, at: datetime) -> MemberBalanceView:
+    """The member's balance as the ledger stood at `at`.
+
+    Entries are taken in the order they were recorded (seq), up to the first one effective
+    after `at`: the balance is the balance-after of the entry before it. That is a state the
+    ledger was in, and it never counts anything effective after `at`; it does count every
+    release and expiry due by then, as each command first records what is due. (The newest
+    entry effective by `at` is not the rule: an entry recorded late with an earlier
+    effective time has a balance-after that counts entries effective later than itself.)
+    An entry back-dated to before `at` but recorded after something effective later is not
+    counted: the ledger had no state with it and without the later one. Lifetime and lots
+    are those after the same entry (today's, less what was recorded after it); the tier is
+    the one set by the newest-recorded tier change effective by `at`. With no entry
+    effective after `at` it is today's balance, with what is due by `at` (`balance_as_of`).
+    """
+    row, since = sources.balance, sources.since
+    if not since:
+        return balance_as_of(row, sources.lots, at)
+    if since[0].effective_at > at:  # the member's first entry: nothing yet
+        return balance_as_of(_nothing(row.member_id, at), (), at)
+    counted, later = since[0], since[1:]
+    after = counted.body["balance_after"]
+    lifetime = row.lifetime_earned - sum(
+        lifetime_change(e.entry_type, e.body["details"]) for e in later
+    )
+    then = BalanceRow(
+        member_id=row.member_id,
+        available=after["available"],
+        pending=after["pending"],
+        held=after["held"],
+        lifetime_earned=lifetime,
+        tier=sources.tier_set.body["details"]["tier"] if sources.tier_set else None,
+        entries=counted.seq,
+        position=counted.position,
+        updated_at=counted.effective_at,
+    )
+    return balance_as_of(then, lots_before(sources.lots, later), at)
+
+
+def _nothing(member_id: str, at: datetime) -> BalanceRow:
+    return BalanceRow(member_id, 0, 0, 0, 0, None, entries=0, position=0, updated_at=at)
+
+
+def lots_before(lots: Iterable[Lot], later: Sequence[EntryRow]) -> list[Lot]:
+    """The lots as they were before the `later` entries (in recorded order), from the lots
+    as they are now: lots those entries created are left out, and a lot they touched is as
+    the first of them found it (its state after that entry, less that entry's moves on it,
+    pending again if that entry released it)."""
+    if not later:
+        return list(lots)
+    first_later = later[0].seq
+    before: dict[str, tuple[int, str]] = {}
+    for entry in later:
+        body = entry.body
+        moved: dict[str, int] = {}
+        for move in body["moves"]:
+            moved[move["lot_id"]] = moved.get(move["lot_id"], 0) + move["amount"]
+        released = body["details"].get("lot_id") if entry.entry_type == "pending_released" else None
+        for lot in body["lots_after"]:
+            lot_id = lot["lot_id"]
+            if lot_id not in before:
+                status = PENDING if lot_id == released else lot["status"]
+                before[lot_id] = (lot["remaining"] - moved.get(lot_id, 0), status)
+    found = []
+    for lot in lots:
+        made = created_by(lot.lot_id)
+        if made is not None and made >= first_later:
+            continue
+        if lot.lot_id in before:
+            remaining, status = before[lot.lot_id]
+            found.append(replace(lot, remaining=remaining, status=status))
+        else:
+            found.append(lot)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +250,16 @@ class Ledger:
     # ------------------------------------------------------------------ reads
 
     def balance(self, member_id: str, now: datetime | None = None) -> MemberBalanceView | None:
-        row = self.view.balance(member_id)
-        if row is None:
-            return None
-        return balance_as_of(row, self.view.lots(member_id), now or self.app.clock.now())
+        """The balance now, or as the ledger stood at `now` (`balance_then`; a later instant
+        counts what will be due by then). None for a member with no entries at all."""
+        if now is None:
+            row = self.view.balance(member_id)
+            if row is None:
+                return None
+            return balance_as_of(row, self.view.lots(member_id), self.app.clock.now())
+        check_as_of(now)
+        sources = self.view.balance_sources(member_id, now)
+        return None if sources is None else balance_then(sources, now)
 
     def statement(
         self, member_id: str, *, before_seq: int | None = None, limit: int = 50

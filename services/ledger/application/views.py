@@ -47,6 +47,22 @@ class HoldRow:
     resolved_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class BalanceSources:
+    """What a member's balance as of an instant is worked out from, read in one snapshot.
+
+    `since` holds the member's entries from the last one the balance counts onward, in the
+    order they were recorded: the entries before the first one effective after the instant
+    are counted, that one and everything recorded after it are not. It is empty when no
+    entry is effective after the instant (the balance is today's, with what is due by
+    then). `tier_set` is the newest-recorded tier change effective by the instant."""
+
+    balance: BalanceRow
+    lots: list[Lot]
+    since: list[EntryRow]
+    tier_set: EntryRow | None
+
+
 @dataclass
 class ViewChanges:
     """Everything one projection batch writes, applied with its tracking position."""
@@ -77,6 +93,8 @@ class LedgerView(Protocol):
     def lots(self, member_id: str) -> list[Lot]: ...
 
     def lots_of(self, member_ids: list[str]) -> dict[str, list[Lot]]: ...
+
+    def balance_sources(self, member_id: str, at: datetime) -> BalanceSources | None: ...
 
     def published_entries(self, first: int, last: int) -> list[tuple[int, str, str, str]]: ...
 

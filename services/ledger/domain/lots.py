@@ -108,3 +108,10 @@ def allocate(lots: Iterable[Lot], amount: int, now: datetime) -> tuple[LotMove, 
 
 def spendable_total(lots: Iterable[Lot], now: datetime) -> int:
     return sum(lot.remaining for lot in spendable(lots, now))
+
+
+def created_by(lot_id: str) -> int | None:
+    """The number (seq) of the entry that created a lot: a member account names every new
+    lot after the entry that creates it, `L<seq>`. None for a name not made so."""
+    number = lot_id.removeprefix("L")
+    return int(number) if lot_id.startswith("L") and number.isdigit() else None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from pydantic import AwareDatetime
 
 from schemas.limits import ID_PATTERN, MAX_ID_LENGTH
 from schemas.outbound import LedgerEntry
@@ -36,12 +37,13 @@ MemberId = Annotated[
 RequestId = Annotated[str | None, Header(alias="X-Request-Id", max_length=128)]
 
 
-def _balance(ledger: Ledger, member_id: str) -> Balance:
+def _balance(ledger: Ledger, member_id: str, as_of: datetime | None = None) -> Balance:
     ledger.projection.run()
-    found = ledger.balance(member_id)
+    found = ledger.balance(member_id, as_of)  # Declined invalid_input for an unusable as_of
     if found is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")
-    held_until, progress = balance_tier_fields(ledger.app, member_id, found.as_of)
+    through = None if as_of is None else found.entries  # as of then: its entries so far
+    held_until, progress = balance_tier_fields(ledger.app, member_id, found.as_of, through)
     return convert.balance(found, held_until, progress)
 
 
@@ -73,9 +75,23 @@ def find_members(
     response_model=Balance,
     responses=ERRORS,
 )
-def get_balance(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> Balance:
-    """Available, pending, held, lifetime, tier, expiring in 30/60/90 days, as-of position."""
-    return _balance(ledger, member_id)
+def get_balance(
+    member_id: MemberId,
+    ledger: LedgerDep,
+    _: MembersReader,
+    as_of: Annotated[
+        AwareDatetime | None,
+        Query(
+            description="RFC 3339 instant with a zone: the balance as the ledger stood then "
+            "(zeros before the member's first entry); default now"
+        ),
+    ] = None,
+) -> Balance:
+    """Available, pending, held, lifetime, tier, expiring in 30/60/90 days, as-of position.
+
+    With `as_of`, the balance as the ledger stood at that instant: the member's entries in
+    the order they were recorded, up to the first one effective after it."""
+    return _balance(ledger, member_id, as_of)
 
 
 @router.get(
