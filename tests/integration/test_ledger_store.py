@@ -381,25 +381,38 @@ def test_verify_detects_a_projection_that_drifted(ledger: Ledger) -> None:
 
 
 def test_an_account_cached_by_one_process_and_changed_by_another_is_never_overwritten(
-    store_env: dict[str, str], clock: FixedClock
+    store_env: dict[str, str], clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each ledger process caches the accounts it wrote. When another process writes one of
-    them meanwhile, the stale copy must not be saved: the batch fails as a whole, the stale
-    account leaves the cache, and the same batch applied again sees the other's entry."""
+    """Each ledger process caches the accounts it wrote. A batch first brings its cached
+    copies up to the store, so one that another process wrote meanwhile is applied on top of
+    the other's entry. One written after that check is not saved either: the batch fails as
+    a whole, the account leaves the cache, and the same batch applied again sees the entry."""
     first = build_ledger(program=PROGRAM, clock=clock, env=store_env)
     second = build_ledger(program=PROGRAM, clock=clock, env=store_env)
     try:
         first.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 1000))])  # cached by first
         second.app.apply_batch([_file(_purchase("e-2", "m-1", "o-2", 500))])
+        outcomes = first.app.apply_batch([_file(_purchase("e-3", "m-1", "o-3", 700))])
+        assert [o.status for o in outcomes] == ["applied"]
+        assert _balance(first, "m-1") == (0, 22)
+
+        checked = first.app._prefetch
+
+        def then_written_by_second(*args: Any) -> None:
+            checked(*args)
+            second.app.apply_batch([_file(_purchase("e-4", "m-1", "o-4", 300))])
+
+        monkeypatch.setattr(first.app, "_prefetch", then_written_by_second)
         retry = [
-            _file(_purchase("e-3", "m-1", "o-3", 700)),
-            _file(_purchase("e-4", "m-2", "o-4", 100)),
+            _file(_purchase("e-5", "m-1", "o-5", 400)),
+            _file(_purchase("e-6", "m-2", "o-6", 100)),
         ]
         with pytest.raises(IntegrityError):
             first.app.apply_batch(retry)
+        monkeypatch.undo()
         outcomes = first.app.apply_batch(retry)
         assert [o.status for o in outcomes] == ["applied", "applied"]
-        assert _balance(first, "m-1") == (0, 22)
+        assert _balance(first, "m-1") == (0, 29)
         assert _balance(first, "m-2") == (0, 1)
         assert verify(first.app, first.view).ok
     finally:

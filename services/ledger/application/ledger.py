@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import islice
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
@@ -45,7 +46,7 @@ from schemas import (
     parse_inbound,
     payload_digest,
 )
-from services.ledger.application.batch_reads import select_events_of
+from services.ledger.application.batch_reads import select_events_after, select_events_of
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.transcodings import register_value_types
 from services.ledger.domain.account import MemberAccount, account_id
@@ -124,11 +125,14 @@ class LedgerApplication(Application[UUID]):
         super().__init__(env)
         self.program = program
         self.clock = clock
-        # Accounts as last saved by this process, so a batch does not replay them from the
-        # store. A cached account that another process has written since is stale: its next
-        # save conflicts on the account's version, the batch fails as a whole, and every
-        # account the batch touched is dropped from the cache, so the retry reads the store.
+        # Accounts as this process last saw them stored, so a batch does not replay them from
+        # the store. Another process may write them meanwhile, so every unit of work (a batch,
+        # a command, a scheduler chunk, a re-drive) first brings the copies it will use up to
+        # the store in one query (`_begin`): nothing, a refusal included, is decided from a
+        # stale copy. A write between that query and the save conflicts on the account's
+        # version: the unit fails as a whole and its accounts are dropped from the cache.
         self._accounts: OrderedDict[str, MemberAccount] = OrderedDict()
+        self._checked: set[str] = set()  # cached accounts brought up to date in this unit
         self._cache_size = int(self.env.get("LEDGER_ACCOUNT_CACHE", "50000") or 0)
         self._writing = threading.RLock()
         self._record_program(program)
@@ -439,9 +443,11 @@ class LedgerApplication(Application[UUID]):
         return found
 
     def _prefetch(self, batch: _Batch, events: Sequence[InboundEvent]) -> None:
-        """Read the batch's accounts that are not cached in one query."""
+        """Bring the batch's cached accounts up to the store (one query) and read the ones
+        that are not cached (one more query)."""
         members = {event.member_id for event in events}
         members |= {e.data.referee_member_id for e in events if isinstance(e, ReferralQualified)}
+        self._begin(m for m in members if m not in batch.accounts)
         wanted = {
             account_id(m): m for m in members if m not in self._accounts and m not in batch.accounts
         }
@@ -465,11 +471,42 @@ class LedgerApplication(Application[UUID]):
     # ---------------------------------------------------------- account cache
 
     def _account_for_write(self, member_id: str) -> MemberAccount | None:
+        if member_id in self._accounts and member_id not in self._checked:
+            self._refresh([member_id])  # not among the ones `_begin` was given: check it now
         cached = self._accounts.get(member_id)
         if cached is not None:
             self._accounts.move_to_end(member_id)
             return cached
         return self.find_account(member_id)
+
+    def _begin(self, members: Iterable[str]) -> None:
+        """Start a unit of work that will use `members`' accounts: bring this process's cached
+        copies of them up to the store, in one query whatever their histories' lengths."""
+        self._checked = set()
+        self._refresh(members)
+
+    def _refresh(self, members: Iterable[str]) -> None:
+        """Apply to each cached copy among `members` what was stored after its version
+        (another process's writes), read for all of them in one query. A copy at least a
+        snapshot interval behind is loaded again instead, from its latest snapshot."""
+        fresh = [m for m in dict.fromkeys(members) if m not in self._checked]
+        self._checked.update(fresh)
+        cached = {account_id(m): m for m in fresh if m in self._accounts}
+        if not cached:
+            return
+        limit = self.snapshotting_intervals[MemberAccount]
+        versions = {aid: self._accounts[m].version for aid, m in cached.items()}
+        for aggregate_id, stored in select_events_after(self.recorder, versions, limit).items():
+            member = cached[aggregate_id]
+            account: Any = self._accounts.pop(member)  # back only once brought up to date
+            if len(stored) >= limit:  # maybe more: a snapshot and its tail cost less
+                account = self.find_account(member)
+            else:
+                for record in stored:
+                    event: Any = self.mapper.to_domain_event(record)
+                    account = event.mutate(account)
+            if isinstance(account, MemberAccount):
+                self._accounts[member] = account
 
     def _remember(self, accounts: dict[str, MemberAccount | None]) -> None:
         if self._cache_size <= 0:
@@ -484,6 +521,7 @@ class LedgerApplication(Application[UUID]):
     def _forget(self, members: Iterable[str]) -> None:
         for member_id in list(members):
             self._accounts.pop(member_id, None)
+            self._checked.discard(member_id)
 
     def _reject(
         self,
@@ -561,13 +599,15 @@ class LedgerApplication(Application[UUID]):
         missing: Declined | None = None,
         attempts: int = 50,
     ) -> tuple[T, tuple[str, ...]]:
-        """Load (from this process's cache when it has the account), run, save; on a version
-        conflict (another process wrote the account first) start again from the store.
+        """Load (from this process's cache when it has the account, brought up to the store
+        first), run, save; on a version conflict (another process wrote the account between
+        the two) start again from the store.
 
         A declined command keeps the time-driven entries it made first (a due expiry),
         since they were due regardless. Returns the command's result and its entries."""
         for attempt in range(attempts):
             with self._writing:
+                self._begin([member_id])
                 account = self._account_for_write(member_id)
                 if account is None:
                     raise missing or Declined("unknown_member", f"{member_id} is not a member")
@@ -653,23 +693,23 @@ class LedgerApplication(Application[UUID]):
         """Release and expire what is due at `now` for these members; returns entries made."""
         at = now or self.clock.now()
         made = 0
-        chunk: dict[str, MemberAccount | None] = {}
+        remaining = iter(member_ids)
         with self._writing:
-            try:
-                for member_id in member_ids:
-                    account = self._account_for_write(member_id)
-                    if account is None:
-                        continue
-                    made += account.advance(at)
-                    if account.pending_events:
-                        chunk[member_id] = account
-                    if len(chunk) >= 100:
-                        self._save_accounts(chunk)
-                        chunk = {}
-                self._save_accounts(chunk)
-            except BaseException:
-                self._forget(chunk)
-                raise
+            while group := list(islice(remaining, 100)):  # one query and one save per group
+                try:
+                    self._begin(group)
+                    chunk: dict[str, MemberAccount | None] = {}
+                    for member_id in group:
+                        account = self._account_for_write(member_id)
+                        if account is None:
+                            continue
+                        made += account.advance(at)
+                        if account.pending_events:
+                            chunk[member_id] = account
+                    self._save_accounts(chunk)
+                except BaseException:
+                    self._forget(group)
+                    raise
         return made
 
     def _save_accounts(self, accounts: dict[str, MemberAccount | None]) -> None:
