@@ -70,23 +70,6 @@ MetricsHostOpt = Annotated[
         help="Interface /metrics listens on (0.0.0.0 in a container, for Prometheus).",
     ),
 ]
-TiersOpt = Annotated[
-    bool,
-    typer.Option(
-        "--tiers/--no-tiers",
-        envvar="LOYALTY_EMBEDDED_TIERS",
-        help="Run the tier policy in-process afterwards (embedded mode; off when the "
-        "tiers service runs).",
-    ),
-]
-
-
-def _embedded_tiers(ledger: Ledger, now: datetime | None) -> int:
-    from services.tiers.embedded import EmbeddedTiers
-
-    changes = EmbeddedTiers(ledger.app).run(now or ledger.app.clock.now())
-    ledger.projection.run()
-    return changes
 
 
 def _settings(program: Path | None, db: Path | None) -> Settings:
@@ -124,17 +107,14 @@ def ingest(
     events: Annotated[Path, typer.Argument(help="JSON-lines file of inbound events.")],
     program: ProgramOpt = None,
     db: DbOpt = None,
-    tiers: TiersOpt = True,
 ) -> None:
-    """Apply a JSON-lines file of events (same validation and rules as Kafka ingest)."""
+    """Apply a JSON-lines file of events (same validation and rules as Kafka ingest), each
+    as of its own time: a history imported in order gives the ledger live processing gave."""
     if not events.is_file():
         typer.echo(f"no such file: {events}", err=True)
         raise typer.Exit(2)
     with _ledger(program, db) as ledger:
         report = ledger.ingest_lines(events)
-        changes = _embedded_tiers(ledger, None) if tiers else 0
-    if changes:
-        typer.echo(f"{changes} tier changes")
     for line, outcome in report.rejected:
         typer.echo(f"line {line}: rejected ({outcome.reason}): {outcome.detail}", err=True)
     typer.echo(
@@ -289,15 +269,13 @@ def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
 
 
 @app.command()
-def tick(
-    program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None, tiers: TiersOpt = True
-) -> None:
-    """Release pending points and expire lots due now (idempotent for an instant); in
-    embedded mode, also the tier reviews due (period-end downgrades)."""
+def tick(program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None) -> None:
+    """Do the time-driven work due now (idempotent for an instant): release pending points,
+    expire lots and holds, tier period-end reviews, and decline parked events past their
+    deadline."""
     with _ledger(program, db) as ledger:
         made = ledger.tick(_aware(now))
-        changes = _embedded_tiers(ledger, _aware(now)) if tiers else 0
-    typer.echo(f"{made} entries" + (f", {changes} tier changes" if changes else ""))
+    typer.echo(f"{made} entries")
 
 
 @app.command()
@@ -697,28 +675,15 @@ def api_cmd(
             "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker checked by /readyz."
         ),
     ] = None,
-    tiers: Annotated[
-        bool | None,
-        typer.Option(
-            "--tiers/--no-tiers",
-            envvar="LOYALTY_EMBEDDED_TIERS",
-            help="The scheduler runs the tier policy in-process (default: on without "
-            "--bootstrap, i.e. embedded; with Kafka the tiers service decides).",
-        ),
-    ] = None,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console).
-
-    Embedded (no --bootstrap), the scheduler also runs the tier policy, so members reach
-    and lose tiers without a tiers service."""
+    """Serve the HTTP API (/v1, OpenAPI at /docs) and the ops console (/console)."""
     import uvicorn
 
     from services.ledger.api.app import create_app
     from services.ledger.api.auth import KeyStore
     from services.notifier.bootstrap import NotifierSettings, build_notifier
-    from services.tiers.embedded import tier_decider
 
     try:
         keys = KeyStore.from_environment()
@@ -727,7 +692,6 @@ def api_cmd(
         raise typer.Exit(2) from None
     if not keys.names():
         typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
-    embedded_tiers = tiers if tiers is not None else bootstrap is None
     with _ledger(program, db) as ledger:
         # The notifier's stores (LOYALTY_NOTIFIER_DB): contacts, opt-outs, notices sent.
         try:
@@ -744,7 +708,6 @@ def api_cmd(
                     keys,
                     tick_seconds=tick_seconds,
                     bootstrap=bootstrap,
-                    tiers=tier_decider(ledger.app) if embedded_tiers and tick_seconds > 0 else None,
                     notifier=notifier,
                 ),
                 host=host,

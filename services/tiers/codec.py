@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.tiers.policy import Contribution, TierState
+from services.ledger.domain.tier_policy import Contribution, TierState
 
 
 def _time(value: datetime | None) -> str | None:

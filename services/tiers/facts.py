@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from schemas.outbound import LedgerEntry
-from services.tiers.policy import Fact
+from services.ledger.domain.tier_policy import Fact
 
 TIER_CHANGED = "tier.changed"
 

@@ -8,8 +8,8 @@ from schemas.outbound import LedgerEntry
 from services.ledger.application.entries import entry_message
 from services.ledger.application.ledger import LedgerApplication
 from services.ledger.domain.account import MemberAccount, account_id
+from services.ledger.domain.tier_policy import Fact
 from services.tiers.facts import fact_from_entry
-from services.tiers.policy import Fact
 
 
 def ledger_entries(app: LedgerApplication, after: int = 0) -> Iterator[LedgerEntry]:

@@ -7,9 +7,9 @@ import json
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.ledger.adapters.kafka_topics import describe_topics
+from services.ledger.domain.tier_policy import TierState
 from services.tiers.app import APP_ID, TABLE
 from services.tiers.codec import decode_state
-from services.tiers.policy import TierState
 
 
 async def read_live_table(bootstrap: str, app_id: str = APP_ID) -> dict[str, TierState]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from schemas.tiers import TierChanged, TierChangedData
-from services.tiers.policy import TierDecision
+from services.ledger.domain.tier_policy import TierDecision
 
 
 def tier_changed(decision: TierDecision, basis: Literal["points", "spend"]) -> TierChanged:

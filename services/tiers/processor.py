@@ -14,11 +14,11 @@ from typing import Any
 
 from schemas.outbound import LedgerEntry
 from services.ledger.domain.program import Program
+from services.ledger.domain.tier_policy import TierDecision, TierState, advance, apply
 from services.tiers import metrics
 from services.tiers.codec import decode_state, encode_state
 from services.tiers.facts import fact_from_entry
 from services.tiers.messages import encode, tier_changed
-from services.tiers.policy import TierDecision, TierState, advance, apply
 
 Outgoing = tuple[bytes, bytes]  # (key, value) for loyalty.tiers.v1
 

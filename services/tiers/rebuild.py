@@ -7,9 +7,7 @@ from datetime import datetime
 
 from schemas.outbound import LedgerEntry, TierProgressOut
 from services.ledger.application.ledger import LedgerApplication
-from services.tiers.facts import fact_from_entry
-from services.tiers.history import facts_by_member, member_facts
-from services.tiers.policy import (
+from services.ledger.domain.tier_policy import (
     Progress,
     TierDecision,
     TierState,
@@ -18,6 +16,8 @@ from services.tiers.policy import (
     progress,
     recompute,
 )
+from services.tiers.facts import fact_from_entry
+from services.tiers.history import facts_by_member, member_facts
 
 
 @dataclass(frozen=True)

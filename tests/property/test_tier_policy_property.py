@@ -12,8 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ledger.domain.program import Program
+from services.ledger.domain.tier_policy import (
+    Fact,
+    TierDecision,
+    TierState,
+    advance,
+    apply,
+    recompute,
+)
 from services.tiers.codec import decode_state, encode_state
-from services.tiers.policy import Fact, TierDecision, TierState, advance, apply, recompute
 
 M = "m-1"
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -73,9 +73,14 @@ class Member:
     def __init__(self, program: Program, member_id: str = "m-1", at: datetime = T0) -> None:
         self.program = program
         self.account = MemberAccount.enrol(member_id, at, Provenance(Origin("file")), auto=False)
-        (enrolled,) = self.account.collect_events()
+        # A member starts in the program's entry tier (their first command records it).
+        self.account.prepare(program, at, Provenance(Origin("file")))
+        enrolled, *entry_tier = self.account.collect_events()
         assert isinstance(enrolled, MemberAccount.Enrolled)
-        self.events: list[Any] = [enrolled]
+        assert [type(e) for e in entry_tier] == [MemberAccount.TierAssigned] * len(
+            program.tiers[:1]
+        )
+        self.events: list[Any] = [enrolled, *entry_tier]
         self.history: list[Entry] = []
         self._balance = Balances(0, 0, 0)
         self._counter = 0
@@ -251,7 +256,7 @@ class Member:
         return self.take()
 
     def advance(self, now: datetime) -> list[Entry]:
-        made = self.account.advance(now)
+        made = self.account.advance(self.program, now)
         entries = self.take()
         assert made == len(entries)
         return entries
@@ -680,14 +685,14 @@ def test_refund_of_an_unknown_order_or_a_repeated_refund_is_declined() -> None:
 def test_refund_takes_the_orders_pending_points_first(coffee: Program) -> None:
     m = Member(coffee)
     at = datetime(2026, 11, 16, 15, 0, tzinfo=UTC)
-    m.buy("o0", 5000, at - 10 * DAY, now=at)  # 50 available
+    m.buy("o0", 3000, at - 10 * DAY, now=at)  # 30 available (42 in all stays below gold)
     lot = new_lot(m.buy("o1", 1255, at))  # 12 pending
     entry = one(m.refund("o1", "f1", at + DAY, amount_minor=628), MemberAccount.PointsReversed)
     # 12 * 628 // 1255 = 6, all from the order's own pending lot.
     assert (entry.points, entry.forgiven) == (6, 0)
     assert entry.moves == (LotMove(lot.lot_id, -6),)
     assert entry.postings == (Posting(acc.PENDING, -6), Posting(acc.ISSUED, 6))
-    assert m.account.balance == Balances(50, 6, 0)
+    assert m.account.balance == Balances(30, 6, 0)
 
 
 def test_pending_only_takes_only_the_orders_pending_points() -> None:
@@ -889,11 +894,12 @@ def test_every_entry_is_balanced_and_explains_the_balance(retailer: Program) -> 
         "PointsReversed",
         "PointsEarned",
         "PointsAdjusted",
+        "TierAssigned",  # the override's period ends: reviewed (time-driven, like expiry)
         "PointsExpired",
     ]
     # 250 + 3000 + 308 + 124 - 2000 - 1500 - 100 + 75 + 2000 - 308 - 1500 - 1500 = -1151;
     # + 50 + 2000 = 899, which expires.
-    assert [e.balance_after.available for e in m.history][-4:] == [-1151, -1101, 899, 0]
+    assert [e.balance_after.available for e in m.history][-5:] == [-1151, -1101, 899, 899, 0]
     balance = Balances(0, 0, 0)
     for entry in m.history:
         assert sum(p.amount for p in entry.postings) == 0
@@ -931,7 +937,7 @@ def test_provenance_names_event_rule_program_version_and_tier(retailer: Program)
         event_id="buy-o1",
         rule_id="base:GBP",
         program_version=version,
-        tier=None,
+        tier="explorer",  # the entry tier
     )
     m.assign_tier("trailblazer", at)
     after = one(m.buy("o2", 10000, at + DAY, currency="GBP"), MemberAccount.PointsEarned)
@@ -941,6 +947,8 @@ def test_provenance_names_event_rule_program_version_and_tier(retailer: Program)
     assert (after.provenance.program_version, after.provenance.tier) == (version, "trailblazer")
 
     for entry in m.advance(at + 31 * DAY):
+        if isinstance(entry, MemberAccount.TierAssigned):
+            continue  # the override's period ended: reviewed by the scheduler
         assert isinstance(entry, MemberAccount.PendingReleased)
         assert entry.provenance.origin.channel == "scheduler"
         assert entry.provenance.rule_id == "pending_release"
@@ -968,11 +976,16 @@ def test_provenance_names_event_rule_program_version_and_tier(retailer: Program)
 
     expired = m.advance(datetime(2029, 1, 1, tzinfo=UTC))
     assert expired
-    for entry in expired:
+    tier = "trailblazer"
+    for entry in expired:  # in due-time order: the override's review comes in between
+        if isinstance(entry, MemberAccount.TierAssigned):
+            assert (entry.provenance.origin.channel, entry.previous) == ("scheduler", tier)
+            tier = entry.tier or ""
+            continue
         assert isinstance(entry, MemberAccount.PointsExpired)
         assert entry.provenance.rule_id == "expiry"
         assert entry.provenance.program_version == version
-        assert entry.provenance.tier == "trailblazer"
+        assert entry.provenance.tier == tier
 
 
 def test_cancellation_provenance_names_event_rule_and_tier(retailer: Program) -> None:
@@ -1069,7 +1082,7 @@ def test_assign_tier_and_its_multiplier_on_later_earns(retailer: Program) -> Non
     entry = one(m.assign_tier("trailblazer", at), MemberAccount.TierAssigned)
     assert (entry.tier, entry.previous, entry.postings, entry.moves) == (
         "trailblazer",
-        None,
+        "explorer",  # the entry tier, recorded when the member started
         (),
         (),
     )

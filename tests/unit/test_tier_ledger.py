@@ -13,7 +13,6 @@ from schemas import TOPIC_PURCHASES, TOPIC_TIERS
 from services.ledger.adapters.program_file import load_program
 from services.ledger.application.ledger import (
     APPLIED_STATUS,
-    DUPLICATE_STATUS,
     REJECTED_STATUS,
     TIERS_CHANNEL,
     Inbound,
@@ -80,37 +79,50 @@ def tier_changed(to: str, origin: Origin, position: int = 3) -> Inbound:
 
 
 FROM_TIERS = Origin("kafka", topic=TOPIC_TIERS, partition=0, offset=0)
+HELD_UNTIL = datetime(2027, 1, 31, 5, tzinfo=UTC)  # 1 Jan 2027 in New York + 30 days' grace
 
 
-def test_tier_changed_is_recorded_once_and_the_next_earn_uses_the_multiplier(
+def _points(ledger: LedgerApplication) -> tuple[int, str | None, datetime | None]:
+    account = ledger.find_account("m-1")
+    assert account is not None
+    return account.lifetime_earned, account.tier, account.tier_held_until
+
+
+@pytest.mark.parametrize("batching", ["one batch", "one event per batch"])
+def test_an_upgrade_counts_from_the_very_next_earn_whatever_the_batching(
+    ledger: LedgerApplication, batching: str
+) -> None:
+    # Coffee: green (x1) from 0 points, gold (x2) from 50 points in the calendar year.
+    # $30 -> 30 (green); $25 -> 25 (green; 55 >= 50: gold from now on); $10 -> 10 x 2 = 20.
+    items = [purchase("o1", 3000), purchase("o2", 2500), purchase("o3", 1000)]
+    if batching == "one batch":
+        outcomes = ledger.apply_batch(items)
+    else:
+        outcomes = [o for item in items for o in ledger.apply_batch([item])]
+    assert [o.status for o in outcomes] == [APPLIED_STATUS] * 3
+    assert _points(ledger) == (30 + 25 + 20, "gold", HELD_UNTIL)
+    account = ledger.find_account("m-1")
+    assert account is not None
+    tiers = [
+        (e.previous, e.tier, e.cause)
+        for e in ledger.events.get(account.id)
+        if isinstance(e, type(account).TierAssigned)
+    ]
+    assert tiers == [(None, "green", "entry"), ("green", "gold", "upgrade")]
+
+
+def test_tier_changed_is_not_taken_from_anywhere_the_ledger_decides_tiers(
     ledger: LedgerApplication,
 ) -> None:
     ledger.apply_batch([purchase("o1", 3000)])
-    first = ledger.apply_batch([tier_changed("gold", FROM_TIERS)])
-    again = ledger.apply_batch([tier_changed("gold", FROM_TIERS)])  # redelivered
-    assert [o.status for o in first + again] == [APPLIED_STATUS, DUPLICATE_STATUS]
-    account = ledger.find_account("m-1")
-    assert account is not None
-    assert account.tier == "gold"
-    assert account.tier_until == datetime(2027, 1, 31, 5, tzinfo=UTC)
-    ledger.apply_batch([purchase("o2", 1000)])
-    account = ledger.find_account("m-1")
-    assert account is not None
-    assert account.lifetime_earned == 30 + 20  # $10 at Gold x2
+    origins = (FROM_TIERS, Origin("http", request_id="r-1"), Origin(TIERS_CHANNEL))
+    for position, origin in enumerate(origins):
+        [outcome] = ledger.apply_batch([tier_changed("gold", origin, position)])
+        assert (outcome.status, outcome.reason) == (REJECTED_STATUS, "decided_by_ledger")
+    assert _points(ledger)[1] == "green"
 
 
-def test_tier_changed_from_anywhere_but_the_tiers_service_is_refused(
-    ledger: LedgerApplication,
-) -> None:
-    ledger.apply_batch([purchase("o1", 3000)])
-    http = Origin("http", request_id="r-1")
-    [outcome] = ledger.apply_batch([tier_changed("gold", http)])
-    assert (outcome.status, outcome.reason) == (REJECTED_STATUS, "wrong_source")
-    [embedded] = ledger.apply_batch([tier_changed("gold", Origin(TIERS_CHANNEL), 4)])
-    assert embedded.status == APPLIED_STATUS
-
-
-def test_a_locked_override_refuses_automatic_changes_until_it_ends(
+def test_a_locked_override_keeps_automatic_changes_out_until_it_ends(
     ledger: LedgerApplication,
 ) -> None:
     ledger.apply_batch([purchase("o1", 3000)])
@@ -119,14 +131,19 @@ def test_a_locked_override_refuses_automatic_changes_until_it_ends(
         "green",
         reason="goodwill",
         actor="ops-1",
-        until=datetime(2027, 1, 1, tzinfo=UTC),
+        until=datetime(2027, 1, 2, tzinfo=UTC),
         locked=True,
     )
-    [outcome] = ledger.apply_batch([tier_changed("gold", FROM_TIERS)])
-    assert (outcome.status, outcome.reason) == (REJECTED_STATUS, "tier_locked")
+    ledger.apply_batch([purchase("o2", 3000)])  # 60 points in 2026: gold, but locked
     account = ledger.find_account("m-1")
     assert account is not None
-    assert (account.tier, account.tier_locked) == ("green", True)
+    assert (account.tier, account.tier_locked, account.lifetime_earned) == ("green", True, 60)
+    # The override ends on 2 Jan 2027 00:00 UTC (1 Jan in New York): the window then (the
+    # calendar year 2027 so far) holds nothing, so the member is green, no longer locked.
+    ledger.advance_members(["m-1"], datetime(2027, 1, 3, tzinfo=UTC))
+    account = ledger.find_account("m-1")
+    assert account is not None
+    assert (account.tier, account.tier_locked) == ("green", False)
 
 
 def test_the_relays_progress_cache_agrees_with_a_fresh_recomputation(

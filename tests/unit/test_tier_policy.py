@@ -9,7 +9,15 @@ import pytest
 from pydantic import ValidationError
 
 from services.ledger.domain.program import Program
-from services.tiers.policy import Fact, TierDecision, TierState, advance, apply, progress, recompute
+from services.ledger.domain.tier_policy import (
+    Fact,
+    TierDecision,
+    TierState,
+    advance,
+    apply,
+    progress,
+    recompute,
+)
 
 M = "m-1"
 
@@ -106,7 +114,11 @@ def test_upgrade_exactly_at_the_threshold_and_not_one_point_below() -> None:
 
 def test_a_big_earn_jumps_straight_to_the_highest_tier_reached() -> None:
     member = Member(program())
-    assert moves(member.earn(at(2026, 3, 1), 6000)) == [(None, "gold", "upgrade")]
+    # The entry tier first (the first earn earns at it), then straight to gold.
+    assert moves(member.earn(at(2026, 3, 1), 6000)) == [
+        (None, "bronze", "upgrade"),
+        ("bronze", "gold", "upgrade"),
+    ]
 
 
 def test_spending_or_expiry_never_lowers_the_tier() -> None:

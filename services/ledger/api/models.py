@@ -26,13 +26,18 @@ class _Out(BaseModel):
 
 
 class EventResult(_Out):
-    status: str = Field(description="applied, or duplicate (an event_id seen before)")
+    status: str = Field(
+        description="applied, parked (waits for what it depends on), or duplicate (an "
+        "event_id seen before)"
+    )
     event_id: str
     member_id: str
     entries: list[str] = Field(description="ledger entries the event produced (member#seq)")
     original: str | None = Field(
         default=None, description="for a duplicate: the outcome of the first delivery"
     )
+    reason: str | None = Field(default=None, description="parked: what it waits for")
+    detail: str | None = Field(default=None, description="parked: the reason in words")
 
 
 class Balance(_Out):

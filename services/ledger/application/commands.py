@@ -132,7 +132,7 @@ def find_hold(app: LedgerApplication, hold: str) -> tuple[str, HoldRecord] | Non
         return None
     now = app.clock.now()
     if record.is_open and record.expires_at <= now:
-        account.advance(now)
+        account.advance(app.program, now)
         record = account.holds[hold]
     return member, record
 

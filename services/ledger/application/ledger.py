@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
@@ -31,7 +31,6 @@ from eventsourcing.persistence import (
 )
 
 from schemas import (
-    TOPIC_TIERS,
     ActivityCompleted,
     InboundEvent,
     InvalidInput,
@@ -49,15 +48,17 @@ from schemas import (
 from services.ledger.application.batch_reads import select_events_after, select_events_of
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.transcodings import register_value_types
-from services.ledger.domain.account import MemberAccount, account_id
+from services.ledger.domain.account import MemberAccount, SnapshotTooOld, account_id
 from services.ledger.domain.clock import Clock
 from services.ledger.domain.errors import Declined
+from services.ledger.domain.parking import ParkedEvent, ParkedEvents, parkable, parked_id
 from services.ledger.domain.program import Program
 from services.ledger.domain.program_record import ProgramRecord, program_record_id
 from services.ledger.domain.provenance import Origin, Provenance
 from services.ledger.domain.receipts import (
     APPLIED,
     DECLINED,
+    PARKED,
     InboundReceipt,
     Rejection,
     receipt_id,
@@ -71,6 +72,7 @@ T = TypeVar("T")
 APPLIED_STATUS = "applied"
 DUPLICATE_STATUS = "duplicate"
 REJECTED_STATUS = "rejected"
+PARKED_STATUS = "parked"  # waiting for what it depends on; see domain/parking.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class _Batch:
     rejection_ids: set[UUID] = field(default_factory=set)
     created: set[str] = field(default_factory=set)
     known: dict[str, InboundReceipt] = field(default_factory=dict)  # receipts already stored
+    parked: dict[str, ParkedEvents | None] = field(default_factory=dict)  # by member
 
 
 class LedgerApplication(Application[UUID]):
@@ -213,19 +216,39 @@ class LedgerApplication(Application[UUID]):
                 earlier.entries,
                 original=earlier.outcome,
             )
+        tolerance = self.program.arrival.future_tolerance_seconds
+        if event.occurred_at > now + timedelta(seconds=tolerance):
+            # Never applied early, and no receipt: the same event sent in time applies.
+            return self._reject(
+                batch,
+                item,
+                "occurred_in_future",
+                f"occurred_at {event.occurred_at.isoformat()} is more than {tolerance} s "
+                f"after the ledger's clock ({now.isoformat()})",
+                event.event_id,
+                event.member_id,
+                now,
+            )
         provenance = Provenance(item.origin, event_id=event.event_id, event_type=event.type)
         try:
             entries = self._run_event(event, batch, provenance, now)
         except Declined as exc:
-            outcome = self._reject(
-                batch, item, exc.reason, exc.detail, event.event_id, event.member_id, now
-            )
+            park = self.program.arrival.park_hours > 0 and parkable(event.type, exc.reason)
+            if park:
+                self._park(batch, item, event, exc, payload, now)
+                outcome = Outcome(
+                    PARKED_STATUS, event.event_id, event.member_id, exc.reason, exc.detail
+                )
+            else:
+                outcome = self._reject(
+                    batch, item, exc.reason, exc.detail, event.event_id, event.member_id, now
+                )
             batch.receipts[event.event_id] = InboundReceipt(
                 event_id=event.event_id,
                 digest=digest,
                 event_type=event.type,
                 member_id=event.member_id,
-                outcome=DECLINED,
+                outcome=PARKED if park else DECLINED,
                 reason=exc.reason,
                 detail=exc.detail,
                 entries=(),
@@ -234,6 +257,8 @@ class LedgerApplication(Application[UUID]):
                 payload=payload,
             )
             return outcome
+        for member in {e.split("#", 1)[0] for e in entries}:
+            self._retry_parked(batch, member, now)
         batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
             digest=digest,
@@ -281,7 +306,10 @@ class LedgerApplication(Application[UUID]):
         self, event: InboundEvent, batch: _Batch, prov: Provenance, now: datetime
     ) -> None:
         program = self.program
+        # Event time: each event is applied as of its own instant, never the wall clock
+        # (`now` is when it was received); the scheduler brings accounts up to the clock.
         at = event.occurred_at
+        del now
         if isinstance(event, PurchaseCompleted):
             d = event.data
             account = self._account(batch, event.member_id, prov, at, create=True)
@@ -296,7 +324,7 @@ class LedgerApplication(Application[UUID]):
                 occurred_at=at,
                 source=event.source,
                 provenance=prov,
-                now=now,
+                now=at,
             )
         elif isinstance(event, PurchaseRefunded):
             r = event.data
@@ -309,7 +337,7 @@ class LedgerApplication(Application[UUID]):
                 lines={ln.sku: ln.quantity for ln in r.lines} if r.lines else None,
                 occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
         elif isinstance(event, ReferralQualified):
             referrer = self._account(batch, event.member_id, prov, at, create=True)
@@ -322,7 +350,7 @@ class LedgerApplication(Application[UUID]):
                 other_member=referee_id,
                 occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
             referee.earn_referral(
                 program,
@@ -330,7 +358,7 @@ class LedgerApplication(Application[UUID]):
                 other_member=event.member_id,
                 occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
         elif isinstance(event, RedemptionRequested):
             q = event.data
@@ -342,7 +370,7 @@ class LedgerApplication(Application[UUID]):
                 points=q.points,
                 occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
         elif isinstance(event, RedemptionCancelled):
             account = self._account(batch, event.member_id, prov, at, create=False)
@@ -352,7 +380,7 @@ class LedgerApplication(Application[UUID]):
                 reason=event.data.reason,
                 occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
         elif isinstance(event, ActivityCompleted):
             account = self._account(batch, event.member_id, prov, at, create=True)
@@ -362,55 +390,42 @@ class LedgerApplication(Application[UUID]):
                 reference=event.data.reference,
                 occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
         elif isinstance(event, MemberEnrolled):
-            self._enrol(batch, event, prov, now)
+            self._enrol(batch, event, prov)
         elif isinstance(event, TierChanged):
-            self._tier_changed(batch, event, prov, now)
+            raise Declined(
+                "decided_by_ledger",
+                "tiers are decided by the ledger itself; tier.changed is published, not applied",
+            )
         else:  # pragma: no cover - the union is closed
             raise Declined("unknown_type", f"no handler for {event.type}")
 
-    def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance, now: datetime) -> None:
+    def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance) -> None:
+        """Enrol; after an auto-enrolment (the member's first event arrived first) this
+        completes the enrolment, so the signup bonus is given exactly once either way."""
         existing = self._load(batch, event.member_id)
-        signup = self.program.activities.get("signup")
+        at = event.occurred_at
         if existing is None:
-            account = MemberAccount.enrol(event.member_id, event.occurred_at, prov, auto=False)
+            account = MemberAccount.enrol(event.member_id, at, prov, auto=False)
             batch.accounts[event.member_id] = account
             batch.created.add(event.member_id)
-        else:
+        elif existing.auto_enrolled:
             account = existing
-            if signup is None or account.activity_counts.get("signup|ever"):
-                raise Declined("already_enrolled", f"{event.member_id} is already a member")
-        if signup is not None:
+            account.complete_enrolment(self.program, at=at, provenance=prov)
+        else:
+            raise Declined("already_enrolled", f"{event.member_id} is already a member")
+        signup = self.program.activities.get("signup")
+        if signup is not None and not account.activity_counts.get("signup|ever"):
             account.earn_activity(
                 self.program,
                 activity="signup",
                 reference=None,
-                occurred_at=event.occurred_at,
+                occurred_at=at,
                 provenance=prov,
-                now=now,
+                now=at,
             )
-
-    def _tier_changed(
-        self, batch: _Batch, event: TierChanged, prov: Provenance, now: datetime
-    ) -> None:
-        """A decision of the tiers service: only from its topic or the embedded policy."""
-        origin = prov.origin
-        if origin.topic != TOPIC_TIERS and origin.channel != TIERS_CHANNEL:
-            raise Declined("wrong_source", "tier.changed is taken from the tiers service only")
-        d = event.data
-        account = self._account(batch, event.member_id, prov, event.occurred_at, create=False)
-        account.assign_tier(
-            self.program,
-            tier_id=d.to_tier,
-            reason=f"{d.reason}: {d.detail}" if d.detail else d.reason,
-            provenance=prov,
-            now=now,
-            until=d.valid_until,
-            automatic=True,
-            effective_at=d.effective_from,
-        )
 
     def _account(
         self, batch: _Batch, member_id: str, prov: Provenance, at: datetime, *, create: bool
@@ -443,15 +458,21 @@ class LedgerApplication(Application[UUID]):
         return found
 
     def _prefetch(self, batch: _Batch, events: Sequence[InboundEvent]) -> None:
-        """Bring the batch's cached accounts up to the store (one query) and read the ones
-        that are not cached (one more query)."""
+        """Bring the batch's cached accounts up to the store (one query), then read the ones
+        that are not cached and the members' parked events (one more query)."""
         members = {event.member_id for event in events}
         members |= {e.data.referee_member_id for e in events if isinstance(e, ReferralQualified)}
         self._begin(m for m in members if m not in batch.accounts)
         wanted = {
             account_id(m): m for m in members if m not in self._accounts and m not in batch.accounts
         }
-        stored = select_events_of(self.recorder, wanted)
+        parking = {parked_id(m): m for m in members if m not in batch.parked}
+        stored = select_events_of(self.recorder, {**wanted, **parking})
+        for aggregate_id, member in parking.items():
+            found = stored.get(aggregate_id)
+            parked = self._project(found) if found else None
+            assert parked is None or isinstance(parked, ParkedEvents)
+            batch.parked[member] = parked
         for aggregate_id, member in wanted.items():
             if aggregate_id not in stored:
                 batch.accounts[member] = None
@@ -523,6 +544,143 @@ class LedgerApplication(Application[UUID]):
             self._accounts.pop(member_id, None)
             self._checked.discard(member_id)
 
+    # ---------------------------------------------------------------- parking
+
+    def _parking(self, batch: _Batch, member_id: str) -> ParkedEvents | None:
+        if member_id not in batch.parked:
+            found = select_events_of(self.recorder, {parked_id(member_id): member_id})
+            stored = found.get(parked_id(member_id))
+            parked = self._project(stored) if stored else None
+            assert parked is None or isinstance(parked, ParkedEvents)
+            batch.parked[member_id] = parked
+        return batch.parked[member_id]
+
+    def _park(
+        self,
+        batch: _Batch,
+        item: Inbound,
+        event: InboundEvent,
+        exc: Declined,
+        payload: str,
+        now: datetime,
+    ) -> None:
+        parking = self._parking(batch, event.member_id)
+        if parking is None:
+            parking = batch.parked[event.member_id] = ParkedEvents.open(event.member_id)
+        parking.park(
+            ParkedEvent(
+                event_id=event.event_id,
+                event_type=event.type,
+                payload=payload,
+                raw_b64=base64.b64encode(item.raw).decode(),
+                origin=item.origin,
+                occurred_at=event.occurred_at,
+                reason=exc.reason,
+                detail=exc.detail,
+                deadline=event.occurred_at + timedelta(hours=self.program.arrival.park_hours),
+                parked_at=now,
+            )
+        )
+
+    def _retry_parked(self, batch: _Batch, member_id: str, now: datetime) -> None:
+        """The member's account changed: retry what waits on it, oldest first, until
+        nothing more applies (an applied redemption may let its cancellation apply)."""
+        parking = batch.parked.get(member_id)
+        progress = parking is not None and bool(parking.items)
+        while progress and parking is not None:
+            progress = False
+            for waiting in parking.in_order():
+                event = parse_inbound(waiting.payload.encode(), topic=waiting.origin.topic)
+                prov = Provenance(waiting.origin, event_id=waiting.event_id, event_type=event.type)
+                try:
+                    entries = self._run_event(event, batch, prov, now)
+                except Declined as exc:
+                    if parkable(event.type, exc.reason):
+                        continue  # still waiting
+                    self._settle_parked(batch, parking, waiting, DECLINED, exc, (), now)
+                else:
+                    self._settle_parked(batch, parking, waiting, APPLIED, None, entries, now)
+                progress = True
+
+    def _settle_parked(
+        self,
+        batch: _Batch,
+        parking: ParkedEvents,
+        waiting: ParkedEvent,
+        outcome: str,
+        exc: Declined | None,
+        entries: tuple[str, ...],
+        now: datetime,
+    ) -> None:
+        receipt = batch.receipts.get(waiting.event_id) or batch.known.get(waiting.event_id)
+        if receipt is None:
+            receipt = self._receipts({waiting.event_id})[waiting.event_id]
+        batch.receipts[waiting.event_id] = receipt
+        receipt.settle(
+            outcome,
+            reason=exc.reason if exc else None,
+            detail=exc.detail if exc else None,
+            entries=entries,
+            at=now,
+        )
+        parking.unpark(waiting.event_id, outcome, now)
+        if exc is not None:
+            raw = base64.b64decode(waiting.raw_b64)
+            self._reject(
+                batch,
+                Inbound(raw, waiting.origin),
+                exc.reason,
+                exc.detail,
+                waiting.event_id,
+                parking.member_id,
+                now,
+            )
+
+    def parked(self) -> list[ParkedEvent]:
+        """Every event waiting on a member now, oldest first."""
+        found: list[ParkedEvent] = []
+        for member_id in self._parked_members():
+            parking: Any = self.repository.get(parked_id(member_id))
+            found += parking.in_order()
+        return sorted(found, key=lambda i: (i.occurred_at, i.event_id))
+
+    def _parked_members(self) -> list[str]:
+        topic = f"{ParkedEvents.Opened.__module__}:{ParkedEvents.Opened.__qualname__}"
+        members: list[str] = []
+        start = 1
+        while True:
+            page = self.process_recorder.select_notifications(
+                start=start, limit=1000, topics=[topic]
+            )
+            if not page:
+                return members
+            for notification in page:
+                opened: Any = self.mapper.to_domain_event(notification)
+                members.append(opened.member_id)
+            start = page[-1].id + 1
+
+    def expire_parked(self, now: datetime | None = None) -> int:
+        """Decline (and dead-letter) parked events whose deadline has passed at `now`."""
+        at = now or self.clock.now()
+        declined = 0
+        for member_id in self._parked_members():
+            with self._writing:
+                batch = _Batch()
+                parking = self._parking(batch, member_id)
+                if parking is None:
+                    continue
+                for waiting in parking.in_order():
+                    if waiting.deadline <= at:
+                        exc = Declined(
+                            waiting.reason,
+                            f"{waiting.detail} (waited until {waiting.deadline.isoformat()})",
+                        )
+                        self._settle_parked(batch, parking, waiting, DECLINED, exc, (), at)
+                        declined += 1
+                if parking.pending_events:
+                    self._save_batch(batch, None)
+        return declined
+
     def _reject(
         self,
         batch: _Batch,
@@ -555,6 +713,7 @@ class LedgerApplication(Application[UUID]):
 
     def _save_batch(self, batch: _Batch, tracking: Tracking | None) -> None:
         aggregates: list[Aggregate] = [a for a in batch.accounts.values() if a is not None]
+        aggregates += [p for p in batch.parked.values() if p is not None]
         aggregates += batch.receipts.values()
         # The same bytes at the same position are one rejection, however often they are
         # read (a file ingested twice, a replayed range): keep only the new ones.
@@ -580,6 +739,9 @@ class LedgerApplication(Application[UUID]):
             account: Any = self.repository.get(account_id(member_id))
         except AggregateNotFoundError:
             return None
+        except SnapshotTooOld:  # written by 0.1: fold the events instead
+            stored = select_events_of(self.recorder, {account_id(member_id): member_id})
+            account = self._project(stored[account_id(member_id)])
         assert isinstance(account, MemberAccount)
         return account
 
@@ -703,7 +865,7 @@ class LedgerApplication(Application[UUID]):
                         account = self._account_for_write(member_id)
                         if account is None:
                             continue
-                        made += account.advance(at)
+                        made += account.advance(self.program, at)
                         if account.pending_events:
                             chunk[member_id] = account
                     self._save_accounts(chunk)

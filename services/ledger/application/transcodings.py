@@ -7,9 +7,10 @@ from typing import Any
 
 from eventsourcing.persistence import JSONTranscoder, Transcoding
 
-from services.ledger.domain.account import Balances, OrderRecord, RedemptionRecord
+from services.ledger.domain.account import Balances, OrderRecord, Qualifying, RedemptionRecord
 from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot, LotMove
+from services.ledger.domain.parking import ParkedEvent
 from services.ledger.domain.postings import Posting
 from services.ledger.domain.provenance import Origin, Provenance
 from services.ledger.domain.rules import LinePoints
@@ -22,8 +23,10 @@ VALUE_TYPES: tuple[type[Any], ...] = (
     LotMove,
     OrderRecord,
     Origin,
+    ParkedEvent,
     Posting,
     Provenance,
+    Qualifying,
     RedemptionRecord,
 )
 

@@ -134,7 +134,7 @@ def what_if(
         account = sim.find_account(member_id)
         would = lifetime = 0
         if account is not None:
-            account.advance(now)
+            account.advance(program, now)
             b = account.balance
             would, lifetime = b.available + b.pending + b.held, account.lifetime_earned
         report.members.append(

@@ -17,6 +17,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from services.ledger.domain import postings as acc
+from services.ledger.domain import tier_policy
 from services.ledger.domain.errors import Declined, InvariantViolation
 from services.ledger.domain.holds import (
     CAPTURED,
@@ -54,6 +55,22 @@ from services.ledger.domain.rules import (
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/member")
 SCHEDULER = Origin(channel="scheduler")
 DAILY_WINDOW_DAYS = 400  # purchase points per day are kept this long, for late orders
+# Qualifying activity older than this can count in no tier window or review (windows are at
+# most 36 months, grace at most 365 days, plus an override's own window).
+QUALIFYING_HORIZON = timedelta(days=6 * 366)
+
+
+class SnapshotTooOld(Exception):
+    """A snapshot written before the account kept its tier state: replay the events instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Qualifying:
+    """One earn's or refund's qualifying activity: points and spend (negative for a refund)."""
+
+    at: datetime
+    points: int
+    spend_minor: int
 
 
 def account_id(member_id: str) -> UUID:
@@ -97,9 +114,13 @@ class RedemptionRecord:
 class MemberAccount(Aggregate):
     """One member's points: lots, sub-account balances, and what was already applied."""
 
-    # Class defaults, so that snapshots taken before these existed still load.
-    tier_until: datetime | None = None
-    tier_locked: bool = False
+    # Snapshot state version 2 (0.2): the tier state and the scheduler's time are kept.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A version 1 snapshot lacks the qualifying activity: rebuild from the events."""
+        raise SnapshotTooOld(str(state.get("member_id")))
 
     class Enrolled(Aggregate.Created):
         member_id: str
@@ -134,8 +155,23 @@ class MemberAccount(Aggregate):
         order: OrderRecord | None
         counters: tuple[str, ...]  # activity limit keys this earn counts against
         day: str
+        # Version 2: the tier held longer because this earn qualified again (else None).
+        tier_period_end: datetime | None
+        tier_held_until: datetime | None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["tier_period_end"] = None
+            state["tier_held_until"] = None
 
         def apply_specific(self, account: MemberAccount) -> None:
+            spend = self.order.total_minor if self.order is not None else 0
+            account._qualify(Qualifying(self.effective_at, self.points, spend))
+            if self.tier_held_until is not None:
+                account.tier_period_end = self.tier_period_end
+                account.tier_held_until = self.tier_held_until
             if self.order is not None:
                 account.orders[self.order.order_id] = self.order
             for key in self.counters:
@@ -151,6 +187,12 @@ class MemberAccount(Aggregate):
                 referee = self.reference.removeprefix("referee:")
                 account.referees[referee] = self.provenance.event_id or ""
             account.lifetime_earned += self.points
+
+    class EnrolmentCompleted(Entry):
+        """An explicit enrolment of a member auto-enrolled by an earlier-arriving event."""
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.auto_enrolled = False
 
     class PendingReleased(Entry):
         lot_id: str
@@ -180,8 +222,18 @@ class MemberAccount(Aggregate):
         order: OrderRecord
 
         def apply_specific(self, account: MemberAccount) -> None:
+            before = account.orders.get(self.order_id)
+            refunded_before = before.refunded_minor if before is not None else 0
+            reversed_points = self.points + self.forgiven + self.already_expired
+            account._qualify(
+                Qualifying(
+                    self.effective_at,
+                    -reversed_points,
+                    -(self.order.refunded_minor - refunded_before),
+                )
+            )
             account.orders[self.order_id] = self.order
-            account.lifetime_earned -= self.points + self.forgiven + self.already_expired
+            account.lifetime_earned -= reversed_points
 
     class PointsExpired(Entry):
         lot_id: str
@@ -245,14 +297,40 @@ class MemberAccount(Aggregate):
         tier: str | None
         previous: str | None
         reason: str
-        # Added with the tiers service; entries recorded before read the class defaults.
-        until: datetime | None = None  # override: when it ends; tiers service: held until
-        locked: bool = False  # override: automatic tier changes wait until `until`
+        until: datetime | None  # override: when it ends; automatic: held until
+        locked: bool  # override: automatic tier changes wait until `until`
+        # Version 3: decided by the ledger itself (the tier policy, inline).
+        cause: str  # entry | upgrade | downgrade | kept | override | override_ended | service
+        period_end: datetime | None  # end of the qualification period the tier is held for
+        held_until: datetime | None  # when the period is reviewed (period end + grace)
+        override_until: datetime | None  # an ops override's end (None: none, or no end)
+
+        class_version = 3
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 had neither `until` nor `locked`."""
+            state.setdefault("until", None)
+            state.setdefault("locked", False)
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            """Before 0.2 tiers came from the tiers service (`tier.changed`) or from ops."""
+            provenance = state["provenance"]
+            service = getattr(provenance, "event_type", None) == "tier.changed"
+            until = state["until"]
+            state["cause"] = "service" if service else "override"
+            state["period_end"] = until
+            state["held_until"] = until
+            state["override_until"] = None if service else until
 
         def apply_specific(self, account: MemberAccount) -> None:
             account.tier = self.tier
             account.tier_until = self.until
             account.tier_locked = self.locked
+            account.tier_period_end = self.period_end
+            account.tier_held_until = self.held_until
+            account.tier_override_until = self.override_until
 
     def __init__(
         self, member_id: str, effective_at: datetime, provenance: Provenance, auto: bool
@@ -271,6 +349,15 @@ class MemberAccount(Aggregate):
         self.referees: dict[str, str] = {}
         self.lifetime_earned = 0
         self.expired_by_lot: dict[str, int] = {}
+        self.tier_until: datetime | None = None
+        self.tier_locked = False
+        self.tier_period_end: datetime | None = None
+        self.tier_held_until: datetime | None = None
+        self.tier_override_until: datetime | None = None
+        self.qualifying: list[Qualifying] = []
+        # The latest instant of time-driven work recorded (release, expiry, hold expiry,
+        # tier review): an event dated before it is late (see `_late_note`).
+        self.worked_to: datetime | None = None
         del provenance  # recorded on the event; nothing to keep in state
 
     @staticmethod
@@ -323,8 +410,10 @@ class MemberAccount(Aggregate):
 
     # ------------------------------------------------------------- time-driven
 
-    def advance(self, now: datetime) -> int:
-        """Release pending lots and expire lots that are due at `now`; returns entries made.
+    def advance(self, program: Program, now: datetime) -> int:
+        """Do the time-driven work due at or before `now`, in due-time order, one entry
+        each at its due instant: pending lots released, lots expired, holds past their TTL
+        returned, tier period-end reviews and override ends. Returns the entries made.
 
         Idempotent for an instant: what is done is no longer due.
         """
@@ -332,20 +421,159 @@ class MemberAccount(Aggregate):
         while True:
             due = next_due(self.lots.values(), now)
             hold = self._next_hold_due(now)
-            if hold is not None and (due is None or hold.expires_at <= due[0]):
-                self._expire_hold(hold)
-                made += 1
-                continue
-            if due is None:
+            review = self._next_tier_due(program, now)
+            first = min(
+                (
+                    t
+                    for t in (due[0] if due else None, hold.expires_at if hold else None, review)
+                    if t is not None
+                ),
+                default=None,
+            )
+            if first is None:
                 return made
-            at, kind, lot_id = due
-            lot = self.lots[lot_id]
-            prov = Provenance(SCHEDULER, program_version=lot.program_version, tier=self.tier)
-            if kind == 0:
-                self._release(lot, at, prov.with_rule("pending_release"))
+            if hold is not None and hold.expires_at == first:
+                self._expire_hold(hold)
+            elif due is not None and due[0] == first:
+                at, kind, lot_id = due
+                lot = self.lots[lot_id]
+                prov = Provenance(SCHEDULER, program_version=lot.program_version, tier=self.tier)
+                if kind == 0:
+                    self._release(lot, at, prov.with_rule("pending_release"))
+                else:
+                    self._expire(lot, at, prov.with_rule("expiry"))
             else:
-                self._expire(lot, at, prov.with_rule("expiry"))
+                self._review_tier(program, first)
             made += 1
+
+    def prepare(self, program: Program, at: datetime, provenance: Provenance) -> None:
+        """Bring the account to `at` before a command: the time-driven work due by then,
+        and the entry tier for a member who has none yet (so the first earn uses it)."""
+        self.advance(program, at)
+        entry = program.entry_tier
+        if entry is not None and self.tier is None and not self.tier_locked:
+            self._record_tier(
+                program,
+                tier_policy.TierState(self.member_id),
+                tier_policy.TierState(self.member_id, tier=entry.id),
+                at=at,
+                cause="entry",
+                reason="entry tier",
+                provenance=replace(provenance, rule_id="tier"),
+            )
+
+    def catch_up(self, program: Program) -> None:
+        """After a late event: what its entry made due before the scheduler's time is done."""
+        if self.worked_to is not None:
+            self.advance(program, self.worked_to)
+
+    # ------------------------------------------------------------------ tiers
+
+    def tier_state(self, program: Program) -> tier_policy.TierState:
+        """The tier policy's view of this account (qualifying value on the program's basis)."""
+        spend = program.tier_qualification.basis == "spend"
+        return tier_policy.TierState(
+            self.member_id,
+            tier=self.tier,
+            period_end=self.tier_period_end,
+            held_until=self.tier_held_until,
+            override_until=self.tier_override_until,
+            locked=self.tier_locked,
+            contributions=tuple(
+                tier_policy.Contribution(q.at, q.spend_minor if spend else q.points)
+                for q in self.qualifying
+                if (q.spend_minor if spend else q.points)
+            ),
+        )
+
+    def _qualify(self, activity: Qualifying) -> None:
+        horizon = activity.at - QUALIFYING_HORIZON
+        if self.qualifying and self.qualifying[0].at < horizon:
+            self.qualifying = [q for q in self.qualifying if q.at >= horizon]
+        self.qualifying.append(activity)
+
+    def _next_tier_due(self, program: Program, now: datetime) -> datetime | None:
+        """The next period-end review or override end at or before `now`."""
+        if not program.tiers:
+            return None
+        if self.tier_locked:
+            due = self.tier_override_until
+        elif self.tier_period_end is not None:
+            due = self.tier_held_until
+        else:
+            due = None
+        return due if due is not None and due <= now else None
+
+    def _review_tier(self, program: Program, at: datetime) -> None:
+        before = self.tier_state(program)
+        after, decisions = tier_policy.advance(program, before, at)
+        cause: str
+        if decisions:
+            cause = decisions[-1].reason
+            reason = "; ".join(d.detail for d in decisions)
+        else:
+            cause = "kept"
+            end = before.period_end.date().isoformat() if before.period_end else "-"
+            reason = f"the period ending {end} qualified for {after.tier}"
+        self._record_tier(
+            program,
+            before,
+            after,
+            at=at,
+            cause=cause,
+            reason=reason,
+            provenance=Provenance(SCHEDULER, rule_id="tier"),
+        )
+
+    def _upgrade_after_earn(self, program: Program, at: datetime, provenance: Provenance) -> None:
+        """An earn that brings the window to a higher tier upgrades at once (for the next
+        earn); one that qualifies again for the tier held keeps it longer (on the earn)."""
+        if not program.tiers:
+            return
+        before = self.tier_state(program)
+        after, decisions = tier_policy.upgrade(program, before, at, None)
+        if decisions:
+            self._record_tier(
+                program,
+                before,
+                after,
+                at=at,
+                cause="upgrade",
+                reason=decisions[-1].detail,
+                provenance=replace(provenance, rule_id="tier"),
+            )
+
+    def _record_tier(
+        self,
+        program: Program,
+        before: tier_policy.TierState,
+        after: tier_policy.TierState,
+        *,
+        at: datetime,
+        cause: str,
+        reason: str,
+        provenance: Provenance,
+    ) -> None:
+        until = after.override_until if after.override_until is not None else after.held_until
+        self._record(
+            self.TierAssigned,
+            effective_at=at,
+            postings=(),
+            moves=(),
+            provenance=replace(provenance, program_version=program.version, tier=after.tier),
+            note=f"tier {before.tier or 'none'} -> {after.tier or 'none'}: {reason}"
+            if before.tier != after.tier
+            else f"tier {after.tier or 'none'} kept: {reason}",
+            tier=after.tier,
+            previous=before.tier,
+            reason=reason,
+            until=until,
+            locked=after.locked,
+            cause=cause,
+            period_end=after.period_end,
+            held_until=after.held_until,
+            override_until=after.override_until,
+        )
 
     def _release(self, lot: Lot, at: datetime, prov: Provenance) -> None:
         amount = lot.remaining
@@ -414,7 +642,7 @@ class MemberAccount(Aggregate):
         if daily_cap is not None:
             left = max(0, daily_cap - self.daily_points.get(day, 0))
             quote = cap_quote(quote, left, f"capped at {daily_cap} per member per day")
-        self.advance(now)
+        self.prepare(program, now, provenance)
         lot_id = self._next_lot_id() if quote.points else None
         order = OrderRecord(
             order_id=order_id,
@@ -469,7 +697,7 @@ class MemberAccount(Aggregate):
         points = 0 if skipped else rule.points
         explanation = skipped or f"{activity} earns {rule.points}"
         quote = EarnQuote(points, (), (f"activity:{activity}",), explanation)
-        self.advance(now)
+        self.prepare(program, now, provenance)
         self._earn(
             program,
             quote=quote,
@@ -481,6 +709,20 @@ class MemberAccount(Aggregate):
             pending=False,
             counters=() if skipped else tuple(counters),
         )
+
+    def complete_enrolment(self, program: Program, *, at: datetime, provenance: Provenance) -> None:
+        if not self.auto_enrolled:
+            raise Declined("already_enrolled", f"{self.member_id} is already a member")
+        self.prepare(program, at, provenance)
+        self._record(
+            self.EnrolmentCompleted,
+            effective_at=at,
+            postings=(),
+            moves=(),
+            provenance=replace(provenance, rule_id="enrolment", program_version=program.version),
+            note="enrolment completed (the member's first event had enrolled them already)",
+        )
+        self.catch_up(program)
 
     def check_can_be_referred(self, referrer: str) -> None:
         if self.referred_by is not None:
@@ -511,7 +753,7 @@ class MemberAccount(Aggregate):
             reference = f"referred-by:{other_member}"
             text = f"welcome bonus for joining through {other_member}"
         quote = EarnQuote(points, (), (f"referral:{role}",), text)
-        self.advance(now)
+        self.prepare(program, now, provenance)
         self._earn(
             program,
             quote=quote,
@@ -575,6 +817,11 @@ class MemberAccount(Aggregate):
                 moves = self._settle_moves(lot_id, points)
                 if moves:
                     note += f"; {-moves[0].amount} settled the negative balance"
+        renewal = self._renewal(
+            program, Qualifying(occurred_at, points, order.total_minor if order else 0)
+        )
+        if renewal is not None:
+            note += f"; tier {self.tier} held until {renewal[1].date().isoformat()}"
         self._record(
             self.PointsEarned,
             effective_at=occurred_at,
@@ -589,7 +836,34 @@ class MemberAccount(Aggregate):
             order=order,
             counters=counters,
             day=day,
+            tier_period_end=renewal[0] if renewal else None,
+            tier_held_until=renewal[1] if renewal else None,
         )
+        self._upgrade_after_earn(program, occurred_at, provenance)
+        self.catch_up(program)
+
+    def _renewal(self, program: Program, activity: Qualifying) -> tuple[datetime, datetime] | None:
+        """(period end, held until) when this earn qualifies again for the tier held, in a
+        later period, without reaching a higher one; None otherwise."""
+        if not program.tiers:
+            return None
+        spend = program.tier_qualification.basis == "spend"
+        value = activity.spend_minor if spend else activity.points
+        state = self.tier_state(program)
+        if value:
+            state = replace(
+                state,
+                contributions=(
+                    *state.contributions,
+                    tier_policy.Contribution(activity.at, value),
+                ),
+            )
+        after, decisions = tier_policy.upgrade(program, state, activity.at, None)
+        if decisions or after.held_until is None or after.period_end is None:
+            return None
+        if (after.period_end, after.held_until) == (state.period_end, state.held_until):
+            return None
+        return after.period_end, after.held_until
 
     # ----------------------------------------------------------------- refunds
 
@@ -637,7 +911,7 @@ class MemberAccount(Aggregate):
         )
         target = min(target, order.points)
         to_reverse = max(0, target - order.reversed_points)
-        self.advance(now)
+        self.prepare(program, now, provenance)
         moves, postings, forgiven, already_expired = self._clawback(program, order, to_reverse, now)
         taken = to_reverse - forgiven - already_expired
         new_order = replace(
@@ -748,7 +1022,7 @@ class MemberAccount(Aggregate):
             what = "points"
         if points is None or points <= 0:
             raise Declined("invalid_points", "a redemption needs a positive number of points")
-        self.advance(now)
+        self.prepare(program, now, provenance)
         available = self.spendable(now)
         if points > available:
             raise Declined(
@@ -786,7 +1060,7 @@ class MemberAccount(Aggregate):
             raise Declined("unknown_redemption", f"no redemption {redemption_id}")
         if record.status != "redeemed":
             raise Declined("already_cancelled", f"redemption {redemption_id} was cancelled")
-        self.advance(now)
+        self.prepare(program, now, provenance)
         restore = tuple(LotMove(m.lot_id, -m.amount) for m in record.moves)
         settle: list[LotMove] = []
         debt = self.debt
@@ -814,7 +1088,8 @@ class MemberAccount(Aggregate):
             reason=reason,
         )
         # Points that went back to a lot whose expiry has passed expire at once.
-        self.advance(now)
+        self.advance(program, now)
+        self.catch_up(program)
 
     # ------------------------------------------------------------------ holds
 
@@ -842,7 +1117,7 @@ class MemberAccount(Aggregate):
             raise Declined("invalid_points", "a hold needs a positive number of points")
         if expires_at <= now:
             raise Declined("invalid_ttl", "a hold must expire in the future")
-        self.advance(now)
+        self.prepare(program, now, provenance)
         available = self.spendable(now)
         if points > available:
             raise Declined(
@@ -875,7 +1150,7 @@ class MemberAccount(Aggregate):
         now: datetime,
     ) -> HoldRecord:
         """Redeem `points` of a hold (all of it by default); the rest goes back to its lots."""
-        record = self._open_hold(hold, now)
+        record = self._open_hold(program, hold, now)
         captured = record.points if points is None else points
         if not 0 < captured <= record.points:
             raise Declined(
@@ -902,7 +1177,7 @@ class MemberAccount(Aggregate):
             returned=released,
             hold=done,
         )
-        self.advance(now)  # returned points on a lot already past its expiry expire now
+        self.advance(program, now)  # returned points on a lot already past its expiry expire now
         return done
 
     def void_hold(
@@ -915,7 +1190,7 @@ class MemberAccount(Aggregate):
         now: datetime,
     ) -> HoldRecord:
         """Cancel a hold: every point goes back to the lot it came from."""
-        record = self._open_hold(hold, now)
+        record = self._open_hold(program, hold, now)
         done = replace(record, status=VOIDED, resolved_at=now)
         self._record(
             self.HoldVoided,
@@ -931,13 +1206,13 @@ class MemberAccount(Aggregate):
             reason=reason,
             hold=done,
         )
-        self.advance(now)
+        self.advance(program, now)
         return done
 
-    def _open_hold(self, hold: str, now: datetime) -> HoldRecord:
+    def _open_hold(self, program: Program, hold: str, now: datetime) -> HoldRecord:
         if hold not in self.holds:
             raise Declined("unknown_hold", f"{self.member_id} has no hold {hold}")
-        self.advance(now)  # a hold past its TTL expires first, and cannot be resolved again
+        self.advance(program, now)  # a hold past its TTL expires first; not resolved again
         record = self.holds[hold]
         if not record.is_open:
             raise Declined("hold_resolved", f"hold {hold} was already {record.status}")
@@ -1008,7 +1283,7 @@ class MemberAccount(Aggregate):
                     f"request {request_id} already adjusted {earlier_points:+d} ({earlier_reason})",
                 )
             return  # a retry of a request already applied: nothing new
-        self.advance(now)
+        self.prepare(program, now, provenance)
         prov = replace(
             provenance, rule_id="adjustment", program_version=program.version, tier=self.tier
         )
@@ -1064,40 +1339,20 @@ class MemberAccount(Aggregate):
         now: datetime,
         until: datetime | None = None,
         locked: bool = False,
-        automatic: bool = False,
-        effective_at: datetime | None = None,
     ) -> None:
-        """Record a tier: from the tiers service (`automatic`) or an ops override.
-
-        An override may end at `until` and, when `locked`, automatic changes are declined
-        until then (forever without `until`), so a manual level is never silently replaced.
-        """
+        """An ops override of the tier. It may end at `until` (then the window decides again)
+        and, when `locked`, the ledger makes no automatic change until then (forever without
+        `until`), so a manual level is never silently replaced."""
         if tier_id is not None and program.tier(tier_id) is None:
             known = ", ".join(t.id for t in program.tiers) or "none"
             raise Declined("unknown_tier", f"no tier {tier_id!r} in the program ({known})")
-        at = effective_at or now
-        if automatic and self.tier_locked and (self.tier_until is None or at < self.tier_until):
-            until_text = self.tier_until.isoformat() if self.tier_until else "no end date"
-            raise Declined(
-                "tier_locked", f"{self.member_id}'s tier was set by ops and locked ({until_text})"
-            )
-        if tier_id == self.tier and (automatic or (until, locked) == (None, False)):
+        if tier_id == self.tier and (until, locked) == (None, False):
             raise Declined("tier_unchanged", f"{self.member_id} is already in tier {tier_id}")
-        self.advance(now)
-        self._record(
-            self.TierAssigned,
-            effective_at=at,
-            postings=(),
-            moves=(),
-            provenance=replace(
-                provenance, rule_id="tier", program_version=program.version, tier=tier_id
-            ),
-            note=f"tier {self.tier or 'none'} -> {tier_id or 'none'}: {reason}",
-            tier=tier_id,
-            previous=self.tier,
-            reason=reason,
-            until=until,
-            locked=locked,
+        self.advance(program, now)
+        before = self.tier_state(program)
+        after = tier_policy.override(program, before, tier_id, until, locked, now)
+        self._record_tier(
+            program, before, after, at=now, cause="override", reason=reason, provenance=provenance
         )
 
     # --------------------------------------------------------------- internals
@@ -1145,6 +1400,14 @@ class MemberAccount(Aggregate):
         balances = apply_postings(self.balances, postings)
         _check_lots_match(balances, lots.values())
         _check_holds_match(balances, self.holds if holds_after is None else holds_after)
+        if (
+            self.worked_to is not None
+            and effective_at < self.worked_to
+            and provenance.origin.channel != SCHEDULER.channel
+        ):
+            # The one rule for a late event: it is applied to the account as it stands,
+            # after the scheduled work already recorded; its own date sets its rules.
+            note += f" (late: applied after scheduled work up to {self.worked_to.isoformat()})"
         self.trigger_event(
             event_class,
             member_id=self.member_id,
@@ -1164,6 +1427,10 @@ class MemberAccount(Aggregate):
         for lot in entry.lots_after:
             self.lots[lot.lot_id] = lot
         self.balances = apply_postings(self.balances, entry.postings)
+        if entry.provenance.origin.channel == SCHEDULER.channel and (
+            self.worked_to is None or entry.effective_at > self.worked_to
+        ):
+            self.worked_to = entry.effective_at
 
 
 def _check_lots_match(balances: Mapping[str, int], lots: Iterable[Lot]) -> None:

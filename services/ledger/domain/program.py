@@ -166,6 +166,20 @@ class TierQualification(_Model):
         return 12 if self.window == "rolling_12_months" else self.months
 
 
+class Arrival(_Model):
+    """How the ledger treats events by their time (see README, "Backfills and late events").
+
+    - future_tolerance_seconds: an event dated further ahead of the ledger's clock is
+      rejected (`occurred_in_future`), never applied early;
+    - park_hours: a redemption, refund or cancellation that arrives before what it depends
+      on (funds, its order, its redemption) waits this long after its own time, retried
+      whenever the member's account changes, before it is declined.
+    """
+
+    future_tolerance_seconds: int = Field(default=300, ge=0, le=7 * 86400)
+    park_hours: int = Field(default=72, ge=0, le=90 * 24)
+
+
 class Reward(_Model):
     name: str = Field(min_length=1, max_length=200)
     points: Annotated[int, Field(ge=1, le=10**9)]
@@ -254,6 +268,7 @@ class Program(_Model):
     rewards: dict[Slug, Reward] = {}
     returns: Returns = Returns()
     notifications: Notifications = Notifications()
+    arrival: Arrival = Arrival()
 
     @field_validator("timezone")
     @classmethod
@@ -293,11 +308,13 @@ class Program(_Model):
     def canonical_json(self) -> str:
         """The same rules give the same text: numbers are written in one way (1.0 -> "1").
 
-        The notifications section is left out while it is the default, so programs written
-        before it existed keep their versions; a changed section changes the version."""
+        Only what decides points is in it (and so in the version): the notifier's section
+        is left out, and the arrival section while it is the default, so programs written
+        before it existed keep their versions."""
         data = self.model_dump(mode="python")
-        if self.notifications == Notifications():
-            del data["notifications"]
+        del data["notifications"]
+        if self.arrival == Arrival():
+            del data["arrival"]
         return json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
 
     def tier(self, tier_id: str | None) -> Tier | None:

@@ -21,6 +21,7 @@ _NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/inbound")
 
 APPLIED = "applied"
 DECLINED = "declined"
+PARKED = "parked"  # waiting on the member for what it depends on (see parking.py)
 
 
 def receipt_id(event_id: str) -> UUID:
@@ -91,6 +92,37 @@ class InboundReceipt(Aggregate):
         if self.outcome != DECLINED:
             raise ValueError(f"only a declined event can be applied again, not {self.outcome}")
         self.trigger_event(self.Reapplied, entries=entries, actor=actor, at=at)
+
+    class Settled(Aggregate.Event):
+        """A parked event applied once what it needed arrived, or declined at its deadline."""
+
+        outcome: str
+        reason: str | None
+        detail: str | None
+        entries: tuple[str, ...]
+        at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, InboundReceipt)
+            aggregate.outcome = self.outcome
+            aggregate.reason = self.reason
+            aggregate.detail = self.detail
+            aggregate.entries = tuple(self.entries)
+
+    def settle(
+        self,
+        outcome: str,
+        *,
+        reason: str | None,
+        detail: str | None,
+        entries: tuple[str, ...],
+        at: datetime,
+    ) -> None:
+        if self.outcome != PARKED:
+            raise ValueError(f"only a parked event can be settled, not {self.outcome}")
+        self.trigger_event(
+            self.Settled, outcome=outcome, reason=reason, detail=detail, entries=entries, at=at
+        )
 
     @staticmethod
     def create_id(event_id: str) -> UUID:

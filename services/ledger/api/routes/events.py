@@ -43,7 +43,15 @@ def _apply(ledger: LedgerDep, item: Inbound) -> Outcome:
     operation_id="post_event",
     response_model=EventResult,
     status_code=201,
-    responses={200: {"model": EventResult, "description": "a duplicate"}, **_ERRORS},
+    responses={
+        200: {"model": EventResult, "description": "a duplicate"},
+        202: {
+            "model": EventResult,
+            "description": "parked: waits for what it depends on (e.g. the purchase that "
+            "funds a redemption), retried when the member's account changes",
+        },
+        **_ERRORS,
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -69,10 +77,14 @@ async def post_event(
         raise ApiError(status_for(code), code, outcome.detail or code)
     if outcome.status == "duplicate":
         response.status_code = 200
+    if outcome.status == "parked":
+        response.status_code = 202
     return EventResult(
         status=outcome.status,
         event_id=outcome.event_id or "",
         member_id=outcome.member_id or "",
         entries=list(outcome.entries),
         original=outcome.original,
+        reason=outcome.reason if outcome.status == "parked" else None,
+        detail=outcome.detail if outcome.status == "parked" else None,
     )

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from services.ledger.domain import tier_periods as periods
 from services.ledger.domain.program import Program, Tier
-from services.tiers import periods
 
 FactKind = Literal["earn", "reverse", "override", "other"]
 Reason = Literal["upgrade", "downgrade", "override_ended"]
@@ -253,6 +253,25 @@ def apply(program: Program, state: TierState, fact: Fact) -> Step:
         return state, []
     now = fact.at if state.stream_time is None else max(state.stream_time, fact.at)
     state, decisions = advance(program, state, now)
+    if state.tier is None and not state.locked and fact.kind != "override":
+        # A member's first entry places them in the entry tier before it counts, so the
+        # first earn already earns at the entry tier (as the ledger records it).
+        entry = program.tiers[0]
+        decisions.append(
+            TierDecision(
+                state.member_id,
+                None,
+                entry.id,
+                "upgrade",
+                0,
+                entry.threshold,
+                now,
+                None,
+                fact.position,
+                "entry tier",
+            )
+        )
+        state = replace(state, tier=entry.id)
     state = _record(program, state, fact)
     if fact.kind == "override":
         state = _override(program, state, fact, now)
@@ -261,8 +280,8 @@ def apply(program: Program, state: TierState, fact: Fact) -> Step:
         # entry places them in the entry tier). A release, an expiry, a redemption or a tier
         # entry must not: the scheduler records those late, with an earlier effective time,
         # and evaluating the window then would keep a tier the member no longer earns.
-        state, upgrade = _maybe_upgrade(program, state, now, fact.position)
-        decisions += upgrade
+        state, upgraded = upgrade(program, state, now, fact.position)
+        decisions += upgraded
     state = replace(
         state,
         contributions=_prune(program, state, now),
@@ -291,24 +310,38 @@ def _record(program: Program, state: TierState, fact: Fact) -> TierState:
 
 
 def _override(program: Program, state: TierState, fact: Fact, now: datetime) -> TierState:
+    return override(program, state, fact.tier, fact.until, fact.locked, now)
+
+
+def override(
+    program: Program,
+    state: TierState,
+    tier: str | None,
+    until: datetime | None,
+    locked: bool,
+    now: datetime,
+) -> TierState:
+    """An ops override at `now`: held until `until`, or for the period it falls in."""
     q, zone = program.tier_qualification, program.zone
     period_end: datetime | None
     held: datetime | None
-    if fact.until is not None:
-        period_end, held = fact.until, fact.until
+    if until is not None:
+        period_end, held = until, until
     else:
-        period_end, held = _hold(program, fact.tier, periods.period_end(q, zone, now))
+        period_end, held = _hold(program, tier, periods.period_end(q, zone, now))
     return replace(
         state,
-        tier=fact.tier,
+        tier=tier,
         period_end=period_end,
         held_until=held,
-        override_until=fact.until,
-        locked=fact.locked,
+        override_until=until,
+        locked=locked,
     )
 
 
-def _maybe_upgrade(program: Program, state: TierState, now: datetime, position: int) -> Step:
+def upgrade(program: Program, state: TierState, now: datetime, position: int | None) -> Step:
+    """After qualifying activity at `now`: up to the tier the window reaches, or the tier
+    held kept for a later period when the window qualifies for it again."""
     if _lock_active(state, now):
         return state, []
     q, zone = program.tier_qualification, program.zone
