@@ -348,8 +348,29 @@ def rebuild(program: ProgramOpt = None, db: DbOpt = None) -> None:
 
 
 @app.command()
-def rejections(program: ProgramOpt = None, db: DbOpt = None) -> None:
+def rejections(
+    program: ProgramOpt = None,
+    db: DbOpt = None,
+    parked: Annotated[
+        bool,
+        typer.Option(
+            "--parked",
+            help="Events waiting for what they depend on (retried as the member's account "
+            "changes, declined at their deadline) instead of the rejections.",
+        ),
+    ] = False,
+) -> None:
     """Inbound events the ledger did not apply, with the reason and where they came from."""
+    if parked:
+        with _ledger(program, db) as ledger:
+            waiting = ledger.app.parked()
+        for member_id, item in waiting:
+            typer.echo(
+                f"{item.occurred_at.isoformat()} {member_id} {item.event_type} {item.event_id}: "
+                f"waits ({item.reason}: {item.detail}) until {item.deadline.isoformat()}"
+            )
+        typer.echo(f"{len(waiting)} parked")
+        return
     with _ledger(program, db) as ledger:
         found = ledger.app.rejections()
     for r in found:

@@ -63,6 +63,11 @@ def _table_statements(p: str) -> list[str]:
         "placed_at TEXT NOT NULL, expires_at TEXT NOT NULL, resolved_at TEXT)",
         f"CREATE INDEX IF NOT EXISTS {p}holds_member ON {p}holds (member_id)",
         f"CREATE INDEX IF NOT EXISTS {p}holds_due ON {p}holds (expires_at) WHERE status = 'held'",
+        # When each member's tier is next reviewed (period end + grace, or an override's end),
+        # so the scheduler finds the downgrades due without reading every account.
+        f"CREATE TABLE IF NOT EXISTS {p}tier_reviews ("
+        "member_id TEXT PRIMARY KEY, due_at TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {p}tier_reviews_due ON {p}tier_reviews (due_at)",
     ]
 
 
@@ -179,6 +184,18 @@ class SqlLedgerView:
                     )
                     for _, hold in sorted(changes.holds.items())
                 ],
+            )
+            reviews = sorted(changes.tier_reviews.items())
+            self._run_many(
+                c,
+                f"INSERT INTO {p}tier_reviews VALUES (?, ?) "
+                "ON CONFLICT (member_id) DO UPDATE SET due_at = excluded.due_at",
+                [(member, _ts(due)) for member, due in reviews if due is not None],
+            )
+            self._run_many(
+                c,
+                f"DELETE FROM {p}tier_reviews WHERE member_id = ?",
+                [(member,) for member, due in reviews if due is None],
             )
 
     @staticmethod
@@ -400,15 +417,16 @@ class SqlLedgerView:
                 "(status = 'pending' AND release_at <= ?) OR "
                 "(status = 'available' AND remaining > 0 AND expires_at <= ?) "
                 f"UNION SELECT member_id FROM {p}holds WHERE status = 'held' AND expires_at <= ? "
+                f"UNION SELECT member_id FROM {p}tier_reviews WHERE due_at <= ? "
                 "ORDER BY member_id LIMIT ?",
-                (at, at, at, limit),
+                (at, at, at, at, limit),
             )
             return [r["member_id"] for r in c.fetchall()]
 
     def reset(self) -> None:
         p = self.prefix
         with self._tx(commit=True) as c:
-            for table in ("balances", "lots", "entries", "holds"):
+            for table in ("balances", "lots", "entries", "holds", "tier_reviews"):
                 self._run(c, f"DELETE FROM {p}{table}")
             self._reset_tracking(c)
 

@@ -40,6 +40,18 @@ class EventResult(_Out):
     detail: str | None = Field(default=None, description="parked: the reason in words")
 
 
+class ParkedEvent(_Out):
+    member_id: str
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    reason: str = Field(description="what it waits for, e.g. insufficient_points")
+    detail: str
+    deadline: datetime = Field(description="declined and dead-lettered after this instant")
+    parked_at: datetime
+    source: str = Field(description="where it came from (channel, topic, partition, offset)")
+
+
 class Balance(_Out):
     member_id: str
     available: int

@@ -286,6 +286,9 @@ class LedgerApplication(Application[UUID]):
         involved = [event.member_id]
         if isinstance(event, ReferralQualified):
             involved.append(event.data.referee_member_id)
+            referee = batch.accounts.get(event.data.referee_member_id)
+            if referee is not None and referee.referred_by is not None:
+                involved.append(referee.referred_by)  # may lose to an earlier referral
         before = {m: len(a.pending_events) for m in involved if (a := batch.accounts.get(m))}
         created_before = set(batch.created)
         try:
@@ -297,7 +300,7 @@ class LedgerApplication(Application[UUID]):
             raise
         return tuple(
             f"{member}#{e.originator_version}"
-            for member in involved
+            for member in dict.fromkeys(involved)
             if (account := batch.accounts.get(member)) is not None
             for e in account.pending_events[before.get(member, 0) :]
         )
@@ -343,6 +346,35 @@ class LedgerApplication(Application[UUID]):
             referrer = self._account(batch, event.member_id, prov, at, create=True)
             referee_id = event.data.referee_member_id
             referee = self._account(batch, referee_id, prov, at, create=True)
+            first = referee.referred_by
+            if (
+                first is not None
+                and first != event.member_id
+                and referee.earlier_referral(at, event.event_id)
+                and referee_id not in referrer.referees
+            ):
+                # This referral came first but arrived later: it wins, whatever the order
+                # the topics were read in. The later one's bonus is taken back.
+                loser = self._account(batch, first, prov, at, create=False)
+                loser.reverse_referral(
+                    program,
+                    referee=referee_id,
+                    winner=event.member_id,
+                    occurred_at=at,
+                    provenance=prov,
+                )
+                referee.reassign_referral(
+                    program, referrer=event.member_id, occurred_at=at, provenance=prov
+                )
+                referrer.earn_referral(
+                    program,
+                    role="referrer",
+                    other_member=referee_id,
+                    occurred_at=at,
+                    provenance=prov,
+                    now=at,
+                )
+                return
             referee.check_can_be_referred(event.member_id)
             referrer.earn_referral(
                 program,
@@ -636,13 +668,13 @@ class LedgerApplication(Application[UUID]):
                 now,
             )
 
-    def parked(self) -> list[ParkedEvent]:
-        """Every event waiting on a member now, oldest first."""
-        found: list[ParkedEvent] = []
+    def parked(self) -> list[tuple[str, ParkedEvent]]:
+        """Every event waiting on a member now (member id, event), oldest first."""
+        found: list[tuple[str, ParkedEvent]] = []
         for member_id in self._parked_members():
             parking: Any = self.repository.get(parked_id(member_id))
-            found += parking.in_order()
-        return sorted(found, key=lambda i: (i.occurred_at, i.event_id))
+            found += [(member_id, item) for item in parking.in_order()]
+        return sorted(found, key=lambda x: (x[1].occurred_at, x[1].event_id))
 
     def _parked_members(self) -> list[str]:
         topic = f"{ParkedEvents.Opened.__module__}:{ParkedEvents.Opened.__qualname__}"

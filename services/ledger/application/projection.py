@@ -78,6 +78,10 @@ class LedgerProjection:
         tier = row.tier if row else None
         if isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier
+            review = event.override_until if event.locked else event.held_until
+            changes.tier_reviews[member] = review if event.period_end or event.locked else None
+        elif isinstance(event, MemberAccount.PointsEarned) and event.tier_held_until:
+            changes.tier_reviews[member] = event.tier_held_until  # held longer
         updated: datetime = message.recorded_at
         current[member] = changes.balances[member] = BalanceRow(
             member_id=member,

@@ -25,6 +25,8 @@ from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import PENDING, Lot, created_by, next_due
 from services.ledger.domain.provenance import Origin
 
+PARKED_CHECK = timedelta(minutes=1)  # how often the scheduler looks at parked deadlines
+
 EXPIRING_WINDOWS = (30, 60, 90)
 
 
@@ -189,6 +191,7 @@ class Ledger:
         self.view = view
         self.projection = LedgerProjection(app.process_recorder, app.mapper, view)
         self.view_factory = view_factory
+        self._parked_checked: datetime | None = None
 
     # ------------------------------------------------------------ projections
 
@@ -240,10 +243,15 @@ class Ledger:
     # -------------------------------------------------------------- time work
 
     def tick(self, now: datetime | None = None) -> int:
-        """Release and expire everything due at `now`; idempotent for an instant."""
+        """Do the time-driven work due at `now` (release, expiry, hold TTL, tier reviews)
+        and decline parked events past their deadline; idempotent for an instant."""
         at = now or self.app.clock.now()
         self.projection.run()
         made = self.app.advance_members(self.view.members_due(at), at)
+        # Parked events wait hours: their deadlines are checked at most once a minute.
+        if self._parked_checked is None or not at - PARKED_CHECK < self._parked_checked <= at:
+            made += self.app.expire_parked(at)
+            self._parked_checked = at
         self.projection.run()
         return made
 

@@ -7,17 +7,24 @@ from typing import Any
 
 from eventsourcing.persistence import JSONTranscoder, Transcoding
 
-from services.ledger.domain.account import Balances, OrderRecord, Qualifying, RedemptionRecord
+from services.ledger.domain.account import (
+    Balances,
+    OrderRecord,
+    Qualifying,
+    RedemptionRecord,
+    TierChange,
+)
 from services.ledger.domain.holds import HoldRecord
 from services.ledger.domain.lots import Lot, LotMove
 from services.ledger.domain.parking import ParkedEvent
 from services.ledger.domain.postings import Posting
 from services.ledger.domain.provenance import Origin, Provenance
-from services.ledger.domain.rules import LinePoints
+from services.ledger.domain.rules import Line, LinePoints
 
 VALUE_TYPES: tuple[type[Any], ...] = (
     Balances,
     HoldRecord,
+    Line,
     LinePoints,
     Lot,
     LotMove,
@@ -28,6 +35,7 @@ VALUE_TYPES: tuple[type[Any], ...] = (
     Provenance,
     Qualifying,
     RedemptionRecord,
+    TierChange,
 )
 
 

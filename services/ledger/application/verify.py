@@ -113,6 +113,11 @@ def _fold(
                 lots[lot_id] = replace(lot, remaining=lot.amount)
             elif lots[lot_id].status != lot.status:
                 lots[lot_id] = lots[lot_id].released()
+        if isinstance(event, MemberAccount.PointsToppedUp) and event.lot_id in lots:
+            grown = lots[event.lot_id]  # a late tier's difference grows the order's own lot
+            lots[event.lot_id] = replace(
+                grown, amount=grown.amount + event.points, remaining=grown.remaining + event.points
+            )
         for move in event.moves:
             old = lots.get(move.lot_id)
             if old is None:
@@ -148,7 +153,10 @@ def _fold(
         if isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier
         if event.provenance.event_id and event.provenance.origin.channel != "scheduler":
-            credited[(event.provenance.event_id, member, type(event).__name__)] += 1
+            kind = type(event).__name__
+            if isinstance(event, MemberAccount.TierAssigned):
+                kind += f" ({event.cause})"  # an event may place a member, then upgrade
+            credited[(event.provenance.event_id, member, kind)] += 1
     if sum(balances.values()) != 0:
         report.violations.append(f"{member}: accounts do not sum to zero")
     live = app.find_account(member)

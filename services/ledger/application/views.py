@@ -71,6 +71,7 @@ class ViewChanges:
     lots: dict[tuple[str, str], Lot]
     entries: list[EntryRow]
     holds: dict[str, HoldRow] = field(default_factory=dict)
+    tier_reviews: dict[str, datetime | None] = field(default_factory=dict)  # None: none due
 
 
 class LedgerView(Protocol):

@@ -8,6 +8,7 @@ and replaying the entries never recomputes a rule.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ from services.ledger.domain.lots import (
     LotMove,
     allocate,
     next_due,
+    spend_order_key,
     spendable_total,
 )
 from services.ledger.domain.postings import Posting, apply_postings, check_balanced, transfer
@@ -58,6 +60,23 @@ DAILY_WINDOW_DAYS = 400  # purchase points per day are kept this long, for late 
 # Qualifying activity older than this can count in no tier window or review (windows are at
 # most 36 months, grace at most 365 days, plus an override's own window).
 QUALIFYING_HORIZON = timedelta(days=6 * 366)
+
+
+_MAX_SEQ = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    """One tier change in the account's history: effective instant, entry seq, tier."""
+
+    at: datetime
+    seq: int
+    tier: str | None
+    cause: str = ""
+
+
+def _change_key(change: TierChange) -> tuple[datetime, int]:
+    return change.at, change.seq
 
 
 class SnapshotTooOld(Exception):
@@ -100,6 +119,13 @@ class OrderRecord:
     reversed_points: int = 0
     refund_ids: tuple[str, ...] = ()
     expired_credited: int = 0  # reversed points that had already expired from the order's lot
+    # Since 0.2: what the quote was made of, so a tier reached late can be applied to it.
+    basis: tuple[Line, ...] = ()
+    source: str | None = None
+    earned_at: datetime | None = None
+    tier: str | None = None
+    day: str = ""
+    seq: int = 0  # the earn entry's seq: a tier change it caused comes after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +135,7 @@ class RedemptionRecord:
     reward_id: str | None
     moves: tuple[LotMove, ...]
     status: str  # redeemed | cancelled
+    at: datetime | None = None  # when it was redeemed (None: recorded before 0.2)
 
 
 class MemberAccount(Aggregate):
@@ -183,6 +210,7 @@ class MemberAccount(Aggregate):
                 account._prune_daily(self.day)
             if self.kind == "referral" and self.reference.startswith("referred-by:"):
                 account.referred_by = self.reference.removeprefix("referred-by:")
+                account.referral_claim = (self.effective_at, self.provenance.event_id or "")
             if self.kind == "referral" and self.reference.startswith("referee:"):
                 referee = self.reference.removeprefix("referee:")
                 account.referees[referee] = self.provenance.event_id or ""
@@ -194,6 +222,59 @@ class MemberAccount(Aggregate):
         def apply_specific(self, account: MemberAccount) -> None:
             account.auto_enrolled = False
 
+    class ReferralReversed(Entry):
+        """A referrer's bonus taken back: an earlier referral of the same referee won."""
+
+        referee: str
+        points: int  # taken back
+        forgiven: int  # not taken: already spent (never below zero)
+        winner: str  # the referrer of the earlier referral
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.referees.pop(self.referee, None)
+            account.lifetime_earned -= self.points + self.forgiven
+
+    class ReferralReassigned(Entry):
+        """The referee's link moved to the referrer of an earlier referral (no points)."""
+
+        referrer: str
+        previous: str
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.referred_by = self.referrer
+            account.referral_claim = (self.effective_at, self.provenance.event_id or "")
+
+    class PointsToppedUp(Entry):
+        """A purchase recorded at a lower tier than it had once an earlier-dated event
+        (that arrived late) was counted: the difference, on the purchase's own lot."""
+
+        order: OrderRecord
+        points: int
+        lot_id: str
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.orders[self.order.order_id] = self.order
+            account.daily_points[self.order.day] = (
+                account.daily_points.get(self.order.day, 0) + self.points
+            )
+            account.lifetime_earned += self.points
+            if self.order.earned_at is not None:
+                spend = 0  # the order's spend counted when it was earned
+                account._qualify(Qualifying(self.order.earned_at, self.points, spend))
+
+    class LotsReallocated(Entry):
+        """An earn dated before redemptions already recorded (it arrived late, on another
+        topic): the redemptions take from its lot what soonest-expiring-first would have
+        taken had it been there, and give back to the later-expiring lots. No points move
+        between accounts; the lots end as if the events had arrived in time order."""
+
+        lot_id: str
+        redemptions: tuple[RedemptionRecord, ...]  # as they stand after
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            for record in self.redemptions:
+                account.redemptions[record.redemption_id] = record
+
     class PendingReleased(Entry):
         lot_id: str
         points: int
@@ -203,6 +284,16 @@ class MemberAccount(Aggregate):
 
         def apply_specific(self, account: MemberAccount) -> None:
             account.redemptions[self.redemption.redemption_id] = self.redemption
+            spent_at = self.redemption.at or self.effective_at
+            if account.last_spend_at is None or spent_at > account.last_spend_at:
+                account.last_spend_at = spent_at
+            # A late redemption may spend points that expired after its own time: what the
+            # redemption took beyond its lot moves came back from breakage.
+            moved = {m.lot_id: m.amount for m in self.moves}
+            for m in self.redemption.moves:
+                unexpired = moved.get(m.lot_id, 0) - m.amount
+                if unexpired:
+                    account.expired_by_lot[m.lot_id] -= unexpired
 
     class RedemptionCancelled(Entry):
         redemption_id: str
@@ -325,6 +416,21 @@ class MemberAccount(Aggregate):
             state["override_until"] = None if service else until
 
         def apply_specific(self, account: MemberAccount) -> None:
+            change = TierChange(self.effective_at, self.originator_version, self.tier, self.cause)
+            changes = account.tier_changes
+            earlier = [c for c in changes if _change_key(c) < _change_key(change)]
+            if self.cause == "entry" and earlier:
+                return  # the member had a tier by then already (recorded late): moot
+            insort(changes, change, key=_change_key)
+            if self.cause != "entry":
+                # An entry tier recorded after this instant only said "had none": moot now.
+                account.tier_changes = [
+                    c
+                    for c in changes
+                    if c.cause != "entry" or _change_key(c) < _change_key(change) or c == change
+                ]
+            if account.tier_changes[-1] != change:
+                return  # an upgrade found late, dated before the tier in force: history only
             account.tier = self.tier
             account.tier_until = self.until
             account.tier_locked = self.locked
@@ -347,6 +453,13 @@ class MemberAccount(Aggregate):
         self.daily_points: dict[str, int] = {}
         self.referred_by: str | None = None
         self.referees: dict[str, str] = {}
+        # (occurred_at, event id) of the referral that pays for this member as referee: an
+        # earlier one that arrives later takes its place (the earliest referral wins).
+        self.referral_claim: tuple[datetime, str] | None = None
+        self.last_spend_at: datetime | None = None  # the latest redemption's time
+        # (effective at, seq, tier) of every tier change, in effective-time order: the tier
+        # in force at an instant, for an event that arrives after later ones.
+        self.tier_changes: list[TierChange] = []
         self.lifetime_earned = 0
         self.expired_by_lot: dict[str, int] = {}
         self.tier_until: datetime | None = None
@@ -440,6 +553,7 @@ class MemberAccount(Aggregate):
                 prov = Provenance(SCHEDULER, program_version=lot.program_version, tier=self.tier)
                 if kind == 0:
                     self._release(lot, at, prov.with_rule("pending_release"))
+                    self._reallocate(program, lot_id, at, prov)
                 else:
                     self._expire(lot, at, prov.with_rule("expiry"))
             else:
@@ -486,6 +600,71 @@ class MemberAccount(Aggregate):
             ),
         )
 
+    def tier_at(self, at: datetime, before_seq: int = _MAX_SEQ) -> str | None:
+        """The tier in force at `at` (the current one unless later changes are recorded);
+        with `before_seq`, only changes recorded before that entry count at `at` itself."""
+        if not self.tier_changes or (self.tier_changes[-1].at, self.tier_changes[-1].seq) < (
+            at,
+            before_seq,
+        ):
+            return self.tier
+        index = bisect_left(self.tier_changes, (at, before_seq), key=_change_key)
+        return self.tier_changes[index - 1].tier if index else None
+
+    def _top_up(self, program: Program, since: datetime, provenance: Provenance) -> bool:
+        """Purchases dated after `since` (a late upgrade) earn what the tier then in force
+        gives: the difference goes onto each one's own lot. Returns whether any did."""
+        topped = False
+        for order in sorted(
+            (o for o in self.orders.values() if o.earned_at is not None and o.earned_at > since),
+            key=lambda o: (o.earned_at or since, o.order_id),
+        ):
+            tier = self.tier_at(order.earned_at or since, order.seq or _MAX_SEQ)
+            if tier == order.tier or not order.lot_id or order.lot_id not in self.lots:
+                continue
+            if order.refund_ids:
+                continue  # refunds already took back a share of the old figure
+            quote = quote_purchase(
+                program,
+                currency=order.currency,
+                total_minor=order.total_minor,
+                lines=order.basis,
+                occurred_at=order.earned_at or since,
+                source=order.source,
+                tier_id=tier,
+            )
+            cap = program.earn.caps.per_member_per_day
+            if cap is not None:
+                others = self.daily_points.get(order.day, 0) - order.points
+                quote = cap_quote(quote, max(0, cap - others), f"capped at {cap} per day")
+            diff = quote.points - order.points
+            if diff <= 0:
+                continue
+            lot = self.lots[order.lot_id]
+            grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + diff)
+            pending = lot.status == PENDING
+            moves = () if pending else self._settle_moves(lot.lot_id, diff)
+            self._record(
+                self.PointsToppedUp,
+                effective_at=order.earned_at or since,
+                postings=transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, diff),
+                moves=moves,
+                replaced_lots=(grown,),
+                provenance=replace(
+                    provenance,
+                    rule_id="tier:reached_before",
+                    program_version=program.version,
+                    tier=tier,
+                ),
+                note=f"{diff} points: order {order.order_id} earns at tier {tier}, in force "
+                f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})",
+                order=replace(order, points=quote.points, lines=quote.lines, tier=tier),
+                points=diff,
+                lot_id=lot.lot_id,
+            )
+            topped = True
+        return topped
+
     def _qualify(self, activity: Qualifying) -> None:
         horizon = activity.at - QUALIFYING_HORIZON
         if self.qualifying and self.qualifying[0].at < horizon:
@@ -531,17 +710,26 @@ class MemberAccount(Aggregate):
         if not program.tiers:
             return
         before = self.tier_state(program)
-        after, decisions = tier_policy.upgrade(program, before, at, None)
-        if decisions:
-            self._record_tier(
-                program,
-                before,
-                after,
-                at=at,
-                cause="upgrade",
-                reason=decisions[-1].detail,
-                provenance=replace(provenance, rule_id="tier"),
-            )
+        # A late earn (qualifying activity dated after it is recorded already) upgrades at
+        # the first instant the window reaches a threshold, as it would have in time order.
+        instants = sorted({at, *(q.at for q in self.qualifying if q.at > at)})
+        for instant in instants:
+            in_force = self.tier_at(instant)
+            state = before if in_force == before.tier else replace(before, tier=in_force)
+            after, decisions = tier_policy.upgrade(program, state, instant, None)
+            if decisions:
+                self._record_tier(
+                    program,
+                    state,
+                    after,
+                    at=instant,
+                    cause="upgrade",
+                    reason=decisions[-1].detail,
+                    provenance=replace(provenance, rule_id="tier"),
+                )
+                if instant < instants[-1] and self._top_up(program, instant, provenance):
+                    self._upgrade_after_earn(program, instant, provenance)  # may reach more
+                return
 
     def _record_tier(
         self,
@@ -597,6 +785,76 @@ class MemberAccount(Aggregate):
             points=amount,
         )
 
+    def _reallocate(
+        self, program: Program, lot_id: str, since: datetime, provenance: Provenance
+    ) -> None:
+        """Redemptions recorded after `since` that took from lots the new lot would have
+        been spent before (soonest expiry first) take from it instead."""
+        if self.last_spend_at is None or self.last_spend_at <= since:
+            return  # nothing recorded after it: the usual case, at no cost
+        lot = self.lots[lot_id]
+        later = sorted(
+            (
+                r
+                for r in self.redemptions.values()
+                if r.status == "redeemed" and r.at is not None and r.at >= since
+            ),
+            key=lambda r: (r.at or since, r.redemption_id),
+        )
+        free = lot.remaining
+        # Together, the redemptions give back the points soonest-expiring-first would have
+        # taken last, whichever redemption took them.
+        taken = sorted(
+            (
+                (record, move)
+                for record in later
+                if lot.expires_at is None or record.at is None or lot.expires_at > record.at
+                for move in record.moves
+                if spend_order_key(self.lots[move.lot_id])[:2] > spend_order_key(lot)[:2]
+            ),
+            key=lambda rm: (spend_order_key(self.lots[rm[1].lot_id]), rm[0].at or since),
+            reverse=True,
+        )
+        new_moves: dict[str, dict[str, int]] = {}
+        moves: dict[str, int] = {}
+        for record, move in taken:
+            if free == 0:
+                break
+            swap = min(free, -move.amount)
+            mine = new_moves.setdefault(
+                record.redemption_id, {m.lot_id: m.amount for m in record.moves}
+            )
+            mine[move.lot_id] += swap
+            mine[lot_id] = mine.get(lot_id, 0) - swap
+            moves[move.lot_id] = moves.get(move.lot_id, 0) + swap
+            moves[lot_id] = moves.get(lot_id, 0) - swap
+            free -= swap
+        changed = [
+            replace(
+                self.redemptions[rid],
+                moves=tuple(LotMove(k, v) for k, v in amounts.items() if v),
+            )
+            for rid, amounts in new_moves.items()
+        ]
+        if not changed:
+            return
+        self._record(
+            self.LotsReallocated,
+            effective_at=since,
+            postings=(),
+            moves=tuple(LotMove(k, v) for k, v in moves.items() if v),
+            provenance=replace(
+                provenance,
+                rule_id="spend:soonest_expiring_first",
+                program_version=program.version,
+                tier=self.tier,
+            ),
+            note=f"{-moves.get(lot_id, 0)} redeemed points now taken from {lot.source}, which "
+            "expires sooner (it arrived after those redemptions)",
+            lot_id=lot_id,
+            redemptions=tuple(changed),
+        )
+
     def _expire(self, lot: Lot, at: datetime, prov: Provenance) -> None:
         amount = lot.remaining
         self._record(
@@ -628,6 +886,8 @@ class MemberAccount(Aggregate):
     ) -> None:
         if order_id in self.orders:
             raise Declined("duplicate_order", f"order {order_id} has already earned points")
+        # Due work and the entry tier first: the tier in force at the purchase sets its rate.
+        self.prepare(program, now, provenance)
         quote = quote_purchase(
             program,
             currency=currency,
@@ -635,14 +895,13 @@ class MemberAccount(Aggregate):
             lines=lines,
             occurred_at=occurred_at,
             source=source,
-            tier_id=self.tier,
+            tier_id=self.tier_at(occurred_at),
         )
         day = local_date(program, occurred_at).isoformat()
         daily_cap = program.earn.caps.per_member_per_day
         if daily_cap is not None:
             left = max(0, daily_cap - self.daily_points.get(day, 0))
             quote = cap_quote(quote, left, f"capped at {daily_cap} per member per day")
-        self.prepare(program, now, provenance)
         lot_id = self._next_lot_id() if quote.points else None
         order = OrderRecord(
             order_id=order_id,
@@ -651,6 +910,12 @@ class MemberAccount(Aggregate):
             total_minor=total_minor,
             points=quote.points,
             lines=quote.lines,
+            basis=tuple(lines),
+            source=source,
+            earned_at=occurred_at,
+            tier=self.tier_at(occurred_at),
+            day=day,
+            seq=self.version + 1,
         )
         self._earn(
             program,
@@ -724,6 +989,85 @@ class MemberAccount(Aggregate):
         )
         self.catch_up(program)
 
+    def earlier_referral(self, at: datetime, event_id: str) -> bool:
+        """Whether a referral at (`at`, `event_id`) precedes the one that paid for this
+        member as referee (the earliest by occurred_at, then event id, wins)."""
+        claim = self.referral_claim
+        return claim is not None and (at, event_id) < (claim[0], claim[1])  # a list in snapshots
+
+    def reverse_referral(
+        self,
+        program: Program,
+        *,
+        referee: str,
+        winner: str,
+        occurred_at: datetime,
+        provenance: Provenance,
+    ) -> None:
+        """Take back the bonus for referring `referee`: from that bonus's own lot first, then
+        from what is available; what was already spent is forgiven (never below zero)."""
+        points = program.referral.referrer_points
+        self.prepare(program, occurred_at, provenance)
+        label = _label("referral", f"referee:{referee}")
+        own = [lot for lot in self.lots.values() if lot.source == label and lot.remaining > 0]
+        moves: list[LotMove] = []
+        left = points
+        for lot in own[:1]:
+            take = min(left, lot.remaining)
+            moves.append(LotMove(lot.lot_id, -take))
+            left -= take
+        lots = dict(self.lots)
+        for move in moves:
+            lots[move.lot_id] = lots[move.lot_id].moved(move.amount)
+        take = min(left, max(0, spendable_total(lots.values(), occurred_at) - self.debt))
+        if take:
+            moves.extend(allocate(lots.values(), take, occurred_at))
+            left -= take
+        taken = points - left
+        self._record(
+            self.ReferralReversed,
+            effective_at=occurred_at,
+            postings=transfer(acc.AVAILABLE, acc.ISSUED, taken),
+            moves=_merge(moves),
+            provenance=replace(
+                provenance,
+                rule_id="referral:earliest_wins",
+                program_version=program.version,
+                tier=self.tier,
+            ),
+            note=f"referral bonus for {referee} taken back ({taken} points"
+            + (f", {left} already spent and kept" if left else "")
+            + f"): {winner}'s earlier referral of {referee} is the one that counts",
+            referee=referee,
+            points=taken,
+            forgiven=left,
+            winner=winner,
+        )
+        self.catch_up(program)
+
+    def reassign_referral(
+        self, program: Program, *, referrer: str, occurred_at: datetime, provenance: Provenance
+    ) -> None:
+        previous = self.referred_by or ""
+        self.prepare(program, occurred_at, provenance)
+        self._record(
+            self.ReferralReassigned,
+            effective_at=occurred_at,
+            postings=(),
+            moves=(),
+            provenance=replace(
+                provenance,
+                rule_id="referral:earliest_wins",
+                program_version=program.version,
+                tier=self.tier,
+            ),
+            note=f"referred by {referrer}, whose referral came first (not {previous}); "
+            "the welcome bonus stays",
+            referrer=referrer,
+            previous=previous,
+        )
+        self.catch_up(program)
+
     def check_can_be_referred(self, referrer: str) -> None:
         if self.referred_by is not None:
             raise Declined(
@@ -789,7 +1133,7 @@ class MemberAccount(Aggregate):
             provenance,
             rule_id=",".join(quote.rule_ids),
             program_version=program.version,
-            tier=self.tier,
+            tier=self.tier_at(occurred_at),
         )
         new_lots: tuple[Lot, ...] = ()
         moves: tuple[LotMove, ...] = ()
@@ -839,6 +1183,8 @@ class MemberAccount(Aggregate):
             tier_period_end=renewal[0] if renewal else None,
             tier_held_until=renewal[1] if renewal else None,
         )
+        if new_lots and new_lots[0].status == AVAILABLE:
+            self._reallocate(program, new_lots[0].lot_id, occurred_at, provenance)
         self._upgrade_after_earn(program, occurred_at, provenance)
         self.catch_up(program)
 
@@ -1023,27 +1369,61 @@ class MemberAccount(Aggregate):
         if points is None or points <= 0:
             raise Declined("invalid_points", "a redemption needs a positive number of points")
         self.prepare(program, now, provenance)
-        available = self.spendable(now)
+        lots = self._lots_as_of(occurred_at)
+        available = spendable_total(lots.values(), occurred_at) - self.debt
         if points > available:
             raise Declined(
                 "insufficient_points", f"{points} points requested, {available} available"
             )
-        moves = allocate(self.lots.values(), points, now)
-        record = RedemptionRecord(redemption_id, points, reward_id, moves, "redeemed")
+        moves = allocate(lots.values(), points, occurred_at)
+        # Of what a late redemption takes, points that have expired since its own time come
+        # back from breakage (they were spent before they expired); the rest from the lots.
+        from_lots: list[LotMove] = []
+        from_expired = 0
+        for move in moves:
+            expired = lots[move.lot_id].remaining - self.lots[move.lot_id].remaining
+            back = min(-move.amount, expired)
+            from_expired += back
+            if -move.amount - back:
+                from_lots.append(LotMove(move.lot_id, move.amount + back))
+        # When it took effect in event time: its own time, or later when it waited (parked)
+        # for points earned after it; an earlier-dated earn arriving after that may take
+        # its place (see _reallocate).
+        spent_at = max([occurred_at, *(lots[m.lot_id].earned_at for m in moves)])
+        record = RedemptionRecord(redemption_id, points, reward_id, moves, "redeemed", spent_at)
+        note = f"redeemed {points} points for {what} (redemption {redemption_id})"
+        if from_expired:
+            note += f"; {from_expired} of them had expired since and come back from breakage"
         self._record(
             self.PointsRedeemed,
             effective_at=occurred_at,
-            postings=transfer(acc.AVAILABLE, acc.REDEEMED, points),
-            moves=moves,
+            postings=transfer(acc.EXPIRED, acc.REDEEMED, from_expired)
+            + transfer(acc.AVAILABLE, acc.REDEEMED, points - from_expired),
+            moves=tuple(from_lots),
             provenance=replace(
                 provenance,
                 rule_id=f"reward:{reward_id}" if reward_id else "redeem:points",
                 program_version=program.version,
-                tier=self.tier,
+                tier=self.tier_at(occurred_at),
             ),
-            note=f"redeemed {points} points for {what} (redemption {redemption_id})",
+            note=note,
             redemption=record,
         )
+
+    def _lots_as_of(self, at: datetime) -> dict[str, Lot]:
+        """The lots as they stood at `at` for spending: as they are, except for an event
+        dated before scheduled work already recorded (late), where points that expired
+        after `at` count as still there and lots released after `at` as still pending."""
+        if self.worked_to is None or at >= self.worked_to:
+            return self.lots
+        lots = dict(self.lots)
+        for lot_id, lot in self.lots.items():
+            if lot.release_at is not None and lot.release_at > at and lot.status == AVAILABLE:
+                lots[lot_id] = replace(lot, status=PENDING)
+            expired = self.expired_by_lot.get(lot_id, 0)
+            if expired and lot.expires_at is not None and lot.expires_at > at:
+                lots[lot_id] = replace(lots[lot_id], remaining=lot.remaining + expired)
+        return lots
 
     def cancel_redemption(
         self,
@@ -1380,6 +1760,7 @@ class MemberAccount(Aggregate):
         note: str,
         new_lots: Iterable[Lot] = (),
         released: Iterable[str] = (),
+        replaced_lots: Iterable[Lot] = (),
         holds_after: Mapping[str, HoldRecord] | None = None,
         **specific: Any,
     ) -> None:
@@ -1395,6 +1776,8 @@ class MemberAccount(Aggregate):
             lots[lot.lot_id] = touched[lot.lot_id] = lot
         for lot_id in released:
             lots[lot_id] = touched[lot_id] = lots[lot_id].released()
+        for lot in replaced_lots:
+            lots[lot.lot_id] = touched[lot.lot_id] = lot
         for move in moves:
             lots[move.lot_id] = touched[move.lot_id] = lots[move.lot_id].moved(move.amount)
         balances = apply_postings(self.balances, postings)

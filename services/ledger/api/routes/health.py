@@ -18,6 +18,11 @@ PROJECTION_LAG = Gauge("loyalty_projection_lag", "Ledger notifications not yet p
 INVARIANT_VIOLATIONS = Gauge(
     "loyalty_invariant_violations", "Violations found by this process's last verify run"
 )
+PARKED_EVENTS = Gauge(
+    "loyalty_parked_events",
+    "Events waiting for what they depend on, as of this process's last look (verify, "
+    "GET /v1/ops/parked, or the scheduler's parked-deadline check)",
+)
 VERIFIED_AT = Gauge(
     "loyalty_verify_last_run_timestamp_seconds", "When this process last ran verify (Unix time)"
 )

@@ -14,6 +14,7 @@ from services.ledger.api.errors import ApiError, ErrorBody
 from services.ledger.api.models import (
     AuditEntry,
     AuditReport,
+    ParkedEvent,
     RebuildResult,
     ReplayRequest,
     ReplayResult,
@@ -21,7 +22,7 @@ from services.ledger.api.models import (
     WhatIfReport,
     WhatIfRequest,
 )
-from services.ledger.api.routes.health import INVARIANT_VIOLATIONS, VERIFIED_AT
+from services.ledger.api.routes.health import INVARIANT_VIOLATIONS, PARKED_EVENTS, VERIFIED_AT
 from services.ledger.api.routes.members import ERRORS, MemberId
 from services.ledger.application.audit import audit
 from services.ledger.application.verify import verify
@@ -75,6 +76,34 @@ def what_if_run(body: WhatIfRequest, ledger: LedgerDep, caller: MembersReader) -
         tiers=None if body.recorded_tiers else tier_decider,
     )
     return convert.what_if_report(report)
+
+
+@router.get(
+    "/v1/ops/parked",
+    operation_id="parked_events",
+    response_model=list[ParkedEvent],
+    responses=ERRORS,
+)
+def parked_events(ledger: LedgerDep, _: MembersReader) -> list[ParkedEvent]:
+    """Events waiting for what they depend on (e.g. the purchase that funds a redemption,
+    read from another topic), oldest first: retried whenever the member's account changes,
+    declined and dead-lettered with their reason once their deadline has passed."""
+    waiting = ledger.app.parked()
+    PARKED_EVENTS.set(len(waiting))
+    return [
+        ParkedEvent(
+            member_id=member_id,
+            event_id=item.event_id,
+            event_type=item.event_type,
+            occurred_at=item.occurred_at,
+            reason=item.reason,
+            detail=item.detail,
+            deadline=item.deadline,
+            parked_at=item.parked_at,
+            source=item.origin.key(),
+        )
+        for member_id, item in waiting
+    ]
 
 
 @router.get("/v1/ops/verify", operation_id="verify", response_model=VerifyResult, responses=ERRORS)

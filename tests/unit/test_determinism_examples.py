@@ -1,0 +1,314 @@
+"""One history, one ledger: the cases the issue saw, each with its figures worked out by hand.
+
+1. Tiers decided inline: a spend-based program's points are the same whether its purchases
+   arrive in one batch or one by one, an upgrade counts from the very next earn, and the
+   entry tier's multiplier applies to a member's first purchase.
+2. Backfill: a file of last January's events, ingested in November, is applied as of each
+   event's time, so a redemption of points that had not expired yet is applied.
+3. Arrival order: a redemption read before the purchase that funds it is parked and applied
+   when the purchase arrives; an explicit enrolment after an auto-enrolment completes it;
+   of two referrals of one referee the earliest pays, whichever is read first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.ledger.application.service import Ledger
+from services.ledger.domain.account import Balances
+from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.program import Program
+from tests.support.histories import (
+    PARKED,
+    Event,
+    activity,
+    apply_at,
+    apply_from_kafka,
+    enrolment,
+    file_item,
+    lot_content,
+    open_ledger,
+    purchase,
+    redemption,
+    referral,
+)
+
+Open = Callable[[Program, datetime], tuple[Ledger, FixedClock]]
+
+
+@pytest.fixture
+def open_fresh(tmp_path: Path) -> Iterator[Open]:
+    """Opens a ledger on a fresh SQLite file with a fixed wall clock; closes it afterwards."""
+    opened: list[Ledger] = []
+
+    def make(program: Program, now: datetime) -> tuple[Ledger, FixedClock]:
+        clock = FixedClock(now)
+        ledger = open_ledger(tmp_path / f"store-{len(opened)}", program, clock)
+        opened.append(ledger)
+        return ledger, clock
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+def program(**document: Any) -> Program:
+    base: dict[str, Any] = {
+        "id": "examples",
+        "name": "Examples",
+        "timezone": "UTC",
+        "currencies": {"USD": {"minor_units": 2, "points_per_unit": "1"}},
+    }
+    return Program.model_validate(base | document)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def dollars(amount: int) -> int:
+    return amount * 100
+
+
+def earned_by_order(ledger: Ledger, member: str) -> dict[str, tuple[int, str | None]]:
+    """Order id -> (points, tier named on the entry) of the member's purchase earns."""
+    ledger.projection.run()
+    found: dict[str, tuple[int, str | None]] = {}
+    for row in ledger.statement(member, limit=1000):
+        reference = row.body["details"].get("reference") or ""
+        if row.entry_type == "points_earned" and reference.startswith("order:"):
+            found[reference.removeprefix("order:")] = (
+                row.body["points"],
+                row.body["provenance"]["tier"],
+            )
+    return found
+
+
+# ------------------------------------------------------------- 1. tiers decided inline
+
+# Sephora-like: 1 point per dollar; tiers by spend in the calendar year (thresholds in cents).
+BEAUTY = program(
+    tiers=[
+        {"id": "insider", "name": "Insider", "threshold": 0},
+        {"id": "vib", "name": "VIB", "threshold": dollars(350), "earn_multiplier": "1.25"},
+        {"id": "rouge", "name": "Rouge", "threshold": dollars(1000), "earn_multiplier": "1.5"},
+    ],
+    tier_qualification={"basis": "spend", "window": "calendar_year"},
+)
+
+BEAUTY_ORDERS = [
+    purchase("b-1", "m-1", at("2026-02-10T15:00:00Z"), order_id="feb", total_minor=dollars(300)),
+    purchase("b-2", "m-1", at("2026-03-10T15:00:00Z"), order_id="mar", total_minor=dollars(400)),
+    purchase("b-3", "m-1", at("2026-05-10T15:00:00Z"), order_id="may", total_minor=dollars(500)),
+    purchase("b-4", "m-1", at("2026-06-10T15:00:00Z"), order_id="jun", total_minor=dollars(200)),
+]
+# By hand (each purchase earns at the tier held before it; its spend may then upgrade):
+#   Feb $300: Insider x1    = 300; spend 2026 = $300  (< $350)
+#   Mar $400: Insider x1    = 400; spend 2026 = $700  (>= $350: VIB from the next earn)
+#   May $500: VIB x1.25     = 625; spend 2026 = $1200 (>= $1000: Rouge from the next earn)
+#   Jun $200: Rouge x1.5    = 300
+#   total 300 + 400 + 625 + 300 = 1625 points
+BEAUTY_EARNS = {
+    "feb": (300, "insider"),
+    "mar": (400, "insider"),
+    "may": (625, "vib"),
+    "jun": (300, "rouge"),
+}
+BEAUTY_TOTAL = 1625
+BEAUTY_NOW = at("2026-06-30T12:00:00Z")  # the wall clock for every batch: an import
+
+
+@pytest.mark.parametrize("batches", ["one batch", "one event per batch"])
+def test_a_spend_tier_upgrade_counts_from_the_next_earn_however_the_orders_are_batched(
+    open_fresh: Open, batches: str
+) -> None:
+    ledger, clock = open_fresh(BEAUTY, BEAUTY_NOW)
+    items = [file_item(event, line) for line, event in enumerate(BEAUTY_ORDERS, 1)]
+    split = [items] if batches == "one batch" else [[item] for item in items]
+    outcomes = [o for batch in split for o in apply_at(ledger, clock, BEAUTY_NOW, batch)]
+    assert [o.status for o in outcomes] == ["applied"] * 4
+    ledger.app.advance_members(["m-1"], BEAUTY_NOW)
+
+    assert earned_by_order(ledger, "m-1") == BEAUTY_EARNS
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=BEAUTY_TOTAL, pending=0, held=0)
+    assert account.tier == "rouge"
+
+
+def test_the_entry_tier_multiplier_doubles_a_new_members_first_purchase(
+    open_fresh: Open,
+) -> None:
+    doubled = program(
+        tiers=[
+            {"id": "welcome", "name": "Welcome", "threshold": 0, "earn_multiplier": "2"},
+            {"id": "gold", "name": "Gold", "threshold": 1000, "earn_multiplier": "3"},
+        ],
+        tier_qualification={"basis": "points", "window": "calendar_year"},
+    )
+    ledger, clock = open_fresh(doubled, at("2026-04-01T12:00:00Z"))
+    first = purchase("w-1", "m-new", at("2026-04-01T11:00:00Z"), order_id="w1", total_minor=1000)
+    [outcome] = apply_at(ledger, clock, clock.now(), [file_item(first, 1)])
+    assert outcome.status == "applied"
+
+    # $10 at 1 point per dollar, in the entry tier x2: 10 * 2 = 20 points (not 10).
+    assert earned_by_order(ledger, "m-new") == {"w1": (20, "welcome")}
+    account = ledger.app.find_account("m-new")
+    assert account is not None
+    assert account.balance == Balances(available=20, pending=0, held=0)
+    assert account.tier == "welcome"
+
+
+# ---------------------------------------------------------------------- 2. backfill
+
+
+def test_a_backfilled_file_applies_each_event_as_of_its_time(open_fresh: Open) -> None:
+    backfill = program(
+        earn={"pending_days": 2},
+        expiry={"months_after_earn": 6},
+        activities={},
+    )
+    ledger, clock = open_fresh(backfill, at("2026-11-20T12:00:00Z"))
+    events = [
+        purchase("f-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=6000),
+        redemption("f-2", "m-1", at("2026-03-01T10:00:00Z"), redemption_id="x-1", points=50),
+    ]
+    # The wall clock stays at 2026-11-20 for the whole file.
+    outcomes = apply_at(
+        ledger, clock, clock.now(), [file_item(e, i) for i, e in enumerate(events, 1)]
+    )
+    # By hand: $60 earns 60 points on 01-10, pending until 01-12 10:00 (2 days), expiring
+    # 2026-07-10 10:00 (6 months after the earn; expiry_for rounds nothing). On 03-01 all 60
+    # are available, so the 50-point redemption is applied, leaving 10.
+    assert [(o.status, o.reason) for o in outcomes] == [("applied", None), ("applied", None)]
+
+    ledger.app.advance_members(["m-1"], clock.now())
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    # The 10 left expire on 2026-07-10 10:00: nothing is left on 2026-11-20.
+    assert account.balance == Balances(available=0, pending=0, held=0)
+    [lot] = account.lots.values()
+    assert lot_content(lot) == (
+        60,
+        0,
+        "available",
+        at("2026-01-10T10:00:00Z"),
+        at("2026-01-12T10:00:00Z"),
+        at("2026-07-10T10:00:00Z"),
+        "order o-1",
+    )
+    ledger.projection.run()
+    moves = [
+        (row.entry_type, row.effective_at, row.body["points"])
+        for row in sorted(ledger.statement("m-1", limit=100), key=lambda row: row.seq)
+        if row.entry_type != "enrolled"
+    ]
+    assert moves == [
+        ("points_earned", at("2026-01-10T10:00:00Z"), 60),
+        ("pending_released", at("2026-01-12T10:00:00Z"), 0),  # pending -> available
+        ("points_redeemed", at("2026-03-01T10:00:00Z"), -50),
+        ("points_expired", at("2026-07-10T10:00:00Z"), -10),
+    ]
+
+
+# ------------------------------------------------------------------ 3. arrival order
+
+ARRIVAL = program(
+    expiry={"months_after_earn": 6},
+    activities={"signup": {"points": 10, "limit": "once"}},
+    referral={"referrer_points": 20, "referee_points": 10},
+)
+READ_AT = at("2026-05-01T12:00:00Z")  # the wall clock when the records are read
+
+
+def read(ledger: Ledger, clock: FixedClock, events: list[tuple[Event, int]]) -> list[str]:
+    """Kafka records, one per batch in this order, each on its (topic, partition)."""
+    offsets: dict[tuple[str, int], int] = {}
+    statuses = []
+    for event, partition in events:
+        key = (event.topic, partition)
+        offset = offsets[key] = offsets.get(key, -1) + 1
+        statuses.append(apply_from_kafka(ledger, clock, READ_AT, event, partition, offset).status)
+    return statuses
+
+
+def test_a_redemption_read_before_the_purchase_funding_it_is_applied_when_it_arrives(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("k-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=8000)
+    spent = redemption("k-2", "m-1", at("2026-05-01T09:05:00Z"), redemption_id="x-1", points=50)
+    # The redemptions topic is read first: no account, no points yet.
+    assert read(ledger, clock, [(spent, 0)]) == [PARKED]
+    assert read(ledger, clock, [(bought, 0)]) == ["applied"]
+
+    # By hand: $80 earns 80 points at 09:00 (no pending period); the redemption of 09:05
+    # then takes 50: 80 - 50 = 30 left, with no redrive.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert account.balance == Balances(available=30, pending=0, held=0)
+
+
+def test_an_enrolment_read_after_an_auto_enrolment_pays_the_signup_bonus_once(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    joined = enrolment("k-1", "m-2", at("2026-05-01T08:55:00Z"))
+    bought = purchase("k-2", "m-2", at("2026-05-01T09:00:00Z"), order_id="o-2", total_minor=2000)
+    again = activity("k-3", "m-2", at("2026-05-01T09:30:00Z"), name="signup")
+    # The purchase (auto-enrolment) is read before the enrolment that happened first.
+    statuses = read(ledger, clock, [(bought, 0), (joined, 0), (again, 0)])
+    assert statuses[:2] == ["applied", "applied"]
+
+    # By hand: $20 -> 20 points, plus the signup bonus once: 20 + 10 = 30.
+    account = ledger.app.find_account("m-2")
+    assert account is not None
+    assert account.balance == Balances(available=30, pending=0, held=0)
+    assert [lot.amount for lot in account.lots.values() if lot.source == "signup"] == [10]
+
+
+def test_an_enrolment_read_after_an_auto_enrolment_completes_it_without_a_signup_bonus(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(program(), READ_AT)  # no signup activity in this program
+    joined = enrolment("k-1", "m-3", at("2026-05-01T08:55:00Z"))
+    bought = purchase("k-2", "m-3", at("2026-05-01T09:00:00Z"), order_id="o-3", total_minor=2000)
+    statuses = read(ledger, clock, [(bought, 0), (joined, 0)])
+    assert statuses == ["applied", "applied"]  # not already_enrolled
+    account = ledger.app.find_account("m-3")
+    assert account is not None
+    assert account.balance == Balances(available=20, pending=0, held=0)
+
+
+@pytest.mark.parametrize("first_read", ["earliest", "latest"])
+def test_of_two_referrals_of_one_referee_the_earliest_pays_whichever_is_read_first(
+    open_fresh: Open, first_read: str
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    # Referrals are keyed by the referrer: m-a and m-b are on different partitions.
+    earliest = (referral("k-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-r"), 0)
+    latest = (referral("k-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-r"), 1)
+    order = [earliest, latest] if first_read == "earliest" else [latest, earliest]
+    read(ledger, clock, order)
+
+    # By hand: m-a referred m-r first (10:00): m-a +20, m-r +10; m-b's referral of 11:00
+    # pays nothing (read first, it is reversed by a compensating entry when m-a's arrives).
+    balances = {}
+    for member in ("m-a", "m-b", "m-r"):
+        account = ledger.app.find_account(member)
+        balances[member] = account.balance.available if account is not None else 0
+    assert balances == {"m-a": 20, "m-b": 0, "m-r": 10}
+    referee = ledger.app.find_account("m-r")
+    assert referee is not None
+    assert referee.referred_by == "m-a"
+    if first_read == "latest":
+        ledger.projection.run()
+        points = [row.body["points"] for row in ledger.statement("m-b", limit=100)]
+        assert 20 in points
+        assert -20 in points  # the compensating entry
