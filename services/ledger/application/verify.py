@@ -148,7 +148,10 @@ def _fold(
         if isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier
         if event.provenance.event_id and event.provenance.origin.channel != "scheduler":
-            credited[(event.provenance.event_id, member, type(event).__name__)] += 1
+            kind = type(event).__name__
+            if isinstance(event, MemberAccount.TierAssigned):
+                kind += f" ({event.cause})"  # an event may place a member, then upgrade
+            credited[(event.provenance.event_id, member, kind)] += 1
     if sum(balances.values()) != 0:
         report.violations.append(f"{member}: accounts do not sum to zero")
     live = app.find_account(member)
