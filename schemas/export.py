@@ -9,7 +9,7 @@ from typing import Any, Final
 from pydantic import TypeAdapter
 
 from schemas.inbound import MODEL_BY_TYPE, InboundEvent
-from schemas.outbound import LedgerEntry, MemberBalance
+from schemas.outbound import LedgerEntry, MemberBalance, TierStatus
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parent / "json"
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -19,6 +19,7 @@ SCHEMA_SOURCES: dict[str, Any] = {
     "inbound-event.json": InboundEvent,
     "ledger-entry.json": LedgerEntry,
     "member-balance.json": MemberBalance,
+    "tier-status.json": TierStatus,
 }
 """File name -> model class (or annotated type, such as the ``InboundEvent`` union) to export.
 

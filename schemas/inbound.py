@@ -55,6 +55,7 @@ TOPIC_ACTIVITIES: Final = "loyalty.activities.v1"
 TOPIC_LEDGER: Final = "loyalty.ledger.v1"
 TOPIC_BALANCES: Final = "loyalty.balances.v1"
 TOPIC_TIERS: Final = "loyalty.tiers.v1"
+TOPIC_TIER_STATUS: Final = "loyalty.tier-status.v1"
 TOPIC_DEADLETTER: Final = "loyalty.deadletter.v1"
 
 EVENT_TYPES_BY_TOPIC: Final[dict[str, frozenset[str]]] = {
@@ -64,9 +65,14 @@ EVENT_TYPES_BY_TOPIC: Final[dict[str, frozenset[str]]] = {
     TOPIC_ACTIVITIES: frozenset({"activity.completed", "member.enrolled"}),
     TOPIC_TIERS: frozenset({"tier.changed"}),
 }
-"""Event types the ledger takes from each topic (tier.changed: from the tiers service)."""
+"""Event types of each inbound topic. tier.changed is published by the tiers projection
+(services/tiers) for the notifier; the ledger decides tiers itself and declines it
+(``decided_by_ledger``), so `loyalty serve` does not consume loyalty.tiers.v1."""
 
 INBOUND_TOPICS: Final = frozenset(EVENT_TYPES_BY_TOPIC)
+
+LEDGER_INPUT_TOPICS: Final = INBOUND_TOPICS - {TOPIC_TIERS}
+"""The topics `loyalty serve` consumes (every inbound topic but loyalty.tiers.v1)."""
 
 # --------------------------------------------------------------------------------------------
 # Field types
@@ -380,7 +386,8 @@ class MemberEnrolled(EventEnvelope):
     data: MemberEnrolledData
 
 
-# ``tier.changed`` is published by the tiers service; the ledger applies it like any input.
+# ``tier.changed`` is published by the tiers projection from the ledger's tier_assigned
+# entries (the notifier reads it); the ledger itself declines it.
 TierChangeReason = Literal["upgrade", "downgrade", "override", "override_ended", "recompute"]
 
 

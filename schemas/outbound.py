@@ -1,4 +1,5 @@
-"""Models of what the ledger publishes: every entry, and each member's latest balance."""
+"""Models of what the ledger and its projections publish: every entry, each member's latest
+balance and tier status."""
 
 from __future__ import annotations
 
@@ -108,3 +109,22 @@ class MemberBalance(_Out):
         default=None, description="the current tier is held at least until then"
     )
     tier_progress: TierProgressOut | None = None
+
+
+class TierStatus(_Out):
+    """A member's tier status as the tiers projection follows it from the ledger, published
+    on loyalty.tier-status.v1 (compacted; key: member_id). The tier and its dates are the
+    ledger's own (its tier_assigned entries); the qualifying value is counted at `as_of`."""
+
+    member_id: str
+    tier: str | None
+    held_until: datetime | None = Field(description="the tier is held at least until then")
+    locked: bool = Field(description="an ops override keeps automatic changes out")
+    override_until: datetime | None = Field(description="when an ops override ends")
+    basis: str = Field(description="points (earned) or spend (minor units)")
+    qualifying_value: int = Field(description="qualifying points or spend in the window")
+    next_tier: str | None = Field(description="the next tier up; null at the top")
+    next_threshold: int | None
+    period_end: datetime = Field(description="end of the current qualification period")
+    as_of_position: int = Field(description="ledger position of the last entry followed")
+    as_of: datetime = Field(description="the instant the qualifying value is counted at")

@@ -28,7 +28,7 @@ app = typer.Typer(
 program_app = typer.Typer(help="Program files: validate and show.", no_args_is_help=True)
 tier_app = typer.Typer(help="Member tiers: ops overrides.", no_args_is_help=True)
 tiers_app = typer.Typer(
-    help="The tiers service: run it, rebuild tiers from the ledger, explain a history.",
+    help="The tiers projection: run it, compare it with the ledger, explain a history.",
     no_args_is_help=True,
 )
 topics_app = typer.Typer(help="Kafka topics of the contract.", no_args_is_help=True)
@@ -579,23 +579,15 @@ def what_if_cmd(
         Path | None,
         typer.Option("--ledger-program", help="The ledger's own program; env LOYALTY_PROGRAM."),
     ] = None,
-    recorded_tiers: Annotated[
-        bool,
-        typer.Option(
-            "--recorded-tiers",
-            help="Replay the tier changes as they were recorded instead of deciding them "
-            "again under the other program.",
-        ),
-    ] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute members' histories under another program and show what they would have.
 
-    Tiers are decided again under the other program (its thresholds, window and grace),
-    as the tiers service would have decided them right after each entry."""
+    Tiers are decided again under the other program (its thresholds, window and grace):
+    the replay runs the same account code, which decides them inline; only ops overrides
+    are replayed as recorded."""
     from services.ledger.application.what_if import what_if
-    from services.tiers.embedded import tier_decider
 
     try:
         other = load_program(new_program)
@@ -603,14 +595,7 @@ def what_if_cmd(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     with _ledger(ledger_program, db) as ledger:
-        report = what_if(
-            ledger,
-            other,
-            member=member,
-            apply=apply,
-            actor=actor,
-            tiers=None if recorded_tiers else tier_decider,
-        )
+        report = what_if(ledger, other, member=member, apply=apply, actor=actor)
     if as_json:
         typer.echo(json.dumps(what_if_json(report), indent=2))
         return
@@ -631,7 +616,7 @@ def format_what_if(report: Any) -> list[str]:
         f"as of {report.as_of.isoformat()}",
         f"replayed {report.replayed_events} events and {report.replayed_operations} "
         f"operations; {len(report.skipped)} skipped",
-        f"tiers {'decided again under it' if report.tiers_recomputed else 'as recorded'}: "
+        f"tiers {'decided again under it' if report.tiers_recomputed else 'none (no tiers)'}: "
         f"{report.tier_changes} tier changes",
         *(f"  skipped {s}" for s in report.skipped),
         f"{'member':<16} {'now':>8} {'would have':>11} {'difference':>11} "
@@ -788,8 +773,8 @@ def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
 @tiers_app.command("serve")
 def tiers_serve(
     bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    review_interval: Annotated[
-        float, typer.Option(help="Seconds between period-end reviews (downgrades).")
+    count_interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes of the members-per-tier gauge.")
     ] = 60.0,
     data_dir: Annotated[Path, typer.Option(help="faust's data directory.")] = Path("var/tiers"),
     app_id: Annotated[
@@ -804,7 +789,9 @@ def tiers_serve(
     metrics_host: MetricsHostOpt = "127.0.0.1",
     program: ProgramOpt = None,
 ) -> None:
-    """Run the tiers service (faust): loyalty.ledger.v1 -> loyalty.tiers.v1, until SIGTERM."""
+    """Run the tiers projection (faust) until SIGTERM: it follows the tiers the ledger
+    records on loyalty.ledger.v1 and publishes tier.changed (loyalty.tiers.v1) and each
+    member's tier status (loyalty.tier-status.v1). It decides nothing."""
     import faust
 
     from services.ledger.adapters.metrics import serve_metrics
@@ -824,7 +811,7 @@ def tiers_serve(
         loaded,
         broker=";".join(brokers),
         data_dir=data_dir,
-        review_interval=review_interval,
+        count_interval=count_interval,
         app_id=app_id,
     )
     faust.Worker(service.app, loglevel="info").execute_from_commandline()
@@ -834,9 +821,9 @@ def tiers_serve(
 def tiers_rebuild(
     bootstrap: Annotated[
         str | None,
-        typer.Option(help="Compare with the live table of the tiers service on this broker."),
+        typer.Option(help="Compare with the live table of the tiers projection on this broker."),
     ] = None,
-    app_id: Annotated[str, typer.Option(help="faust app id of the tiers service.")] = (
+    app_id: Annotated[str, typer.Option(help="faust app id of the tiers projection.")] = (
         "loyalty-tiers"
     ),
     member: Annotated[
@@ -844,35 +831,33 @@ def tiers_rebuild(
     ] = None,
     program: ProgramOpt = None,
     db: DbOpt = None,
-    now: NowOpt = None,
 ) -> None:
-    """Recompute every member's tier from the ledger from zero; with --bootstrap, compare
-    with the tiers service's live table and exit 1 on any difference."""
+    """Every member's tier as the ledger records it; with --bootstrap, compared with the
+    tiers projection's live table (exit 1 on any difference)."""
     import asyncio
 
     from services.tiers.live_table import read_live_table
-    from services.tiers.rebuild import recompute_all
+    from services.tiers.rebuild import ledger_tiers, live_difference
 
     with _ledger(program, db) as ledger:
-        again = recompute_all(ledger.app, _aware(now))
+        members = member or [row.member_id for row in ledger.view.all_balances()]
+        recorded = ledger_tiers(ledger.app, members)
     live = asyncio.run(read_live_table(bootstrap, app_id)) if bootstrap else None
     differences = 0
-    if member:
-        again = {m: found for m, found in again.items() if m in set(member)}
-    for member_id, found in again.items():
-        state = found.state
-        until = state.held_until.isoformat() if state.held_until else "-"
+    for member_id, found in recorded.items():
+        until = found.held_until.isoformat() if found.held_until else "-"
         line = (
-            f"{member_id}: {state.tier or '-'} (held until {until}; {len(found.decisions)} changes)"
+            f"{member_id}: {found.tier or '-'} (held until {until}"
+            + ("; locked" if found.locked else "")
+            + ")"
         )
-        if live is not None:
-            shown = live.get(member_id)
-            if shown is None or shown.tier != state.tier:
-                differences += 1
-                line += f"  DIFFERS: live table has {shown.tier if shown else 'nothing'}"
+        differs = live_difference(found, live.get(member_id)) if live is not None else None
+        if differs is not None:
+            differences += 1
+            line += f"  DIFFERS: {differs}"
         typer.echo(line)
     typer.echo(
-        f"{len(again)} members recomputed"
+        f"{len(recorded)} members in the ledger"
         + (f", {differences} differ from the live table" if live is not None else "")
     )
     if differences:

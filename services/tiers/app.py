@@ -1,28 +1,32 @@
-"""The faust app of the tiers service: loyalty.ledger.v1 -> tier table -> loyalty.tiers.v1.
+"""The faust app of the tiers projection: loyalty.ledger.v1 -> tier table -> loyalty.tiers.v1
+and loyalty.tier-status.v1.
 
-- `tier-state` table: member id -> tier state (qualifying activity, tier, dates, and the
-  last ledger position applied, so a redelivered entry changes nothing). Its changelog
-  topic is how a restarted worker gets it back.
-- `entries` agent: each ledger entry goes through the pure policy; tier.changed messages
-  are published (and awaited) before the state is stored, so a crash in between publishes
-  the same decision again with the same event_id, which the ledger's receipts drop.
-- `reviews` timer: period-end downgrades and override ends due at the clock's `now`.
+The ledger decides tiers itself (inline, as it records each entry); this service only
+follows them, so no purchase ever waits on it.
+
+- `tier-state` table: member id -> the tier the ledger recorded (tier, dates, override,
+  lock), the qualifying activity (for the progress toward the next tier) and the last ledger
+  position applied, so a redelivered entry changes nothing. Its changelog topic is how a
+  restarted worker gets it back.
+- `entries` agent: each ledger entry is followed; the messages it gives (tier.changed for
+  a tier change, the member's tier status) are published and awaited before the state is
+  stored, so a crash in between publishes the same messages again: tier.changed with the
+  same event_id, the status under the same key of a compacted topic.
+- `members` timer: refreshes the members-per-tier gauge; it decides nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 from pydantic import ValidationError
 
-from schemas import TOPIC_LEDGER, TOPIC_TIERS
-from services.ledger.domain.clock import Clock, SystemClock
+from schemas import TOPIC_LEDGER, TOPIC_TIER_STATUS, TOPIC_TIERS
 from services.ledger.domain.program import Program
 from services.tiers.processor import Outgoing, TierProcessor
 
@@ -60,31 +64,14 @@ class TiersApp:
     processor: TierProcessor
     ledger_topic: Any
     tiers_topic: Any
+    status_topic: Any
     table: Any
     entries: Any  # the agent
-    clock: Clock
-    # The agent and the timer both read, publish, then store a member's state: one at a
-    # time, so neither stores a state the other has moved on meanwhile.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def publish(self, outgoing: list[Outgoing]) -> None:
-        for key, value in outgoing:
-            await self.tiers_topic.send(key=key, value=value)
-
-    async def review(self) -> int:
-        """Apply the reviews due now to every member held here; returns changes published."""
-        now = self.clock.now()
-        published = 0
-        for member_id in list(self.processor.store.keys()):
-            async with self.lock:
-                state, outgoing = self.processor.on_tick(member_id, now)
-                if state is None:
-                    continue
-                await self.publish(outgoing)
-                self.processor.save(state)
-            published += len(outgoing)
-        self.processor.count_members()
-        return published
+        topics = {TOPIC_TIERS: self.tiers_topic, TOPIC_TIER_STATUS: self.status_topic}
+        for topic, key, value in outgoing:
+            await topics[topic].send(key=key, value=value)
 
 
 def build_app(
@@ -93,8 +80,7 @@ def build_app(
     broker: str = "kafka://localhost:9092",
     store: str = "memory://",
     data_dir: Path | None = None,
-    clock: Clock | None = None,
-    review_interval: float = 60.0,
+    count_interval: float = 60.0,
     app_id: str = APP_ID,
     partitions: int = 3,
     session_timeout: float = 10.0,
@@ -116,11 +102,16 @@ def build_app(
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=session_timeout / 4,
     )
-    ledger_topic = app.topic(
-        TOPIC_LEDGER, key_type=bytes, value_type=bytes, value_serializer="raw", internal=False
-    )
-    tiers_topic = app.topic(
-        TOPIC_TIERS, key_type=bytes, value_type=bytes, value_serializer="raw", internal=False
+
+    def topic(name: str) -> Any:
+        return app.topic(
+            name, key_type=bytes, value_type=bytes, value_serializer="raw", internal=False
+        )
+
+    ledger_topic, tiers_topic, status_topic = (
+        topic(TOPIC_LEDGER),
+        topic(TOPIC_TIERS),
+        topic(TOPIC_TIER_STATUS),
     )
     # Keys are the raw member id bytes, like loyalty.ledger.v1's keys: the producer's
     # partitioner then puts a member's state in the changelog partition numbered like its
@@ -134,25 +125,20 @@ def build_app(
     @app.agent(ledger_topic, name="entries")
     async def entries(stream: Any) -> Any:
         async for raw in stream:
-            async with tiers.lock:
-                try:
-                    state, outgoing = processor.on_entry(raw)
-                except ValidationError as exc:  # not a ledger entry: nothing to decide on
-                    log.warning("skipped a message that is not a ledger entry: %s", exc)
-                    state, outgoing = None, []
-                if state is not None:
-                    await tiers.publish(outgoing)
-                    processor.save(state)
+            try:
+                state, outgoing = processor.on_entry(raw)
+            except ValidationError as exc:  # not a ledger entry: nothing to follow
+                log.warning("skipped a message that is not a ledger entry: %s", exc)
+                state, outgoing = None, []
+            if state is not None:
+                await tiers.publish(outgoing)
+                processor.save(state)
             yield len(outgoing)
 
-    tiers = TiersApp(
-        app, processor, ledger_topic, tiers_topic, table, entries, clock or SystemClock()
-    )
+    tiers = TiersApp(app, processor, ledger_topic, tiers_topic, status_topic, table, entries)
 
-    @app.timer(interval=review_interval, name="reviews")  # type: ignore[untyped-decorator]
-    async def reviews() -> None:
-        changed = await tiers.review()
-        if changed:
-            log.info("period-end reviews published %d tier changes", changed)
+    @app.timer(interval=count_interval, name="members")  # type: ignore[untyped-decorator]
+    async def members() -> None:
+        processor.count_members()
 
     return tiers

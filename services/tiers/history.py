@@ -1,4 +1,4 @@
-"""A ledger's entries in position order, as published: what the tiers service would read."""
+"""A ledger's entries in position order, as published: what the tiers projection reads."""
 
 from __future__ import annotations
 
@@ -26,18 +26,9 @@ def ledger_entries(app: LedgerApplication, after: int = 0) -> Iterator[LedgerEnt
         start = page[-1].id + 1
 
 
-def facts_by_member(app: LedgerApplication) -> dict[str, list[Fact]]:
-    """The policy's facts for every member, from the ledger's full history."""
-    found: dict[str, list[Fact]] = {}
-    for entry in ledger_entries(app):
-        fact = fact_from_entry(entry)
-        if fact is not None:
-            found.setdefault(fact.member_id, []).append(fact)
-    return found
-
-
 def member_facts(app: LedgerApplication, member_id: str) -> list[Fact]:
-    """One member's facts read from its own events (numbered by entry, in ledger order)."""
+    """One member's facts read from its own events (numbered by entry, in ledger order):
+    what `tier_policy.recompute` reads to show what the policy gives from a history."""
     facts: list[Fact] = []
     for event in app.repository.event_store.get(account_id(member_id)):
         if isinstance(event, MemberAccount.Enrolled | MemberAccount.Entry):

@@ -1,33 +1,112 @@
-"""Tier decisions as ``tier.changed`` messages on ``loyalty.tiers.v1`` (key: member id)."""
+"""What the tiers projection publishes (key: member id): ``tier.changed`` on
+``loyalty.tiers.v1`` for each tier change the ledger recorded, and the member's tier status on
+the compacted ``loyalty.tier-status.v1``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import get_args
 
-from schemas.tiers import TierChanged, TierChangedData
-from services.ledger.domain.tier_policy import TierDecision
+from schemas.outbound import LedgerEntry, TierStatus
+from schemas.tiers import TierChanged, TierChangedData, TierChangeReason
+from services.ledger.domain.program import Program
+from services.ledger.domain.tier_policy import TierState, period_value, progress, window_value
+from services.tiers.facts import OVERRIDE, TierEntry
+
+#: The tier_assigned entry's cause -> tier.changed's reason (`kept` changes no tier).
+REASONS: dict[str, TierChangeReason] = {
+    "entry": "upgrade",  # the entry tier, placed before a new member's first entry counts
+    "upgrade": "upgrade",
+    "downgrade": "downgrade",
+    "override_ended": "override_ended",
+    OVERRIDE: "override",
+}
+_ANY_REASON: dict[str, TierChangeReason] = {r: r for r in get_args(TierChangeReason)}
+#: Causes decided by the passing of time (the ledger's scheduler): no entry caused them.
+TIMED = frozenset({"downgrade", "kept", "override_ended"})
 
 
-def tier_changed(decision: TierDecision, basis: Literal["points", "spend"]) -> TierChanged:
+def event_id(member_id: str, tier: str, position: int) -> str:
+    """Deterministic: the tier_assigned entry at `position` always gives the same id."""
+    return f"tier:{member_id}:{tier}:p{position}"
+
+
+def _reason(program: Program, recorded: TierEntry) -> TierChangeReason:
+    found = REASONS.get(recorded.cause)
+    if found is not None:
+        return found
+    # Recorded by 0.1 from the tiers service's tier.changed (its reason), else the direction.
+    found = _ANY_REASON.get(recorded.reason)
+    if found is not None:
+        return found
+    to, was = program.tier(recorded.tier), program.tier(recorded.previous)
+    higher = to is not None and (was is None or to.threshold > was.threshold)
+    return "upgrade" if higher else "downgrade"
+
+
+def tier_changed(
+    program: Program,
+    entry: LedgerEntry,
+    recorded: TierEntry,
+    before: TierState,
+    after: TierState,
+) -> TierChanged | None:
+    """The tier.changed message of a tier_assigned entry that changed the tier (None when it
+    kept it, or took the tier away: there is no tier to announce)."""
+    if recorded.tier is None or recorded.tier == recorded.previous or entry.position is None:
+        return None
+    at = entry.effective_at
+    if recorded.cause in TIMED and before.period_end is not None:
+        value = period_value(program, before, before.period_end)  # the period reviewed
+    else:
+        value = window_value(program, after, at)
+    caused_by: int | None
+    if recorded.cause in TIMED:
+        caused_by = None
+    elif recorded.cause == "upgrade":
+        # Recorded right after the earn that reached the threshold: the member's last entry.
+        caused_by = before.last_position or None
+    else:
+        caused_by = entry.position
+    tier = program.tier(recorded.tier)
     return TierChanged(
-        event_id=decision.event_id,
+        event_id=event_id(entry.member_id, recorded.tier, entry.position),
         type="tier.changed",
-        occurred_at=decision.effective_from,
-        member_id=decision.member_id,
+        occurred_at=at,
+        member_id=entry.member_id,
         data=TierChangedData(
-            from_tier=decision.from_tier,
-            to_tier=decision.to_tier,
-            reason=decision.reason,
-            detail=decision.detail[:500],
-            basis=basis,
-            qualifying_value=decision.qualifying_value,
-            threshold=decision.threshold,
-            effective_from=decision.effective_from,
-            valid_until=decision.valid_until,
-            caused_by_position=decision.caused_by_position,
+            from_tier=recorded.previous,
+            to_tier=recorded.tier,
+            reason=_reason(program, recorded),
+            detail=recorded.reason[:500],
+            basis=program.tier_qualification.basis,
+            qualifying_value=value,
+            threshold=tier.threshold if tier is not None else 0,
+            effective_from=at,
+            valid_until=recorded.until,
+            caused_by_position=caused_by,
         ),
     )
 
 
-def encode(message: TierChanged) -> bytes:
+def tier_status(program: Program, state: TierState, at: datetime) -> TierStatus:
+    """Where the member stands at `at`: the ledger's tier and the progress toward the next."""
+    shown = progress(program, state, at)
+    return TierStatus(
+        member_id=state.member_id,
+        tier=state.tier,
+        held_until=state.held_until,
+        locked=state.locked,
+        override_until=state.override_until,
+        basis=program.tier_qualification.basis,
+        qualifying_value=shown.qualifying_value,
+        next_tier=shown.next_tier,
+        next_threshold=shown.next_threshold,
+        period_end=shown.period_end,
+        as_of_position=state.last_position,
+        as_of=at,
+    )
+
+
+def encode(message: TierChanged | TierStatus) -> bytes:
     return message.model_dump_json().encode()

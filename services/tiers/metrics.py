@@ -1,4 +1,4 @@
-"""Prometheus metrics of the tiers service."""
+"""Prometheus metrics of the tiers projection."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ MEMBERS_PER_TIER = Gauge(
 )
 CHANGES = Counter(
     "loyalty_tiers_changes",
-    "Tier changes published, by reason (upgrade, downgrade, override_ended) and day (UTC)",
+    "tier.changed published (the ledger's tier changes), by reason (upgrade, downgrade, "
+    "override, override_ended) and day (UTC)",
     ["reason", "day"],
 )
 LAG_SECONDS = Gauge(
     "loyalty_tiers_processing_lag_seconds",
-    "Seconds between an applied ledger entry's recording and its processing here",
+    "Seconds between a ledger entry's recording and its processing here",
 )
-LAST_POSITION = Gauge("loyalty_tiers_last_position", "Highest ledger position applied")
+LAST_POSITION = Gauge("loyalty_tiers_last_position", "Ledger position of the last entry followed")

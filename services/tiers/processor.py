@@ -1,7 +1,8 @@
-"""The tiers service's core, free of faust: ledger entry in, tier state and messages out.
+"""The tier projection's core, free of faust: ledger entry in, tier state and messages out.
 
-The faust agent (services/tiers/app.py) and the embedded mode both use it. `store` is any
-mutable mapping of member id -> encoded state (the faust table, or a dict).
+It decides nothing: the ledger records every tier change as a tier_assigned entry, and the
+state follows those (services/tiers/facts.py `follow`). `store` is any mutable mapping of
+member id -> encoded state (the faust table, or a dict).
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.outbound import LedgerEntry
+from schemas import TOPIC_TIER_STATUS, TOPIC_TIERS
+from schemas.outbound import LedgerEntry, TierStatus
 from services.ledger.domain.program import Program
-from services.ledger.domain.tier_policy import TierDecision, TierState, advance, apply
+from services.ledger.domain.tier_policy import TierState
 from services.tiers import metrics
 from services.tiers.codec import decode_state, encode_state
-from services.tiers.facts import fact_from_entry
-from services.tiers.messages import encode, tier_changed
+from services.tiers.facts import follow, tier_entry
+from services.tiers.messages import encode, tier_changed, tier_status
 
-Outgoing = tuple[bytes, bytes]  # (key, value) for loyalty.tiers.v1
+Outgoing = tuple[str, bytes, bytes]  # (topic, key, value)
+
+
+def _shown(status: TierStatus) -> TierStatus:
+    """A status without the position and instant it was counted at: what a reader sees."""
+    return status.model_copy(
+        update={"as_of_position": 0, "as_of": datetime.min.replace(tzinfo=UTC)}
+    )
 
 
 @dataclass
@@ -33,38 +42,40 @@ class TierProcessor:
         return decode_state(data) if data else TierState(member_id)
 
     def on_entry(self, raw: bytes) -> tuple[TierState | None, list[Outgoing]]:
-        """Decide on one loyalty.ledger.v1 message; the caller publishes, then `save`s."""
-        entry = LedgerEntry.model_validate_json(raw)
-        fact = fact_from_entry(entry)
-        if fact is None:
-            return None, []
-        before = self.state(entry.member_id)
-        after, decisions = apply(self.program, before, fact)
-        if after == before:
-            return None, []  # a redelivery: nothing changes, nothing to store
-        metrics.LAG_SECONDS.set(max(0.0, (datetime.now(UTC) - entry.recorded_at).total_seconds()))
-        metrics.LAST_POSITION.set(fact.position)
-        return after, self._outgoing(decisions)
+        """Follow one loyalty.ledger.v1 message; the caller publishes, then `save`s.
 
-    def on_tick(self, member_id: str, now: datetime) -> tuple[TierState | None, list[Outgoing]]:
-        """Period-end reviews due at `now` for one member (idempotent for `now`)."""
-        before = self.state(member_id)
-        after, decisions = advance(self.program, before, now)
+        Out: a tier.changed for a tier_assigned entry that changed the tier, and the
+        member's tier status when what it shows changed (or on the member's first entry).
+        A redelivered entry (at or before the member's last position) changes nothing."""
+        entry = LedgerEntry.model_validate_json(raw)
+        before = self.state(entry.member_id)
+        after = follow(self.program, before, entry)
         if after == before:
             return None, []
-        return after, self._outgoing(decisions)
+        metrics.LAG_SECONDS.set(max(0.0, (datetime.now(UTC) - entry.recorded_at).total_seconds()))
+        metrics.LAST_POSITION.set(after.last_position)
+        if not self.program.tiers:
+            return after, []
+        key = entry.member_id.encode()
+        out: list[Outgoing] = []
+        recorded = tier_entry(entry)
+        change = tier_changed(self.program, entry, recorded, before, after) if recorded else None
+        if change is not None:
+            day = change.occurred_at.astimezone(UTC).date().isoformat()
+            metrics.CHANGES.labels(change.data.reason, day).inc()
+            out.append((TOPIC_TIERS, key, encode(change)))
+        status = tier_status(self.program, after, after.stream_time or entry.effective_at)
+        shown_before = (
+            tier_status(self.program, before, before.stream_time)
+            if before.stream_time is not None
+            else None
+        )
+        if shown_before is None or _shown(shown_before) != _shown(status):
+            out.append((TOPIC_TIER_STATUS, key, encode(status)))
+        return after, out
 
     def save(self, state: TierState) -> None:
         self.store[state.member_id] = encode_state(state)
-
-    def _outgoing(self, decisions: list[TierDecision]) -> list[Outgoing]:
-        basis = self.program.tier_qualification.basis
-        out = []
-        for decision in decisions:
-            day = decision.effective_from.astimezone(UTC).date().isoformat()
-            metrics.CHANGES.labels(decision.reason, day).inc()
-            out.append((decision.member_id.encode(), encode(tier_changed(decision, basis))))
-        return out
 
     def count_members(self) -> dict[str, int]:
         """Members per tier (also set on the gauge)."""

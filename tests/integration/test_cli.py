@@ -120,12 +120,12 @@ def test_balance_as_of_a_past_date_is_the_balance_then(env: Path) -> None:
 
     seq effective         entry                        available  lifetime
     1   11-02 13:00       enrolled                          0         0
-    2   11-02 13:00       signup +10                       10        10
-    3   11-02 14:00       purchase +12                     22        22
-    4   11-03 14:00       purchase +16 (double Tuesday)    38        38
-    5   11-04 09:00       review +5                        43        43
-    6   11-10 14:00       pastry -35                        8        43
-    7   11-02 13:00       tier green (the embedded tier policy, after the batch)
+    2   11-02 13:00       tier green (entry tier)           0         0
+    3   11-02 13:00       signup +10                       10        10
+    4   11-02 14:00       purchase +12                     22        22
+    5   11-03 14:00       purchase +16 (double Tuesday)    38        38
+    6   11-04 09:00       review +5                        43        43
+    7   11-10 14:00       pastry -35                        8        43
     """
     assert runner.invoke(app, ["ingest", str(EVENTS)]).exit_code == 0
 
@@ -138,8 +138,7 @@ def test_balance_as_of_a_past_date_is_the_balance_then(env: Path) -> None:
     before = balance("--as-of", "2026-11-01T00:00:00Z")
     assert (before["available"], before["lifetime_earned"], before["tier"]) == (0, 0, None)
     assert (before["as_of_position"], before["tier_progress"]) == (0, None)
-    # The newest entry effective by then would be #7, whose balance-after (8) counts the
-    # pastry of 11-10: not the balance of 11-02.
+    # By 11-02 13:30: the enrolment, the entry tier and the signup bonus (#1-#3).
     first = balance("--now", "2026-11-02T13:30:00Z")
     assert (first["available"], first["lifetime_earned"], first["tier"]) == (10, 10, "green")
     assert first["tier_progress"]["qualifying_value"] == 10
@@ -186,10 +185,11 @@ def test_demo_explains_every_point(tmp_path: Path) -> None:
     assert "points_reversed" in out
     assert "points_expired" in out
     assert "expiring 39 in 30d" in out
-    assert "green -> gold" in out  # Ana reaches Gold, then earns double
+    assert "green -> gold by the ledger (upgrade)" in out  # Ana reaches Gold, then earns double
     assert "tier gold x2" in out
     assert "caused by position" in out
-    assert "gold -> green by tiers service: downgrade" in out
+    assert "gold kept by the ledger (kept): the period ending 2027-01-01 qualified" in out
+    assert "gold -> green by the ledger (downgrade)" in out
     assert "all invariants hold" in out
 
 

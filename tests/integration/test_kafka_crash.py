@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
-from schemas import INBOUND_TOPICS, TOPIC_ACTIVITIES, TOPIC_LEDGER, TOPIC_PURCHASES
+from schemas import LEDGER_INPUT_TOPICS, TOPIC_ACTIVITIES, TOPIC_LEDGER, TOPIC_PURCHASES
 from services.ledger.adapters.kafka_ingest import tracking_key
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES
@@ -111,7 +111,7 @@ async def _produce_steadily(bootstrap: str, messages: list[tuple[str, str, bytes
 
 
 async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(*sorted(INBOUND_TOPICS), bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(*sorted(LEDGER_INPUT_TOPICS), bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(await assigned(consumer))

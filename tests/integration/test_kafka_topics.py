@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner
 
-from schemas import TOPIC_BALANCES, TOPIC_PURCHASES
+from schemas import TOPIC_BALANCES, TOPIC_PURCHASES, TOPIC_TIER_STATUS
 from services.ledger.adapters.kafka_topics import declared_topics
 from services.ledger.cli import app
 
@@ -23,17 +23,17 @@ def test_topics_create_is_idempotent_and_matches_the_declaration(kafka_bootstrap
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
     assert again.exit_code == 0, again.output
-    assert "0 created, 8 already there" in again.stdout
+    assert "0 created, 9 already there" in again.stdout
     listed = runner.invoke(app, ["topics", "list", "--bootstrap", kafka_bootstrap])
     for spec in declared_topics():
         assert f"{spec.name} {spec.partitions}" in listed.stdout
 
-    async def balances_cleanup_policy() -> str:
+    async def cleanup_policy(topic: str) -> str:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:
             described = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, TOPIC_BALANCES)]
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
             )
         finally:
             await admin.close()
@@ -43,7 +43,8 @@ def test_topics_create_is_idempotent_and_matches_the_declaration(kafka_bootstrap
                     return str(entry[1])
         return ""
 
-    assert asyncio.run(balances_cleanup_policy()) == "compact"
+    assert asyncio.run(cleanup_policy(TOPIC_BALANCES)) == "compact"
+    assert asyncio.run(cleanup_policy(TOPIC_TIER_STATUS)) == "compact"
 
 
 def test_a_message_round_trips_keyed_by_member(kafka_bootstrap: str) -> None:

@@ -1,5 +1,6 @@
-"""Tiers on the embedded default: `loyalty ingest` runs the tier policy in-process, the
-balance shows progress, ops overrides are ledger entries, verify and rebuild agree."""
+"""Tiers on the embedded default: the ledger decides them as `loyalty ingest` applies each
+event, the balance shows progress, ops overrides are ledger entries, `loyalty tick` reviews,
+and verify, `tiers rebuild` and `tiers history` agree."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOYALTY_PROGRAM", str(EXAMPLES / "coffee.yaml"))
     monkeypatch.setenv("LOYALTY_NOW", "2026-11-20T12:00:00Z")
     monkeypatch.delenv("PERSISTENCE_MODULE", raising=False)
-    monkeypatch.delenv("LOYALTY_EMBEDDED_TIERS", raising=False)
     return db
 
 
@@ -54,9 +54,8 @@ def test_member_reaches_gold_earns_double_and_the_history_explains_it(
     )
     result = runner.invoke(app, ["ingest", str(first)])
     assert result.exit_code == 0, result.output
-    assert "2 tier changes" in result.stdout  # green (entry tier), then gold
     again = runner.invoke(app, ["ingest", str(first)])
-    assert "tier changes" not in again.stdout  # recomputed decisions are duplicates
+    assert "0 applied, 2 duplicates" in again.stdout
 
     second = _purchases(tmp_path / "b.jsonl", ("o3", 1000, "2026-11-20T11:00:00Z"))
     assert runner.invoke(app, ["ingest", str(second)]).exit_code == 0
@@ -67,14 +66,21 @@ def test_member_reaches_gold_earns_double_and_the_history_explains_it(
     assert shown["tier_progress"]["next_tier"] is None
     assert shown["tier_held_until"].startswith("2027-01-31")
 
-    history = runner.invoke(app, ["tiers", "history", "m-1"]).stdout
-    assert "green -> gold by tiers service" in history
-    assert "caused by position" in history
-    assert "points_earned +25" in history
+    history = runner.invoke(app, ["tiers", "history", "m-1"]).stdout.splitlines()
+    assert "- -> green by the ledger (entry): entry tier" in history[0]
+    assert (
+        "green -> gold by the ledger (upgrade): points earned in the window: 55 >= 50"
+        in (history[2])
+    )
+    assert history[3].startswith("    caused by position ")
+    assert "points_earned +25" in history[3]  # the second purchase reached it
+    assert len(history) == 4
 
     assert runner.invoke(app, ["verify"]).exit_code == 0
     rebuilt = runner.invoke(app, ["tiers", "rebuild"])
-    assert "m-1: gold" in rebuilt.stdout
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "m-1: gold (held until 2027-01-31T05:00:00+00:00)" in rebuilt.stdout
+    assert "1 members in the ledger" in rebuilt.stdout
 
 
 def test_locked_override_is_kept_until_it_ends_and_verify_agrees(env: Path, tmp_path: Path) -> None:
@@ -95,10 +101,13 @@ def test_locked_override_is_kept_until_it_ends_and_verify_agrees(env: Path, tmp_
     assert runner.invoke(app, ["verify"]).exit_code == 0
 
     ticked = runner.invoke(app, ["tick", "--now", "2026-12-15T00:00:00Z"])
-    assert "1 tier changes" in ticked.stdout
+    assert ticked.exit_code == 0, ticked.output
     history = runner.invoke(app, ["tiers", "history", "m-1"]).stdout
-    assert "by ops (ops-7): fraud check" in history
-    assert "green -> gold by tiers service: override_ended" in history
+    assert "gold -> green by ops (ops-7): fraud check; until 2026-12-15" in history
+    assert "; locked" in history
+    assert "green -> gold by the ledger (override_ended)" in history
+    assert "caused by the override's end (no entry: time passed)" in history
+    assert runner.invoke(app, ["verify"]).exit_code == 0
 
     ledger = build_ledger(Settings())
     try:

@@ -1,8 +1,11 @@
 """Tiers on a real broker: `loyalty serve` and `loyalty tiers serve` as real processes.
 
-Purchases push a member over the threshold -> the tiers service publishes tier.changed ->
-the ledger records it -> the next purchase earns with the tier's multiplier. Then the tiers
-process is killed mid-stream and restarted: the ledger ends with every change exactly once.
+Purchases push a member over the threshold -> the ledger records the upgrade inline and the
+next purchase earns with the tier's multiplier, whatever the tiers projection does. The
+projection follows loyalty.ledger.v1: its table, the tier.changed messages on
+loyalty.tiers.v1 and the statuses on loyalty.tier-status.v1 match the ledger's tier_assigned
+entries. It is killed mid-stream (SIGKILL) and restarted: every change is published with
+the same event id however often, and `loyalty tiers rebuild --bootstrap` finds no difference.
 """
 
 from __future__ import annotations
@@ -13,13 +16,21 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from schemas import TOPIC_ACTIVITIES, TOPIC_BALANCES, TOPIC_PURCHASES, TOPIC_TIERS
-from schemas.outbound import LedgerEntry, MemberBalance
+from schemas import (
+    TOPIC_ACTIVITIES,
+    TOPIC_BALANCES,
+    TOPIC_DEADLETTER,
+    TOPIC_PURCHASES,
+    TOPIC_TIER_STATUS,
+    TOPIC_TIERS,
+)
+from schemas.outbound import LedgerEntry, MemberBalance, TierStatus
 from schemas.tiers import TierChanged
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.cli import app
@@ -49,7 +60,7 @@ class TiersProcess:
             app_id,
             "--data-dir",
             str(data_dir),
-            "--review-interval",
+            "--count-interval",
             "2",
         ]
         self.log = log
@@ -125,30 +136,57 @@ def entries(pipeline: Pipeline, member: str) -> list[LedgerEntry]:
     return entries_of(pipeline, [member])[member]
 
 
-def tier_entries_of(
-    pipeline: Pipeline, members: list[str]
-) -> dict[str, list[tuple[str | None, str]]]:
-    """(tier, event id) of each member's tier_assigned entries, oldest first."""
+def tier_entries_of(pipeline: Pipeline, members: list[str]) -> dict[str, list[LedgerEntry]]:
+    """Each member's tier_assigned entries, oldest first."""
     return {
-        m: [
-            (str(e.details.get("tier")), e.provenance.event_id or "")
-            for e in found
-            if e.entry_type == "tier_assigned"
-        ]
+        m: [e for e in found if e.entry_type == "tier_assigned"]
         for m, found in entries_of(pipeline, members).items()
     }
 
 
-def tier_entries(pipeline: Pipeline, member: str) -> list[tuple[str | None, str]]:
-    return tier_entries_of(pipeline, [member])[member]
+def tiers_of_all(pipeline: Pipeline, members: list[str]) -> dict[str, list[str | None]]:
+    return {
+        m: [str(e.details["tier"]) for e in found]
+        for m, found in tier_entries_of(pipeline, members).items()
+    }
 
 
 def tiers_of(pipeline: Pipeline, member: str) -> list[str | None]:
-    return [tier for tier, _ in tier_entries(pipeline, member)]
+    return tiers_of_all(pipeline, [member])[member]
 
 
-def tiers_of_all(pipeline: Pipeline, members: list[str]) -> dict[str, list[str | None]]:
-    return {m: [t for t, _ in found] for m, found in tier_entries_of(pipeline, members).items()}
+def published_changes(bootstrap: str, members: list[str]) -> list[TierChanged]:
+    """The tier.changed messages on loyalty.tiers.v1 for these members, as read."""
+    return [
+        change
+        for r in asyncio.run(read_all(bootstrap, TOPIC_TIERS))
+        if (change := TierChanged.model_validate_json(r.value)).member_id in members
+    ]
+
+
+def latest_statuses(bootstrap: str, members: list[str]) -> dict[str, TierStatus]:
+    """The last status per member on the compacted loyalty.tier-status.v1."""
+    found: dict[str, TierStatus] = {}
+    for r in asyncio.run(read_all(bootstrap, TOPIC_TIER_STATUS)):
+        status = TierStatus.model_validate_json(r.value)
+        assert r.key == status.member_id.encode()
+        if status.member_id in members:
+            found[status.member_id] = status
+    return found
+
+
+def expected_changes(pipeline: Pipeline, members: list[str]) -> set[tuple[str, str | None, str]]:
+    """(event id, from, to) of every tier change the ledger recorded for these members."""
+    return {
+        (
+            f"tier:{m}:{e.details['tier']}:p{e.position}",
+            e.details["previous"] if isinstance(e.details["previous"], str) else None,
+            str(e.details["tier"]),
+        )
+        for m, found in tier_entries_of(pipeline, members).items()
+        for e in found
+        if e.details["tier"] != e.details["previous"]
+    }
 
 
 def purchase(pipeline: Pipeline, member: str, n: int, cents: int, days_ago: float) -> bytes:
@@ -164,10 +202,11 @@ def purchase(pipeline: Pipeline, member: str, n: int, cents: int, days_ago: floa
     )
 
 
-def test_upgrade_flows_back_into_the_ledger_and_survives_a_killed_tiers_process(
+def test_the_ledger_decides_and_the_projection_follows_through_a_killed_worker(
     running: tuple[Pipeline, TiersProcess], kafka_bootstrap: str
 ) -> None:
     pipeline, tiers = running
+    run = pipeline.run_id
     ana = pipeline.member("ana")
     # Signup 10 + $30 + $25 = 65 points earned this year: Gold (50) on the second purchase.
     asyncio.run(
@@ -185,6 +224,8 @@ def test_upgrade_flows_back_into_the_ledger_and_survives_a_killed_tiers_process(
         )
     )
     wait_for(lambda: tiers_of(pipeline, ana) == ["green", "gold"], "green, then gold")
+    gold = tier_entries_of(pipeline, [ana])[ana][1]
+    assert (gold.details["cause"], gold.provenance.event_id) == ("upgrade", f"{run}-{ana}-buy-2")
     # The next purchase earns with Gold's multiplier, and says so on the entry.
     asyncio.run(
         produce(kafka_bootstrap, [(TOPIC_PURCHASES, ana, purchase(pipeline, ana, 3, 1000, 1))])
@@ -196,7 +237,6 @@ def test_upgrade_flows_back_into_the_ledger_and_survives_a_killed_tiers_process(
             None,
         )
 
-    run = pipeline.run_id
     wait_for(lambda: third_earn() is not None, "the third purchase to be applied")
     earn = third_earn()
     assert earn is not None
@@ -216,45 +256,86 @@ def test_upgrade_flows_back_into_the_ledger_and_survives_a_killed_tiers_process(
     balance = balance_of_ana()
     assert balance is not None
     assert balance.tier == "gold"
-    assert balance.tier_held_until is not None
+    assert balance.tier_held_until == datetime.fromisoformat(str(gold.details["held_until"]))
     assert balance.tier_progress is not None
     assert balance.tier_progress.qualifying_value == 85  # 10 + 30 + 25 + 20
 
-    # Many members at once; the tiers process is killed in the middle and restarted.
+    # The projection publishes the ledger's changes, and Ana's status with her progress.
+    def changes_of(members: list[str]) -> set[tuple[str, str | None, str]]:
+        return {
+            (c.event_id, c.data.from_tier, c.data.to_tier)
+            for c in published_changes(kafka_bootstrap, members)
+        }
+
+    wait_for(
+        lambda: changes_of([ana]) == expected_changes(pipeline, [ana]),
+        "the projection's tier.changed for Ana",
+    )
+    upgrade = next(c for c in published_changes(kafka_bootstrap, [ana]) if c.data.to_tier == "gold")
+    assert (upgrade.data.reason, upgrade.data.qualifying_value) == ("upgrade", 65)
+    assert upgrade.data.caused_by_position is not None
+    wait_for(
+        lambda: (
+            (s := latest_statuses(kafka_bootstrap, [ana]).get(ana)) is not None
+            and s.qualifying_value == 85
+        ),
+        "Ana's tier status",
+    )
+    status = latest_statuses(kafka_bootstrap, [ana])[ana]
+    assert (status.tier, status.held_until) == ("gold", balance.tier_held_until)
+    assert (status.next_tier, status.next_threshold) == (None, None)
+
+    # Many members at once; the projection is killed in the middle and restarted. The
+    # ledger decides every member's tiers meanwhile, without it.
     members = [pipeline.member(f"m{i}") for i in range(12)]
     firsts = [(TOPIC_PURCHASES, m, purchase(pipeline, m, 1, 3000, 2)) for m in members]
     seconds = [(TOPIC_PURCHASES, m, purchase(pipeline, m, 2, 3000, 2)) for m in members]
     asyncio.run(produce(kafka_bootstrap, firsts))  # 30 points each: green
-    wait_for(lambda: any(tier_entries_of(pipeline, members).values()), "the first tier entries")
+    wait_for(lambda: published_changes(kafka_bootstrap, members), "the first tier.changed")
     tiers.kill()
-    assert not all(t == ["green", "gold"] for t in tiers_of_all(pipeline, members).values())
     asyncio.run(produce(kafka_bootstrap, seconds))  # 60 points each: gold
+    wait_for(
+        lambda: all(t == ["green", "gold"] for t in tiers_of_all(pipeline, members).values()),
+        "every member's green and gold in the ledger, the projection down",
+    )
+    assert len(published_changes(kafka_bootstrap, members)) < 2 * len(members)
     tiers.start()
     # A restarted worker first waits out the killed one's session (10 s), then restores its
     # table from the changelog; on a slow machine that has taken most of a minute.
-    seen: dict[str, list[str | None]] = {}
+    expected = expected_changes(pipeline, members)
+    assert len(expected) == 2 * len(members)
+    seen: set[tuple[str, str | None, str]] = set()
 
-    def all_green_then_gold() -> bool:
-        seen.update(tiers_of_all(pipeline, members))
-        wrong = {m: t for m, t in seen.items() if t != ["green", "gold"][: len(t)]}
-        assert not wrong, f"tier entries repeated or out of order: {wrong}"
-        return all(t == ["green", "gold"] for t in seen.values())
+    def all_published() -> bool:
+        seen.update(changes_of(members))
+        assert seen <= expected, f"changes the ledger did not record: {seen - expected}"
+        return seen == expected
 
     try:
-        wait_for(all_green_then_gold, "every member's green and gold exactly once", timeout=180)
+        wait_for(all_published, "every member's green and gold published", timeout=180)
     finally:
-        print("tiers per member:", seen)  # shown when the wait fails
-    for member, found in tier_entries_of(pipeline, [ana, *members]).items():
-        ids = [i for _, i in found]
-        assert len(ids) == len(set(ids)), member
-    published = [
-        TierChanged.model_validate_json(r.value)
-        for r in asyncio.run(read_all(kafka_bootstrap, TOPIC_TIERS))
-    ]
-    ours = {m.event_id for m in published if m.member_id in members}
-    assert len(ours) == 2 * len(members)  # redelivered messages carry the same event id
+        print("published:", sorted(seen))  # shown when the wait fails
+    held = {
+        m: found[-1].details["held_until"]
+        for m, found in tier_entries_of(pipeline, members).items()
+    }
 
-    # The live table equals a recomputation from the ledger, and verify finds no difference.
+    def statuses_shown() -> dict[str, tuple[str | None, str | None]]:
+        return {
+            m: (s.tier, s.held_until.isoformat() if s.held_until else None)
+            for m, s in latest_statuses(kafka_bootstrap, members).items()
+        }
+
+    wait_for(
+        lambda: statuses_shown() == {m: ("gold", until) for m, until in held.items()},
+        "every member's status: gold, held as the ledger holds it",
+    )
+    # The ledger never consumed the projection's tier.changed (nothing dead-lettered).
+    ours = {m.encode() for m in [ana, *members]}
+    dead = [r for r in asyncio.run(read_all(kafka_bootstrap, TOPIC_DEADLETTER)) if r.key in ours]
+    assert dead == []
+
+    # The live table equals the ledger's tiers, and verify finds no difference.
     # (Only this run's members: the shared broker's topics hold earlier tests' events too.)
     cli = CliRunner()
     db = ["--db", pipeline.env["LOYALTY_DB"], "--program", str(EXAMPLES / "coffee.yaml")]
@@ -264,8 +345,8 @@ def test_upgrade_flows_back_into_the_ledger_and_survives_a_killed_tiers_process(
         ["tiers", "rebuild", *db, *only, "--bootstrap", kafka_bootstrap, "--app-id", tiers.app_id],
     )
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert f"{ana}: gold" in rebuilt.output
-    assert "0 differ from the live table" in rebuilt.output
+    assert f"{ana}: gold (held until " in rebuilt.output
+    assert "13 members in the ledger, 0 differ from the live table" in rebuilt.output
     verified = cli.invoke(app, ["verify", *db])
     differing = [line for line in verified.output.splitlines() if pipeline.run_id in line]
     assert differing == []

@@ -14,7 +14,6 @@ from services.ledger.application.what_if import what_if
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
-from services.tiers.embedded import tier_decider
 from tests.integration.test_ledger_store import PROGRAM, T0, _event, _file, _purchase
 
 DOUBLE = Program.model_validate(
@@ -104,12 +103,13 @@ GOLD_AT_1000 = Program.model_validate(
 
 @pytest.fixture
 def tiered(store_env: dict[str, str], clock: FixedClock) -> Iterator[Ledger]:
-    """m-1 earns 60 points, reaches Gold (decided in-process, as in embedded mode), then
-    earns 10 points more at x2."""
+    """m-1 earns 60 points and reaches Gold at once (the ledger decides inline), then earns
+    10 points more at x2."""
     built = build_ledger(program=TIERED, clock=clock, env=store_env)
-    decide = tier_decider(built.app)
     built.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 6000))])
-    assert decide(None) == 2  # base on the first entry, then gold
+    account = built.app.find_account("m-1")
+    assert account is not None
+    assert account.tier == "gold"
     clock.advance(timedelta(hours=1))
     built.app.apply_batch([_file(_purchase("e-2", "m-1", "o-2", 1000, T0 + timedelta(hours=1)))])
     built.projection.run()
@@ -118,28 +118,51 @@ def tiered(store_env: dict[str, str], clock: FixedClock) -> Iterator[Ledger]:
 
 
 def test_tiers_are_decided_again_under_the_other_program(tiered: Ledger) -> None:
-    # Under its own program, deciding tiers again gives back exactly what was recorded.
-    same = what_if(tiered, TIERED, tiers=tier_decider)
+    # Under its own program, the replay decides exactly what was recorded.
+    same = what_if(tiered, TIERED)
     assert same.tiers_recomputed
-    assert same.tier_changes == 2
+    assert same.tier_changes == 2  # base on the first entry, then gold
+    assert same.replayed_operations == 0  # the ledger's own tier entries are decided again
     assert [(d.actual, d.difference) for d in same.members] == [(60 + 20, 0)]
 
     # With Gold out of reach, the second purchase would have earned at x1.
-    raised = what_if(tiered, GOLD_AT_1000, tiers=tier_decider)
+    raised = what_if(tiered, GOLD_AT_1000)
     assert raised.tier_changes == 1  # base only
     (diff,) = raised.members
     assert (diff.actual, diff.would_have, diff.difference) == (80, 70, -10)
 
-    # Replaying the recorded tier changes instead keeps Gold, so it shows no difference.
-    recorded = what_if(tiered, GOLD_AT_1000)
-    assert not recorded.tiers_recomputed
-    assert recorded.tier_changes == 2
-    assert [d.difference for d in recorded.members] == [0]
-    assert recorded.run_id != raised.run_id
-
-    applied = what_if(tiered, GOLD_AT_1000, tiers=tier_decider, apply=True)
+    applied = what_if(tiered, GOLD_AT_1000, apply=True)
     assert len(applied.posted) == 1
-    again = what_if(tiered, GOLD_AT_1000, tiers=tier_decider, apply=True)
+    again = what_if(tiered, GOLD_AT_1000, apply=True)
     assert again.posted == []
     assert [d.difference for d in again.members] == [0]
     assert verify(tiered.app, tiered.view).ok
+
+
+def test_ops_overrides_are_replayed_with_their_end_and_lock(
+    tiered: Ledger, clock: FixedClock
+) -> None:
+    # Locked at base for 30 days: the next purchase earns at x1 although the window is 80.
+    tiered.app.assign_tier(
+        "m-1",
+        "base",
+        reason="fraud check",
+        actor="ops-1",
+        until=T0 + timedelta(days=30),
+        locked=True,
+    )
+    clock.advance(timedelta(hours=1))
+    later = T0 + timedelta(hours=2)
+    tiered.app.apply_batch([_file(_purchase("e-3", "m-1", "o-3", 1000, later))])
+    clock.set(T0 + timedelta(days=30, hours=1))  # before the points expire (a month)
+    tiered.app.advance_members(["m-1"], clock.now())  # the override ends: gold again
+    account = tiered.app.find_account("m-1")
+    assert account is not None
+    assert (account.tier, account.tier_locked, account.lifetime_earned) == ("gold", False, 90)
+    tiered.projection.run()
+
+    report = what_if(tiered, TIERED)
+    assert report.skipped == []
+    assert report.replayed_operations == 1  # the override, with its end and its lock
+    assert report.tier_changes == 4  # base, gold, base (override), gold (override ended)
+    assert [(d.actual, d.difference) for d in report.members] == [(90, 0)]

@@ -27,7 +27,6 @@ from services.notifier.contacts import Contact
 from services.notifier.embedded import as_records, ledger_entries
 from services.notifier.notices import Notice
 from services.notifier.templates import Rendered
-from services.tiers.embedded import tier_decider
 from tests.integration.test_ledger_store import PROGRAM, T0
 
 KEYS = {
@@ -469,11 +468,9 @@ def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: Fi
     assert r.status_code == 200
     (diff,) = r.json()["members"]
     assert (diff["actual"], diff["would_have"], diff["difference"]) == (10, 20, 10)
-    assert r.json()["tiers_recomputed"] is True
-    recorded = {"program_yaml": DOUBLE_YAML, "recorded_tiers": True}
-    as_recorded = client.post("/v1/ops/what-if", json=recorded, headers=READER).json()
-    assert as_recorded["tiers_recomputed"] is False
-    assert as_recorded["run_id"] != r.json()["run_id"]
+    assert r.json()["tiers_recomputed"] is False  # DOUBLE_YAML has no tiers
+    recorded = {"program_yaml": DOUBLE_YAML, "recorded_tiers": True}  # gone in 0.2
+    assert client.post("/v1/ops/what-if", json=recorded, headers=READER).status_code == 422
     body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1", "apply": True}
     assert client.post("/v1/ops/what-if", json=body, headers=READER).status_code == 403
     applied = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
@@ -582,9 +579,12 @@ def test_a_verify_that_finds_a_drift_says_so_on_metrics(
     assert violations() == len(report["violations"]) >= 1
 
 
-def test_in_embedded_mode_the_scheduler_decides_tiers(tmp_path: Path, clock: FixedClock) -> None:
-    """Without a tiers service, `loyalty api` runs the tier policy after each tick: a member
-    reaches Gold by purchases over HTTP, and drops back after the period with no activity."""
+def test_the_ledger_decides_tiers_and_the_scheduler_reviews_them(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    """No tiers service needed: a member reaches Gold with the purchase posted over HTTP (the
+    ledger decides inline), and `loyalty api`'s scheduler drops them back after the period
+    with no activity."""
     import time
 
     program = PROGRAM.model_copy(
@@ -609,15 +609,14 @@ def test_in_embedded_mode_the_scheduler_decides_tiers(tmp_path: Path, clock: Fix
             time.sleep(0.05)
 
     try:
-        app: FastAPI = create_app(
-            tiered, KeyStore([]), tick_seconds=0.05, tiers=tier_decider(tiered.app)
-        )
+        app: FastAPI = create_app(tiered, KeyStore([]), tick_seconds=0.05)
         app.dependency_overrides[get_ledger] = lambda: tiered
         app.dependency_overrides[get_keys] = key_store
         with TestClient(app) as c:
             posted = c.post("/v1/events", json=purchase("e-1", "m-1", 15000), headers=CHECKOUT)
             assert posted.status_code == 201
-            gold = tier_becomes(c, "gold")
+            gold = c.get("/v1/members/m-1/balance", headers=READER).json()
+            assert gold["tier"] == "gold"  # at once: no Kafka round trip
             held_until = datetime.fromisoformat(gold["tier_held_until"])
             clock.set(held_until + timedelta(days=1))
             tier_becomes(c, "green")

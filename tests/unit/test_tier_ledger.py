@@ -1,10 +1,12 @@
-"""The ledger's side of tiers: tier.changed recorded exactly once, only from the tiers
-service, never over a locked ops override; and earn entries carry the tier they used."""
+"""The ledger's side of tiers: decided inline (tier.changed is no input any more), never
+over a locked ops override; earn entries carry the tier they used; the balance's tier fields
+come from the account; the check re-decides each of the ledger's decisions."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,11 +21,12 @@ from services.ledger.application.ledger import (
     LedgerApplication,
 )
 from services.ledger.bootstrap import EXAMPLES
+from services.ledger.domain import tier_policy
+from services.ledger.domain.account import MemberAccount
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
-from services.tiers.embedded import EmbeddedTiers
-from services.tiers.history import ledger_entries
-from services.tiers.rebuild import TierProgressCache, balance_tier_fields
+from services.tiers.history import ledger_entries, member_facts
+from services.tiers.rebuild import TierProgressCache, balance_tier_fields, tier_differences
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -146,18 +149,16 @@ def test_a_locked_override_keeps_automatic_changes_out_until_it_ends(
     assert (account.tier, account.tier_locked) == ("green", False)
 
 
-def test_the_relays_progress_cache_agrees_with_a_fresh_recomputation(
+def test_the_relays_progress_cache_agrees_with_the_account(
     ledger: LedgerApplication,
 ) -> None:
     ledger.apply_batch([purchase("o1", 3000)])
-    EmbeddedTiers(ledger).run(NOW)
     cache = TierProgressCache(ledger)  # first sight at the enrolment: a new member
-    late = TierProgressCache(ledger)  # first sight later: reads the history so far
+    late = TierProgressCache(ledger)  # first sight later: reads the account as of then
     entries = list(ledger_entries(ledger))
     cache.observe(entries[0])
     late.observe(entries[-1])
     ledger.apply_batch([purchase("o2", 2500)])
-    EmbeddedTiers(ledger).run(NOW)
     for entry in list(ledger_entries(ledger)):  # everything, some of it seen already
         cache.observe(entry)
         late.observe(entry)
@@ -166,4 +167,81 @@ def test_the_relays_progress_cache_agrees_with_a_fresh_recomputation(
     assert late.fields("m-1", NOW) == (held_until, shown)
     assert shown is not None
     assert shown.qualifying_value == 55  # each purchase counted once
-    assert held_until is not None
+    assert held_until == HELD_UNTIL  # gold, straight from the account
+    assert shown.next_tier is None
+
+
+def test_balance_tier_fields_as_of_an_earlier_entry_use_the_account_as_it_was(
+    ledger: LedgerApplication,
+) -> None:
+    ledger.apply_batch([purchase("o1", 3000), purchase("o2", 2500)])
+    account = ledger.find_account("m-1")
+    assert account is not None
+    earn = next(e for e in ledger_entries(ledger) if e.entry_type == "points_earned")
+    held_then, then = balance_tier_fields(ledger, "m-1", NOW, through=earn.seq)
+    assert then is not None
+    assert (held_then, then.qualifying_value, then.next_tier) == (None, 30, "gold")  # green
+    assert balance_tier_fields(ledger, "m-1", NOW, through=0) == (None, None)
+    held_now, _ = balance_tier_fields(ledger, "m-1", NOW)
+    assert held_now == account.tier_held_until == HELD_UNTIL
+
+
+def test_the_check_re_decides_each_of_the_ledgers_decisions(
+    ledger: LedgerApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.apply_batch([purchase("o1", 3000), purchase("o2", 2500)])
+    ledger.assign_tier("m-1", "green", reason="goodwill", actor="ops-1")
+    ledger.advance_members(["m-1"], datetime(2028, 3, 1, tzinfo=UTC))  # reviews
+    assert tier_differences(ledger) == []
+
+    # Decisions made under another program version are not decided again under this one.
+    gold_at_100 = ledger.program.tiers[1].model_copy(update={"threshold": 100})
+    other = ledger.program.model_copy(update={"tiers": (ledger.program.tiers[0], gold_at_100)})
+    monkeypatch.setattr(ledger, "program", other)
+    assert tier_differences(ledger) == []
+
+
+def test_the_check_finds_a_decision_the_policy_would_not_make(
+    ledger: LedgerApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tier_policy.upgrade
+
+    def a_day_longer(*args: Any) -> tier_policy.Step:
+        state, decisions = real(*args)
+        if decisions and state.held_until is not None:
+            state = replace(state, held_until=state.held_until + timedelta(days=1))
+        return state, decisions
+
+    monkeypatch.setattr(tier_policy, "upgrade", a_day_longer)  # the ledger's use of it
+    ledger.apply_batch([purchase("o1", 3000), purchase("o2", 2500)])
+    [problem] = tier_differences(ledger)
+    assert "(upgrade) records gold held until 2027-02-01" in problem
+    assert "the policy gives gold held until 2027-01-31" in problem
+
+
+def test_the_check_finds_an_earn_whose_upgrade_was_never_recorded(
+    ledger: LedgerApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MemberAccount, "_upgrade_after_earn", lambda *args, **kwargs: None)
+    ledger.apply_batch([purchase("o1", 3000), purchase("o2", 2500)])
+    assert _points(ledger)[1] == "green"
+    [problem] = tier_differences(ledger)
+    assert "earn reaches gold, but no upgrade follows it" in problem
+
+
+def test_in_time_order_a_recomputation_from_the_facts_gives_the_ledgers_tier(
+    ledger: LedgerApplication,
+) -> None:
+    """Only ops overrides are override facts: the ledger's own tier entries (entry tier,
+    upgrade, reviews) count as nothing, so the policy from zero lands where the ledger is."""
+    ledger.apply_batch([purchase("o1", 3000), purchase("o2", 2500)])
+    ledger.assign_tier(
+        "m-1", "green", reason="goodwill", actor="ops-1", until=datetime(2026, 12, 1, tzinfo=UTC)
+    )
+    ledger.advance_members(["m-1"], datetime(2028, 3, 1, tzinfo=UTC))
+    account = ledger.find_account("m-1")
+    assert account is not None
+    facts = member_facts(ledger, "m-1")
+    assert [f.tier for f in facts if f.kind == "override"] == ["green"]
+    state, _ = tier_policy.recompute(ledger.program, "m-1", facts)
+    assert (state.tier, state.held_until) == (account.tier, account.tier_held_until)

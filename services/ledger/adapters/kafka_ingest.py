@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from eventsourcing.persistence import IntegrityError, Tracking
 
-from schemas import INBOUND_TOPICS
+from schemas import LEDGER_INPUT_TOPICS
 from services.ledger.adapters import metrics
 from services.ledger.adapters.kafka_clients import start_when_reachable
 from services.ledger.application.ledger import Inbound, Outcome
@@ -59,7 +59,7 @@ class KafkaIngest:
         bootstrap: str,
         *,
         group_id: str = GROUP_ID,
-        topics: Sequence[str] = tuple(sorted(INBOUND_TOPICS)),
+        topics: Sequence[str] = tuple(sorted(LEDGER_INPUT_TOPICS)),
         max_batch: int = 500,
         executor: ThreadPoolExecutor | None = None,
         project: bool = True,

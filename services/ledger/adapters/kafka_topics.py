@@ -14,6 +14,7 @@ from schemas import (
     TOPIC_PURCHASES,
     TOPIC_REDEMPTIONS,
     TOPIC_REFERRALS,
+    TOPIC_TIER_STATUS,
     TOPIC_TIERS,
 )
 
@@ -29,8 +30,10 @@ class TopicSpec:
 
 def declared_topics(partitions: int = 3) -> list[TopicSpec]:
     """Every topic the system reads or writes. Inbound topics keep 14 days for replays;
-    the balances topic is compacted (latest balance per member); entries keep 30 days
-    (the ledger itself is the source of truth and can republish)."""
+    the balances and tier-status topics are compacted (latest value per member); entries
+    and tier changes keep 30 days (the ledger itself is the source of truth and can
+    republish)."""
+    compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
     inbound = {"retention.ms": str(14 * DAY_MS)}
     month = {"retention.ms": str(30 * DAY_MS)}
     return [
@@ -39,12 +42,9 @@ def declared_topics(partitions: int = 3) -> list[TopicSpec]:
         TopicSpec(TOPIC_REDEMPTIONS, partitions, inbound),
         TopicSpec(TOPIC_ACTIVITIES, partitions, inbound),
         TopicSpec(TOPIC_LEDGER, partitions, month),
-        TopicSpec(
-            TOPIC_BALANCES,
-            partitions,
-            {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
-        ),
+        TopicSpec(TOPIC_BALANCES, partitions, compacted),
         TopicSpec(TOPIC_TIERS, partitions, month),
+        TopicSpec(TOPIC_TIER_STATUS, partitions, compacted),
         TopicSpec(TOPIC_DEADLETTER, 1, month),
     ]
 

@@ -7,7 +7,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -41,21 +40,13 @@ API_REQUESTS = Counter(
 )
 
 
-#: Decides tiers from the ledger's new entries (and runs period-end reviews when given an
-#: instant); returns the tier changes it recorded. See services.tiers.embedded.
-TierDecider = Callable[[datetime | None], int]
-REVIEW_EVERY = timedelta(minutes=1)  # period-end reviews: a minute late at most
-
-
 class Ticker:
-    """Runs the scheduler (release, expire, hold timeouts) every `seconds` in a thread, and
-    in embedded mode the tier policy after it (new entries every tick, reviews each minute)."""
+    """Runs the scheduler (release, expire, hold timeouts, tier period-end reviews) every
+    `seconds` in a thread."""
 
-    def __init__(self, ledger: Ledger, seconds: float, tiers: TierDecider | None = None) -> None:
+    def __init__(self, ledger: Ledger, seconds: float) -> None:
         self.ledger = ledger
         self.seconds = seconds
-        self.tiers = tiers
-        self._reviewed: datetime | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
 
@@ -77,15 +68,7 @@ class Ticker:
 
     def once(self) -> None:
         self.ledger.use_active_view()  # after a `loyalty rebuild`
-        now = self.ledger.app.clock.now()
-        self.ledger.tick(now)
-        if self.tiers is None:
-            return
-        review = self._reviewed is None or now - self._reviewed >= REVIEW_EVERY
-        if self.tiers(now if review else None):
-            self.ledger.projection.run()
-        if review:
-            self._reviewed = now
+        self.ledger.tick(self.ledger.app.clock.now())
 
 
 def create_app(
@@ -94,13 +77,12 @@ def create_app(
     *,
     tick_seconds: float = 0,
     bootstrap: str | None = None,
-    tiers: TierDecider | None = None,
     notifier: Notifier | None = None,
 ) -> FastAPI:
-    """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background, and
-    `tiers` (embedded mode, no tiers service) the tier policy after each tick. With the
-    notifier's stores (`notifier`), members' contacts, opt-outs and notices are served too."""
-    ticker = Ticker(ledger, tick_seconds, tiers)
+    """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background (the
+    ledger's tier reviews among its work). With the notifier's stores (`notifier`), members'
+    contacts, opt-outs and notices are served too."""
+    ticker = Ticker(ledger, tick_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -201,11 +201,6 @@ class WhatIfRequest(_In):
     apply: bool = Field(
         default=False, description="post the differences as adjustments (ops:write), once"
     )
-    recorded_tiers: bool = Field(
-        default=False,
-        description="replay tier changes as recorded instead of deciding them again under "
-        "the other program",
-    )
 
 
 class MemberDifference(_Out):
@@ -225,8 +220,11 @@ class WhatIfReport(_Out):
     as_of: datetime
     replayed_events: int
     replayed_operations: int
-    tiers_recomputed: bool = Field(description="tiers decided again under the other program")
-    tier_changes: int = Field(description="tier changes recorded during the replay")
+    tiers_recomputed: bool = Field(
+        description="tiers decided again under the other program (it has tiers); ops "
+        "overrides are replayed as made"
+    )
+    tier_changes: int = Field(description="tier changes the replay recorded, up to as_of")
     skipped: list[str]
     members: list[MemberDifference]
     posted: list[str]

@@ -7,19 +7,20 @@ assignments, holds) as it was made. Compensating adjustments from earlier what-i
 left out of the replay, so the difference after applying one is zero: running again posts
 nothing new.
 
-Tiers are decided again under the other program when the caller gives a tier decider (the
-tiers service's policy, run in-process): the recorded `tier.changed` events were decided
-under the current program, so they are left out and the decider records its own as the
-replay goes, reviewing period ends once per replayed day. Without a decider the recorded
-tier changes are replayed as they happened.
+Tiers are decided again under the other program: the replay runs the same account code as
+the ledger, which decides tiers inline (entry tier, upgrades right after the earn that
+reaches a threshold, period-end reviews when the account is next brought forward). So the
+ledger's own tier decisions are left out of the replay, and so are the `tier.changed` inputs
+0.1 took from the tiers service; only ops overrides (cause ``override``) are replayed as they
+were made, with their end and lock.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from services.ledger.application import commands
@@ -43,10 +44,7 @@ _REPLAYED = (
 
 
 TIER_CHANGED = "tier.changed"
-
-#: Given the replay's ledger, a function that decides tiers from its new entries (and, when
-#: given an instant, runs the period-end reviews due then); returns the changes recorded.
-TierDecider = Callable[[LedgerApplication], Callable[[datetime | None], int]]
+OVERRIDE = "override"  # the cause of an ops override's tier_assigned entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +69,8 @@ class WhatIfReport:
     as_of: datetime
     replayed_events: int = 0
     replayed_operations: int = 0
-    tiers_recomputed: bool = False
-    tier_changes: int = 0  # recorded during the replay (decided again, or as recorded)
+    tiers_recomputed: bool = False  # the other program has tiers: decided again under it
+    tier_changes: int = 0  # tier changes the replay recorded (up to `as_of`)
     skipped: list[str] = field(default_factory=list)
     members: list[MemberDiff] = field(default_factory=list)
     posted: list[str] = field(default_factory=list)
@@ -97,10 +95,9 @@ def _history(app: LedgerApplication, position: int) -> Iterator[Any]:
         start = page[-1].id + 1
 
 
-def run_id(program: Program, member: str | None, position: int, tiers: str = "recorded") -> str:
-    text = f"{program.version}|{member or '*'}|{position}"
-    if tiers != "recorded":
-        text += f"|tiers={tiers}"
+def run_id(program: Program, member: str | None, position: int) -> str:
+    # Tiers are always decided again: the same ids as 0.1's runs that did so.
+    text = f"{program.version}|{member or '*'}|{position}|tiers=decided"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -111,20 +108,19 @@ def what_if(
     member: str | None = None,
     apply: bool = False,
     actor: str = "what-if",
-    tiers: TierDecider | None = None,
 ) -> WhatIfReport:
     app = ledger.app
     ledger.projection.run()
     now = app.clock.now()
     position = app.recorder.max_notification_id() or 0
     report = WhatIfReport(
-        run_id=run_id(program, member, position, "recorded" if tiers is None else "decided"),
+        run_id=run_id(program, member, position),
         program_version=program.version,
         current_version=app.program.version,
         position=position,
         as_of=now,
     )
-    sim = _replay(app, program, position, report, tiers)
+    sim = _replay(app, program, position, report)
     now = report.as_of  # never before the history it recomputes
     members = [member] if member is not None else [r.member_id for r in ledger.view.all_balances()]
     for member_id in members:
@@ -153,51 +149,30 @@ def what_if(
 
 
 def _replay(
-    app: LedgerApplication,
-    program: Program,
-    position: int,
-    report: WhatIfReport,
-    tiers: TierDecider | None,
+    app: LedgerApplication, program: Program, position: int, report: WhatIfReport
 ) -> LedgerApplication:
     clock = FixedClock(report.as_of)
     sim = LedgerApplication(program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
-    decide = tiers(sim) if tiers is not None else None
-    report.tiers_recomputed = decide is not None
-    reviewed: date | None = None  # the day of the last period-end review
-
-    def at(instant: datetime) -> None:
-        nonlocal reviewed
-        _at(clock, report, instant)
-        if decide is None:
-            return
-        if reviewed is None or instant.date() > reviewed:
-            report.tier_changes += decide(instant)  # reviews due by this instant first
-            reviewed = instant.date()
-
-    def decided() -> None:
-        if decide is not None:
-            report.tier_changes += decide(None)
-
+    report.tiers_recomputed = bool(program.tiers)
     for event in _history(app, position):
         if isinstance(event, InboundReceipt.Recorded):
             if event.event_type == TIER_CHANGED:
-                if decide is not None:
-                    continue  # decided under the current program: the decider decides again
-                report.tier_changes += 1
+                continue  # 0.1's tiers service: the replay decides tiers itself
             if event.payload is None:
                 report.skipped.append(f"event {event.event_id}: recorded without its payload")
                 continue
-            at(event.received_at)
+            _at(clock, report, event.received_at)
             sim.apply_batch([Inbound(event.payload.encode(), event.origin)])
             report.replayed_events += 1
-            decided()
             continue
         assert isinstance(event, MemberAccount.Entry)
         if event.provenance.event_id is not None:
             continue  # made by an inbound event: the receipt replays it
         if (event.provenance.origin.request_id or "").startswith(WHAT_IF):
             continue  # an earlier what-if's compensation
-        at(event.effective_at)
+        if isinstance(event, MemberAccount.TierAssigned) and event.cause != OVERRIDE:
+            continue  # decided by the ledger: the replay decides again
+        _at(clock, report, event.effective_at)
         try:
             _operation(sim, event)
         except Declined as exc:
@@ -207,10 +182,31 @@ def _replay(
             )
             continue
         report.replayed_operations += 1
-        decided()
-    if decide is not None:
-        report.tier_changes += decide(report.as_of)  # the reviews due by now
+    # The time-driven work due by now (period-end reviews among it), then the tier changes.
+    sim.advance_members(sorted(_members(sim)), report.as_of)
+    report.tier_changes = _tier_changes(sim)
     return sim
+
+
+def _members(sim: LedgerApplication) -> set[str]:
+    return {e.member_id for e in _entries(sim) if isinstance(e, MemberAccount.Enrolled)}
+
+
+def _tier_changes(sim: LedgerApplication) -> int:
+    return sum(
+        isinstance(e, MemberAccount.TierAssigned) and e.tier != e.previous for e in _entries(sim)
+    )
+
+
+def _entries(sim: LedgerApplication) -> Iterator[Any]:
+    start = 1
+    while True:
+        page = sim.process_recorder.select_notifications(start=start, limit=1000)
+        if not page:
+            return
+        for notification in page:
+            yield sim.mapper.to_domain_event(notification)
+        start = page[-1].id + 1
 
 
 def _at(clock: FixedClock, report: WhatIfReport, at: datetime) -> None:
@@ -231,7 +227,14 @@ def _operation(sim: LedgerApplication, event: MemberAccount.Entry) -> None:
             allow_negative=True,  # replayed as it was made
         )
     elif isinstance(event, MemberAccount.TierAssigned):
-        sim.assign_tier(member, event.tier, reason=event.reason, actor=actor)
+        sim.assign_tier(
+            member,
+            event.tier,
+            reason=event.reason,
+            actor=actor,
+            until=event.override_until,
+            locked=event.locked,
+        )
     elif isinstance(event, MemberAccount.HoldPlaced):
         commands.place_hold(
             sim,

@@ -1,7 +1,9 @@
 """The tier policy: a pure function from a member's ledger facts to tier decisions.
 
 No framework and no wall clock: time comes from the facts (their effective instant) and from
-the `now` a caller passes to `advance` (the faust timer, the embedded scheduler, a test).
+the `now` a caller passes to `advance` (the ledger's scheduler, a test). The ledger decides
+with it inline (MemberAccount); `recompute` replays facts from zero (tests, what a history
+would give).
 
 Rules (the program file's ``tier_qualification``):
 - qualifying activity is points earned (refunds take back what they reversed, expiry and
@@ -12,7 +14,7 @@ Rules (the program file's ``tier_qualification``):
 - reaching the held tier's threshold again in a later period moves that date on;
 - at the end of the period plus grace the period's value is reviewed: kept if it still meets
   the tier's threshold, else down to the tier it qualifies for (or one level at a time);
-- an ops override (a ``tier_assigned`` ledger entry made by an operator) sets the tier; when
+- an ops override (a ``tier_assigned`` ledger entry with cause ``override``) sets the tier; when
   locked, automatic changes wait until the override ends (or forever without an end date);
   when not locked, upgrades may replace it and the review happens at its end date.
 """
@@ -71,7 +73,7 @@ class TierState:
 
 @dataclass(frozen=True, slots=True)
 class TierDecision:
-    """A tier change: what the tiers service publishes as ``tier.changed``."""
+    """A tier change the policy decides (the ledger records it as a tier_assigned entry)."""
 
     member_id: str
     from_tier: str | None
@@ -272,7 +274,7 @@ def apply(program: Program, state: TierState, fact: Fact) -> Step:
             )
         )
         state = replace(state, tier=entry.id)
-    state = _record(program, state, fact)
+    state = record(program, state, fact)
     if fact.kind == "override":
         state = _override(program, state, fact, now)
     elif fact.kind == "earn" or state.tier is None:
@@ -284,14 +286,15 @@ def apply(program: Program, state: TierState, fact: Fact) -> Step:
         decisions += upgraded
     state = replace(
         state,
-        contributions=_prune(program, state, now),
+        contributions=prune(program, state, now),
         last_position=fact.position,
         stream_time=now,
     )
     return state, decisions
 
 
-def _record(program: Program, state: TierState, fact: Fact) -> TierState:
+def record(program: Program, state: TierState, fact: Fact) -> TierState:
+    """Count one fact's qualifying activity (an earn adds, a refund takes back)."""
     spend = program.tier_qualification.basis == "spend"
     if fact.kind == "earn":
         value = fact.spend_minor if spend else fact.points
@@ -383,7 +386,7 @@ def upgrade(program: Program, state: TierState, now: datetime, position: int | N
     return state, []
 
 
-def _prune(program: Program, state: TierState, now: datetime) -> tuple[Contribution, ...]:
+def prune(program: Program, state: TierState, now: datetime) -> tuple[Contribution, ...]:
     """Drop activity no window can count any more (the oldest start still needed)."""
     q, zone = program.tier_qualification, program.zone
     starts = [periods.window_start(q, zone, now)]

@@ -27,7 +27,6 @@ from services.ledger.api.routes.members import ERRORS, MemberId
 from services.ledger.application.audit import audit
 from services.ledger.application.verify import verify
 from services.ledger.application.what_if import what_if
-from services.tiers.embedded import tier_decider
 
 router = APIRouter(tags=["ops"])
 
@@ -67,14 +66,7 @@ def what_if_run(body: WhatIfRequest, ledger: LedgerDep, caller: MembersReader) -
         raise ApiError(422, "invalid_program", str(exc)) from None
     if body.member_id is not None and ledger.view.balance(body.member_id) is None:
         raise ApiError(404, "unknown_member", f"{body.member_id} is not a member")
-    report = what_if(
-        ledger,
-        program,
-        member=body.member_id,
-        apply=body.apply,
-        actor=caller.name,
-        tiers=None if body.recorded_tiers else tier_decider,
-    )
+    report = what_if(ledger, program, member=body.member_id, apply=body.apply, actor=caller.name)
     return convert.what_if_report(report)
 
 
