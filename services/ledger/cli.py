@@ -117,8 +117,15 @@ def ingest(
         report = ledger.ingest_lines(events)
     for line, outcome in report.rejected:
         typer.echo(f"line {line}: rejected ({outcome.reason}): {outcome.detail}", err=True)
+    for line, outcome in report.parked:
+        typer.echo(
+            f"line {line}: parked, waiting ({outcome.reason}): {outcome.detail}; retried as the "
+            "member's account changes (loyalty rejections --parked)",
+            err=True,
+        )
     typer.echo(
         f"{report.applied} applied, {report.duplicates} duplicates, {len(report.rejected)} rejected"
+        + (f", {len(report.parked)} parked" if report.parked else "")
     )
     if report.rejected:
         raise typer.Exit(1)

@@ -213,10 +213,7 @@ def run_demo(
             ]
             first = (ledger.app.recorder.max_notification_id() or 0) + 1
             outcomes = ledger.app.apply_batch(items) if items else []
-            made = ledger.tick()
-            # The scheduler's tick finds members with lots or holds due; tier reviews due
-            # are brought forward here too until the view lists them (members_due).
-            made += ledger.app.advance_members(MEMBERS, clock.now())
+            made = ledger.tick()  # releases, expiries, hold TTLs and tier reviews due
             ledger.projection.run()
             changes = _tier_changes(ledger, first)
             results = ", ".join(o.status + (f" ({o.reason})" if o.reason else "") for o in outcomes)

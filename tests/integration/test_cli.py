@@ -116,16 +116,19 @@ def test_adjust_needs_a_reason_and_records_the_actor(env: Path, tmp_path: Path) 
 
 
 def test_balance_as_of_a_past_date_is_the_balance_then(env: Path) -> None:
-    """m-ana in what-if-events.jsonl, all ingested on 2026-11-20 (LOYALTY_NOW):
+    """m-ana in what-if-events.jsonl, all ingested on 2026-11-20 (LOYALTY_NOW), each event
+    as of its own time (purchases pending for the coffee program's 2 days):
 
-    seq effective         entry                        available  lifetime
-    1   11-02 13:00       enrolled                          0         0
-    2   11-02 13:00       tier green (entry tier)           0         0
-    3   11-02 13:00       signup +10                       10        10
-    4   11-02 14:00       purchase +12                     22        22
-    5   11-03 14:00       purchase +16 (double Tuesday)    38        38
-    6   11-04 09:00       review +5                        43        43
-    7   11-10 14:00       pastry -35                        8        43
+    seq effective         entry                        available  pending  lifetime
+    1   11-02 13:00       enrolled                          0        0         0
+    2   11-02 13:00       tier green (entry tier)           0        0         0
+    3   11-02 13:00       signup +10                       10        0        10
+    4   11-02 14:00       purchase +12, pending            10       12        22
+    5   11-03 14:00       purchase +16 (double Tuesday)    10       28        38
+    6   11-04 09:00       review +5                        15       28        43
+    7   11-04 14:00       12 released                      27       16        43
+    8   11-05 14:00       16 released                      43        0        43
+    9   11-10 14:00       pastry -35                        8        0        43
     """
     assert runner.invoke(app, ["ingest", str(EVENTS)]).exit_code == 0
 
@@ -144,7 +147,9 @@ def test_balance_as_of_a_past_date_is_the_balance_then(env: Path) -> None:
     assert first["tier_progress"]["qualifying_value"] == 10
     assert first["as_of"] == "2026-11-02T13:30:00+00:00"
     tuesday = balance("--as-of", "2026-11-03T23:59:59-05:00")  # 11-04 04:59 UTC
-    assert (tuesday["available"], tuesday["lifetime_earned"]) == (38, 38)
+    assert (tuesday["available"], tuesday["pending"], tuesday["lifetime_earned"]) == (10, 28, 38)
+    released = balance("--as-of", "2026-11-04T14:00:00Z")
+    assert (released["available"], released["pending"]) == (27, 16)
     before_pastry = balance("--as-of", "2026-11-10T13:59:59Z")
     assert (before_pastry["available"], before_pastry["lifetime_earned"]) == (43, 43)
     after_pastry = balance("--as-of", "2026-11-10T14:00:00Z")
@@ -211,7 +216,7 @@ def test_the_cli_works_the_same_on_sqlite_and_postgresql(
     assert runner.invoke(app, ["verify"]).exit_code == 0
 
 
-def test_redrive_applies_a_declined_redemption_once_the_member_exists(
+def test_a_redemption_read_before_the_member_exists_waits_and_applies_when_they_join(
     env: Path, tmp_path: Path
 ) -> None:
     def event(event_id: str, kind: str, **data: object) -> str:
@@ -227,17 +232,18 @@ def test_redrive_applies_a_declined_redemption_once_the_member_exists(
 
     early = tmp_path / "early.jsonl"
     early.write_text(event("red-1", "redemption.requested", redemption_id="r1", points=4) + "\n")
-    assert runner.invoke(app, ["ingest", str(early)]).exit_code == 1  # unknown_member
+    waiting = runner.invoke(app, ["ingest", str(early)])
+    assert waiting.exit_code == 0, waiting.output  # not declined: it waits for the member
+    assert "1 parked" in waiting.stdout
+    listed = runner.invoke(app, ["rejections", "--parked"])
+    assert "red-1: waits (unknown_member" in listed.stdout
+    assert "1 parked" in listed.stdout
     joined = tmp_path / "joined.jsonl"
     joined.write_text(event("join-1", "member.enrolled") + "\n")
     assert runner.invoke(app, ["ingest", str(joined)]).exit_code == 0
-    result = runner.invoke(app, ["redrive", "--actor", "ops-7", "--reason", "unknown_member"])
-    assert result.exit_code == 0, result.output
-    assert "red-1: applied" in result.stdout
-    assert "1 re-driven: 1 applied, 0 not" in result.stdout
     balance = runner.invoke(app, ["balance", "m-7", "--json"])
-    assert json.loads(balance.stdout)["available"] == 6  # signup 10 - 4
-    again = runner.invoke(app, ["redrive", "--actor", "ops-7"])
-    assert "0 re-driven" in again.stdout
-    listed = runner.invoke(app, ["rejections"])
-    assert "by ops-7: applied" in listed.stdout
+    assert json.loads(balance.stdout)["available"] == 6  # signup 10 - 4, no redrive needed
+    assert "0 parked" in runner.invoke(app, ["rejections", "--parked"]).stdout
+    assert "0 rejections" in runner.invoke(app, ["rejections"]).stdout
+    again = runner.invoke(app, ["ingest", str(early)])  # re-sent: the applied outcome
+    assert "0 applied, 1 duplicates" in again.stdout

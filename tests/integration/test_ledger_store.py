@@ -32,6 +32,9 @@ PROGRAM = Program.model_validate(
         "referral": {"referrer_points": 20, "referee_points": 10},
         "expiry": {"months_after_earn": 1},
         "rewards": {"mug": {"name": "Mug", "points": 30}},
+        # These tests are about declines and re-drives: nothing waits (parking is tested
+        # in tests/unit/test_determinism_examples.py and the property tests).
+        "arrival": {"park_hours": 0},
     }
 )
 
@@ -268,11 +271,13 @@ def test_balance_as_of_a_past_instant_is_the_balance_then(
     4   day 1      review +3 (L4)                  8, 50
     5   day 2      L3 released (made on day 3)    58,  0
     6   day 3      mug -30: L2 5, L3 25           28,  0
-    7   day 1 6h   purchase o-2 +20 (L7), sent    48,  0
-                   on day 5: released at once
-    8   day 31     L3 expires (25)                23,  0
-    9   day 32     L4 expires (3)                 20,  0
-    10  day 32 6h  L7 expires (20)                 0,  0
+    7   day 1 6h   purchase o-2 +20 pending (L7), 28, 20
+                   sent on day 5: late, pending
+                   until day 3 6h like any other
+    8   day 3 6h   L7 released (by the tick)      48,  0
+    9   day 31     L3 expires (25)                23,  0
+    10  day 32     L4 expires (3)                 20,  0
+    11  day 32 6h  L7 expires (20)                 0,  0
     """
     day = timedelta(days=1)
     ledger.app.apply_batch(
@@ -306,7 +311,7 @@ def test_balance_as_of_a_past_instant_is_the_balance_then(
         [_file(_purchase("e-4", "m-1", "o-2", 2000, at=T0 + day + timedelta(hours=6)), line=5)]
     )
     clock.set(T0 + 40 * day)
-    assert ledger.tick() == 3
+    assert ledger.tick() == 4
     rows = {r.seq: r for r in ledger.statement("m-1")}
     assert [rows[s].entry_type for s in sorted(rows)] == [
         "enrolled",
@@ -316,6 +321,7 @@ def test_balance_as_of_a_past_instant_is_the_balance_then(
         "pending_released",
         "points_redeemed",
         "points_earned",
+        "pending_released",
         "points_expired",
         "points_expired",
         "points_expired",
@@ -330,9 +336,9 @@ def test_balance_as_of_a_past_instant_is_the_balance_then(
         # balance-after (48) counts those later entries: it is no balance of this instant.
         T0 + day + timedelta(hours=12): (8, 50, 58, (55, 58, 58), 4),
         T0 + 2 * day + timedelta(hours=12): (58, 0, 58, (58, 58, 58), 5),
-        T0 + 4 * day: (48, 0, 78, (48, 48, 48), 7),  # the late purchase, after the mug
-        T0 + 31 * day + timedelta(hours=12): (23, 0, 78, (23, 23, 23), 8),
-        T0 + 40 * day: (0, 0, 78, (0, 0, 0), 10),  # after the last entry: as now
+        T0 + 4 * day: (48, 0, 78, (48, 48, 48), 8),  # the late purchase, released day 3
+        T0 + 31 * day + timedelta(hours=12): (23, 0, 78, (23, 23, 23), 9),
+        T0 + 40 * day: (0, 0, 78, (0, 0, 0), 11),  # after the last entry: as now
     }
     for at, (available, pending, lifetime, expiring, seq) in expected.items():
         found = ledger.balance("m-1", at)

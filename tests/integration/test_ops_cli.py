@@ -35,7 +35,7 @@ def test_audit_explains_every_entry_with_its_source(env: Path) -> None:
     out = result.stdout
     assert "source event:" in out
     assert '"order_id": "2001"' in out
-    assert "lot L3 (order 2001)" in out
+    assert "lot L4 (order 2001)" in out  # L2: the signup (#3 after the entry tier, #2)
     assert "entries add up to 8; the balance holds 8: explained" in out
     data = json.loads(runner.invoke(app, ["audit", "m-ana", "--json"]).stdout)
     assert data["explained"] is True

@@ -272,7 +272,12 @@ def test_the_ledger_decides_and_the_projection_follows_through_a_killed_worker(
         "the projection's tier.changed for Ana",
     )
     upgrade = next(c for c in published_changes(kafka_bootstrap, [ana]) if c.data.to_tier == "gold")
-    assert (upgrade.data.reason, upgrade.data.qualifying_value) == ("upgrade", 65)
+    # 65 with the signup counted; 55 when the purchases (another topic) were read before the
+    # enrolment: the upgrade comes at the second purchase either way, and so does every point.
+    assert (upgrade.data.reason, upgrade.data.qualifying_value) in {
+        ("upgrade", 65),
+        ("upgrade", 55),
+    }
     assert upgrade.data.caused_by_position is not None
     wait_for(
         lambda: (

@@ -21,13 +21,16 @@ from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
-from services.ledger.domain.program import NoticeKind, Tier, TierQualification
+from services.ledger.domain.program import Arrival, NoticeKind, Tier, TierQualification
 from services.notifier.bootstrap import build_notifier
 from services.notifier.contacts import Contact
 from services.notifier.embedded import as_records, ledger_entries
 from services.notifier.notices import Notice
 from services.notifier.templates import Rendered
-from tests.integration.test_ledger_store import PROGRAM, T0
+from tests.integration.test_ledger_store import PROGRAM as STORE_PROGRAM
+from tests.integration.test_ledger_store import T0
+
+PROGRAM = STORE_PROGRAM.model_copy(update={"arrival": Arrival()})  # events may wait (202)
 
 KEYS = {
     "checkout": ("k-checkout", ["events:write", "members:read"]),
@@ -167,6 +170,7 @@ def test_post_event_rejects_bad_input_with_4xx_and_reason(
     unknown = event("e-3", "redemption.requested", "m-9", redemption_id="x", points=5)
     r = client.post("/v1/events", json=unknown, headers=CHECKOUT)
     # Not declined: it may have overtaken the member's first purchase (another topic).
+    assert r.status_code == 202, r.json()
     assert (r.status_code, r.json()["status"], r.json()["reason"]) == (
         202,
         "parked",
@@ -474,7 +478,7 @@ def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: Fi
     body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1", "apply": True}
     assert client.post("/v1/ops/what-if", json=body, headers=READER).status_code == 403
     applied = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
-    assert applied["posted"] == ["m-1#3", "m-1#4"]  # the due release, then the adjustment
+    assert applied["posted"] == ["m-1#4"]  # the adjustment (#3: the release that was due)
     entry = client.get("/v1/members/m-1/statement?limit=1", headers=READER).json()["entries"][0]
     assert (entry["entry_type"], entry["points"]) == ("points_adjusted", 10)
     assert entry["provenance"]["origin"]["actor"] == "support-7"

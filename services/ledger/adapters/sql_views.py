@@ -132,7 +132,7 @@ class SqlLedgerView:
             self._run_many(
                 c,
                 f"INSERT INTO {p}lots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (member_id, lot_id) DO UPDATE SET "
+                "ON CONFLICT (member_id, lot_id) DO UPDATE SET amount = excluded.amount, "
                 "remaining = excluded.remaining, status = excluded.status",
                 [
                     (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -178,6 +178,7 @@ class IngestReport:
     applied: int
     duplicates: int
     rejected: list[tuple[int, Outcome]]  # (line number, outcome)
+    parked: list[tuple[int, Outcome]] = field(default_factory=list)  # still waiting
 
 
 class Ledger:
@@ -228,6 +229,7 @@ class Ledger:
         """Feed a JSON-lines file through the same validation and rules as Kafka ingest."""
         applied = duplicates = 0
         rejected: list[tuple[int, Outcome]] = []
+        parked: list[tuple[int, Outcome]] = []
         for batch in _batches(_read_lines(path), batch_size):
             outcomes = self.app.apply_batch([item for _, item in batch])
             for (line, _), outcome in zip(batch, outcomes, strict=True):
@@ -235,10 +237,17 @@ class Ledger:
                     applied += 1
                 elif outcome.status == "duplicate":
                     duplicates += 1
+                elif outcome.status == "parked":
+                    parked.append((line, outcome))
                 else:
                     rejected.append((line, outcome))
             self.projection.run()
-        return IngestReport(applied, duplicates, rejected)
+        # What a later line made possible was applied then: only the ones still waiting.
+        waiting = {item.event_id for _, item in self.app.parked()} if parked else set()
+        still = [(line, o) for line, o in parked if o.event_id in waiting]
+        applied += len(parked) - len(still)  # applied once a later line made it possible
+        parked = still
+        return IngestReport(applied, duplicates, rejected, parked)
 
     # -------------------------------------------------------------- time work
 

@@ -154,8 +154,14 @@ def _fold(
             tier = event.tier
         if event.provenance.event_id and event.provenance.origin.channel != "scheduler":
             kind = type(event).__name__
+            # One event may place a member in the entry tier and then upgrade (twice, when
+            # it arrived late), and top up several orders: each of those once.
             if isinstance(event, MemberAccount.TierAssigned):
-                kind += f" ({event.cause})"  # an event may place a member, then upgrade
+                kind += f" ({event.cause} to {event.tier} at {event.effective_at.isoformat()})"
+            elif isinstance(event, MemberAccount.PointsToppedUp):
+                kind += f" (order {event.order.order_id})"
+            elif isinstance(event, MemberAccount.LotsReallocated):
+                kind += f" (lot {event.lot_id})"
             credited[(event.provenance.event_id, member, kind)] += 1
     if sum(balances.values()) != 0:
         report.violations.append(f"{member}: accounts do not sum to zero")

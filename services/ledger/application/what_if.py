@@ -273,5 +273,7 @@ def _post(ledger: Ledger, report: WhatIfReport, actor: str) -> None:
             request_id=request_id,
             channel="ops",
         )
-        report.posted.extend(done.entries)
+        # The adjustment is the command's last entry; any before it is scheduled work that
+        # was due anyway (a pending release, say), not part of what was posted.
+        report.posted.extend(done.entries[-1:])
     ledger.projection.run()

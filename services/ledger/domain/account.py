@@ -79,6 +79,12 @@ def _change_key(change: TierChange) -> tuple[datetime, int]:
     return change.at, change.seq
 
 
+def _effective(changes: list[TierChange]) -> list[TierChange]:
+    """The changes that decided a tier: an entry tier recorded after an earlier-dated change
+    (which arrived later) only said "had none yet", and decides nothing."""
+    return [c for i, c in enumerate(changes) if i == 0 or c.cause != "entry"]
+
+
 class SnapshotTooOld(Exception):
     """A snapshot written before the account kept its tier state: replay the events instead."""
 
@@ -418,18 +424,10 @@ class MemberAccount(Aggregate):
         def apply_specific(self, account: MemberAccount) -> None:
             change = TierChange(self.effective_at, self.originator_version, self.tier, self.cause)
             changes = account.tier_changes
-            earlier = [c for c in changes if _change_key(c) < _change_key(change)]
-            if self.cause == "entry" and earlier:
+            if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
                 return  # the member had a tier by then already (recorded late): moot
             insort(changes, change, key=_change_key)
-            if self.cause != "entry":
-                # An entry tier recorded after this instant only said "had none": moot now.
-                account.tier_changes = [
-                    c
-                    for c in changes
-                    if c.cause != "entry" or _change_key(c) < _change_key(change) or c == change
-                ]
-            if account.tier_changes[-1] != change:
+            if _effective(changes)[-1] != change:
                 return  # an upgrade found late, dated before the tier in force: history only
             account.tier = self.tier
             account.tier_until = self.until
@@ -608,8 +606,14 @@ class MemberAccount(Aggregate):
             before_seq,
         ):
             return self.tier
-        index = bisect_left(self.tier_changes, (at, before_seq), key=_change_key)
-        return self.tier_changes[index - 1].tier if index else None
+        changes = _effective(self.tier_changes)
+        index = bisect_left(changes, (at, before_seq), key=_change_key)
+        if index:
+            return changes[index - 1].tier
+        # Before the member's first entry (an event that arrived after later ones): the
+        # entry tier, which that event would have been the one to record.
+        entry = next((c for c in self.tier_changes if c.cause == "entry"), None)
+        return entry.tier if entry is not None else None
 
     def _top_up(self, program: Program, since: datetime, provenance: Provenance) -> bool:
         """Purchases dated after `since` (a late upgrade) earn what the tier then in force
