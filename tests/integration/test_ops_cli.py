@@ -43,6 +43,18 @@ def test_audit_explains_every_entry_with_its_source(env: Path) -> None:
     assert runner.invoke(app, ["audit", "m-nobody"]).exit_code == 1
 
 
+def test_what_if_with_the_program_in_force_finds_no_difference(env: Path) -> None:
+    """Every event applied as of its own time, tiers decided inline: replaying the history
+    under the same program gives the same points, so nothing would be posted."""
+    assert runner.invoke(app, ["ingest", str(EVENTS)]).exit_code == 0
+    same = str(EXAMPLES / "coffee.yaml")
+    shown = runner.invoke(app, ["what-if", "--program", same, "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert len(report["members"]) == 3
+    assert {m["difference"] for m in report["members"]} == {0}
+
+
 def test_what_if_shows_the_difference_and_apply_posts_it_once(env: Path) -> None:
     assert runner.invoke(app, ["ingest", str(EVENTS)]).exit_code == 0
     other = str(EXAMPLES / "coffee-v2.yaml")

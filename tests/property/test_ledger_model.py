@@ -546,8 +546,11 @@ class LedgerMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------- helpers
 
     def _next(self, prefix: str) -> str:
+        # Zero-padded, so ids sort in the order the events were made: of two referrals of
+        # one referee at the same instant, the earliest by (occurred_at, event_id) is the
+        # first one, as the model expects.
         self.counter += 1
-        return f"{prefix}{self.counter}"
+        return f"{prefix}{self.counter:06d}"
 
     def _event(
         self,
