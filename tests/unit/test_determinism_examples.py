@@ -256,6 +256,30 @@ def test_a_redemption_read_before_the_purchase_funding_it_is_applied_when_it_arr
     assert account.balance == Balances(available=30, pending=0, held=0)
 
 
+def test_a_parked_redemption_is_declined_and_dead_lettered_at_its_deadline(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("k-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=2000)
+    spent = redemption("k-2", "m-1", at("2026-05-01T09:05:00Z"), redemption_id="x-1", points=50)
+    assert read(ledger, clock, [(bought, 0), (spent, 0)]) == ["applied", PARKED]
+    # 20 points, 50 asked: it waits until 09:05 + 72 h (the program's default park_hours).
+    assert ledger.tick(at("2026-05-04T09:04:00Z")) == 0
+    assert [e.event_id for _, e in ledger.app.parked()] == ["k-2"]
+    assert ledger.app.rejections() == []
+    ledger.tick(at("2026-05-04T09:05:00Z"))
+    assert ledger.app.parked() == []
+    [rejection] = ledger.app.rejections()  # what the relay dead-letters, original bytes kept
+    assert (rejection.event_id, rejection.reason) == ("k-2", "insufficient_points")
+    assert "waited until 2026-05-04T09:05:00+00:00" in rejection.detail
+    # A re-send gets the final outcome; the member keeps the 20 points.
+    [again] = ledger.app.apply_batch([file_item(spent, 9)])
+    assert (again.status, again.original) == ("duplicate", "declined")
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=20, pending=0, held=0)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="issue 10, still open: a refund read before an earlier-dated redemption takes "

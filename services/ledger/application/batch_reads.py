@@ -53,14 +53,7 @@ def _postgres(
         curs.execute(statement, [ids])
         for row in curs.fetchall():
             record: Any = row
-            found[record["originator_id"]].append(
-                StoredEvent(
-                    originator_id=record["originator_id"],
-                    originator_version=record["originator_version"],
-                    topic=record["topic"],
-                    state=bytes(record["state"]),
-                )
-            )
+            found[record["originator_id"]].append(_stored(record["originator_id"], record))
 
 
 def _sqlite(
@@ -80,14 +73,7 @@ def _sqlite(
             )
             for row in cursor.fetchall():
                 aggregate_id = by_hex[row["originator_id"]]
-                found[aggregate_id].append(
-                    StoredEvent(
-                        originator_id=aggregate_id,
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=row["state"],
-                    )
-                )
+                found[aggregate_id].append(_stored(aggregate_id, row))
 
 
 def select_events_after(
@@ -133,14 +119,7 @@ def _postgres_after(
         curs.execute(statement, [list(versions), list(versions.values()), limit])
         for row in curs.fetchall():
             record: Any = row
-            found[record["originator_id"]].append(
-                StoredEvent(
-                    originator_id=record["originator_id"],
-                    originator_version=record["originator_version"],
-                    topic=record["topic"],
-                    state=bytes(record["state"]),
-                )
-            )
+            found[record["originator_id"]].append(_stored(record["originator_id"], record))
 
 
 def _sqlite_after(
@@ -166,11 +145,14 @@ def _sqlite_after(
             )
             for row in cursor.fetchall():
                 aggregate_id = by_hex[row["originator_id"]]
-                found[aggregate_id].append(
-                    StoredEvent(
-                        originator_id=aggregate_id,
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=row["state"],
-                    )
-                )
+                found[aggregate_id].append(_stored(aggregate_id, row))
+
+
+def _stored(aggregate_id: UUID, row: Any) -> StoredEvent:
+    """One selected row (PostgreSQL or SQLite) as the library's stored event."""
+    return StoredEvent(
+        originator_id=aggregate_id,
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
     EventStore,
     IntegrityError,
     JSONTranscoder,
+    Notification,
     ProcessRecorder,
     Tracking,
 )
@@ -257,7 +258,7 @@ class LedgerApplication(Application[UUID]):
                 payload=payload,
             )
             return outcome
-        for member in {e.split("#", 1)[0] for e in entries}:
+        for member in dict.fromkeys(e.split("#", 1)[0] for e in entries):  # in entry order
             self._retry_parked(batch, member, now)
         batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
@@ -677,30 +678,37 @@ class LedgerApplication(Application[UUID]):
         return sorted(found, key=lambda x: (x[1].occurred_at, x[1].event_id))
 
     def _parked_members(self) -> list[str]:
-        topic = f"{ParkedEvents.Opened.__module__}:{ParkedEvents.Opened.__qualname__}"
-        members: list[str] = []
+        """Every member who has ever had an event parked (read from the notification log)."""
+        return [
+            self.mapper.to_domain_event(n).member_id  # type: ignore[attr-defined]
+            for n in self.notifications_of(ParkedEvents.Opened)
+        ]
+
+    def notifications_of(self, event_class: type) -> Iterator[Notification]:
+        """The notification log's records of one event class, oldest first, paged."""
+        topic = f"{event_class.__module__}:{event_class.__qualname__}"
         start = 1
         while True:
             page = self.process_recorder.select_notifications(
                 start=start, limit=1000, topics=[topic]
             )
             if not page:
-                return members
-            for notification in page:
-                opened: Any = self.mapper.to_domain_event(notification)
-                members.append(opened.member_id)
+                return
+            yield from page
             start = page[-1].id + 1
 
     def expire_parked(self, now: datetime | None = None) -> int:
-        """Decline (and dead-letter) parked events whose deadline has passed at `now`."""
+        """Decline (and dead-letter) parked events whose deadline has passed at `now`: the
+        parked events of every member read in one query, the declines saved together."""
         at = now or self.clock.now()
         declined = 0
-        for member_id in self._parked_members():
-            with self._writing:
-                batch = _Batch()
-                parking = self._parking(batch, member_id)
-                if parking is None:
-                    continue
+        members = {parked_id(m): m for m in self._parked_members()}
+        with self._writing:
+            batch = _Batch()
+            for aggregate_id, stored in select_events_of(self.recorder, members).items():
+                parking = self._project(stored)
+                assert isinstance(parking, ParkedEvents)
+                batch.parked[members[aggregate_id]] = parking
                 for waiting in parking.in_order():
                     if waiting.deadline <= at:
                         exc = Declined(
@@ -709,8 +717,8 @@ class LedgerApplication(Application[UUID]):
                         )
                         self._settle_parked(batch, parking, waiting, DECLINED, exc, (), at)
                         declined += 1
-                if parking.pending_events:
-                    self._save_batch(batch, None)
+            if declined:
+                self._save_batch(batch, None)
         return declined
 
     def _reject(
@@ -912,20 +920,12 @@ class LedgerApplication(Application[UUID]):
 
     def rejections(self) -> list[Rejection]:
         """Every recorded rejection, oldest first."""
-        topic = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualname__}"
         found: list[Rejection] = []
-        start = 1
-        while True:
-            page = self.process_recorder.select_notifications(
-                start=start, limit=1000, topics=[topic]
-            )
-            if not page:
-                return found
-            for notification in page:
-                rejection: Any = self.repository.get(UUID(str(notification.originator_id)))
-                assert isinstance(rejection, Rejection)
-                found.append(rejection)
-            start = page[-1].id + 1
+        for notification in self.notifications_of(Rejection.Recorded):
+            rejection: Any = self.repository.get(UUID(str(notification.originator_id)))
+            assert isinstance(rejection, Rejection)
+            found.append(rejection)
+        return found
 
     def redrive(
         self,

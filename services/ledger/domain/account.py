@@ -847,12 +847,7 @@ class MemberAccount(Aggregate):
             effective_at=since,
             postings=(),
             moves=tuple(LotMove(k, v) for k, v in moves.items() if v),
-            provenance=replace(
-                provenance,
-                rule_id="spend:soonest_expiring_first",
-                program_version=program.version,
-                tier=self.tier,
-            ),
+            provenance=self._provenance(program, provenance, "spend:soonest_expiring_first"),
             note=f"{-moves.get(lot_id, 0)} redeemed points now taken from {lot.source}, which "
             "expires sooner (it arrived after those redemptions)",
             lot_id=lot_id,
@@ -988,7 +983,7 @@ class MemberAccount(Aggregate):
             effective_at=at,
             postings=(),
             moves=(),
-            provenance=replace(provenance, rule_id="enrolment", program_version=program.version),
+            provenance=self._provenance(program, provenance, "enrolment"),
             note="enrolment completed (the member's first event had enrolled them already)",
         )
         self.catch_up(program)
@@ -1033,12 +1028,7 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=transfer(acc.AVAILABLE, acc.ISSUED, taken),
             moves=_merge(moves),
-            provenance=replace(
-                provenance,
-                rule_id="referral:earliest_wins",
-                program_version=program.version,
-                tier=self.tier,
-            ),
+            provenance=self._provenance(program, provenance, "referral:earliest_wins"),
             note=f"referral bonus for {referee} taken back ({taken} points"
             + (f", {left} already spent and kept" if left else "")
             + f"): {winner}'s earlier referral of {referee} is the one that counts",
@@ -1059,12 +1049,7 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=(),
             moves=(),
-            provenance=replace(
-                provenance,
-                rule_id="referral:earliest_wins",
-                program_version=program.version,
-                tier=self.tier,
-            ),
+            provenance=self._provenance(program, provenance, "referral:earliest_wins"),
             note=f"referred by {referrer}, whose referral came first (not {previous}); "
             "the welcome bonus stays",
             referrer=referrer,
@@ -1514,7 +1499,7 @@ class MemberAccount(Aggregate):
             effective_at=now,
             postings=transfer(acc.AVAILABLE, acc.HELD, points),
             moves=moves,
-            provenance=self._hold_provenance(program, provenance, "hold:place"),
+            provenance=self._provenance(program, provenance, "hold:place"),
             note=f"{points} points held for {reference} until {expires_at.isoformat()}",
             holds_after={**self.holds, hid: record},
             hold_id=hid,
@@ -1553,7 +1538,7 @@ class MemberAccount(Aggregate):
             postings=transfer(acc.HELD, acc.REDEEMED, captured)
             + transfer(acc.HELD, acc.AVAILABLE, released),
             moves=self._settled(back),
-            provenance=self._hold_provenance(program, provenance, "hold:capture"),
+            provenance=self._provenance(program, provenance, "hold:capture"),
             note=note,
             holds_after={**self.holds, hold: done},
             hold_id=hold,
@@ -1581,7 +1566,7 @@ class MemberAccount(Aggregate):
             effective_at=now,
             postings=transfer(acc.HELD, acc.AVAILABLE, record.points),
             moves=self._settled(_returned(record)),
-            provenance=self._hold_provenance(program, provenance, "hold:void"),
+            provenance=self._provenance(program, provenance, "hold:void"),
             note=f"hold for {record.reference} voided: {record.points} points back to "
             "their lots with their original expiry" + (f" ({reason})" if reason else ""),
             holds_after={**self.holds, hold: done},
@@ -1636,7 +1621,8 @@ class MemberAccount(Aggregate):
             debt -= take
         return _merge((*back, *settle))
 
-    def _hold_provenance(self, program: Program, provenance: Provenance, rule: str) -> Provenance:
+    def _provenance(self, program: Program, provenance: Provenance, rule: str) -> Provenance:
+        """The command's provenance with its rule, the program version and the tier."""
         return replace(provenance, rule_id=rule, program_version=program.version, tier=self.tier)
 
     # ------------------------------------------------------------- operations
