@@ -203,11 +203,16 @@ def steps_of(kinds: Sequence[str]) -> st.SearchStrategy[Step]:
 
 
 STEPS = steps_of(KINDS)
-# Known gap (issue 10, still open): a refund read before a redemption dated earlier takes
-# back points the redemption would have spent, and the redemption then waits for points
-# it had. The arrival-order property leaves refunds out until that is handled; the case is
-# pinned by test_determinism_examples.py::test_a_refund_read_before_an_earlier_redemption.
-KINDS_WITHOUT_REFUNDS = tuple(k for k in KINDS if not k.startswith("refund"))
+# Known gap (issue 10, still open): spends are not yet re-allocated in event-time order when
+# a redemption or referral arrives after an event it should precede. A redemption dated
+# before another that already spent the points, or one that waited (parked) for points
+# while an earlier-dated redemption had not arrived yet, ends with other balances than in
+# time order; so does the second referral of one referee. The arrival-order property runs
+# by default over histories without those kinds (purchases, refunds, activities,
+# enrolments: order-independent today), and over every kind only when opted in.
+ARRIVAL_SAFE_KINDS = tuple(
+    k for k in KINDS if not k.startswith("redeem") and k not in {"cancel", "referral"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,30 +498,44 @@ def test_the_wall_clock_at_ingest_does_not_change_the_ledger(
     assert_same_entries(b, d, "(d)")
 
 
-@pytest.mark.skipif(
-    os.environ.get("LOYALTY_ARRIVAL_ORDER") != "1",
-    reason="opt-in (LOYALTY_ARRIVAL_ORDER=1): the target of issue 10 that is not met yet; "
-    "a redemption that waited (parked) can still spend other lots, and so leave other "
-    "balances after expiry, than in time order",
-)
-@SETTINGS
-@given(
-    case=cases(kinds=KINDS_WITHOUT_REFUNDS),
-    partitions=st.integers(1, 2),
-    choices=st.lists(st.integers(0, 7), max_size=60),
-)
-def test_the_arrival_order_across_topics_does_not_change_the_ledger(
-    case: Case, partitions: int, choices: list[int]
-) -> None:
-    """(e) Kafka records of different topics and partitions read in any interleaving, one
-    per batch, give the balances, the lots that hold points, and the tiers of (b), the same
-    records one per batch in history order. The entries may differ: a late prerequisite
-    applies a parked event, an earlier referral compensates a later one."""
+def check_arrival_order(case: Case, partitions: int, choices: list[int]) -> None:
     note(repr(case))  # the failing history, printed by Hypothesis
     note(f"partitions per topic {partitions}, interleaving {choices}")
     b = run(case, batched(case, [1]), holding_only=True)
     e = run(case, interleaved(case, partitions, choices), holding_only=True)
     assert_same_state(b, e, "(e)")
+
+
+PARTITIONS = st.integers(1, 2)
+INTERLEAVINGS = st.lists(st.integers(0, 7), max_size=60)
+
+
+@SETTINGS
+@given(case=cases(kinds=ARRIVAL_SAFE_KINDS), partitions=PARTITIONS, choices=INTERLEAVINGS)
+def test_the_arrival_order_across_topics_does_not_change_the_ledger(
+    case: Case, partitions: int, choices: list[int]
+) -> None:
+    """(e) Kafka records of different topics and partitions read in any interleaving, one
+    per batch, give the balances, the lots that hold points, and the tiers of (b), the same
+    records one per batch in history order. The entries may differ: a late purchase tops
+    up or reallocates, a late refund takes back what its order earned. Histories here have
+    no redemptions and referrals (see ARRIVAL_SAFE_KINDS)."""
+    check_arrival_order(case, partitions, choices)
+
+
+@pytest.mark.skipif(
+    os.environ.get("LOYALTY_ARRIVAL_ORDER") != "1",
+    reason="opt-in (LOYALTY_ARRIVAL_ORDER=1): the target of issue 10 that is not met yet; "
+    "spends are not re-allocated in event-time order when a redemption or referral "
+    "arrives after an event it should precede",
+)
+@SETTINGS
+@given(case=cases(), partitions=PARTITIONS, choices=INTERLEAVINGS)
+def test_the_arrival_order_of_every_kind_does_not_change_the_ledger(
+    case: Case, partitions: int, choices: list[int]
+) -> None:
+    """(e) over every inbound kind: redemptions, cancellations and referrals too."""
+    check_arrival_order(case, partitions, choices)
 
 
 @SETTINGS

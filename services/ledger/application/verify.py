@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from services.ledger.application.ledger import LedgerApplication
+from services.ledger.application.replay_check import replay_check
 from services.ledger.application.views import LedgerView
 from services.ledger.domain import postings as acc
 from services.ledger.domain.account import Balances, MemberAccount
@@ -20,6 +21,8 @@ class VerifyReport:
     members: int = 0
     entries: int = 0
     receipts: int = 0
+    replayed_events: int = 0  # inbound events made again by the replay check
+    replayed_operations: int = 0
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -44,7 +47,11 @@ def _ids(app: LedgerApplication, cls: type) -> list[UUID]:
         start = page[-1].id + 1
 
 
-def verify(app: LedgerApplication, view: LedgerView | None = None) -> VerifyReport:
+def verify(
+    app: LedgerApplication, view: LedgerView | None = None, *, replay: bool = True
+) -> VerifyReport:
+    """Fold every account afresh and check the invariants; with `replay`, also make every
+    entry again from the receipts and operations (replay_check) and compare."""
     report = VerifyReport()
     folded: dict[str, tuple[Balances, dict[str, Lot], str | None]] = {}
     credited: Counter[tuple[str, str, str]] = Counter()
@@ -76,6 +83,10 @@ def verify(app: LedgerApplication, view: LedgerView | None = None) -> VerifyRepo
                     h.hold_id: (h.status, h.points, h.captured) for h in live.holds.values()
                 }
         _compare_view(view, folded, report, holds)
+    if replay:
+        again = replay_check(app)
+        report.replayed_events, report.replayed_operations = again.events, again.operations
+        report.violations += [f"replay: {v}" for v in again.violations]
     return report
 
 

@@ -1,0 +1,279 @@
+"""Verify by replay: every member's entries made again from what the ledger received.
+
+The whole store is replayed, in the order it was recorded, into an in-memory ledger running
+the same code: every inbound event from its receipt (the canonical payload), under the
+program version its entries name and with the clock at the instant it was received; every
+operation (adjustments, ops tier overrides, holds, re-drives, parked deadlines) as it was
+made; and the scheduler's work at the point of each member's sequence where it was done.
+Each member's entries must come out the same, one by one (type, effective time, postings,
+lot moves, points and balance after), and so must the final balances and lots. Anything
+else means the stored ledger is not a function of its inputs, which is a violation.
+
+The scheduler's entries are tied to no inbound event: one found in the log at member
+version `v` is replayed as "bring the account to its time" once the replayed account has
+reached version `v - 1`. That is exactly where the scheduler did it; when the entry was in
+fact made while trying an event that was then declined, the event would have done the same
+advance first, so the result is the same.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.ledger.application import commands
+from services.ledger.application.ledger import Inbound, LedgerApplication
+from services.ledger.domain.account import SCHEDULER, MemberAccount, account_id
+from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.errors import Declined
+from services.ledger.domain.program import Program
+from services.ledger.domain.receipts import DECLINED, InboundReceipt
+
+OVERRIDE = "override"  # the cause of an ops override's tier_assigned entry
+TIER_CHANGED = "tier.changed"  # 0.1's tiers service input: declined by the ledger since 0.2
+
+
+@dataclass
+class ReplayReport:
+    events: int = 0
+    operations: int = 0
+    entries: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+def _topic(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _log(app: LedgerApplication, classes: tuple[type, ...]) -> Iterator[Any]:
+    topics = [_topic(c) for c in classes]
+    start = 1
+    while True:
+        page = app.process_recorder.select_notifications(start=start, limit=1000, topics=topics)
+        if not page:
+            return
+        for notification in page:
+            yield app.mapper.to_domain_event(notification)
+        start = page[-1].id + 1
+
+
+def _entry_classes() -> tuple[type, ...]:
+    found: list[type] = [MemberAccount.Enrolled]
+    stack: list[type] = [MemberAccount.Entry]
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return tuple(found)
+
+
+_RECEIPTS = (InboundReceipt.Recorded, InboundReceipt.Reapplied, InboundReceipt.Settled)
+
+
+def content(event: Any) -> tuple[Any, ...]:
+    """What must come out the same: one entry by its type, time, postings, moves, points
+    and balance after (not its note, nor the wall-clock instant it was written)."""
+    return (
+        type(event).__name__,
+        event.effective_at,
+        tuple(getattr(event, "postings", ())),
+        tuple(getattr(event, "moves", ())),
+        getattr(event, "points", None),
+        getattr(event, "balance_after", None),
+    )
+
+
+def _describe(entry: tuple[Any, ...] | None) -> str:
+    if entry is None:
+        return "nothing"
+    kind, at, postings, moves, points, _ = entry
+    legs = " ".join(f"{p.account}{p.amount:+d}" for p in postings)
+    lots = " ".join(f"{m.lot_id}{m.amount:+d}" for m in moves)
+    shown = f" {points} points" if points is not None else ""
+    return f"{kind} at {at.isoformat()}{shown} [{legs}] [{lots}]"
+
+
+def replay_check(app: LedgerApplication) -> ReplayReport:
+    """Replay the store into a fresh in-memory ledger and compare, member by member."""
+    report = ReplayReport()
+    stored: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    # Entry ids (member#version) made by inbound events, re-drives and parked retries,
+    # the program version each one names, and scheduler entries tied to no event.
+    listed: set[str] = set()
+    versions: dict[str, str] = {}
+    for event in _log(app, _RECEIPTS):
+        listed.update(getattr(event, "entries", ()))
+    ticks: dict[str, dict[int, datetime]] = defaultdict(dict)
+    for event in _log(app, _entry_classes()):
+        member = event.member_id
+        stored[member].append(content(event))
+        entry_id = f"{member}#{event.originator_version}"
+        origin = event.provenance.origin
+        if origin.channel == SCHEDULER.channel:
+            if entry_id not in listed and event.provenance.event_id is None:
+                ticks[member][event.originator_version] = event.effective_at
+        elif event.provenance.program_version:
+            versions[entry_id] = event.provenance.program_version
+    report.entries = sum(len(entries) for entries in stored.values())
+
+    programs: dict[str, Program] = {app.program.version: app.program}
+    clock = FixedClock(app.clock.now())
+    sim = LedgerApplication(app.program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    try:
+        _replay(app, sim, clock, ticks, versions, programs, report)
+        _compare(app, sim, stored, report)
+    finally:
+        sim.close()
+    return report
+
+
+def _program(app: LedgerApplication, programs: dict[str, Program], version: str) -> Program:
+    if version not in programs:
+        document = app.program_document(version)
+        if document is None:
+            raise LookupError(f"program version {version} is not in the store")
+        programs[version] = Program.model_validate_json(document)
+    return programs[version]
+
+
+def _replay(
+    app: LedgerApplication,
+    sim: LedgerApplication,
+    clock: FixedClock,
+    ticks: dict[str, dict[int, datetime]],
+    versions: dict[str, str],
+    programs: dict[str, Program],
+    report: ReplayReport,
+) -> None:
+    def catch_up_ticks() -> None:
+        """The scheduler's work each replayed account has reached, at its place."""
+        for member, due in ticks.items():
+            account = sim.find_account(member) if due else None
+            while account is not None and (account.version + 1) in due:
+                at = due.pop(account.version + 1)
+                clock.set(at)
+                sim.advance_members([member], at)
+                account = sim.find_account(member)
+
+    last_version = app.program.version
+    for event in _log(app, (*_RECEIPTS, *_operation_classes())):
+        catch_up_ticks()
+        if isinstance(event, InboundReceipt.Recorded):
+            if event.event_type == TIER_CHANGED or event.payload is None:
+                continue  # 0.1's tiers input (declined since), or recorded without payload
+            named = [versions[e] for e in event.entries if e in versions]
+            last_version = named[0] if named else last_version
+            sim.program = _program(app, programs, last_version)
+            clock.set(event.received_at)
+            sim.apply_batch([Inbound(event.payload.encode(), event.origin)])
+            report.events += 1
+        elif isinstance(event, InboundReceipt.Reapplied):
+            clock.set(event.at)
+            sim.redrive(actor=event.actor, event_ids=[_receipt_event_id(app, event)])
+            report.operations += 1
+        elif isinstance(event, InboundReceipt.Settled):
+            if event.outcome == DECLINED:  # past its deadline (an applied one replays itself)
+                clock.set(event.at)
+                sim.expire_parked(event.at)
+        else:
+            _operate(sim, clock, event, report)
+    catch_up_ticks()
+
+
+def _receipt_event_id(app: LedgerApplication, event: InboundReceipt.Reapplied) -> str:
+    receipt: Any = app.repository.get(event.originator_id, version=1)
+    assert isinstance(receipt, InboundReceipt)
+    return receipt.event_id
+
+
+def _operation_classes() -> tuple[type, ...]:
+    return (
+        MemberAccount.PointsAdjusted,
+        MemberAccount.TierAssigned,
+        MemberAccount.HoldPlaced,
+        MemberAccount.HoldCaptured,
+        MemberAccount.HoldVoided,
+    )
+
+
+def _operate(sim: LedgerApplication, clock: FixedClock, event: Any, report: ReplayReport) -> None:
+    """An operator's command, made again as it was made (the clock at its time)."""
+    if event.provenance.event_id is not None or event.provenance.origin.channel == "scheduler":
+        return  # made by an inbound event or by the scheduler: replayed with those
+    if isinstance(event, MemberAccount.TierAssigned) and event.cause != OVERRIDE:
+        return  # decided by the ledger itself
+    clock.set(event.effective_at)
+    member = event.member_id
+    actor = event.provenance.origin.actor or "ops"
+    request_id = event.provenance.origin.request_id
+    try:
+        if isinstance(event, MemberAccount.PointsAdjusted):
+            commands.adjust(
+                sim,
+                member,
+                event.points,
+                reason=event.reason,
+                actor=event.actor,
+                allow_negative=True,  # it was allowed when it was made
+                request_id=request_id,
+                channel=event.provenance.origin.channel,
+            )
+        elif isinstance(event, MemberAccount.TierAssigned):
+            sim.assign_tier(
+                member,
+                event.tier,
+                reason=event.reason,
+                actor=actor,
+                until=event.override_until,
+                locked=event.locked,
+            )
+        elif isinstance(event, MemberAccount.HoldPlaced):
+            commands.place_hold(
+                sim,
+                member,
+                reference=event.reference,
+                points=event.points,
+                ttl=event.hold.expires_at - event.hold.placed_at,
+                actor=actor,
+            )
+        elif isinstance(event, MemberAccount.HoldCaptured):
+            commands.capture_hold(sim, event.hold_id, points=event.points, actor=actor)
+        elif isinstance(event, MemberAccount.HoldVoided):
+            commands.void_hold(sim, event.hold_id, reason=event.reason, actor=actor)
+    except Declined as exc:
+        report.violations.append(
+            f"{member}#{event.originator_version} {type(event).__name__}: declined on replay "
+            f"({exc.reason}: {exc.detail})"
+        )
+        return
+    report.operations += 1
+
+
+def _compare(
+    app: LedgerApplication,
+    sim: LedgerApplication,
+    stored: dict[str, list[tuple[Any, ...]]],
+    report: ReplayReport,
+) -> None:
+    for member, entries in sorted(stored.items()):
+        replayed = [content(e) for e in sim.events.get(account_id(member))]
+        for i in range(max(len(entries), len(replayed))):
+            want = entries[i] if i < len(entries) else None
+            got = replayed[i] if i < len(replayed) else None
+            if want != got:
+                report.violations.append(
+                    f"{member}#{i + 1}: stored {_describe(want)}, replay made {_describe(got)}"
+                )
+                break  # the first difference; what follows usually differs because of it
+        live, again = app.find_account(member), sim.find_account(member)
+        if (
+            live is not None
+            and again is not None
+            and ((live.balance, live.lots) != (again.balance, again.lots))
+        ):
+            report.violations.append(
+                f"{member}: stored balance {live.balance}, replayed {again.balance}"
+            )

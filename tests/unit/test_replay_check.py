@@ -1,0 +1,139 @@
+"""verify's replay check: every entry made again from the receipts and operations.
+
+Figures by hand: the program earns 1 point per dollar, then 2 after it changes; the replay
+must earn each purchase under the version that applied it (10 then 40), and a store where
+an entry was written without its input (a bug applying an earn twice, say) is a violation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from services.ledger.application import commands
+from services.ledger.application.verify import verify
+from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.program import Program
+from services.ledger.domain.provenance import Origin, Provenance
+from tests.support.histories import (
+    activity,
+    apply_at,
+    file_item,
+    open_ledger,
+    purchase,
+    redemption,
+)
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+
+def program(rate: str) -> Program:
+    document: dict[str, Any] = {
+        "id": "replay",
+        "name": "Replay",
+        "timezone": "UTC",
+        "currencies": {"USD": {"minor_units": 2, "points_per_unit": rate}},
+        "earn": {"pending_days": 2},
+        "activities": {"review": {"points": 5, "limit": "per_day"}},
+        "expiry": {"months_after_earn": 1},
+    }
+    return Program.model_validate(document)
+
+
+def test_a_store_written_under_two_program_versions_replays_clean(tmp_path: Path) -> None:
+    clock = FixedClock(T0)
+    ledger = open_ledger(tmp_path, program("1"), clock)
+    apply_at(
+        ledger,
+        clock,
+        T0,
+        [file_item(purchase("e1", "m-1", T0, order_id="o1", total_minor=1000), 1)],
+    )
+    ledger.close()
+    later = T0 + timedelta(days=3)
+    ledger = open_ledger(tmp_path, program("2"), clock)
+    try:
+        apply_at(
+            ledger,
+            clock,
+            later,
+            [file_item(purchase("e2", "m-1", later, order_id="o2", total_minor=2000), 2)],
+        )
+        ledger.projection.run()
+        earned = [
+            row.body["points"]
+            for row in ledger.statement("m-1", limit=100)
+            if row.entry_type == "points_earned"
+        ]
+        assert sorted(earned) == [10, 40]  # each under the version that applied it
+        ledger.projection.run()
+        report = verify(ledger.app, ledger.view)
+        assert report.ok, report.violations
+        assert report.replayed_events == 2
+    finally:
+        ledger.close()
+
+
+def test_scheduler_work_and_late_events_replay_in_place(tmp_path: Path) -> None:
+    """The scheduler releases and expires between events; a late event (dated before that
+    work) and an adjustment follow: the replay makes every entry again, in place."""
+    clock = FixedClock(T0)
+    ledger = open_ledger(tmp_path, program("1"), clock)
+    try:
+        apply_at(
+            ledger,
+            clock,
+            T0,
+            [file_item(purchase("e1", "m-1", T0, order_id="o1", total_minor=5000), 1)],
+        )
+        clock.set(T0 + timedelta(days=40))
+        ledger.app.advance_members(["m-1"], clock.now())  # released, then expired
+        late = T0 + timedelta(days=10)
+        apply_at(
+            ledger,
+            clock,
+            clock.now(),
+            [file_item(redemption("e2", "m-1", late, redemption_id="x1", points=20), 2)],
+        )
+        apply_at(
+            ledger,
+            clock,
+            clock.now(),
+            [file_item(activity("e3", "m-1", clock.now(), name="review"), 3)],
+        )
+        commands.adjust(ledger.app, "m-1", 7, reason="goodwill", actor="ops")
+        ledger.projection.run()
+        report = verify(ledger.app, ledger.view)
+        assert report.ok, report.violations
+        assert (report.replayed_events, report.replayed_operations) == (3, 1)
+    finally:
+        ledger.close()
+
+
+def test_an_entry_no_input_explains_is_a_violation(tmp_path: Path) -> None:
+    clock = FixedClock(T0)
+    ledger = open_ledger(tmp_path, program("1"), clock)
+    try:
+        apply_at(ledger, clock, T0, [file_item(activity("e1", "m-1", T0, name="review"), 1)])
+        ledger.projection.run()
+        assert verify(ledger.app, ledger.view).ok
+        # A bug that applies the same activity again without a receipt of its own.
+        account = ledger.app.find_account("m-1")
+        assert account is not None
+        account.earn_activity(
+            ledger.app.program,
+            activity="review",
+            reference=None,
+            occurred_at=T0 + timedelta(days=1),
+            provenance=Provenance(Origin("file", file="x", line=1), event_id="e1"),
+            now=T0 + timedelta(days=1),
+        )
+        ledger.app.save(account)
+        ledger.projection.run()
+        report = verify(ledger.app, ledger.view)
+        assert any(v.startswith("replay: m-1#3: stored PointsEarned") for v in report.violations), (
+            report.violations
+        )
+    finally:
+        ledger.close()
