@@ -95,6 +95,8 @@ class Rules:
     grace_days: int
     downgrade: Literal["to_qualified", "one_level"]
     entry_multiplier: str
+    daily_cap: int | None = None
+    double_weekday: str | None = None
 
 
 def build_program(rules: Rules) -> Program:
@@ -104,7 +106,14 @@ def build_program(rules: Rules) -> Program:
         "name": "Determinism",
         "timezone": rules.timezone,
         "currencies": {"USD": {"minor_units": 2, "points_per_unit": "1"}},
-        "earn": {"rounding": "floor", "pending_days": rules.pending_days},
+        "earn": {
+            "rounding": "floor",
+            "pending_days": rules.pending_days,
+            "caps": {"per_member_per_day": rules.daily_cap},
+            "promotions": [{"id": "double", "multiplier": "2", "weekdays": [rules.double_weekday]}]
+            if rules.double_weekday
+            else [],
+        },
         "activities": {
             "signup": {"points": 10, "limit": "once"},
             "review": {"points": 5, "limit": "per_day"},
@@ -153,6 +162,8 @@ def rules_strategy(*, tiers: bool) -> st.SearchStrategy[Rules]:
         grace_days=st.sampled_from([0, 30]),
         downgrade=st.sampled_from(["to_qualified", "one_level"]),
         entry_multiplier=st.sampled_from(["1", "2"]),
+        daily_cap=st.sampled_from([None, None, 30, 120]),
+        double_weekday=st.sampled_from([None, "monday", "tuesday"]),
     )
 
 

@@ -165,6 +165,45 @@ def test_the_entry_tier_multiplier_doubles_a_new_members_first_purchase(
     assert account.tier == "welcome"
 
 
+def test_purchases_read_after_a_later_activity_reach_the_tiers_they_reach_in_time_order(
+    open_fresh: Open,
+) -> None:
+    """The member's birthday (Sept 13) is read first, then three earlier purchases."""
+    tiered = program(
+        tiers=[
+            {"id": "base", "name": "Base", "threshold": 0, "earn_multiplier": "2"},
+            {"id": "silver", "name": "Silver", "threshold": 300, "earn_multiplier": "1.25"},
+            {"id": "gold", "name": "Gold", "threshold": 900, "earn_multiplier": "1.5"},
+        ],
+        tier_qualification={"basis": "points", "window": "calendar_year"},
+        activities={"birthday": {"points": 25, "limit": "per_year"}},
+    )
+    now = at("2026-09-13T05:34:00Z")
+    ledger, clock = open_fresh(tiered, now)
+    birthday = activity("t-4", "m-3", now, name="birthday")
+    orders = [
+        purchase("t-1", "m-3", at("2026-08-03T16:57:00Z"), order_id="o0", total_minor=14400),
+        purchase("t-2", "m-3", at("2026-08-09T08:36:00Z"), order_id="o3", total_minor=12200),
+        purchase("t-3", "m-3", at("2026-09-06T13:20:00Z"), order_id="o20", total_minor=30000),
+    ]
+    for offset, event in enumerate([birthday, *orders]):
+        assert apply_from_kafka(ledger, clock, now, event, 0, offset).status == "applied"
+    # By hand, in time order: Aug 3 $144 at Base x2 = 288 (288 in the year); Aug 9 $122 at
+    # Base x2 = 244 (532 >= 300: Silver next); Sept 6 $300 at Silver x1.25 = 375 (907 >= 900:
+    # Gold); Sept 13 birthday 25. Gold, 932 points. Read in this order, the first purchase
+    # alone made 313 with the birthday and upgraded to Silver on Sept 13: the Gold reached
+    # on Sept 6 supersedes that upgrade.
+    assert earned_by_order(ledger, "m-3") == {
+        "o0": (288, "base"),
+        "o3": (244, "base"),
+        "o20": (375, "silver"),
+    }
+    account = ledger.app.find_account("m-3")
+    assert account is not None
+    assert account.balance == Balances(available=932, pending=0, held=0)
+    assert account.tier == "gold"
+
+
 # ---------------------------------------------------------------------- 2. backfill
 
 

@@ -73,6 +73,7 @@ class TierChange:
     seq: int
     tier: str | None
     cause: str = ""
+    rank: int = -1  # the tier's place in the program (0 lowest); -1: not known (before 0.2)
 
 
 def _change_key(change: TierChange) -> tuple[datetime, int]:
@@ -80,9 +81,25 @@ def _change_key(change: TierChange) -> tuple[datetime, int]:
 
 
 def _effective(changes: list[TierChange]) -> list[TierChange]:
-    """The changes that decided a tier: an entry tier recorded after an earlier-dated change
-    (which arrived later) only said "had none yet", and decides nothing."""
-    return [c for i, c in enumerate(changes) if i == 0 or c.cause != "entry"]
+    """The changes that decided a tier, in effective order. An entry tier recorded after an
+    earlier-dated change (which arrived later) only said "had none yet", and decides
+    nothing; an upgrade recorded before an earlier-dated upgrade arrived that reaches the
+    same tier or a higher one is superseded by it (it was decided without that earn)."""
+    kept: list[TierChange] = []
+    running = -1
+    for i, change in enumerate(changes):
+        if i and change.cause == "entry":
+            continue
+        if change.cause == "upgrade" and 0 <= change.rank <= running:
+            continue
+        kept.append(change)
+        running = change.rank
+    return kept
+
+
+def _rank(program: Program, tier: str | None) -> int:
+    ids = [t.id for t in program.tiers]
+    return ids.index(tier) if tier in ids else -1
 
 
 class SnapshotTooOld(Exception):
@@ -401,8 +418,11 @@ class MemberAccount(Aggregate):
         period_end: datetime | None  # end of the qualification period the tier is held for
         held_until: datetime | None  # when the period is reviewed (period end + grace)
         override_until: datetime | None  # an ops override's end (None: none, or no end)
+        # Version 4: the tier's place in the program's tiers (0 lowest; -1 none or unknown),
+        # so an upgrade found late supersedes one decided without it.
+        rank: int
 
-        class_version = 3
+        class_version = 4
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -421,8 +441,14 @@ class MemberAccount(Aggregate):
             state["held_until"] = until
             state["override_until"] = None if service else until
 
+        @staticmethod
+        def upcast_v3_v4(state: dict[str, Any]) -> None:
+            state["rank"] = -1
+
         def apply_specific(self, account: MemberAccount) -> None:
-            change = TierChange(self.effective_at, self.originator_version, self.tier, self.cause)
+            change = TierChange(
+                self.effective_at, self.originator_version, self.tier, self.cause, self.rank
+            )
             changes = account.tier_changes
             if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
                 return  # the member had a tier by then already (recorded late): moot
@@ -765,6 +791,7 @@ class MemberAccount(Aggregate):
             period_end=after.period_end,
             held_until=after.held_until,
             override_until=after.override_until,
+            rank=_rank(program, after.tier),
         )
 
     def _release(self, lot: Lot, at: datetime, prov: Provenance) -> None:
