@@ -152,8 +152,19 @@ def follow(
     elif entry.entry_type == TOPPED_UP and program.tier_qualification.basis == "points":
         # A purchase's points raised once a late event put it in a higher tier: they
         # qualify as of the purchase (its spend counted when it was earned).
-        topped = Fact(position, entry.member_id, at, kind="earn", points=_int(entry, "points"))
+        taken = [
+            (datetime.fromisoformat(when), int(points))
+            for when, points in (
+                part.split(" ") for part in (_text(entry, "taken_back") or "").split(";") if part
+            )
+        ]
+        points = _int(entry, "points") + sum(n for _, n in taken)
+        topped = Fact(position, entry.member_id, at, kind="earn", points=points)
         state = record(program, state, topped)
+        for when, n in taken:  # the order's refunds take their share back, each at its time
+            state = record(
+                program, state, Fact(position, entry.member_id, when, kind="reverse", points=n)
+            )
     elif entry.entry_type in ("points_earned", "points_reversed"):
         fact = fact_from_entry(entry)
         assert fact is not None

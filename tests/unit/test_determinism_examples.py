@@ -204,6 +204,49 @@ def test_purchases_read_after_a_later_activity_reach_the_tiers_they_reach_in_tim
     assert account.tier == "gold"
 
 
+def test_a_refunded_purchase_topped_up_by_a_late_tier_keeps_its_refunds_share(
+    open_fresh: Open,
+) -> None:
+    """A refunded purchase, then the earlier activity that had put the member in Silver."""
+    tiered = program(
+        tiers=[
+            {"id": "base", "name": "Base", "threshold": 0},
+            {"id": "silver", "name": "Silver", "threshold": 100, "earn_multiplier": "2"},
+        ],
+        tier_qualification={"basis": "points", "window": "calendar_year"},
+        activities={"signup": {"points": 100, "limit": "once"}},
+    )
+    now = at("2026-08-04T12:00:00Z")
+    ledger, clock = open_fresh(tiered, now)
+    read = [
+        purchase("r-2", "m-1", at("2026-08-02T12:00:00Z"), order_id="o2", total_minor=5000),
+        refund(
+            "r-3",
+            "m-1",
+            at("2026-08-03T12:00:00Z"),
+            order_id="o2",
+            refund_id="rf",
+            amount_minor=2500,
+        ),
+        activity("r-1", "m-1", at("2026-08-01T12:00:00Z"), name="signup"),
+    ]
+    for offset, event in enumerate(read):
+        assert apply_from_kafka(ledger, clock, now, event, 0, offset).status == "applied"
+    # By hand, in time order: Aug 1 signup 100 (Silver from the next earn); Aug 2 $50 at
+    # Silver x2 = 100; Aug 3 half refunded: 50 back. 100 + 100 - 50 = 150 points, the order's
+    # lot 50 of 100. Read in this order the purchase earned 50 at Base and its refund took 25
+    # back; the late Silver tops the order up by 50, of which its refund takes 25.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=150, pending=0, held=0)
+    assert account.lifetime_earned == 150
+    assert account.tier == "silver"
+    order_lot = account.lots[account.orders["o2"].lot_id]
+    assert (order_lot.amount, order_lot.remaining) == (100, 50)
+    ledger.projection.run()
+    assert ledger.balance("m-1", now).lifetime_earned == 150  # the view agrees
+
+
 # ---------------------------------------------------------------------- 2. backfill
 
 

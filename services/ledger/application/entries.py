@@ -100,6 +100,9 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
         details["order_total_minor"] = event.order.total_minor
     if isinstance(event, MemberAccount.PointsReversed):
         details["order_refunded_minor"] = event.order.refunded_minor
+    if isinstance(event, MemberAccount.PointsToppedUp) and event.taken_back:
+        # "<instant> <points>" per refund that took its share of the top-up back
+        details["taken_back"] = ";".join(f"{at.isoformat()} {n}" for at, n in event.taken_back)
     return LedgerEntry(
         member_id=event.member_id,
         seq=event.originator_version,
@@ -120,9 +123,12 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
 
 def lifetime_change(entry_type: str, details: Mapping[str, Any]) -> int:
     """How an entry changes the points a member has earned in all (`lifetime_earned`): an
-    earn adds its points, a refund takes back what it reversed, forgave or found expired."""
-    if entry_type == "points_earned":
+    earn or a top-up adds its points, a refund takes back what it reversed, forgave or found
+    expired, and a referral bonus reversed by an earlier referral is taken back."""
+    if entry_type in ("points_earned", "points_topped_up"):
         return int(details["points"])
+    if entry_type == "referral_reversed":
+        return -int(details["points"]) - int(details["forgiven"])
     if entry_type == "points_reversed":
         return -int(details["points"]) - int(details["forgiven"]) - int(details["already_expired"])
     return 0

@@ -12,6 +12,7 @@ from services.ledger.domain.account import (
     OrderRecord,
     Qualifying,
     RedemptionRecord,
+    RefundStep,
     TierChange,
 )
 from services.ledger.domain.holds import HoldRecord
@@ -35,6 +36,7 @@ VALUE_TYPES: tuple[type[Any], ...] = (
     Provenance,
     Qualifying,
     RedemptionRecord,
+    RefundStep,
     TierChange,
 )
 

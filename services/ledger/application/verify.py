@@ -126,8 +126,11 @@ def _fold(
                 lots[lot_id] = lots[lot_id].released()
         if isinstance(event, MemberAccount.PointsToppedUp) and event.lot_id in lots:
             grown = lots[event.lot_id]  # a late tier's difference grows the order's own lot
+            taken = sum(points for _, points in event.taken_back)  # its refunds' share
             lots[event.lot_id] = replace(
-                grown, amount=grown.amount + event.points, remaining=grown.remaining + event.points
+                grown,
+                amount=grown.amount + event.points + taken,
+                remaining=grown.remaining + event.points,
             )
         for move in event.moves:
             old = lots.get(move.lot_id)

@@ -128,6 +128,15 @@ class Balances:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundStep:
+    """One refund of an order: when, and what the order's refunds total after it."""
+
+    at: datetime
+    refunded_minor: int
+    quantities: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class OrderRecord:
     """What an order earned, and how much of it refunds have taken back so far."""
 
@@ -149,6 +158,19 @@ class OrderRecord:
     tier: str | None = None
     day: str = ""
     seq: int = 0  # the earn entry's seq: a tier change it caused comes after it
+    refunds: tuple[RefundStep, ...] = ()  # since 0.2, one per refund id, in order
+
+
+def reversal_target(
+    points: int, lines: tuple[LinePoints, ...], total_minor: int, step: RefundStep | None
+) -> int:
+    """What an order's refunds take back in all, after `step`, of `points` earned."""
+    if step is None:
+        return 0
+    quantities = dict(step.quantities)
+    target = pro_rata(points, step.refunded_minor, total_minor)
+    target += sum(pro_rata(lp.points, quantities.get(lp.sku, 0), lp.quantity) for lp in lines)
+    return min(target, points)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,18 +294,24 @@ class MemberAccount(Aggregate):
         (that arrived late) was counted: the difference, on the purchase's own lot."""
 
         order: OrderRecord
-        points: int
+        points: int  # onto the balance: the difference less what the refunds take back
         lot_id: str
+        # The order's refunds recorded already take their share of the difference back at
+        # once, each as of its own time (since 0.2; none for entries written before).
+        taken_back: tuple[tuple[datetime, int], ...] = ()
 
         def apply_specific(self, account: MemberAccount) -> None:
             account.orders[self.order.order_id] = self.order
+            taken = sum(points for _, points in self.taken_back)
             account.daily_points[self.order.day] = (
-                account.daily_points.get(self.order.day, 0) + self.points
+                account.daily_points.get(self.order.day, 0) + self.points + taken
             )
             account.lifetime_earned += self.points
             if self.order.earned_at is not None:
                 spend = 0  # the order's spend counted when it was earned
-                account._qualify(Qualifying(self.order.earned_at, self.points, spend))
+                account._qualify(Qualifying(self.order.earned_at, self.points + taken, spend))
+                for at, points in self.taken_back:
+                    account._qualify(Qualifying(at, -points, 0))
 
     class LotsReallocated(Entry):
         """An earn dated before redemptions already recorded (it arrived late, on another
@@ -652,8 +680,8 @@ class MemberAccount(Aggregate):
             tier = self.tier_at(order.earned_at or since, order.seq or _MAX_SEQ)
             if tier == order.tier or not order.lot_id or order.lot_id not in self.lots:
                 continue
-            if order.refund_ids:
-                continue  # refunds already took back a share of the old figure
+            if len(order.refunds) != len(order.refund_ids):
+                continue  # refunded before 0.2 kept its refunds' steps: left as it is
             quote = quote_purchase(
                 program,
                 currency=order.currency,
@@ -670,14 +698,32 @@ class MemberAccount(Aggregate):
             diff = quote.points - order.points
             if diff <= 0:
                 continue
+            # Each refund recorded already takes back its share of the difference, as of
+            # its own time: the order ends as if it had earned at this tier all along.
+            taken_back: list[tuple[datetime, int]] = []
+            old_before = new_before = 0
+            for step in order.refunds:
+                old = reversal_target(order.points, order.lines, order.total_minor, step)
+                new = reversal_target(quote.points, quote.lines, order.total_minor, step)
+                if (new - new_before) - (old - old_before):
+                    taken_back.append((step.at, (new - new_before) - (old - old_before)))
+                old_before, new_before = old, new
+            taken = sum(points for _, points in taken_back)
+            net = diff - taken
             lot = self.lots[order.lot_id]
-            grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + diff)
+            grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
-            moves = () if pending else self._settle_moves(lot.lot_id, diff)
+            moves = () if pending else self._settle_moves(lot.lot_id, net)
+            note = (
+                f"{diff} points: order {order.order_id} earns at tier {tier}, in force "
+                f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})"
+            )
+            if taken:
+                note += f"; its refunds take {taken} of them back"
             self._record(
                 self.PointsToppedUp,
                 effective_at=order.earned_at or since,
-                postings=transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, diff),
+                postings=transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net),
                 moves=moves,
                 replaced_lots=(grown,),
                 provenance=replace(
@@ -686,11 +732,17 @@ class MemberAccount(Aggregate):
                     program_version=program.version,
                     tier=tier,
                 ),
-                note=f"{diff} points: order {order.order_id} earns at tier {tier}, in force "
-                f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})",
-                order=replace(order, points=quote.points, lines=quote.lines, tier=tier),
-                points=diff,
+                note=note,
+                order=replace(
+                    order,
+                    points=quote.points,
+                    lines=quote.lines,
+                    tier=tier,
+                    reversed_points=order.reversed_points + taken,
+                ),
+                points=net,
                 lot_id=lot.lot_id,
+                taken_back=tuple(taken_back),
             )
             topped = True
         return topped
@@ -1267,11 +1319,8 @@ class MemberAccount(Aggregate):
                     f"refunds of {sku} would total {quantities[sku]}, more than the {bought} "
                     "bought",
                 )
-        target = pro_rata(order.points, refunded_minor, order.total_minor)
-        target += sum(
-            pro_rata(lp.points, quantities.get(lp.sku, 0), lp.quantity) for lp in order.lines
-        )
-        target = min(target, order.points)
+        step = RefundStep(occurred_at, refunded_minor, tuple(sorted(quantities.items())))
+        target = reversal_target(order.points, order.lines, order.total_minor, step)
         to_reverse = max(0, target - order.reversed_points)
         self.prepare(program, now, provenance)
         moves, postings, forgiven, already_expired = self._clawback(program, order, to_reverse, now)
@@ -1283,6 +1332,7 @@ class MemberAccount(Aggregate):
             refunded_quantities=tuple(sorted(quantities.items())),
             reversed_points=order.reversed_points + to_reverse,
             refund_ids=(*order.refund_ids, refund_id),
+            refunds=(*order.refunds, step),
         )
         policy = program.returns.policy.value
         note = f"refund {refund_id} of order {order_id}: {taken} points taken back"
