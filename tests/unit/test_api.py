@@ -629,6 +629,42 @@ def test_the_what_if_limit_is_configurable(ledger: Ledger, clock: FixedClock) ->
         assert [finished(c, r, ANALYST)["status"] for r in two] == ["done", "done"]
 
 
+def test_list_reads_are_bounded_with_a_documented_maximum(
+    client: TestClient, clock: FixedClock
+) -> None:
+    """Lists whose size the caller (or the store) decides take a `limit` with a maximum:
+    past it, 422 rather than an unbounded read."""
+    for n in range(3):  # parked: the members are unknown yet
+        waiting = event(f"r-{n}", "redemption.requested", f"m-p{n}", redemption_id="x", points=5)
+        assert client.post("/v1/events", json=waiting, headers=CHECKOUT).status_code == 202
+    parked = client.get("/v1/ops/parked", headers=READER).json()
+    assert [p["member_id"] for p in parked] == ["m-p0", "m-p1", "m-p2"]
+    first = client.get("/v1/ops/parked?limit=2", headers=READER).json()
+    assert [p["member_id"] for p in first] == ["m-p0", "m-p1"]
+    r = client.get("/v1/ops/parked?limit=1001", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+
+    credited(client, clock, "m-1", 40)
+    for n in range(3):
+        hold = {"reference": f"c-{n}", "points": 5}
+        assert client.post("/v1/members/m-1/holds", json=hold, headers=CHECKOUT).status_code == 201
+        clock.advance(timedelta(seconds=1))
+    holds = client.get("/v1/members/m-1/holds?limit=2", headers=READER).json()
+    assert [h["reference"] for h in holds] == ["c-2", "c-1"]  # the newest
+    r = client.get("/v1/members/m-1/holds?limit=501", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = client.get("/v1/members/m-1/statement?limit=501", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+
+    too_far = {"topic": "loyalty.purchases.v1", "from_offset": 0, "to_offset": 100_000}
+    r = client.post("/v1/ops/replay", json=too_far, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    assert "100000 offsets" in r.json()["reason"]
+    fits = {**too_far, "to_offset": 99_999}  # 100000 offsets: the range is fine, no broker
+    r = client.post("/v1/ops/replay", json=fits, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (409, "no_broker")
+
+
 def test_member_ids_with_a_slash_work_when_encoded(client: TestClient) -> None:
     member = "airline/MX-123"  # a partner's member number; ids may contain "/"
     r = client.post("/v1/events", json=purchase("e-x", member, 1000), headers=CHECKOUT)

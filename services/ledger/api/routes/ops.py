@@ -62,6 +62,8 @@ def audit_member(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> Au
 WHAT_IF_SCOPES = ("ops:what-if", "ops:write")
 #: The most parked events one GET /v1/ops/parked returns (422 past it).
 MAX_PARKED = 1000
+#: The most offsets (per partition) one POST /v1/ops/replay reads (422 past it).
+MAX_REPLAY_OFFSETS = 100_000
 
 
 def what_if_caller(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
@@ -227,11 +229,18 @@ def rebuild(ledger: LedgerDep, _: OpsWriter) -> RebuildResult:
 async def replay_range(
     body: ReplayRequest, request: Request, ledger: LedgerDep, _: OpsWriter
 ) -> ReplayResult:
-    """Re-ingest an offset range of an inbound topic; applied events are skipped."""
+    """Re-ingest an offset range of an inbound topic (at most 100000 offsets per partition);
+    applied events are skipped."""
     if body.topic not in INBOUND_TOPICS:
         raise ApiError(422, "invalid_input", f"topic must be one of {sorted(INBOUND_TOPICS)}")
     if body.to_offset < body.from_offset:
         raise ApiError(422, "invalid_input", "to_offset is before from_offset")
+    if body.to_offset - body.from_offset + 1 > MAX_REPLAY_OFFSETS:
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"at most {MAX_REPLAY_OFFSETS} offsets per partition in one replay; split the range",
+        )
     bootstrap: str | None = request.app.state.bootstrap
     if not bootstrap:
         raise ApiError(409, "no_broker", "the API was started without --bootstrap")
