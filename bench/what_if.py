@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.ingest import _events
@@ -26,14 +26,16 @@ def _measure(count: int, per_member: int, folder: Path, everyone: bool) -> None:
     db = folder / f"ledger-{count}.sqlite"
     ledger = build_ledger(
         Settings(program=EXAMPLES / "coffee.yaml", db=db),
-        clock=FixedClock(datetime(2026, 1, 6, tzinfo=UTC)),
+        # After the last purchase (one a second from 2026-01-05 12:00): none is in the future.
+        clock=FixedClock(datetime(2026, 1, 5, 12, tzinfo=UTC) + timedelta(seconds=count + 60)),
         env=store_env(Settings(db=db)),
     )
     other = load_program(EXAMPLES / "coffee-v2.yaml")
     try:
         items = _events(count, members, "w")
         for i in range(0, count, 500):
-            ledger.app.apply_batch(items[i : i + 500])
+            outcomes = ledger.app.apply_batch(items[i : i + 500])
+            assert all(o.status == "applied" for o in outcomes), outcomes[:3]
         ledger.projection.run()
         began = time.perf_counter()
         one = what_if(ledger, other, member="m-7")

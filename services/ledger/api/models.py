@@ -232,7 +232,8 @@ class WhatIfReport(_Out):
 
 class WhatIfProgress(_Out):
     stage: Literal["queued", "replay", "compare", "done", "failed"] = Field(
-        description="replay: events replayed; compare: members compared"
+        description="replay: how far through the history (one member: its events; the "
+        "whole ledger: positions of its notification log); compare: members compared"
     )
     done: int
     total: int
