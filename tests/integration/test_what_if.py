@@ -15,7 +15,7 @@ from services.ledger.application.verify import verify
 from services.ledger.application.what_if import what_if
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
-from services.ledger.domain.program import Program
+from services.ledger.domain.program import Arrival, Program
 from tests.integration.test_ledger_store import PROGRAM, T0, _event, _file, _purchase
 
 DOUBLE = Program.model_validate(
@@ -226,3 +226,53 @@ def test_one_members_what_if_reads_only_that_members_history(
     assert reads.events == read_small
     assert large.members == small.members
     assert [d for d in everyone.members if d.member_id == "m-1"] == small.members
+
+
+def test_one_members_run_agrees_with_the_all_members_run(
+    store_env: dict[str, str], clock: FixedClock
+) -> None:
+    """Parked events, referrals (a referral's two members, and a later-arriving earlier
+    referral that takes the first one's bonus back), holds and adjustments: each member's
+    own run finds what the all-members run finds for that member."""
+    waiting = PROGRAM.model_copy(update={"arrival": Arrival()})
+    double = DOUBLE.model_copy(update={"arrival": Arrival()})
+    built = build_ledger(program=waiting, clock=clock, env=store_env)
+    try:
+        built.app.apply_batch(
+            [
+                _file(_purchase("e-1", "m-1", "o-1", 5000)),
+                _file(_purchase("e-2", "m-2", "o-2", 2000)),
+                _file(_event("e-ref", "referral.qualified", "m-3", T0, referee_member_id="m-2")),
+            ]
+        )
+        earlier = T0 - timedelta(minutes=1)  # arrives later, happened first: it wins
+        built.app.apply_batch(
+            [_file(_event("e-ref0", "referral.qualified", "m-1", earlier, referee_member_id="m-2"))]
+        )
+        clock.advance(timedelta(days=2, hours=1))
+        built.tick()
+        redeem = _event(
+            "e-r", "redemption.requested", "m-4", clock.now(), redemption_id="r-1", points=30
+        )
+        assert built.app.apply_batch([_file(redeem)])[0].status == "parked"  # m-4 unknown yet
+        # m-4's purchase, two days late: the parked redemption, retried, spends its points
+        built.app.apply_batch([_file(_purchase("e-4", "m-4", "o-4", 5000))])
+        # 60 more than m-4 has left (20): parked; under the other program (x2) it would fit
+        more = _event(
+            "e-r2", "redemption.requested", "m-4", clock.now(), redemption_id="r-2", points=60
+        )
+        assert built.app.apply_batch([_file(more)])[0].status == "parked"
+        built.adjust("m-2", 7, reason="goodwill", actor="ops-1")
+        built.projection.run()
+        kinds = {
+            m: {r.body["entry_type"] for r in built.statement(m, limit=50)} for m in ("m-3", "m-4")
+        }
+        assert "referral_reversed" in kinds["m-3"]
+        assert "points_redeemed" in kinds["m-4"], kinds
+        everyone = {d.member_id: d for d in what_if(built, double).members}
+        assert set(everyone) == {"m-1", "m-2", "m-3", "m-4"}
+        assert any(d.difference != 0 for d in everyone.values())
+        for member, diff in everyone.items():
+            assert what_if(built, double, member=member).members == [diff], member
+    finally:
+        built.close()
