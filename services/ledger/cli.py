@@ -691,6 +691,14 @@ def api_cmd(
             "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Broker checked by /readyz."
         ),
     ] = None,
+    what_if_jobs: Annotated[
+        int,
+        typer.Option(
+            envvar="LOYALTY_WHAT_IF_JOBS",
+            min=1,
+            help="What-if runs going at a time; one more gets 429.",
+        ),
+    ] = 1,
     program: ProgramOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -725,6 +733,7 @@ def api_cmd(
                     tick_seconds=tick_seconds,
                     bootstrap=bootstrap,
                     notifier=notifier,
+                    what_if_jobs=what_if_jobs,
                 ),
                 host=host,
                 port=port,
@@ -738,7 +747,8 @@ def api_cmd(
 def api_key(
     name: str,
     scope: Annotated[
-        list[str], typer.Option(help="events:write, members:read, members:write, ops:write")
+        list[str],
+        typer.Option(help="events:write, members:read, members:write, ops:what-if, ops:write"),
     ],
 ) -> None:
     """Make a new API key: prints the key (once) and the hashed entry for LOYALTY_API_KEYS."""

@@ -19,6 +19,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from services.ledger.api.app import create_app
 from services.ledger.api.auth import KeyStore, digest
+from services.ledger.application import what_if as what_if_module
 from services.ledger.application.service import Ledger
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
@@ -170,6 +171,35 @@ def test_support_posts_an_adjustment_and_sees_a_what_if(page: Page) -> None:
     page.wait_for_selector("#whatif tbody tr")
     cells = page.locator("#whatif tbody tr td").all_inner_texts()
     assert cells == ["m-ben", "35", "55", "+20"]
+
+
+def test_the_what_if_panel_shows_the_jobs_progress_until_its_report(
+    page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What-if runs as a job: the panel shows how far the run has got (a progress bar and
+    "N of M events replayed") while it runs, then the report."""
+    release = threading.Event()
+    real = what_if_module.what_if
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        kwargs["progress"]("replay", 2, 7)
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(what_if_module, "what_if", slow)
+    _open(page, "m-ben")
+    page.fill("#whatif-program", _double_program())
+    page.click("#whatif-form button")
+    page.wait_for_function(
+        "document.getElementById('whatif-note').textContent.includes('2 of 7 events replayed')"
+    )
+    assert page.is_visible("#whatif-progress")
+    assert page.eval_on_selector("#whatif-progress", "p => [p.value, p.max]") == [2, 7]
+    release.set()
+    page.wait_for_selector("#whatif tbody tr")
+    assert page.locator("#whatif tbody tr td").all_inner_texts() == ["m-ben", "20", "40", "+20"]
+    assert page.is_hidden("#whatif-progress")
+    assert "events replayed" in page.inner_text("#whatif-note")
 
 
 def _double_program() -> str:

@@ -3,17 +3,19 @@ difference once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from services.ledger.application import what_if as what_if_module
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.application.what_if import what_if
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
-from services.ledger.domain.program import Program
+from services.ledger.domain.program import Arrival, Program
 from tests.integration.test_ledger_store import PROGRAM, T0, _event, _file, _purchase
 
 DOUBLE = Program.model_validate(
@@ -166,3 +168,111 @@ def test_ops_overrides_are_replayed_with_their_end_and_lock(
     assert report.replayed_operations == 1  # the override, with its end and its lock
     assert report.tier_changes == 4  # base, gold, base (override), gold (override ended)
     assert [(d.actual, d.difference) for d in report.members] == [(90, 0)]
+
+
+class _StoreReads:
+    """Counts the stored events the ledger's event store hands out, however they are read:
+    the notification log (the whole-ledger replay) and reads by aggregate id."""
+
+    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events = 0
+        recorder = ledger.app.process_recorder
+        for name in ("select_notifications", "select_events"):
+            monkeypatch.setattr(recorder, name, self._counting(getattr(recorder, name)))
+        positioned = getattr(what_if_module, "select_positioned", None)
+        if positioned is not None:
+            monkeypatch.setattr(what_if_module, "select_positioned", self._counting(positioned))
+
+    def _counting(self, read: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            found = list(read(*args, **kwargs))
+            self.events += len(found)
+            return found
+
+        return counted
+
+
+def test_one_members_what_if_reads_only_that_members_history(
+    ledger: Ledger, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cost of a one-member run is the member's: the store is 10 times larger the second
+    time, and the run reads exactly as many stored events (and finds the same difference
+    as the all-members run)."""
+    ledger.projection.run()
+    reads = _StoreReads(ledger, monkeypatch)
+    small = what_if(ledger, DOUBLE, member="m-1")
+    read_small, reads.events = reads.events, 0
+    (diff,) = small.members
+    assert (diff.actual, diff.difference) == (38, 50)
+    assert small.replayed_events == 2  # m-1's purchase and activity, not m-2's purchase
+    assert small.replayed_operations == 2  # the hold placed and captured, not m-2's adjustment
+    # m-1's account (enrolled, earned x2, released x2, hold placed, captured) and the two
+    # receipts its entries came from
+    assert 0 < read_small <= 12
+
+    monkeypatch.undo()
+    for n in range(30):
+        member = f"m-other-{n}"
+        ledger.app.apply_batch(
+            [
+                _file(_purchase(f"x-{n}-1", member, f"ox-{n}-1", 1000 + n, clock.now())),
+                _file(_purchase(f"x-{n}-2", member, f"ox-{n}-2", 700, clock.now())),
+            ]
+        )
+    ledger.projection.run()
+    everyone = what_if(ledger, DOUBLE)
+    reads = _StoreReads(ledger, monkeypatch)
+    large = what_if(ledger, DOUBLE, member="m-1")
+    assert reads.events == read_small
+    assert large.members == small.members
+    assert [d for d in everyone.members if d.member_id == "m-1"] == small.members
+
+
+def test_one_members_run_agrees_with_the_all_members_run(
+    store_env: dict[str, str], clock: FixedClock
+) -> None:
+    """Parked events, referrals (a referral's two members, and a later-arriving earlier
+    referral that takes the first one's bonus back), holds and adjustments: each member's
+    own run finds what the all-members run finds for that member."""
+    waiting = PROGRAM.model_copy(update={"arrival": Arrival()})
+    double = DOUBLE.model_copy(update={"arrival": Arrival()})
+    built = build_ledger(program=waiting, clock=clock, env=store_env)
+    try:
+        built.app.apply_batch(
+            [
+                _file(_purchase("e-1", "m-1", "o-1", 5000)),
+                _file(_purchase("e-2", "m-2", "o-2", 2000)),
+                _file(_event("e-ref", "referral.qualified", "m-3", T0, referee_member_id="m-2")),
+            ]
+        )
+        earlier = T0 - timedelta(minutes=1)  # arrives later, happened first: it wins
+        built.app.apply_batch(
+            [_file(_event("e-ref0", "referral.qualified", "m-1", earlier, referee_member_id="m-2"))]
+        )
+        clock.advance(timedelta(days=2, hours=1))
+        built.tick()
+        redeem = _event(
+            "e-r", "redemption.requested", "m-4", clock.now(), redemption_id="r-1", points=30
+        )
+        assert built.app.apply_batch([_file(redeem)])[0].status == "parked"  # m-4 unknown yet
+        # m-4's purchase, two days late: the parked redemption, retried, spends its points
+        built.app.apply_batch([_file(_purchase("e-4", "m-4", "o-4", 5000))])
+        # 60 more than m-4 has left (20): parked; under the other program (x2) it would fit
+        more = _event(
+            "e-r2", "redemption.requested", "m-4", clock.now(), redemption_id="r-2", points=60
+        )
+        assert built.app.apply_batch([_file(more)])[0].status == "parked"
+        built.adjust("m-2", 7, reason="goodwill", actor="ops-1")
+        built.projection.run()
+        kinds = {
+            m: {r.body["entry_type"] for r in built.statement(m, limit=50)} for m in ("m-3", "m-4")
+        }
+        assert "referral_reversed" in kinds["m-3"]
+        assert "points_redeemed" in kinds["m-4"], kinds
+        everyone = {d.member_id: d for d in what_if(built, double).members}
+        assert set(everyone) == {"m-1", "m-2", "m-3", "m-4"}
+        assert any(d.difference != 0 for d in everyone.values())
+        for member, diff in everyone.items():
+            assert what_if(built, double, member=member).members == [diff], member
+    finally:
+        built.close()

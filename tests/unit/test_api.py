@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,8 +19,10 @@ from services.ledger.api.app import create_app
 from services.ledger.api.auth import KeyStore, digest, new_key
 from services.ledger.api.deps import get_keys, get_ledger
 from services.ledger.api.models import OptOutRequest
+from services.ledger.application import what_if as what_if_module
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
+from services.ledger.application.what_if_jobs import WhatIfJobs
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Arrival, NoticeKind, Tier, TierQualification
@@ -37,11 +41,13 @@ KEYS = {
     "support-7": ("k-support", ["members:read", "ops:write"]),
     "reader": ("k-reader", ["members:read"]),
     "crm": ("k-crm", ["members:read", "members:write"]),
+    "analyst": ("k-analyst", ["members:read", "ops:what-if"]),
 }
 CHECKOUT = {"X-API-Key": "k-checkout"}
 SUPPORT = {"X-API-Key": "k-support"}
 READER = {"X-API-Key": "k-reader"}
 CRM = {"X-API-Key": "k-crm"}
+ANALYST = {"X-API-Key": "k-analyst"}
 
 
 def key_store() -> KeyStore:
@@ -466,28 +472,197 @@ def test_audit_lists_entries_with_their_source_event(client: TestClient, clock: 
     assert client.get("/v1/members/m-9/audit", headers=READER).status_code == 404
 
 
+def finished(client: TestClient, started: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """Poll a what-if job (202 and its Location) until it is done or failed."""
+    assert started.status_code == 202, started.json()
+    location = started.headers["Location"]
+    assert location == f"/v1/ops/what-if/{started.json()['job_id']}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(location, headers=headers).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"what-if job still {job['status']} after 30 s")
+
+
 def test_what_if_over_http_shows_then_applies_once(client: TestClient, clock: FixedClock) -> None:
     credited(client, clock, "m-1", 10)
-    r = client.post("/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=READER)
-    assert r.status_code == 200
-    (diff,) = r.json()["members"]
+    job = finished(
+        client,
+        client.post("/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=ANALYST),
+        ANALYST,
+    )
+    assert (job["status"], job["actor"], job["error"]) == ("done", "analyst", None)
+    r = job["result"]
+    (diff,) = r["members"]
     assert (diff["actual"], diff["would_have"], diff["difference"]) == (10, 20, 10)
-    assert r.json()["tiers_recomputed"] is False  # DOUBLE_YAML has no tiers
+    assert r["tiers_recomputed"] is False  # DOUBLE_YAML has no tiers
     recorded = {"program_yaml": DOUBLE_YAML, "recorded_tiers": True}  # gone in 0.2
-    assert client.post("/v1/ops/what-if", json=recorded, headers=READER).status_code == 422
+    assert client.post("/v1/ops/what-if", json=recorded, headers=ANALYST).status_code == 422
     body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1", "apply": True}
-    assert client.post("/v1/ops/what-if", json=body, headers=READER).status_code == 403
-    applied = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
-    assert applied["posted"] == ["m-1#4"]  # the adjustment (#3: the release that was due)
+    assert client.post("/v1/ops/what-if", json=body, headers=ANALYST).status_code == 403
+    applied = finished(client, client.post("/v1/ops/what-if", json=body, headers=SUPPORT), SUPPORT)
+    assert applied["result"]["posted"] == ["m-1#4"]  # the adjustment (#3: the release due)
     entry = client.get("/v1/members/m-1/statement?limit=1", headers=READER).json()["entries"][0]
     assert (entry["entry_type"], entry["points"]) == ("points_adjusted", 10)
     assert entry["provenance"]["origin"]["actor"] == "support-7"
-    again = client.post("/v1/ops/what-if", json=body, headers=SUPPORT).json()
-    assert again["posted"] == []
-    bad = client.post("/v1/ops/what-if", json={"program_yaml": "id: [1"}, headers=READER)
+    again = finished(client, client.post("/v1/ops/what-if", json=body, headers=SUPPORT), SUPPORT)
+    assert again["result"]["posted"] == []
+    bad = client.post("/v1/ops/what-if", json={"program_yaml": "id: [1"}, headers=ANALYST)
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_program")
+    unknown = {"program_yaml": DOUBLE_YAML, "member_id": "m-404"}
+    r404 = client.post("/v1/ops/what-if", json=unknown, headers=ANALYST)
+    assert (r404.status_code, r404.json()["code"]) == (404, "unknown_member")
     verified = client.get("/v1/ops/verify", headers=SUPPORT).json()
     assert (verified["ok"], verified["violations"]) == (True, [])
+
+
+def test_a_read_only_key_cannot_start_or_read_a_what_if(
+    client: TestClient, clock: FixedClock
+) -> None:
+    """What-if replays history: `members:read` is not enough (ops:what-if or ops:write)."""
+    credited(client, clock, "m-1", 10)
+    r = client.post("/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=READER)
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+    assert "ops:what-if" in r.json()["reason"]
+    started = client.post("/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=SUPPORT)
+    location = started.headers["Location"]
+    assert client.get(location, headers=READER).status_code == 403
+    assert finished(client, started, SUPPORT)["status"] == "done"
+    unknown = client.get(f"/v1/ops/what-if/{'0' * 32}", headers=SUPPORT)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_job")
+
+
+def test_what_if_reports_its_progress_until_the_report(
+    client: TestClient, clock: FixedClock
+) -> None:
+    """The job's progress: events replayed of those to replay, then members compared."""
+    credited(client, clock, "m-1", 10)
+    credited(client, clock, "m-2", 30)
+    seen: list[tuple[str, int, int]] = []
+    real = what_if_module.what_if
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        report = kwargs.pop("progress")
+
+        def progress(stage: str, done: int, total: int) -> None:
+            seen.append((stage, done, total))
+            report(stage, done, total)
+
+        return real(*args, progress=progress, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(what_if_module, "what_if", watched)
+        started = client.post(
+            "/v1/ops/what-if", json={"program_yaml": DOUBLE_YAML}, headers=ANALYST
+        )
+        job = finished(client, started, ANALYST)
+    assert job["status"] == "done"
+    stages = [stage for stage, _, _ in seen]
+    assert (stages[0], stages[-1]) == ("replay", "compare")
+    assert seen[-1] == ("compare", 2, 2)
+    replay = [(done, total) for stage, done, total in seen if stage == "replay"]
+    assert replay[-1][0] == replay[-1][1] == job["result"]["position"]
+    assert job["progress"] == {"stage": "done", "done": 2, "total": 2}
+    assert [m["member_id"] for m in job["result"]["members"]] == ["m-1", "m-2"]
+
+
+def test_what_if_runs_are_limited_and_one_more_gets_429(
+    client: TestClient, clock: FixedClock
+) -> None:
+    """The limit counts runs going (queued or running); one more is refused at once with
+    429 and Retry-After, and accepted again once a run is done."""
+    credited(client, clock, "m-1", 10)
+    jobs: WhatIfJobs = client.app.state.what_if_jobs  # type: ignore[attr-defined]
+    assert jobs.limit == 1
+    release = threading.Event()
+    real = what_if_module.what_if
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        kwargs["progress"]("replay", 1, 3)
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    body = {"program_yaml": DOUBLE_YAML, "member_id": "m-1"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(what_if_module, "what_if", slow)
+        first = client.post("/v1/ops/what-if", json=body, headers=ANALYST)
+        assert first.status_code == 202
+        location = first.headers["Location"]
+        deadline = time.monotonic() + 10
+        while client.get(location, headers=ANALYST).json()["progress"]["done"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        running = client.get(location, headers=ANALYST).json()
+        assert (running["status"], running["progress"]) == (
+            "running",
+            {"stage": "replay", "done": 1, "total": 3},
+        )
+        assert running["result"] is None
+        busy = client.post("/v1/ops/what-if", json=body, headers=SUPPORT)
+        assert (busy.status_code, busy.json()["code"]) == (429, "too_many_jobs")
+        assert busy.headers["Retry-After"] == "5"
+        release.set()
+        assert finished(client, first, ANALYST)["status"] == "done"
+    again = client.post("/v1/ops/what-if", json=body, headers=SUPPORT)
+    assert finished(client, again, SUPPORT)["result"]["members"][0]["difference"] == 10
+
+
+def test_the_what_if_limit_is_configurable(ledger: Ledger, clock: FixedClock) -> None:
+    app: FastAPI = create_app(ledger, KeyStore([]), what_if_jobs=2)
+    app.dependency_overrides[get_keys] = key_store
+    release = threading.Event()
+    real = what_if_module.what_if
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    body = {"program_yaml": DOUBLE_YAML}
+    with TestClient(app) as c, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(what_if_module, "what_if", slow)
+        two = [c.post("/v1/ops/what-if", json=body, headers=ANALYST) for _ in range(2)]
+        assert [r.status_code for r in two] == [202, 202]
+        assert c.post("/v1/ops/what-if", json=body, headers=ANALYST).status_code == 429
+        release.set()
+        assert [finished(c, r, ANALYST)["status"] for r in two] == ["done", "done"]
+
+
+def test_list_reads_are_bounded_with_a_documented_maximum(
+    client: TestClient, clock: FixedClock
+) -> None:
+    """Lists whose size the caller (or the store) decides take a `limit` with a maximum:
+    past it, 422 rather than an unbounded read."""
+    for n in range(3):  # parked: the members are unknown yet
+        waiting = event(f"r-{n}", "redemption.requested", f"m-p{n}", redemption_id="x", points=5)
+        assert client.post("/v1/events", json=waiting, headers=CHECKOUT).status_code == 202
+    parked = client.get("/v1/ops/parked", headers=READER).json()
+    assert [p["member_id"] for p in parked] == ["m-p0", "m-p1", "m-p2"]
+    first = client.get("/v1/ops/parked?limit=2", headers=READER).json()
+    assert [p["member_id"] for p in first] == ["m-p0", "m-p1"]
+    r = client.get("/v1/ops/parked?limit=1001", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+
+    credited(client, clock, "m-1", 40)
+    for n in range(3):
+        hold = {"reference": f"c-{n}", "points": 5}
+        assert client.post("/v1/members/m-1/holds", json=hold, headers=CHECKOUT).status_code == 201
+        clock.advance(timedelta(seconds=1))
+    holds = client.get("/v1/members/m-1/holds?limit=2", headers=READER).json()
+    assert [h["reference"] for h in holds] == ["c-2", "c-1"]  # the newest
+    r = client.get("/v1/members/m-1/holds?limit=501", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = client.get("/v1/members/m-1/statement?limit=501", headers=READER)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+
+    too_far = {"topic": "loyalty.purchases.v1", "from_offset": 0, "to_offset": 100_000}
+    r = client.post("/v1/ops/replay", json=too_far, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    assert "100000 offsets" in r.json()["reason"]
+    fits = {**too_far, "to_offset": 99_999}  # 100000 offsets: the range is fine, no broker
+    r = client.post("/v1/ops/replay", json=fits, headers=SUPPORT)
+    assert (r.status_code, r.json()["code"]) == (409, "no_broker")
 
 
 def test_member_ids_with_a_slash_work_when_encoded(client: TestClient) -> None:

@@ -27,6 +27,7 @@ from services.ledger.api.routes import (
     program,
 )
 from services.ledger.application.service import Ledger
+from services.ledger.application.what_if_jobs import WhatIfJobs
 from services.notifier.bootstrap import Notifier
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -78,11 +79,14 @@ def create_app(
     tick_seconds: float = 0,
     bootstrap: str | None = None,
     notifier: Notifier | None = None,
+    what_if_jobs: int = 1,
 ) -> FastAPI:
     """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background (the
     ledger's tier reviews among its work). With the notifier's stores (`notifier`), members'
-    contacts, opt-outs and notices are served too."""
+    contacts, opt-outs and notices are served too. At most `what_if_jobs` what-if runs go
+    at a time (one more gets 429)."""
     ticker = Ticker(ledger, tick_seconds)
+    jobs = WhatIfJobs(ledger, limit=what_if_jobs)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +95,7 @@ def create_app(
             yield
         finally:
             ticker.stop()
+            jobs.close()
 
     app = FastAPI(
         title="Loyalty ledger API",
@@ -107,6 +112,7 @@ def create_app(
     app.state.ledger = ledger
     app.state.keys = keys
     app.state.bootstrap = bootstrap
+    app.state.what_if_jobs = jobs
     errors.install(app)
     for module in (events, members, holds, program, ops, health):
         app.include_router(module.router)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-SCOPES = ("events:write", "members:read", "members:write", "ops:write")
+SCOPES = ("events:write", "members:read", "members:write", "ops:what-if", "ops:write")
 
 
 class KeyEntry(BaseModel):

@@ -230,6 +230,30 @@ class WhatIfReport(_Out):
     posted: list[str]
 
 
+class WhatIfProgress(_Out):
+    stage: Literal["queued", "replay", "compare", "done", "failed"] = Field(
+        description="replay: how far through the history (one member: its events; the "
+        "whole ledger: positions of its notification log); compare: members compared"
+    )
+    done: int
+    total: int
+
+
+class WhatIfJob(_Out):
+    job_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    program_version: str
+    member_id: str | None
+    apply: bool
+    actor: str = Field(description="the key that started the run")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: WhatIfProgress
+    result: WhatIfReport | None = Field(description="the report, once done")
+    error: str | None = Field(description="why it failed, once failed")
+
+
 class VerifyResult(_Out):
     ok: bool
     members: int

@@ -15,9 +15,10 @@ from collections.abc import Collection, Mapping
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import AggregateRecorder, StoredEvent
-from eventsourcing.postgres import PostgresAggregateRecorder
-from eventsourcing.sqlite import SQLiteAggregateRecorder
+from eventsourcing.persistence import AggregateRecorder, ApplicationRecorder, StoredEvent
+from eventsourcing.popo import POPOApplicationRecorder
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteApplicationRecorder
 from psycopg.sql import SQL, Identifier
 
 SQLITE_CHUNK = 500  # well under SQLite's limit on bound parameters
@@ -156,3 +157,51 @@ def _stored(aggregate_id: UUID, row: Any) -> StoredEvent:
         topic=row["topic"],
         state=bytes(row["state"]),
     )
+
+
+def select_positioned(
+    recorder: ApplicationRecorder, ids: Collection[UUID]
+) -> list[tuple[int, StoredEvent]]:
+    """Every stored event of the aggregates in `ids` with its notification id, in notification
+    (recording) order: a few aggregates' histories interleaved as they were recorded, read by
+    their primary key, so the cost is theirs, whatever the size of the store."""
+    found: list[tuple[int, StoredEvent]] = []
+    if not ids:
+        return found
+    if isinstance(recorder, PostgresApplicationRecorder):
+        statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {table} WHERE originator_id = ANY(%s)"
+        ).format(table=Identifier(*recorder.events_table_name.split(".")))
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, [list(ids)])
+            for row in curs.fetchall():
+                record: Any = row
+                stored = _stored(record["originator_id"], record)
+                found.append((record["notification_id"], stored))
+    elif isinstance(recorder, SQLiteApplicationRecorder):
+        by_hex = {aggregate_id.hex: aggregate_id for aggregate_id in ids}
+        hexes = list(by_hex)
+        with recorder.datastore.transaction(commit=False) as cursor:
+            for start in range(0, len(hexes), SQLITE_CHUNK):
+                chunk = hexes[start : start + SQLITE_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                cursor.execute(
+                    f"SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
+                    f"FROM {recorder.events_table_name} WHERE originator_id IN ({marks})",
+                    chunk,
+                )
+                for row in cursor.fetchall():
+                    stored = _stored(by_hex[row["originator_id"]], row)
+                    found.append((row["rowid"], stored))
+    elif isinstance(recorder, POPOApplicationRecorder):
+        # The in-memory store keeps events in one list: a notification id is its index + 1.
+        with recorder._database_lock:
+            for aggregate_id in ids:
+                index = recorder._stored_events_index.get(str(aggregate_id), {})
+                for i in index.values():
+                    found.append((i + 1, recorder._stored_events[i]))
+    else:  # pragma: no cover - every store the ledger runs on is above
+        raise TypeError(f"no positioned read for {type(recorder).__name__}")
+    found.sort(key=lambda pair: pair[0])
+    return found

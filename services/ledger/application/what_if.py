@@ -13,24 +13,36 @@ reaches a threshold, period-end reviews when the account is next brought forward
 ledger's own tier decisions are left out of the replay, and so are the `tier.changed` inputs
 0.1 took from the tiers service; only ops overrides (cause ``override``) are replayed as they
 were made, with their end and lock.
+
+For one member only that member's history is read, never the whole ledger: the account's
+entries, the receipts of the inbound events they came from, and the events parked on the
+member, merged in the order they were recorded (each read by its key, so the cost is the
+member's, whatever the size of the store). A referral's other member takes part only through
+the events shared with this member. An event the ledger declined outright for the member
+(no entry, never parked) is not part of that history: the all-members run replays it.
+
+`progress`, when given, is called as the run goes: (stage, done, total), stage `replay`
+(events read so far of those to read) then `compare` (members compared).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from services.ledger.application import commands
+from services.ledger.application.batch_reads import select_positioned
 from services.ledger.application.ledger import Inbound, LedgerApplication
 from services.ledger.application.service import Ledger
 from services.ledger.domain.account import MemberAccount
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.errors import Declined
+from services.ledger.domain.parking import ParkedEvents, parked_id
 from services.ledger.domain.program import Program
-from services.ledger.domain.receipts import InboundReceipt
+from services.ledger.domain.receipts import InboundReceipt, receipt_id
 
 WHAT_IF = "what-if:"
 _REPLAYED = (
@@ -43,6 +55,7 @@ _REPLAYED = (
 )
 
 
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 TIER_CHANGED = "tier.changed"
 OVERRIDE = "override"  # the cause of an ops override's tier_assigned entry
 
@@ -75,13 +88,21 @@ class WhatIfReport:
     members: list[MemberDiff] = field(default_factory=list)
     posted: list[str] = field(default_factory=list)
     already_posted: bool = False
+    read_events: int = 0  # stored events the replay read from the store
+
+
+def _nothing(stage: str, done: int, total: int) -> None:
+    del stage, done, total
 
 
 def _topic(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _history(app: LedgerApplication, position: int) -> Iterator[Any]:
+def _history(
+    app: LedgerApplication, position: int, report: WhatIfReport, progress: Progress
+) -> Iterator[Any]:
+    """Every replayed event of the whole ledger, in the order it was recorded."""
     topics = [_topic(c) for c in _REPLAYED]
     start = 1
     while start <= position:
@@ -90,9 +111,40 @@ def _history(app: LedgerApplication, position: int) -> Iterator[Any]:
         )
         if not page:
             return
+        report.read_events += len(page)
         for notification in page:
             yield app.mapper.to_domain_event(notification)
         start = page[-1].id + 1
+        progress("replay", min(start - 1, position), position)
+
+
+def _member_history(
+    app: LedgerApplication, member: str, position: int, report: WhatIfReport, progress: Progress
+) -> Iterator[Any]:
+    """One member's replayed events, in the order they were recorded: the account's entries,
+    and the receipts of the inbound events its entries came from or parked on it. Two reads
+    by key: the account and its parked events, then those receipts."""
+    own = select_positioned(app.recorder, [MemberAccount.create_id(member), parked_id(member)])
+    report.read_events += len(own)
+    events = [(n, app.mapper.to_domain_event(s)) for n, s in own if n <= position]
+    received: dict[str, None] = {}
+    for _, event in events:
+        if isinstance(event, MemberAccount.Enrolled | MemberAccount.Entry):
+            if event.provenance.event_id is not None:
+                received[event.provenance.event_id] = None
+        elif isinstance(event, ParkedEvents.Parked):
+            received[event.item.event_id] = None
+    receipts = select_positioned(app.recorder, [receipt_id(e) for e in received])
+    report.read_events += len(receipts)
+    for n, stored in receipts:
+        if n <= position and stored.topic == _topic(InboundReceipt.Recorded):
+            events.append((n, app.mapper.to_domain_event(stored)))
+    replayed = sorted(
+        ((n, e) for n, e in events if isinstance(e, _REPLAYED)), key=lambda pair: pair[0]
+    )
+    for done, (_, event) in enumerate(replayed, start=1):
+        yield event
+        progress("replay", done, len(replayed))
 
 
 def run_id(program: Program, member: str | None, position: int) -> str:
@@ -108,6 +160,7 @@ def what_if(
     member: str | None = None,
     apply: bool = False,
     actor: str = "what-if",
+    progress: Progress = _nothing,
 ) -> WhatIfReport:
     app = ledger.app
     ledger.projection.run()
@@ -120,10 +173,16 @@ def what_if(
         position=position,
         as_of=now,
     )
-    sim = _replay(app, program, position, report)
+    history = (
+        _history(app, position, report, progress)
+        if member is None
+        else _member_history(app, member, position, report, progress)
+    )
+    sim = _replay(program, history, report)
     now = report.as_of  # never before the history it recomputes
     members = [member] if member is not None else [r.member_id for r in ledger.view.all_balances()]
-    for member_id in members:
+    for done, member_id in enumerate(members):
+        progress("compare", done, len(members))
         actual = ledger.balance(member_id, now)
         if actual is None:
             continue
@@ -142,19 +201,18 @@ def what_if(
                 lifetime,
             )
         )
+    progress("compare", len(members), len(members))
     sim.close()
     if apply:
         _post(ledger, report, actor)
     return report
 
 
-def _replay(
-    app: LedgerApplication, program: Program, position: int, report: WhatIfReport
-) -> LedgerApplication:
+def _replay(program: Program, history: Iterable[Any], report: WhatIfReport) -> LedgerApplication:
     clock = FixedClock(report.as_of)
     sim = LedgerApplication(program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
     report.tiers_recomputed = bool(program.tiers)
-    for event in _history(app, position):
+    for event in history:
         if isinstance(event, InboundReceipt.Recorded):
             if event.event_type == TIER_CHANGED:
                 continue  # 0.1's tiers service: the replay decides tiers itself

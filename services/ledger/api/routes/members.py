@@ -34,6 +34,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 MemberId = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description="member")
 ]
+#: The most holds one GET /v1/members/{id}/holds returns (422 past it).
+MAX_HOLDS = 500
 RequestId = Annotated[str | None, Header(alias="X-Request-Id", max_length=128)]
 
 
@@ -136,8 +138,14 @@ def get_lots(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[L
     response_model=list[Hold],
     responses=ERRORS,
 )
-def list_holds(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[Hold]:
-    """The member's holds, newest first (as projected; GET /v1/holds/{id} is authoritative)."""
+def list_holds(
+    member_id: MemberId,
+    ledger: LedgerDep,
+    _: MembersReader,
+    limit: Annotated[int, Query(ge=1, le=MAX_HOLDS, description=f"at most {MAX_HOLDS}")] = 100,
+) -> list[Hold]:
+    """The member's newest `limit` holds, newest first (as projected; GET /v1/holds/{id} is
+    authoritative)."""
     _balance(ledger, member_id)
     return [
         Hold(
@@ -151,7 +159,7 @@ def list_holds(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list
             expires_at=h.expires_at,
             resolved_at=h.resolved_at,
         )
-        for h in ledger.holds(member_id)
+        for h in ledger.holds(member_id)[:limit]
     ]
 
 

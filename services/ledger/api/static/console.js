@@ -240,15 +240,41 @@ $("adjust-form").addEventListener("submit", async (event) => {
   }
 });
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function whatIfProgress(job) {
+  const bar = $("whatif-progress");
+  const p = job.progress;
+  bar.hidden = job.status === "done" || job.status === "failed";
+  bar.max = Math.max(p.total, 1);
+  bar.value = p.done;
+  const what = { queued: "queued", replay: "events replayed", compare: "members compared" };
+  return p.stage === "queued"
+    ? `Run ${job.job_id}: queued.`
+    : `Run ${job.job_id}: ${p.done} of ${p.total} ${what[p.stage] || p.stage}.`;
+}
+
+// What-if runs as a job: start it (202 and the job), then poll it until it is done.
 $("whatif-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const body = $("whatif").querySelector("tbody");
+  const note = $("whatif-note");
   body.replaceChildren();
   try {
-    const report = await api("POST", "/v1/ops/what-if", {
+    let job = await api("POST", "/v1/ops/what-if", {
       program_yaml: $("whatif-program").value,
       member_id: current,
     });
+    while (job.status === "queued" || job.status === "running") {
+      note.textContent = whatIfProgress(job);
+      await sleep(250);
+      job = await api("GET", `/v1/ops/what-if/${job.job_id}`);
+    }
+    whatIfProgress(job);
+    if (job.status === "failed") {
+      throw new Error(`what-if failed: ${job.error}`);
+    }
+    const report = job.result;
     for (const m of report.members) {
       const row = document.createElement("tr");
       cell(row, m.member_id);
@@ -257,9 +283,10 @@ $("whatif-form").addEventListener("submit", async (event) => {
       cell(row, (m.difference > 0 ? "+" : "") + m.difference, "num");
       body.appendChild(row);
     }
-    $("whatif-note").textContent = `Run ${report.run_id}: program ${report.program_version} ` +
+    note.textContent = `Run ${report.run_id}: program ${report.program_version} ` +
       `instead of ${report.current_version}; ${report.replayed_events} events replayed.`;
   } catch (err) {
-    $("whatif-note").textContent = String(err.message || err);
+    $("whatif-progress").hidden = true;
+    note.textContent = String(err.message || err);
   }
 });
