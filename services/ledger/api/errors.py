@@ -33,6 +33,10 @@ INVALID = {
 }
 
 
+BODY_PARSE_ERROR = "There was an error parsing the body"
+"""FastAPI's detail of the 400 it raises when a JSON body cannot be read."""
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="stable machine-readable code, e.g. insufficient_points")
     reason: str = Field(description="what went wrong, for a person")
@@ -76,10 +80,23 @@ def install(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         reason = f"{'.'.join(first['loc'])}: {first['msg']}"
-        return JSONResponse(body("invalid_input", reason, details), status_code=422)
+        # A body that is not JSON gets the code POST /v1/events gives it.
+        not_json = any(e.get("type") == "json_invalid" for e in exc.errors())
+        code = "not_json" if not_json else "invalid_input"
+        return JSONResponse(body(code, reason, details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+            # FastAPI gives up on a JSON body with a bare 400: bytes that are not UTF-8, or
+            # JSON nested deeper than the parser goes. Both are invalid input, so 422.
+            if isinstance(exc.__cause__, UnicodeDecodeError):
+                cause = exc.__cause__
+                reason = f"the body is not valid UTF-8: {cause.reason} at byte {cause.start}"
+                return JSONResponse(body("not_utf8", reason), status_code=422)
+            if isinstance(exc.__cause__, RecursionError):
+                return JSONResponse(body("not_json", "the body is nested too deeply"), 422)
+            return JSONResponse(body("not_json", "the body is not valid JSON"), 422)
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated"}
         code = codes.get(exc.status_code, "http_error")
         return JSONResponse(
