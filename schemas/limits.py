@@ -23,13 +23,12 @@ MAX_REFERENCE_LENGTH: Final = 128
 MAX_CODE_LENGTH: Final = 64
 MAX_REASON_LENGTH: Final = 500
 
-ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@#-]*(/[A-Za-z0-9][A-Za-z0-9._:@#-]*)*$"
-"""Identifiers (member, event, order, refund, SKU, redemption, reference; hold ids are minted
-from the same characters): printable ASCII letters, digits and ``. _ : @ # -``, with ``/``
-between segments; each segment starts with a letter or digit, so an id is never empty, holds
-no space or control character, and no ``/`` is doubled or trailing and no segment is ``.``
-or ``..`` (a client that does not percent-encode a member id in a path stays on that
-member's path)."""
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*(/[A-Za-z0-9][A-Za-z0-9._:@-]*)*$"
+"""Identifiers (member, event, order, refund, SKU, redemption, reference, hold): ASCII letters,
+digits and ``. _ : @ -``, with ``/`` between segments; each segment starts with a letter or
+digit. So an id is never empty and holds no space, control character, ``#``, ``?`` or ``%``,
+no ``/`` is doubled, leading or trailing, and no segment is ``.`` or ``..``: a client that
+puts a member id in a path without percent-encoding it stays on that member's path."""
 
 CODE_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]*$"
 """Lowercase codes chosen by us or by the program file: sources, categories, activities, rewards."""

@@ -17,12 +17,13 @@ CONTROL_CLASS: Final = r"\x00-\x1f\x7f-\x9f"
 NO_CONTROL_PATTERN: Final = rf"^[^{CONTROL_CLASS}]*$"
 """Pattern of stored free text: no control character anywhere (tab and line breaks included)."""
 
+_CONTROL: Final = re.compile(rf"[{CONTROL_CLASS}]")
 _UNPRINTABLE: Final = re.compile(rf"[{CONTROL_CLASS}\u2028\u2029]")
 
 
 def has_control(text: str) -> bool:
-    """Whether ``text`` holds a character the policy refuses (or a line/paragraph separator)."""
-    return _UNPRINTABLE.search(text) is not None
+    """Whether ``text`` holds a character the policy refuses (``NO_CONTROL_PATTERN``)."""
+    return _CONTROL.search(text) is not None
 
 
 def printable(text: str) -> str:
