@@ -114,13 +114,15 @@ def whole_number(value: object) -> object:
     return value
 
 
-WholeInt = Annotated[int, BeforeValidator(whole_number)]
-"""An integer field that also takes a whole float (``10.0`` is 10), in strict models."""
+WHOLE: Final = BeforeValidator(whole_number)
+"""After an int's constraints, ``Annotated[int, Field(ge=1), WHOLE]``: the field also takes a
+whole float (``10.0`` is 10) in strict models. Placed last, the constraints stay in the JSON
+Schema as ``minimum``/``maximum``."""
 
-AmountMinor = Annotated[WholeInt, Field(ge=0, le=MAX_AMOUNT_MINOR)]
-PositiveAmountMinor = Annotated[WholeInt, Field(ge=1, le=MAX_AMOUNT_MINOR)]
-Quantity = Annotated[WholeInt, Field(ge=1, le=MAX_QUANTITY)]
-Points = Annotated[WholeInt, Field(ge=1, le=MAX_POINTS)]
+AmountMinor = Annotated[int, Field(ge=0, le=MAX_AMOUNT_MINOR), WHOLE]
+PositiveAmountMinor = Annotated[int, Field(ge=1, le=MAX_AMOUNT_MINOR), WHOLE]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), WHOLE]
+Points = Annotated[int, Field(ge=1, le=MAX_POINTS), WHOLE]
 Text = Annotated[str, StringConstraints(max_length=MAX_REASON_LENGTH, pattern=NO_CONTROL_PATTERN)]
 """Free text that is stored and shown later (a reason): no control character."""
 Reason = Annotated[Text, StringConstraints(min_length=1)]
@@ -458,17 +460,17 @@ class TierChangedData(StrictModel):
     basis: Literal["points", "spend"] = Field(
         description="What qualifies: points earned (never the spendable balance) or spend."
     )
-    qualifying_value: Annotated[WholeInt, Field(ge=0, le=MAX_POINTS * 1000)] = Field(
+    qualifying_value: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000), WHOLE] = Field(
         description="Qualifying points, or spend in minor units, inside the window."
     )
-    threshold: Annotated[WholeInt, Field(ge=0, le=MAX_POINTS * 1000)] = Field(
+    threshold: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000), WHOLE] = Field(
         description="The threshold of ``to_tier``."
     )
     effective_from: Timestamp
     valid_until: Timestamp | None = Field(
         description="End of the qualification period plus grace: held at least until then."
     )
-    caused_by_position: Annotated[WholeInt, Field(ge=0)] | None = Field(
+    caused_by_position: Annotated[int, Field(ge=0), WHOLE] | None = Field(
         description="Ledger position of the entry that caused the change; null for a timer."
     )
 

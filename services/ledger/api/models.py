@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.inbound import WholeInt
+from schemas.inbound import WHOLE
 from schemas.limits import (
     ID_PATTERN,
     MAX_ID_LENGTH,
@@ -105,15 +105,15 @@ class HoldRequest(_In):
     reference: Reference = Field(
         description="the client's reference (e.g. basket id): placing again is idempotent"
     )
-    points: WholeInt = Field(ge=1, le=MAX_POINTS)
-    ttl_seconds: WholeInt = Field(
-        default=900, ge=1, le=MAX_TTL_SECONDS, description="released by itself after this"
+    points: Annotated[int, Field(ge=1, le=MAX_POINTS), WHOLE]
+    ttl_seconds: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS), WHOLE] = Field(
+        default=900, description="released by itself after this"
     )
 
 
 class CaptureRequest(_In):
-    points: WholeInt | None = Field(
-        default=None, ge=1, le=MAX_POINTS, description="default: the whole hold"
+    points: Annotated[int, Field(ge=1, le=MAX_POINTS), WHOLE] | None = Field(
+        default=None, description="default: the whole hold"
     )
 
 
@@ -135,9 +135,7 @@ class Hold(_Out):
 
 
 class AdjustmentRequest(_In):
-    points: WholeInt = Field(
-        ge=-MAX_POINTS,
-        le=MAX_POINTS,
+    points: Annotated[int, Field(ge=-MAX_POINTS, le=MAX_POINTS), WHOLE] = Field(
         description="signed; not zero",
         json_schema_extra={"not": {"const": 0}},
     )
@@ -261,9 +259,9 @@ class VerifyResult(_Out):
 
 class ReplayRequest(_In):
     topic: str = Field(description="an inbound topic, e.g. loyalty.purchases.v1")
-    from_offset: WholeInt = Field(ge=0)
-    to_offset: WholeInt = Field(ge=0, description="inclusive")
-    partitions: list[Annotated[WholeInt, Field(ge=0, le=100_000)]] | None = Field(
+    from_offset: Annotated[int, Field(ge=0), WHOLE]
+    to_offset: Annotated[int, Field(ge=0), WHOLE] = Field(description="inclusive")
+    partitions: list[Annotated[int, Field(ge=0, le=100_000), WHOLE]] | None = Field(
         default=None, max_length=1000, description="default: every partition"
     )
 
