@@ -16,7 +16,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from schemas import TOPIC_DEADLETTER, TOPIC_REDEMPTIONS, parse_inbound, payload_digest
+import services.ledger.application.ledger
+from schemas import (
+    TOPIC_DEADLETTER,
+    TOPIC_REDEMPTIONS,
+    InvalidInput,
+    parse_inbound,
+    payload_digest,
+)
 from schemas.export import json_schemas
 from schemas.text import printable
 from services.ledger.adapters.kafka_relay import OutboxRelay
@@ -357,3 +364,27 @@ def test_the_contact_schema_states_the_character_policy(notifier_client: TestCli
     assert _valid(contact, document, {"email": "a@example.com", "name": "Ann"})
     assert not _valid(contact, document, {"email": "a\u0000b@example.com"})
     assert not _valid(contact, document, {"name": "Ann\r\n"})
+
+
+def test_a_parked_event_the_schema_now_refuses_is_declined_not_a_crash(
+    client: TestClient, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parked (or rejected) under the previous schema, e.g. a member id with "#" in it.
+    waiting = event("r-old", "redemption.requested", "m-1", redemption_id="r-1", points=50)
+    assert client.post("/v1/events", json=waiting, headers=CHECKOUT).status_code == 202
+    stricter = services.ledger.application.ledger.parse_inbound
+
+    def parse(raw: bytes, *, topic: str | None = None) -> Any:
+        if b'"r-old"' in raw:
+            raise InvalidInput("schema", "member_id: String should match pattern")
+        return stricter(raw, topic=topic)
+
+    monkeypatch.setattr(services.ledger.application.ledger, "parse_inbound", parse)
+    r = client.post("/v1/events", json=purchase("e-1", "m-1", 100_000), headers=CHECKOUT)
+
+    assert r.status_code == 201  # the retry of the parked event did not fail the request
+    assert ledger.app.parked() == []
+    [rejection] = ledger.app.rejections()
+    assert (rejection.event_id, rejection.reason) == ("r-old", "schema")
+    [result] = ledger.app.redrive(actor="ops-1", event_ids=("r-old",))
+    assert result.outcome == "skipped"
