@@ -388,3 +388,22 @@ def test_a_parked_event_the_schema_now_refuses_is_declined_not_a_crash(
     assert (rejection.event_id, rejection.reason) == ("r-old", "schema")
     [result] = ledger.app.redrive(actor="ops-1", event_ids=("r-old",))
     assert result.outcome == "skipped"
+
+
+def test_a_request_id_with_a_control_character_is_refused(
+    client: TestClient, clock: FixedClock
+) -> None:
+    credited(client, clock, "m-1", 50)
+    odd = {"X-Request-Id": "req\t1"}  # the one control character HTTP lets through
+
+    posted = client.post(
+        "/v1/events", json=purchase("e-2", "m-1", 100), headers={**CHECKOUT, **odd}
+    )
+    adjusted = client.post(
+        "/v1/members/m-1/adjustments",
+        json={"points": 5, "reason": "r"},
+        headers={**SUPPORT, **odd},
+    )
+
+    assert _code(posted) == (422, "invalid_input")
+    assert _code(adjusted) == (422, "invalid_input")
