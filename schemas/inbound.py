@@ -315,7 +315,9 @@ class PurchaseRefundedData(StrictModel):
 class ReferralQualifiedData(StrictModel):
     """The referred member whose qualifying action earns the referrer (the envelope member)."""
 
-    referee_member_id: MemberId
+    referee_member_id: MemberId = Field(
+        description="The referred member; not the envelope's member_id (no self-referral)."
+    )
 
 
 class RedemptionRequestedData(StrictModel):
