@@ -4,6 +4,7 @@ valid and invalid input, POST /v1/events with real events, and sequences along t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,11 +21,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.errors import Unsatisfiable
+from hypothesis.errors import Flaky, Unsatisfiable
 from openapi_spec_validator import validate
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
+from schemathesis.specs.openapi import stateful
 
 from schemas import parse_inbound
 from services.ledger.api.app import create_app
@@ -42,9 +44,9 @@ NOW = datetime(2101, 1, 1, tzinfo=UTC)
 HEADERS = {"X-API-Key": KEY}
 
 
-@pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
-    db: Path = tmp_path_factory.mktemp("fuzz") / "l.db"
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    db = tmp_path / "l.db"
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(db)}
     built = build_ledger(program=PROGRAM, clock=FixedClock(NOW), env=env)
     built.app.apply_batch([_file(_purchase("e-1", "m-1", "o-1", 100_000, NOW))])
@@ -162,7 +164,23 @@ def test_no_operation_answers_5xx(api: FastAPI) -> None:
     assert sum(n for status, n in events.items() if status < 300) > 0, events
 
 
-def test_no_sequence_along_the_links_answers_5xx(api: FastAPI) -> None:
+ROOTS = ("POST /v1/events",)
+"""Where sequences start: an event creates its member (then a hold, its capture, ...)."""
+
+
+def test_no_sequence_along_the_links_answers_5xx(
+    api: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schemathesis starts sequences only at operations it expects to succeed with random
+    # input; it guesses POST /v1/events needs a "Member" no operation creates (events do).
+    classify = stateful.classify_root_transitions
+
+    def with_our_roots(*args: Any) -> Any:
+        roots = classify(*args)
+        roots.reliable.update(ROOTS)
+        return roots
+
+    monkeypatch.setattr(stateful, "classify_root_transitions", with_our_roots)
     schema = schemathesis.openapi.from_asgi("/openapi.json", api)
     followed: Counter[str] = Counter()
     failures: list[str] = []
@@ -181,14 +199,20 @@ def test_no_sequence_along_the_links_answers_5xx(api: FastAPI) -> None:
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.formatted_path}: {response.status_code}")
 
-    Links.run(
-        settings=settings(
-            max_examples=max(EXAMPLES, 10),
-            stateful_step_count=5,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
+    # The API keeps its state from one sequence to the next, so Hypothesis cannot always
+    # replay a sequence it mutates (longer runs raise Flaky); schemathesis' own runner counts
+    # that as flaky, not failed. A 5xx is recorded in `failures` as it happens, never lost.
+    with contextlib.suppress(Flaky):
+        Links.run(
+            settings=settings(
+                max_examples=max(EXAMPLES, 10),
+                stateful_step_count=6,
+                derandomize=True,  # the same draws on every run, on a fresh ledger
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
         )
-    )
     assert failures == []
+    # Links were followed with the values they carry (the event's member, the hold's id).
     assert followed, "no link was followed"

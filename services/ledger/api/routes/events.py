@@ -56,6 +56,7 @@ _MEMBER_LINKS: dict[str, Any] = {
         ("balance", "get_balance", "balance"),
         ("statement", "get_statement", "statement"),
         ("audit", "audit_member", "audit"),
+        ("hold", "place_hold", "hold points"),
     )
 }
 
