@@ -555,12 +555,31 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+PATTERN_MESSAGES: Final = {
+    ID_PATTERN: "Id should be ASCII letters, digits and . _ : @ -, with / only between "
+    "segments that each start with a letter or digit",
+    NO_CONTROL_PATTERN: "Text should hold no control character (U+0000 to U+001F, U+007F to "
+    "U+009F: no tab, line break or NUL)",
+}
+"""The policy in words, for an error a pattern of the character policy reports."""
+
+
+def error_message(error: ErrorDetails) -> str:
+    """The message of one validation error; the character policy's patterns in words."""
+    if error["type"] == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in PATTERN_MESSAGES:
+            return PATTERN_MESSAGES[pattern]
+    return error["msg"]
+
+
 def _describe(error: ErrorDetails, event_type: str) -> str:
     loc = tuple(error["loc"])
     if loc and loc[0] == event_type:  # the discriminated union prefixes the tag
         loc = loc[1:]
     where = ".".join(str(part) for part in loc)
-    return f"{where}: {error['msg']}" if where else error["msg"]
+    message = error_message(error)
+    return f"{where}: {message}" if where else message
 
 
 def parse_inbound(raw: bytes, *, topic: str | None = None) -> InboundEvent:

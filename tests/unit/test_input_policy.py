@@ -134,6 +134,8 @@ def test_control_characters_in_reasons_are_refused_with_422(
     assert _code(void) == (422, "invalid_input")
     assert _code(adjust) == (422, "invalid_input")
     assert _code(posted) == (422, "schema")
+    assert "no control character" in void.json()["reason"]
+    assert "data.reason: Text should hold no control character" in posted.json()["reason"]
     statement = client.get("/v1/members/m-1/statement", headers=READER).json()
     assert all(reason not in entry["note"] for entry in statement["entries"])
 
@@ -145,6 +147,7 @@ def test_control_characters_in_reasons_are_refused_with_422(
 def test_member_ids_that_change_a_path_are_refused(client: TestClient, member: str) -> None:
     r = client.post("/v1/events", json=purchase("e-odd", member, 1000), headers=CHECKOUT)
     assert _code(r) == (422, "schema")
+    assert r.json()["reason"].startswith("member_id: Id should be ASCII letters")
     encoded = member.replace("/", "%2F").replace("\x00", "%00").replace("#", "%23")
     assert _code(client.get(f"/v1/members/{encoded}/balance", headers=READER)) == (
         422,

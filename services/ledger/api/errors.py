@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from schemas.inbound import error_message
 from services.ledger.domain.errors import Declined
 
 NOT_FOUND = {"unknown_member", "unknown_hold", "not_found"}
@@ -63,6 +64,12 @@ def body(code: str, reason: str, details: list[dict[str, Any]] | None = None) ->
     return ErrorBody(code=code, reason=reason, details=details).model_dump(exclude_none=True)
 
 
+def _message(error: Any) -> str:
+    if error.get("type") == "string_pattern_mismatch":
+        return error_message(error)  # the character policy in words
+    return str(error.get("msg", ""))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -75,8 +82,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-            for e in exc.errors()
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": _message(e)} for e in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         reason = f"{'.'.join(first['loc'])}: {first['msg']}"
