@@ -42,6 +42,7 @@ from services.ledger.domain.provenance import Origin
 from services.notifier.bootstrap import build_notifier
 from services.notifier.channels.printer import PrintChannel
 from services.notifier.channels.smtp import SmtpChannel
+from services.notifier.channels.webhook import payload
 from services.notifier.contacts import Contact
 from services.notifier.notices import Notice
 from services.notifier.templates import render
@@ -255,6 +256,9 @@ def test_emails_webhooks_and_the_printer_show_control_characters_escaped() -> No
         assert "\r" not in text
     assert "Ann\\x0d\\x0aBcc: x\\x00" in rendered.text
     assert "Ann\\x0d\\x0aBcc: x\\x00" in rendered.html
+    sent = json.loads(payload(_notice(), rendered))  # a webhook's body
+    assert "\r" not in sent["text"]
+    assert "Ann\\x0d\\x0aBcc: x\\x00" in sent["text"]
     printed: list[str] = []
     asyncio.run(PrintChannel(printed.append).send(_notice(), rendered, None))
     assert printed
