@@ -414,3 +414,24 @@ def test_a_request_id_with_a_control_character_is_refused(
 
     assert _code(posted) == (422, "invalid_input")
     assert _code(adjusted) == (422, "invalid_input")
+
+
+def test_the_notifier_cli_refuses_and_neutralises_control_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = f"sqlite:///{tmp_path / 'n.sqlite'}"
+    monkeypatch.setenv("LOYALTY_NOTIFIER_DB", db)
+    monkeypatch.setenv("LOYALTY_PROGRAM", str(EXAMPLES / "coffee.yaml"))
+    runner = CliRunner()
+    for args in (["--email", "a\x00@example.com"], ["--name", "Ann\r\nBob"]):
+        refused = runner.invoke(cli, ["notify", "contact", "m-1", *args])
+        assert refused.exit_code == 2, refused.output
+    # Stored before the CLI and the API refused them: shown escaped, on one line.
+    stored = build_notifier(PROGRAM, db, [])
+    stored.contacts.set_contact("m-1", "a@example.com", "Ann\r\nemail x@evil")
+    stored.close()
+    shown = runner.invoke(cli, ["notify", "prefs", "m-1"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines()[0] == (
+        "m-1: email a@example.com, name Ann\\x0d\\x0aemail x@evil"
+    )
