@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_extra_types.currency_code import ISO4217
 
+from schemas.examples import EVENT_EXAMPLES
 from schemas.limits import (
     CODE_PATTERN,
     CURRENCY_PATTERN,
@@ -41,8 +42,10 @@ from schemas.limits import (
     MAX_REASON_LENGTH,
     MAX_REFERENCE_LENGTH,
     MIN_OCCURRED_YEAR,
+    OCCURRED_AT_PATTERN,
     RFC3339_PATTERN,
 )
+from schemas.text import NO_CONTROL_PATTERN
 
 # --------------------------------------------------------------------------------------------
 # Topics (contract: extend, never rename)
@@ -100,10 +103,29 @@ Code = Annotated[
     StringConstraints(min_length=1, max_length=MAX_CODE_LENGTH, pattern=CODE_PATTERN),
 ]
 """A lowercase code: source system, category, activity, reward."""
-AmountMinor = Annotated[int, Field(ge=0, le=MAX_AMOUNT_MINOR)]
-PositiveAmountMinor = Annotated[int, Field(ge=1, le=MAX_AMOUNT_MINOR)]
-Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
-Points = Annotated[int, Field(ge=1, le=MAX_POINTS)]
+
+
+def whole_number(value: object) -> object:
+    """A JSON number with no fraction (``10.0``, ``1e3``) as the int it is; JSON Schema counts
+    it as an ``integer`` too. Anything else is left for strict validation to judge, so
+    ``10.5``, ``"10"`` and ``true`` are still refused and no float is ever stored."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE: Final = BeforeValidator(whole_number)
+"""After an int's constraints, ``Annotated[int, Field(ge=1), WHOLE]``: the field also takes a
+whole float (``10.0`` is 10) in strict models. Placed last, the constraints stay in the JSON
+Schema as ``minimum``/``maximum``."""
+
+AmountMinor = Annotated[int, Field(ge=0, le=MAX_AMOUNT_MINOR), WHOLE]
+PositiveAmountMinor = Annotated[int, Field(ge=1, le=MAX_AMOUNT_MINOR), WHOLE]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), WHOLE]
+Points = Annotated[int, Field(ge=1, le=MAX_POINTS), WHOLE]
+Text = Annotated[str, StringConstraints(max_length=MAX_REASON_LENGTH, pattern=NO_CONTROL_PATTERN)]
+"""Free text that is stored and shown later (a reason): no control character."""
+Reason = Annotated[Text, StringConstraints(min_length=1)]
 
 _CURRENCY_RE: Final = re.compile(CURRENCY_PATTERN)
 
@@ -153,6 +175,15 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_parse_rfc3339)]
 # --------------------------------------------------------------------------------------------
 
 
+def exactly_one_of(*fields: str) -> dict[str, Any]:
+    """The JSON Schema of "exactly one of ``fields`` is given and not null"."""
+    return {
+        "oneOf": [
+            {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in fields
+        ]
+    }
+
+
 class StrictModel(BaseModel):
     """Base of every inbound model: unknown fields rejected, no type coercion, immutable."""
 
@@ -166,7 +197,9 @@ class EventEnvelope(StrictModel):
         description="Unique id of the event at its source; re-sending it earns nothing twice."
     )
     occurred_at: Timestamp = Field(
-        description="When the event happened: RFC 3339 with a zone offset; stored in UTC."
+        description="When the event happened: RFC 3339 with seconds and a zone offset, in the "
+        f"years {MIN_OCCURRED_YEAR} to {MAX_OCCURRED_YEAR} once converted to UTC; stored in UTC.",
+        json_schema_extra={"pattern": OCCURRED_AT_PATTERN},
     )
     member_id: MemberId = Field(description="The loyalty member; also the Kafka message key.")
     source: Code | None = Field(
@@ -249,6 +282,8 @@ class RefundLine(StrictModel):
 class PurchaseRefundedData(StrictModel):
     """A full or partial refund of an order: an amount, or the lines given back."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("amount_minor", "lines"))
+
     order_id: ExternalId
     refund_id: ExternalId = Field(description="Unique per refund; several refunds per order.")
     currency: CurrencyCode | None = Field(
@@ -280,11 +315,15 @@ class PurchaseRefundedData(StrictModel):
 class ReferralQualifiedData(StrictModel):
     """The referred member whose qualifying action earns the referrer (the envelope member)."""
 
-    referee_member_id: MemberId
+    referee_member_id: MemberId = Field(
+        description="The referred member; not the envelope's member_id (no self-referral)."
+    )
 
 
 class RedemptionRequestedData(StrictModel):
     """A request to spend points: on a catalog reward, or an amount of points."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("reward_id", "points"))
 
     redemption_id: ExternalId
     reward_id: Code | None = Field(
@@ -307,9 +346,7 @@ class RedemptionCancelledData(StrictModel):
     """Cancellation of an earlier redemption request."""
 
     redemption_id: ExternalId
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=MAX_REASON_LENGTH)] | None = (
-        None
-    )
+    reason: Reason | None = None
 
 
 class ActivityCompletedData(StrictModel):
@@ -331,6 +368,10 @@ class MemberEnrolledData(StrictModel):
 class PurchaseCompleted(EventEnvelope):
     """``purchase.completed`` on ``loyalty.purchases.v1``."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [EVENT_EXAMPLES["purchase.completed"]]}
+    )
+
     type: Literal["purchase.completed"]
     data: PurchaseCompletedData
 
@@ -338,12 +379,18 @@ class PurchaseCompleted(EventEnvelope):
 class PurchaseRefunded(EventEnvelope):
     """``purchase.refunded`` on ``loyalty.purchases.v1``."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EVENT_EXAMPLES["purchase.refunded"]]})
+
     type: Literal["purchase.refunded"]
     data: PurchaseRefundedData
 
 
 class ReferralQualified(EventEnvelope):
     """``referral.qualified`` on ``loyalty.referrals.v1``; ``member_id`` is the referrer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [EVENT_EXAMPLES["referral.qualified"]]}
+    )
 
     type: Literal["referral.qualified"]
     data: ReferralQualifiedData
@@ -361,12 +408,20 @@ class ReferralQualified(EventEnvelope):
 class RedemptionRequested(EventEnvelope):
     """``redemption.requested`` on ``loyalty.redemptions.v1``."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [EVENT_EXAMPLES["redemption.requested"]]}
+    )
+
     type: Literal["redemption.requested"]
     data: RedemptionRequestedData
 
 
 class RedemptionCancelled(EventEnvelope):
     """``redemption.cancelled`` on ``loyalty.redemptions.v1``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [EVENT_EXAMPLES["redemption.cancelled"]]}
+    )
 
     type: Literal["redemption.cancelled"]
     data: RedemptionCancelledData
@@ -375,12 +430,18 @@ class RedemptionCancelled(EventEnvelope):
 class ActivityCompleted(EventEnvelope):
     """``activity.completed`` on ``loyalty.activities.v1``."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [EVENT_EXAMPLES["activity.completed"]]}
+    )
+
     type: Literal["activity.completed"]
     data: ActivityCompletedData
 
 
 class MemberEnrolled(EventEnvelope):
     """``member.enrolled`` on ``loyalty.activities.v1``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EVENT_EXAMPLES["member.enrolled"]]})
 
     type: Literal["member.enrolled"]
     data: MemberEnrolledData
@@ -397,27 +458,29 @@ class TierChangedData(StrictModel):
     from_tier: Code | None = Field(description="The tier held before; null for a new member.")
     to_tier: Code = Field(description="The tier held from ``effective_from``.")
     reason: TierChangeReason
-    detail: Annotated[str, StringConstraints(max_length=MAX_REASON_LENGTH)] = ""
+    detail: Text = ""
     basis: Literal["points", "spend"] = Field(
         description="What qualifies: points earned (never the spendable balance) or spend."
     )
-    qualifying_value: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000)] = Field(
+    qualifying_value: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000), WHOLE] = Field(
         description="Qualifying points, or spend in minor units, inside the window."
     )
-    threshold: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000)] = Field(
+    threshold: Annotated[int, Field(ge=0, le=MAX_POINTS * 1000), WHOLE] = Field(
         description="The threshold of ``to_tier``."
     )
     effective_from: Timestamp
     valid_until: Timestamp | None = Field(
         description="End of the qualification period plus grace: held at least until then."
     )
-    caused_by_position: Annotated[int, Field(ge=0)] | None = Field(
+    caused_by_position: Annotated[int, Field(ge=0), WHOLE] | None = Field(
         description="Ledger position of the entry that caused the change; null for a timer."
     )
 
 
 class TierChanged(EventEnvelope):
     """``tier.changed`` on ``loyalty.tiers.v1``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EVENT_EXAMPLES["tier.changed"]]})
 
     type: Literal["tier.changed"]
     data: TierChangedData
@@ -492,12 +555,31 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+PATTERN_MESSAGES: Final = {
+    ID_PATTERN: "Id should be ASCII letters, digits and . _ : @ -, with / only between "
+    "segments that each start with a letter or digit",
+    NO_CONTROL_PATTERN: "Text should hold no control character (U+0000 to U+001F, U+007F to "
+    "U+009F: no tab, line break or NUL)",
+}
+"""The policy in words, for an error a pattern of the character policy reports."""
+
+
+def error_message(error: ErrorDetails) -> str:
+    """The message of one validation error; the character policy's patterns in words."""
+    if error["type"] == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in PATTERN_MESSAGES:
+            return PATTERN_MESSAGES[pattern]
+    return error["msg"]
+
+
 def _describe(error: ErrorDetails, event_type: str) -> str:
     loc = tuple(error["loc"])
     if loc and loc[0] == event_type:  # the discriminated union prefixes the tag
         loc = loc[1:]
     where = ".".join(str(part) for part in loc)
-    return f"{where}: {error['msg']}" if where else error["msg"]
+    message = error_message(error)
+    return f"{where}: {message}" if where else message
 
 
 def parse_inbound(raw: bytes, *, topic: str | None = None) -> InboundEvent:

@@ -23,8 +23,12 @@ MAX_REFERENCE_LENGTH: Final = 128
 MAX_CODE_LENGTH: Final = 64
 MAX_REASON_LENGTH: Final = 500
 
-ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:/@#-]*$"
-"""Upstream identifiers: printable ASCII, no spaces, starting with a letter or digit."""
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*(/[A-Za-z0-9][A-Za-z0-9._:@-]*)*$"
+"""Identifiers (member, event, order, refund, SKU, redemption, reference, hold): ASCII letters,
+digits and ``. _ : @ -``, with ``/`` between segments; each segment starts with a letter or
+digit. So an id is never empty and holds no space, control character, ``#``, ``?`` or ``%``,
+no ``/`` is doubled, leading or trailing, and no segment is ``.`` or ``..``: a client that
+puts a member id in a path without percent-encoding it stays on that member's path."""
 
 CODE_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]*$"
 """Lowercase codes chosen by us or by the program file: sources, categories, activities, rewards."""
@@ -42,3 +46,6 @@ RFC3339_PATTERN: Final = (
 MIN_OCCURRED_YEAR: Final = 2000
 MAX_OCCURRED_YEAR: Final = 2100
 """Inclusive range of years (in UTC) accepted for ``occurred_at``."""
+
+OCCURRED_AT_PATTERN: Final = "^(20[0-9]{2}|2100)" + RFC3339_PATTERN.removeprefix("^[0-9]{4}")
+"""RFC 3339 with the years 2000 to 2100 as written (the model then checks them in UTC)."""

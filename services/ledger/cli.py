@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from schemas.outbound import TierProgressOut
+from schemas.text import has_control, printable
 from services.ledger.adapters.program_file import ProgramFileError, load_program
 from services.ledger.application.service import Ledger, MemberBalanceView
 from services.ledger.application.verify import verify
@@ -203,6 +204,13 @@ def balance(
         typer.echo(_format_balance(found) + _format_tier(held_until, progress))
 
 
+def _stored_text(value: str) -> str:
+    """Text the ledger records (a reason, an actor) holds no control character."""
+    if has_control(value):
+        raise typer.BadParameter("no control characters (tab, line break, NUL, ...)")
+    return value
+
+
 def _format_entry(row: EntryRow) -> str:
     body = row.body
     prov = body["provenance"]
@@ -214,14 +222,19 @@ def _format_entry(row: EntryRow) -> str:
     bal = body["balance_after"]
     source = f"event {prov['event_id']}" if prov.get("event_id") else "no event"
     lots = " ".join(f"{m['lot_id']}{m['amount']:+d}" for m in body["moves"])
-    return (
+    # Each line neutralised on its own: stored text (a note made from a void reason, an
+    # actor, a request id) never adds a line or moves the cursor.
+    first = (
         f"#{row.seq:<3} {row.effective_at.date().isoformat()} {row.entry_type:<20} "
         f"{body['points']:>+6}  avail {bal['available']:>5} pend {bal['pending']:>4}  "
-        f"{body['note']}\n"
+        f"{body['note']}"
+    )
+    second = (
         f"      {source} via {where}; rule {prov.get('rule_id') or '-'}; "
         f"program {prov.get('program_version') or '-'}; tier {prov.get('tier') or '-'}"
         + (f"; lots {lots}" if lots else "")
     )
+    return f"{printable(first)}\n{printable(second)}"
 
 
 @app.command()
@@ -292,8 +305,12 @@ def tick(program: ProgramOpt = None, db: DbOpt = None, now: NowOpt = None) -> No
 def adjust(
     member: str,
     points: Annotated[int, typer.Argument(help="Signed points: 50, or -- -20 to remove.")],
-    reason: Annotated[str, typer.Option(help="Why (required, recorded on the entry).")],
-    actor: Annotated[str, typer.Option(help="Operator id (recorded on the entry).")],
+    reason: Annotated[
+        str, typer.Option(help="Why (required, recorded on the entry).", callback=_stored_text)
+    ],
+    actor: Annotated[
+        str, typer.Option(help="Operator id (recorded on the entry).", callback=_stored_text)
+    ],
     allow_negative: bool = False,
     program: ProgramOpt = None,
     db: DbOpt = None,
@@ -315,8 +332,8 @@ def adjust(
 def tier_assign(
     member: str,
     tier: str,
-    reason: Annotated[str, typer.Option()],
-    actor: Annotated[str, typer.Option()],
+    reason: Annotated[str, typer.Option(callback=_stored_text)],
+    actor: Annotated[str, typer.Option(callback=_stored_text)],
     until: Annotated[
         datetime | None,
         typer.Option(help="When the override ends (ISO date or instant, UTC if naive)."),
@@ -376,8 +393,11 @@ def rejections(
             waiting = ledger.app.parked()
         for member_id, item in waiting:
             typer.echo(
-                f"{item.occurred_at.isoformat()} {member_id} {item.event_type} {item.event_id}: "
-                f"waits ({item.reason}: {item.detail}) until {item.deadline.isoformat()}"
+                printable(
+                    f"{item.occurred_at.isoformat()} {member_id} {item.event_type} "
+                    f"{item.event_id}: waits ({item.reason}: {item.detail}) until "
+                    f"{item.deadline.isoformat()}"
+                )
             )
         typer.echo(f"{len(waiting)} parked")
         return
@@ -388,16 +408,20 @@ def rejections(
             f"re-driven {at.isoformat()} by {who}: {what}" for at, what, who in r.redriven
         )
         typer.echo(
-            f"{r.rejected_at.isoformat()} {r.origin.key()} {r.reason}: {r.detail}"
-            + (f" (event {r.event_id})" if r.event_id else "")
-            + (f" [{tries}]" if tries else "")
+            printable(
+                f"{r.rejected_at.isoformat()} {r.origin.key()} {r.reason}: {r.detail}"
+                + (f" (event {r.event_id})" if r.event_id else "")
+                + (f" [{tries}]" if tries else "")
+            )
         )
     typer.echo(f"{len(found)} rejections")
 
 
 @app.command("redrive")
 def redrive(
-    actor: Annotated[str, typer.Option(help="Who re-drives (recorded on every attempt).")],
+    actor: Annotated[
+        str, typer.Option(help="Who re-drives (recorded on every attempt).", callback=_stored_text)
+    ],
     reason: Annotated[
         list[str] | None, typer.Option(help="Only rejections with this reason (repeatable).")
     ] = None,
@@ -413,7 +437,7 @@ def redrive(
         results = ledger.app.redrive(actor=actor, reasons=reason or (), event_ids=event_id or ())
         ledger.projection.run()
     for r in results:
-        typer.echo(f"{r.event_id or r.rejection_id}: {r.outcome} ({r.detail})")
+        typer.echo(printable(f"{r.event_id or r.rejection_id}: {r.outcome} ({r.detail})"))
     applied = sum(1 for r in results if r.outcome == "applied")
     typer.echo(f"{len(results)} re-driven: {applied} applied, {len(results) - applied} not")
 
@@ -549,8 +573,10 @@ def audit(
         for lot in e.lots_after:
             expires = lot.expires_at.isoformat() if lot.expires_at else "never"
             typer.echo(
-                f"      lot {lot.lot_id} ({lot.source}): {lot.remaining}/{lot.amount} "
-                f"{lot.status}, expires {expires}"
+                printable(
+                    f"      lot {lot.lot_id} ({lot.source}): {lot.remaining}/{lot.amount} "
+                    f"{lot.status}, expires {expires}"
+                )
             )
     verdict = "explained" if found.explained else "NOT explained"
     typer.echo(
@@ -584,7 +610,9 @@ def what_if_cmd(
     apply: Annotated[
         bool, typer.Option("--apply", help="Post the differences as adjustments (once).")
     ] = False,
-    actor: Annotated[str, typer.Option(help="Operator id recorded on adjustments.")] = "what-if",
+    actor: Annotated[
+        str, typer.Option(help="Operator id recorded on adjustments.", callback=_stored_text)
+    ] = "what-if",
     ledger_program: Annotated[
         Path | None,
         typer.Option("--ledger-program", help="The ledger's own program; env LOYALTY_PROGRAM."),

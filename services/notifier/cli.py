@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from schemas.text import has_control, printable
 from services.ledger.adapters.program_file import ProgramFileError, load_program
 from services.ledger.bootstrap import Settings
 from services.notifier.bootstrap import (
@@ -146,12 +147,13 @@ def log(
         for d in rows:
             n = d.notice
             when = d.sent_at.isoformat() if d.sent_at else d.next_attempt_at.isoformat()
-            typer.echo(
+            head = (
                 f"{n.key}  {d.channel} {d.state} tries={d.attempts} at={when}"
                 + (f" error={d.last_error}" if d.last_error else "")
                 + (" in-doubt" if d.in_doubt else "")
-                + f"\n    cause: {n.cause}; data: {n.data}"
             )
+            # Each line neutralised on its own: stored text adds no line.
+            typer.echo(f"{printable(head)}\n{printable(f'    cause: {n.cause}; data: {n.data}')}")
         typer.echo(f"{len(rows)} deliveries")
 
 
@@ -162,11 +164,22 @@ def redrive(db: DbOpt = None, program: ProgramOpt = None) -> None:
         typer.echo(f"{notifier.sent_log.redrive(datetime.now(UTC))} dead deliveries queued again")
 
 
+def _stored_text(value: str | None) -> str | None:
+    """A contact detail the notifier stores holds no control character."""
+    if value is not None and has_control(value):
+        raise typer.BadParameter("no control characters (tab, line break, NUL, ...)")
+    return value
+
+
 @notify_app.command("contact")
 def contact(
     member: str,
-    email: Annotated[str | None, typer.Option(help="Email address (omit to clear).")] = None,
-    name: Annotated[str | None, typer.Option(help="Name used in greetings.")] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Email address (omit to clear).", callback=_stored_text)
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name used in greetings.", callback=_stored_text)
+    ] = None,
     db: DbOpt = None,
     program: ProgramOpt = None,
 ) -> None:
@@ -214,8 +227,10 @@ def prefs(member: str, db: DbOpt = None) -> None:
     with _notifier(db, None) as notifier:
         found = notifier.contacts.contact(member)
         typer.echo(
-            f"{member}: email {found.email if found and found.email else '-'},"
-            f" name {found.name if found and found.name else '-'}"
+            printable(
+                f"{member}: email {found.email if found and found.email else '-'},"
+                f" name {found.name if found and found.name else '-'}"
+            )
         )
         for channel, kind in notifier.contacts.opt_outs(member):
             typer.echo(f"  opted out: {kind} on {channel}")

@@ -9,13 +9,22 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from schemas.text import printable
 from services.notifier.notices import Notice
+
+
+def _neutral(value: object) -> object:
+    # Every {{ value }}: a control character in a stored name or a program's reward name is
+    # shown escaped, so it cannot add a line to the subject, the text or a webhook's body.
+    return printable(value) if isinstance(value, str) else value
+
 
 _ENV = Environment(
     loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
     autoescape=select_autoescape(["html.j2"]),
     undefined=StrictUndefined,
     keep_trailing_newline=True,
+    finalize=_neutral,
 )
 
 

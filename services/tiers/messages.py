@@ -7,7 +7,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import get_args
 
+from schemas.limits import MAX_REASON_LENGTH
 from schemas.outbound import LedgerEntry, TierStatus
+from schemas.text import printable
 from schemas.tiers import TierChanged, TierChangedData, TierChangeReason
 from services.ledger.domain.program import Program
 from services.ledger.domain.tier_policy import TierState, period_value, progress, window_value
@@ -78,7 +80,8 @@ def tier_changed(
             from_tier=recorded.previous,
             to_tier=recorded.tier,
             reason=_reason(program, recorded),
-            detail=recorded.reason[:500],
+            # A reason recorded before control characters were refused is sent escaped.
+            detail=printable(recorded.reason)[:MAX_REASON_LENGTH],
             basis=program.tier_qualification.basis,
             qualifying_value=value,
             threshold=tier.threshold if tier is not None else 0,

@@ -56,7 +56,14 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     )
     built.capture_hold(hold.result.hold_id, points=20, actor="pos")
     clock.advance(timedelta(days=1))
-    built.app.apply_batch([_file(_purchase("e-4", "m-ana", "o-4", 3000, clock.now()))])
+    built.app.apply_batch(
+        [
+            _file(_purchase("e-4", "m-ana", "o-4", 3000, clock.now())),
+            _file(_purchase("e-5", "m-cy", "o-5", 1000, clock.now())),
+        ]
+    )
+    # Recorded before control characters were refused (the domain takes any text).
+    built.app.adjust("m-cy", 5, reason="ok\r\n#9 forged\x1b[2J", actor="ops", allow_negative=False)
     built.projection.run()
     yield built
     built.close()
@@ -202,6 +209,13 @@ def test_the_what_if_panel_shows_the_jobs_progress_until_its_report(
     assert "events replayed" in page.inner_text("#whatif-note")
 
 
+def test_the_console_shows_stored_control_characters_escaped(page: Page) -> None:
+    _open(page, "m-cy")
+    text = page.inner_text("#statement")
+    assert "ok\\x0d\\x0a#9 forged\\x1b[2J" in text
+    assert "\x1b" not in text
+
+
 def _double_program() -> str:
     data = PROGRAM.model_dump(mode="json")
     data["currencies"]["USD"]["points_per_unit"] = "2"
@@ -232,8 +246,13 @@ def test_the_interactive_api_docs_render_without_internet(console_url: str) -> N
             page.wait_for_selector(".opblock", timeout=15_000)
             operations = page.locator(".opblock").count()
             text = page.inner_text("body")
+            # POST /v1/events shows a real event as its example body (was "string").
+            page.click("#operations-events-post_event .opblock-summary")
+            page.wait_for_selector("#operations-events-post_event .body-param__example")
+            example = page.inner_text("#operations-events-post_event .body-param__example")
         finally:
             browser.close()
     assert outside == []
     assert operations >= 10, operations
     assert "/v1/events" in text
+    assert '"event_id": "ord-1001-paid"' in example

@@ -241,10 +241,14 @@ def test_a_refunded_purchase_topped_up_by_a_late_tier_keeps_its_refunds_share(
     assert account.balance == Balances(available=150, pending=0, held=0)
     assert account.lifetime_earned == 150
     assert account.tier == "silver"
-    order_lot = account.lots[account.orders["o2"].lot_id]
+    lot_id = account.orders["o2"].lot_id
+    assert lot_id is not None
+    order_lot = account.lots[lot_id]
     assert (order_lot.amount, order_lot.remaining) == (100, 50)
     ledger.projection.run()
-    assert ledger.balance("m-1", now).lifetime_earned == 150  # the view agrees
+    view = ledger.balance("m-1", now)
+    assert view is not None
+    assert view.lifetime_earned == 150  # the view agrees
 
 
 # ---------------------------------------------------------------------- 2. backfill

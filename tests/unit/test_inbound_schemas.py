@@ -370,7 +370,7 @@ def test_schema_detail_for_missing_fields() -> None:
 STRICTNESS_CASES: list[tuple[str, str, Any, str]] = [
     # (event type, path, bad value, loc expected at the start of the detail)
     ("purchase.completed", "data.total_minor", "12", "data.total_minor"),
-    ("purchase.completed", "data.total_minor", 12.0, "data.total_minor"),
+    ("purchase.completed", "data.total_minor", 12.5, "data.total_minor"),
     ("purchase.completed", "data.total_minor", True, "data.total_minor"),
     ("purchase.completed", "data.total_minor", -1, "data.total_minor"),
     ("purchase.completed", "data.total_minor", MAX_AMOUNT_MINOR + 1, "data.total_minor"),

@@ -254,3 +254,22 @@ def test_the_tier_status_shows_the_progress_and_is_published_when_it_changes(
     assert (latest.qualifying_value, latest.next_tier) == (0, "silver")
     assert latest.period_end == datetime(2029, 1, 1, tzinfo=UTC)
     assert latest.basis == "points"
+
+
+def test_a_reason_stored_with_control_characters_is_published_escaped(
+    tiers: tuple[TiersApp, Sent], ledger: LedgerApplication
+) -> None:
+    # Recorded before the API and the CLI refused control characters: the tier.changed
+    # message is still valid (its schema refuses them too) and shows them escaped.
+    ledger.assign_tier("m-1", "silver", reason="ops\r\nforged\x00", actor="ops-1")
+    service, sent = tiers
+    entries = list(ledger_entries(ledger))
+
+    async def scenario() -> None:
+        async with service.entries.test_context() as agent:
+            for entry in entries:
+                await agent.put(entry.model_dump_json().encode())
+
+    run(scenario())
+    override = changes(sent)[-1]
+    assert (override.data.to_tier, override.data.detail) == ("silver", "ops\\x0d\\x0aforged\\x00")

@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -114,6 +115,12 @@ def create_app(
     app.state.bootstrap = bootstrap
     app.state.what_if_jobs = jobs
     errors.install(app)
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:  # with the event union POST /v1/events refers to
+        return events.add_event_components(generate_openapi())
+
+    app.openapi = openapi  # type: ignore[method-assign]
     for module in (events, members, holds, program, ops, health):
         app.include_router(module.router)
     if notifier is not None:

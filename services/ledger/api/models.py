@@ -7,13 +7,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.limits import ID_PATTERN, MAX_POINTS, MAX_REASON_LENGTH, MAX_REFERENCE_LENGTH
+from schemas.inbound import WHOLE
+from schemas.limits import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_POINTS,
+    MAX_REASON_LENGTH,
+    MAX_REFERENCE_LENGTH,
+)
 from schemas.outbound import LedgerEntry, TierProgressOut
+from schemas.text import CONTROL_CLASS, NO_CONTROL_PATTERN
 
 Reference = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_REFERENCE_LENGTH, pattern=ID_PATTERN)
 ]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REASON_LENGTH)]
+Reason = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_REASON_LENGTH, pattern=NO_CONTROL_PATTERN),
+]
+"""Stored free text: no control character (see schemas/text.py)."""
+EMAIL_PATTERN = rf"^[^@\s{CONTROL_CLASS}]+@[^@\s{CONTROL_CLASS}]+$"
 MAX_TTL_SECONDS = 30 * 24 * 3600
 
 
@@ -92,15 +105,15 @@ class HoldRequest(_In):
     reference: Reference = Field(
         description="the client's reference (e.g. basket id): placing again is idempotent"
     )
-    points: int = Field(ge=1, le=MAX_POINTS)
-    ttl_seconds: int = Field(
-        default=900, ge=1, le=MAX_TTL_SECONDS, description="released by itself after this"
+    points: Annotated[int, Field(ge=1, le=MAX_POINTS), WHOLE]
+    ttl_seconds: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS), WHOLE] = Field(
+        default=900, description="released by itself after this"
     )
 
 
 class CaptureRequest(_In):
-    points: int | None = Field(
-        default=None, ge=1, le=MAX_POINTS, description="default: the whole hold"
+    points: Annotated[int, Field(ge=1, le=MAX_POINTS), WHOLE] | None = Field(
+        default=None, description="default: the whole hold"
     )
 
 
@@ -122,7 +135,10 @@ class Hold(_Out):
 
 
 class AdjustmentRequest(_In):
-    points: int = Field(ge=-MAX_POINTS, le=MAX_POINTS, description="signed; not zero")
+    points: Annotated[int, Field(ge=-MAX_POINTS, le=MAX_POINTS), WHOLE] = Field(
+        description="signed; not zero",
+        json_schema_extra={"not": {"const": 0}},
+    )
     reason: Reason
     allow_negative: bool = False
 
@@ -196,7 +212,10 @@ class WhatIfRequest(_In):
         description="the other program version, as a program file (YAML)"
     )
     member_id: (
-        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)] | None
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
+        ]
+        | None
     ) = None
     apply: bool = Field(
         default=False, description="post the differences as adjustments (ops:write), once"
@@ -264,9 +283,9 @@ class VerifyResult(_Out):
 
 class ReplayRequest(_In):
     topic: str = Field(description="an inbound topic, e.g. loyalty.purchases.v1")
-    from_offset: int = Field(ge=0)
-    to_offset: int = Field(ge=0, description="inclusive")
-    partitions: list[Annotated[int, Field(ge=0, le=100_000)]] | None = Field(
+    from_offset: Annotated[int, Field(ge=0), WHOLE]
+    to_offset: Annotated[int, Field(ge=0), WHOLE] = Field(description="inclusive")
+    partitions: list[Annotated[int, Field(ge=0, le=100_000), WHOLE]] | None = Field(
         default=None, max_length=1000, description="default: every partition"
     )
 
@@ -310,12 +329,13 @@ class OptOutRequest(_In):
 
 class ContactRequest(_In):
     email: (
-        Annotated[
-            str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
-        ]
+        Annotated[str, StringConstraints(min_length=3, max_length=320, pattern=EMAIL_PATTERN)]
         | None
     ) = Field(default=None, description="omit or null to clear")
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    name: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_CONTROL_PATTERN)]
+        | None
+    ) = None
 
 
 class NotificationPreferences(_Out):

@@ -623,7 +623,13 @@ class LedgerApplication(Application[UUID]):
         while progress and parking is not None:
             progress = False
             for waiting in parking.in_order():
-                event = parse_inbound(waiting.payload.encode(), topic=waiting.origin.topic)
+                try:
+                    event = parse_inbound(waiting.payload.encode(), topic=waiting.origin.topic)
+                except InvalidInput as invalid:  # parked before the schema refused it
+                    refused = Declined(invalid.reason, invalid.detail)
+                    self._settle_parked(batch, parking, waiting, DECLINED, refused, (), now)
+                    progress = True
+                    continue
                 prov = Provenance(waiting.origin, event_id=waiting.event_id, event_type=event.type)
                 try:
                     entries = self._run_event(event, batch, prov, now)
@@ -955,7 +961,12 @@ class LedgerApplication(Application[UUID]):
         if event_id is None:
             return RedriveResult(rejection.id, None, "skipped", "invalid input: fix and resend")
         raw = base64.b64decode(rejection.raw_b64)
-        event = parse_inbound(raw, topic=rejection.origin.topic)  # it parsed when rejected
+        try:
+            event = parse_inbound(raw, topic=rejection.origin.topic)  # it parsed when rejected
+        except InvalidInput as invalid:  # under an older schema, which it no longer passes
+            return RedriveResult(
+                rejection.id, event_id, "skipped", f"no longer valid input: {invalid}"
+            )
         with self._writing:
             batch = _Batch()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from schemas.text import printable
 from services.notifier.contacts import Contact
 from services.notifier.notices import Notice
 from services.notifier.templates import Rendered
@@ -23,4 +24,5 @@ class PrintChannel:
         return None
 
     async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
-        self.echo(f"{notice.member_id}: {rendered.subject}  [{notice.kind}; {notice.cause}]")
+        line = f"{notice.member_id}: {rendered.subject}  [{notice.kind}; {notice.cause}]"
+        self.echo(printable(line))

@@ -12,6 +12,7 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
+from schemas.text import has_control
 from services.notifier.channels import DeliveryError
 from services.notifier.contacts import Contact
 from services.notifier.notices import Notice
@@ -69,7 +70,11 @@ class SmtpChannel:
                 client.close()
 
     def unreachable(self, contact: Contact | None) -> str | None:
-        return None if contact is not None and contact.email else "no email address"
+        if contact is None or not contact.email:
+            return "no email address"
+        if has_control(contact.email):  # stored before the API refused them
+            return "the email address holds a control character"
+        return None
 
     async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
         assert contact is not None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
+from schemas.limits import ID_PATTERN
 from services.ledger.api import convert
 from services.ledger.api.deps import EventsWriter, LedgerDep, MembersReader
 from services.ledger.api.errors import ApiError
@@ -14,7 +15,9 @@ from services.ledger.api.models import CaptureRequest, Hold, VoidRequest
 from services.ledger.api.routes.members import ERRORS, RequestId
 
 router = APIRouter(prefix="/v1/holds", tags=["holds"])
-HoldId = Annotated[str, Path(min_length=1, max_length=200, description="hold id")]
+HoldId = Annotated[
+    str, Path(min_length=1, max_length=200, pattern=ID_PATTERN, description="hold id")
+]
 
 
 @router.get("/{hold_id}", operation_id="get_hold", response_model=Hold, responses=ERRORS)

@@ -11,6 +11,7 @@ from pydantic import AwareDatetime
 
 from schemas.limits import ID_PATTERN, MAX_ID_LENGTH
 from schemas.outbound import LedgerEntry
+from schemas.text import NO_CONTROL_PATTERN
 from services.ledger.api import convert
 from services.ledger.api.deps import EventsWriter, LedgerDep, MembersReader, OpsWriter
 from services.ledger.api.errors import ApiError, ErrorBody
@@ -36,7 +37,29 @@ MemberId = Annotated[
 ]
 #: The most holds one GET /v1/members/{id}/holds returns (422 past it).
 MAX_HOLDS = 500
-RequestId = Annotated[str | None, Header(alias="X-Request-Id", max_length=128)]
+HOLD_LINKS: dict[str, Any] = {
+    name: {
+        "operationId": operation,
+        "parameters": {"hold_id": "$response.body#/hold_id"},
+        "description": f"{name} the hold just placed",
+    }
+    for name, operation in (
+        ("read", "get_hold"),
+        ("capture", "capture_hold"),
+        ("void", "void_hold"),
+    )
+}
+"""OpenAPI links from a placed hold to what can be done with it (stateful fuzzing follows them)."""
+BALANCE_LINK: dict[str, Any] = {
+    "balance": {
+        "operationId": "get_balance",
+        "parameters": {"member_id": "$response.body#/member_id"},
+        "description": "the member's balance after the adjustment",
+    }
+}
+RequestId = Annotated[
+    str | None, Header(alias="X-Request-Id", max_length=128, pattern=NO_CONTROL_PATTERN)
+]
 
 
 def _balance(ledger: Ledger, member_id: str, as_of: datetime | None = None) -> Balance:
@@ -168,7 +191,11 @@ def list_holds(
     operation_id="place_hold",
     response_model=Hold,
     status_code=201,
-    responses={200: {"model": Hold, "description": "the hold placed before"}, **ERRORS},
+    responses={
+        201: {"links": HOLD_LINKS},
+        200: {"model": Hold, "description": "the hold placed before", "links": HOLD_LINKS},
+        **ERRORS,
+    },
 )
 def place_hold(
     member_id: MemberId,
@@ -197,7 +224,11 @@ def place_hold(
     operation_id="adjust",
     response_model=AdjustmentResult,
     status_code=201,
-    responses={200: {"model": AdjustmentResult, "description": "a retried request"}, **ERRORS},
+    responses={
+        201: {"links": BALANCE_LINK},
+        200: {"model": AdjustmentResult, "description": "a retried request"},
+        **ERRORS,
+    },
 )
 def adjust(
     member_id: MemberId,

@@ -21,9 +21,20 @@ async function api(method, path, body) {
   return data;
 }
 
+// Stored text shown as schemas/text.py `printable` prints it: each control character (and
+// U+2028/U+2029) as an escape, so a note or a name cannot break a line or hide text.
+function printable(value) {
+  return String(value).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff
+      ? `\\x${code.toString(16).padStart(2, "0")}`
+      : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
+}
+
 function cell(row, text, cls) {
   const td = document.createElement("td");
-  td.textContent = text;
+  td.textContent = printable(text);
   if (cls) td.className = cls;
   row.appendChild(td);
   return td;

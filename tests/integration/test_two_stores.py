@@ -1,0 +1,278 @@
+"""One history, one ledger, on the real broker and PostgreSQL: the same inbound topics,
+consumed by two fresh stores (one `loyalty serve` left alone, the other SIGKILLed several
+times while it reads), give identical balances, lifetime points and tiers for every member.
+
+The two consumers read the four inbound topics in whatever interleaving their fetches
+happen to give, so a redemption is often read before the purchase funding it, and a
+purchase after the member's later review or referral. The history is of the kinds whose
+arrival order the ledger already absorbs (issue 10's arrival-order property): purchases,
+refunds, reviews, enrolments, referrals with one referrer per referee, and redemptions
+funded by purchases dated two days or more before them, on members that make no refunds
+(a refund racing a redemption for the same points is the known open case). Both stores
+must also pass `verify`, which makes every entry again from the receipts.
+
+LOYALTY_TWO_STORES_EVENTS sizes it (default 3,000 events over 150 members).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from typer.testing import CliRunner
+
+from schemas import TOPIC_ACTIVITIES, TOPIC_PURCHASES, TOPIC_REDEMPTIONS, TOPIC_REFERRALS
+from services.ledger.adapters.kafka_ingest import tracking_key
+from services.ledger.application.service import Ledger
+from services.ledger.application.verify import verify
+from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
+from services.ledger.cli import app
+from tests.support.kafka import kafka_broker_for_tests
+from tests.support.pipeline import NOW, Pipeline, assigned, event, produce, wait_for
+from tests.support.postgres import PostgresServer
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
+
+EVENTS = int(os.environ.get("LOYALTY_TWO_STORES_EVENTS", "3000"))
+MEMBERS = 150
+KILLS = 4
+
+
+@pytest.fixture
+def broker() -> Iterator[str]:
+    with kafka_broker_for_tests(private=True) as bootstrap:
+        yield bootstrap
+
+
+def _ts(days_ago: float) -> str:
+    at = NOW - timedelta(days=days_ago)
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def history(run: str, rng: random.Random) -> list[tuple[str, str, bytes]]:
+    """(topic, key, bytes) in event-time order per member; members interleaved."""
+    members = [f"t{i}-{run}" for i in range(MEMBERS)]
+    per_member = EVENTS // MEMBERS
+    messages: list[tuple[float, str, str, bytes]] = []  # days ago, topic, key, value
+    referred: set[str] = set()
+    n = 0
+    for i, member in enumerate(members):
+        refunds = i % 3 == 0  # a third of the members return things and never redeem
+        days = 12.0
+        orders: list[tuple[str, int]] = []
+        earned: list[tuple[float, int]] = []  # (days ago, points at least)
+        spent = 0
+        if i % 4 == 0:
+            n += 1
+            messages.append(
+                (
+                    days,
+                    TOPIC_ACTIVITIES,
+                    member,
+                    event(f"{run}-{n}", "member.enrolled", member, _ts(days)),
+                )
+            )
+        for _ in range(per_member):
+            days -= rng.uniform(0.01, 0.15)
+            n += 1
+            eid = f"{run}-{n}"
+            roll = rng.random()
+            if roll < 0.55 or not orders:
+                total = rng.randrange(100, 2500)
+                order = f"o{n}"
+                orders.append((order, total))
+                earned.append((days, total // 100))
+                raw = event(
+                    eid,
+                    "purchase.completed",
+                    member,
+                    _ts(days),
+                    order_id=order,
+                    currency="USD",
+                    total_minor=total,
+                )
+                messages.append((days, TOPIC_PURCHASES, member, raw))
+            elif roll < 0.7:
+                raw = event(
+                    eid,
+                    "activity.completed",
+                    member,
+                    _ts(days),
+                    activity="review",
+                    reference=f"rv{n}",
+                )
+                messages.append((days, TOPIC_ACTIVITIES, member, raw))
+            elif roll < 0.78:
+                referee = members[rng.randrange(MEMBERS)]
+                if referee == member or referee in referred:
+                    continue
+                referred.add(referee)
+                raw = event(eid, "referral.qualified", member, _ts(days), referee_member_id=referee)
+                messages.append((days, TOPIC_REFERRALS, member, raw))
+            elif refunds:
+                order, total = orders[rng.randrange(len(orders))]
+                raw = event(
+                    eid,
+                    "purchase.refunded",
+                    member,
+                    _ts(days),
+                    order_id=order,
+                    refund_id=f"r{n}",
+                    amount_minor=max(1, total // 3),
+                )
+                messages.append((days, TOPIC_PURCHASES, member, raw))
+            else:
+                # Funded by what was earned 2 days or more before (released by then), with
+                # a wide margin, so that it applies in any order in the end.
+                funded = sum(p for d, p in earned if d - days >= 2.0) - spent
+                points = min(20, funded // 3)
+                if points < 1:
+                    continue
+                spent += points
+                raw = event(
+                    eid,
+                    "redemption.requested",
+                    member,
+                    _ts(days),
+                    redemption_id=f"x{n}",
+                    points=points,
+                )
+                messages.append((days, TOPIC_REDEMPTIONS, member, raw))
+    messages.sort(key=lambda m: -m[0])  # produced in event-time order
+    return [(topic, key, raw) for _, topic, key, raw in messages]
+
+
+def program_file(tmp_path: Path) -> Path:
+    """The coffee program, its parked events waiting long enough for a backfill."""
+    path = tmp_path / "program.yaml"
+    text = (EXAMPLES / "coffee.yaml").read_text()
+    path.write_text(text + "arrival:\n  park_hours: 720\n")
+    return path
+
+
+def open_store(env: dict[str, str], program: Path) -> Ledger:
+    store = {k: v for k, v in env.items() if k.startswith(("PERSISTENCE", "POSTGRES"))}
+    return build_ledger(Settings(program=program, db=Path(env["LOYALTY_DB"])), env=store)
+
+
+async def _ends(bootstrap: str) -> dict[tuple[str, int], int]:
+    topics = (TOPIC_PURCHASES, TOPIC_ACTIVITIES, TOPIC_REDEMPTIONS, TOPIC_REFERRALS)
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(await assigned(consumer))
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def _wait_applied(pipeline: Pipeline, ledger: Ledger, ends: dict[tuple[str, int], int]) -> None:
+    recorder = ledger.app.process_recorder
+
+    def done() -> bool:
+        process = pipeline.process
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"serve exited ({process.returncode}) before applying everything")
+        return all(
+            (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
+            for (t, p), end in ends.items()
+            if end > 0
+        )
+
+    wait_for(done, "every message applied", timeout=600)
+
+
+def _applied(ledger: Ledger, ends: dict[tuple[str, int], int]) -> int:
+    recorder = ledger.app.process_recorder
+    return sum((recorder.max_tracking_id(tracking_key(t, p)) or -1) + 1 for (t, p) in ends)
+
+
+def _kill_mid_stream(
+    pipeline: Pipeline, ledger: Ledger, ends: dict[tuple[str, int], int], rng: random.Random
+) -> int:
+    """SIGKILL `serve` up to KILLS times, each time soon after it has made progress and
+    before it has read everything; returns the kills done."""
+    total = sum(ends.values())
+    kills = 0
+    while kills < KILLS:
+        before = _applied(ledger, ends)
+        wait_for(lambda b=before: _applied(ledger, ends) > b, "serve to make progress", 120)
+        time.sleep(rng.uniform(0.0, 0.4))
+        if _applied(ledger, ends) >= total:
+            break
+        assert pipeline.process is not None
+        pipeline.process.send_signal(signal.SIGKILL)
+        pipeline.process.wait(timeout=30)
+        kills += 1
+        pipeline.start()
+    return kills
+
+
+def _state(ledger: Ledger, run: str) -> dict[str, tuple[int, int, int, int, str | None]]:
+    found = {}
+    for i in range(MEMBERS):
+        member = f"t{i}-{run}"
+        account = ledger.app.find_account(member)
+        if account is not None:
+            b = account.balance
+            found[member] = (b.available, b.pending, b.held, account.lifetime_earned, account.tier)
+    return found
+
+
+def test_two_stores_fed_the_same_topics_agree_one_of_them_killed_repeatedly(
+    broker: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", broker])
+    assert created.exit_code == 0, created.output
+    run = uuid.uuid4().hex[:8]
+    rng = random.Random(run)
+    messages = history(run, rng)
+    asyncio.run(produce(broker, messages))
+    ends = asyncio.run(_ends(broker))
+    program = program_file(tmp_path)
+    states = []
+    kills = 0
+    for name, kill in (("calm", False), ("killed", True)):
+        env = {
+            **postgres_server.new_database_env(),
+            "LOYALTY_PROGRAM": str(program),
+            "LOYALTY_DB": str(tmp_path / f"{name}.sqlite"),  # unused: PostgreSQL
+        }
+        pipeline = Pipeline(broker, env, f"{run}-{name}", tmp_path / f"{name}.log")
+        pipeline.start()
+        ledger = open_store(env, program)
+        try:
+            if kill:
+                kills = _kill_mid_stream(pipeline, ledger, ends, rng)
+            _wait_applied(pipeline, ledger, ends)
+            assert pipeline.stop() == 0
+            ledger.projection.run()
+            report = verify(ledger.app, ledger.view)
+            assert report.ok, report.violations[:10]
+            states.append(_state(ledger, run))
+        finally:
+            ledger.close()
+            if pipeline.process is not None and pipeline.process.poll() is None:
+                pipeline.process.kill()
+                pipeline.process.wait(timeout=10)
+    calm, killed = states
+    differ = {
+        m: (calm.get(m), killed.get(m))
+        for m in calm.keys() | killed.keys()
+        if calm.get(m) != killed.get(m)
+    }
+    print(
+        f"{len(messages)} events, {len(calm)} members, {kills} kills of the second store: "
+        f"{len(differ)} members differ; points held {sum(s[0] + s[1] for s in calm.values())} "
+        f"and {sum(s[0] + s[1] for s in killed.values())}"
+    )
+    assert not differ, f"{len(differ)} members differ, e.g. {sorted(differ.items())[:5]}"
