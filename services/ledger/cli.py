@@ -696,12 +696,18 @@ def api_cmd(
 
     from services.ledger.api.app import create_app
     from services.ledger.api.auth import KeyStore
+    from services.ledger.api.guard import GuardSettings
     from services.notifier.bootstrap import NotifierSettings, build_notifier
 
     try:
         keys = KeyStore.from_environment()
     except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
         typer.echo(f"cannot read the API keys (LOYALTY_API_KEYS / _FILE): {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        guard = GuardSettings.from_environment()
+    except ValueError as exc:
+        typer.echo(f"cannot read the API limits: {exc}", err=True)
         raise typer.Exit(2) from None
     if not keys.names():
         typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
@@ -722,6 +728,7 @@ def api_cmd(
                     tick_seconds=tick_seconds,
                     bootstrap=bootstrap,
                     notifier=notifier,
+                    guard=guard,
                 ),
                 host=host,
                 port=port,
