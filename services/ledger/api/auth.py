@@ -14,19 +14,40 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 SCOPES = ("events:write", "members:read", "members:write", "ops:write")
 
 
+def _known_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; known: {', '.join(SCOPES)}")
+    return scopes
+
+
 class KeyEntry(BaseModel):
     name: str = Field(min_length=1, max_length=64)
-    scopes: list[str]
+    scopes: Annotated[list[str], AfterValidator(_known_scopes)]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-_ENTRIES = TypeAdapter(list[KeyEntry])
+def _distinct_keys(entries: list[KeyEntry]) -> list[KeyEntry]:
+    """Two entries for one key would leave which one answers to chance (the last won)."""
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.sha256 in seen:
+            raise ValueError(
+                f"the entries {seen[entry.sha256]!r} and {entry.name!r} have the same sha256 "
+                "(one key twice); give each key one entry"
+            )
+        seen[entry.sha256] = entry.name
+    return entries
+
+
+_ENTRIES = TypeAdapter(Annotated[list[KeyEntry], AfterValidator(_distinct_keys)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +63,18 @@ def digest(key: str) -> str:
 
 
 def new_key(name: str, scopes: list[str]) -> tuple[str, KeyEntry]:
-    unknown = set(scopes) - set(SCOPES)
-    if unknown:
-        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
+    _known_scopes(scopes)
     key = "lk_" + secrets.token_urlsafe(32)
     return key, KeyEntry(name=name, scopes=sorted(scopes), sha256=digest(key))
 
 
 class KeyStore:
+    """Entries are checked as they load: a scope not in `SCOPES` or one key (sha256) in two
+    entries is an error, so `loyalty serve` stops with the reason instead of starting with
+    a key that silently grants nothing or a duplicate that shadows another."""
+
     def __init__(self, entries: list[KeyEntry]) -> None:
+        entries = _ENTRIES.validate_python(entries)
         self._entries = [(e.sha256, Principal(e.name, frozenset(e.scopes))) for e in entries]
 
     def names(self) -> list[str]:
