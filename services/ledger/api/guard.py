@@ -44,10 +44,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = "1000/second"
 DEFAULT_ANONYMOUS_RATE_LIMIT = "100/second"
 
-#: No inline script anywhere: the console and the docs load their scripts from this origin.
-#: Swagger UI sets inline styles, hence `style-src 'unsafe-inline'` (styles only).
+#: No inline script or style anywhere: the console and the docs (Swagger UI from the
+#: swagger-ui-py package) load theirs from this origin; nothing may frame them.
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
