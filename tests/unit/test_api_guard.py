@@ -266,6 +266,26 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(ledger: Ledger) -> None:
     assert r1.status == 200  # another address
 
 
+def test_a_key_entry_may_carry_its_own_rate(ledger: Ledger) -> None:
+    entries = [
+        {**_entry("batch", ["members:read"], "k-batch"), "rate_limit": "1/minute"},
+        _entry("pos", ["members:read"], "k-pos"),
+    ]
+    keys = KeyStore.from_json(json.dumps(entries))
+    limited = create_app(ledger, keys, guard=GuardSettings(rate_limit="3/minute"))
+    with TestClient(limited) as c:
+        batch, pos = {"X-API-Key": "k-batch"}, {"X-API-Key": "k-pos"}
+        assert [c.get("/v1/members", headers=batch).status_code for _ in range(2)] == [200, 429]
+        assert [c.get("/v1/members", headers=pos).status_code for _ in range(4)] == [
+            200,
+            200,
+            200,
+            429,
+        ]
+    with pytest.raises(ValueError, match="rate_limit"):
+        KeyStore.from_json(json.dumps([{**entries[0], "rate_limit": "often"}]))
+
+
 def test_limits_come_from_the_environment_and_bad_ones_fail_start_up() -> None:
     settings = GuardSettings.from_environment(
         {

@@ -1,7 +1,9 @@
 """API keys with scopes, stored hashed (SHA-256 of the key), configured by file or environment.
 
 `LOYALTY_API_KEYS` holds JSON, or `LOYALTY_API_KEYS_FILE` names a JSON file, of the form
-`[{"name": "checkout", "scopes": ["events:write", "members:read"], "sha256": "<hex>"}]`.
+`[{"name": "checkout", "scopes": ["events:write", "members:read"], "sha256": "<hex>"}]`;
+an entry may carry its own `"rate_limit"` (e.g. `"200/second"`, the `limits` notation)
+instead of `LOYALTY_API_RATE_LIMIT`.
 `loyalty api-key NAME --scope ...` makes a new key and prints its entry.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+from limits import parse_many
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 SCOPES = ("events:write", "members:read", "members:write", "ops:write")
@@ -28,10 +31,22 @@ def _known_scopes(scopes: list[str]) -> list[str]:
     return scopes
 
 
+def _rate(text: str | None) -> str | None:
+    if text is not None:
+        try:
+            parse_many(text)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (e.g. 200/second or 50/second;2000/minute)") from None
+    return text
+
+
 class KeyEntry(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     scopes: Annotated[list[str], AfterValidator(_known_scopes)]
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    rate_limit: Annotated[str | None, AfterValidator(_rate)] = Field(
+        default=None, max_length=200, description="this key's rate; default the server's"
+    )
 
 
 def _distinct_keys(entries: list[KeyEntry]) -> list[KeyEntry]:
@@ -56,6 +71,7 @@ class Principal:
 
     name: str
     scopes: frozenset[str]
+    rate_limit: str | None = None  # its own rate, else LOYALTY_API_RATE_LIMIT
 
 
 def digest(key: str) -> str:
@@ -70,12 +86,14 @@ def new_key(name: str, scopes: list[str]) -> tuple[str, KeyEntry]:
 
 class KeyStore:
     """Entries are checked as they load: a scope not in `SCOPES` or one key (sha256) in two
-    entries is an error, so `loyalty serve` stops with the reason instead of starting with
+    entries is an error, so `loyalty api` stops with the reason instead of starting with
     a key that silently grants nothing or a duplicate that shadows another."""
 
     def __init__(self, entries: list[KeyEntry]) -> None:
         entries = _ENTRIES.validate_python(entries)
-        self._entries = [(e.sha256, Principal(e.name, frozenset(e.scopes))) for e in entries]
+        self._entries = [
+            (e.sha256, Principal(e.name, frozenset(e.scopes), e.rate_limit)) for e in entries
+        ]
 
     def names(self) -> list[str]:
         return [principal.name for _, principal in self._entries]
@@ -104,4 +122,4 @@ class KeyStore:
 
 
 def entry_json(entry: KeyEntry) -> str:
-    return json.dumps(entry.model_dump())
+    return json.dumps(entry.model_dump(exclude_none=True))

@@ -7,7 +7,8 @@ alone, for every request:
 1. finds the route the way Starlette will (the first full match), or answers `OPTIONS` and
    a wrong method itself with the true `Allow` set of every route on the path;
 2. identifies the caller by `X-API-Key` and applies the rate limit: per key for a known
-   key, per client address otherwise (429 with `Retry-After`);
+   key (its entry's `rate_limit`, else the server's), per client address otherwise (429
+   with `Retry-After`);
 3. checks the scopes the route declares (`deps.Require`, read from the route's own
    dependencies, so each scope is declared once, on the route): 401 and 403 before any of
    the body is read;
@@ -148,6 +149,7 @@ class Guard:
         self.keys = keys
         self.settings = settings
         self._routes: list[_Route] | None = None
+        self._own: dict[str, list[RateLimitItem]] = {}  # keys' own rates, parsed once
         self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._per_key = _rates(settings.rate_limit, "LOYALTY_API_RATE_LIMIT")
         self._per_address = _rates(
@@ -298,6 +300,11 @@ class Guard:
         """Seconds to wait when the caller is over its rate, else None."""
         if principal is not None:
             items, who = self._per_key, f"key:{principal.name}"
+            if principal.rate_limit is not None:
+                items = self._own.get(principal.rate_limit) or _rates(
+                    principal.rate_limit, f"rate_limit of {principal.name}"
+                )
+                self._own[principal.rate_limit] = items
         else:
             client = scope.get("client")
             items, who = self._per_address, f"address:{client[0] if client else 'unknown'}"
