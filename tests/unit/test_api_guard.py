@@ -173,6 +173,14 @@ def test_every_route_has_a_body_limit_the_default_one_configurable(
         assert r2.status_code in {201, 404, 409}, r2.text
 
 
+def test_the_openapi_document_lists_413_and_429_on_every_operation(app: FastAPI) -> None:
+    with TestClient(app) as c:
+        paths = c.get("/openapi.json").json()["paths"]
+    operations = [op for item in paths.values() for op in item.values()]
+    assert len(operations) >= 18
+    assert all({"413", "429"} <= set(op["responses"]) for op in operations)
+
+
 # ------------------------------------------------------------------- Allow
 
 

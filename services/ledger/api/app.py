@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.ledger.api import errors
 from services.ledger.api.auth import KeyStore
-from services.ledger.api.guard import Guard, GuardSettings
+from services.ledger.api.guard import GUARD_RESPONSES, Guard, GuardSettings
 from services.ledger.api.routes import (
     events,
     health,
@@ -105,10 +105,10 @@ def create_app(
     app.state.bootstrap = bootstrap
     errors.install(app)
     for module in (events, members, holds, program, ops, health):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=GUARD_RESPONSES)
     if notifier is not None:
         app.state.notifier = notifier
-        app.include_router(notifications.router)
+        app.include_router(notifications.router, responses=GUARD_RESPONSES)
 
     # Ahead of FastAPI: keys, scopes, rate and body limits before any body is read, the
     # true Allow set, bounded request metrics and the security headers (api/guard.py).

@@ -27,6 +27,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.routing import RouteContext, iter_route_contexts
 from limits import RateLimitItem, parse_many
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.ledger.adapters.metrics import API_REQUESTS
 from services.ledger.api.auth import KeyStore, Principal
 from services.ledger.api.deps import Require
+from services.ledger.api.errors import ErrorBody
 from services.ledger.api.errors import body as error_body
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -52,6 +54,15 @@ CSP = (
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+#: What the guard may answer on any route, for the OpenAPI document.
+GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "`oversized`: the body is over the limit"},
+    429: {
+        "model": ErrorBody,
+        "description": "`rate_limited`: over the caller's rate; see `Retry-After`",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
+}
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
