@@ -10,10 +10,10 @@ import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Body, Depends, FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from starlette.types import Message
@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from schemas import MAX_MESSAGE_BYTES
 from services.ledger.api.app import create_app
-from services.ledger.api.auth import KeyStore, digest
+from services.ledger.api.auth import KeyStore, Principal, digest
+from services.ledger.api.deps import get_principal
 from services.ledger.api.guard import GuardSettings
 from services.ledger.application.service import Ledger
 from services.ledger.bootstrap import build_ledger
@@ -134,6 +135,23 @@ def test_keys_and_scopes_are_checked_before_any_of_the_body_is_read(
         r = call(app, method, path, lacking, chunks=400, chunk=A_JSON_ARRAY_PIECE)
         assert (r.status, r.json()["code"], r.reads) == (403, "forbidden", 0)
         assert "lacks scope" in r.json()["reason"]
+
+
+def test_a_route_that_asks_for_the_caller_without_a_scope_needs_a_key_too(
+    ledger: Ledger,
+) -> None:
+    app = create_app(ledger, key_store(), guard=GuardSettings())
+
+    @app.post("/v1/whoami")
+    def whoami(
+        caller: Annotated[Principal, Depends(get_principal)], note: Annotated[str, Body()]
+    ) -> str:
+        return caller.name
+
+    r = call(app, "POST", "/v1/whoami", chunks=10, chunk=A_JSON_ARRAY_PIECE)
+    assert (r.status, r.json()["code"], r.reads) == (401, "unauthenticated", 0)
+    with TestClient(app) as c:
+        assert c.post("/v1/whoami", json="hi", headers=READER).json() == "reader"
 
 
 def test_an_event_body_is_cut_off_at_its_limit_as_it_streams(app: FastAPI) -> None:

@@ -10,8 +10,8 @@ alone, for every request:
    key (its entry's `rate_limit`, else the server's), per client address otherwise (429
    with `Retry-After`);
 3. checks the scopes the route declares (`deps.Require`, read from the route's own
-   dependencies, so each scope is declared once, on the route): 401 and 403 before any of
-   the body is read;
+   dependencies, so each scope is declared once, on the route; a route that asks for the
+   caller, `get_principal`, needs a known key): 401 and 403 before any of the body is read;
 4. limits the body as it streams in (the route's own `max_body_size`, else the default): a
    `Content-Length` over the limit gets 413 at once, a longer stream 413 at the limit,
    as JSON `{code, reason}` like every other error;
@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ledger.adapters.metrics import API_REQUESTS
 from services.ledger.api.auth import KeyStore, Principal
-from services.ledger.api.deps import Require
+from services.ledger.api.deps import Require, get_principal
 from services.ledger.api.errors import ErrorBody
 from services.ledger.api.errors import body as error_body
 
@@ -123,16 +123,19 @@ class _Route:
     methods: frozenset[str]
     scopes: frozenset[str]
     max_body: int | None
+    keyed: bool  # needs a known key (some scope, or the caller itself)
 
     @classmethod
     def of(cls, context: RouteContext) -> _Route:
         scopes: set[str] = set()
+        keyed = False
         dependant = getattr(context.original_route, "dependant", None)
         stack = [dependant] if dependant is not None else []
         while stack:
             d = stack.pop()
             if isinstance(d.call, Require):
                 scopes.add(d.call.scope)
+            keyed = keyed or d.call is get_principal
             stack.extend(d.dependencies)
         limit = getattr(context, "max_body_size", None)
         return cls(
@@ -141,6 +144,7 @@ class _Route:
             frozenset(context.methods or ()),
             frozenset(scopes),
             limit if isinstance(limit, int) else None,
+            keyed or bool(scopes),
         )
 
 
@@ -248,14 +252,13 @@ class Guard:
                     [(b"allow", allow.encode())],
                 )
             return
-        scopes = route.scopes if route is not None else frozenset()
-        if scopes:
+        if route is not None and route.keyed:
             header = _header(scope, b"x-api-key")
             if principal is None:
                 reason = "unknown API key" if header else "send an API key in the X-API-Key header"
                 await _reply(send, 401, "unauthenticated", reason)
                 return
-            missing = sorted(scopes - principal.scopes)
+            missing = sorted(route.scopes - principal.scopes)
             if missing:
                 reason = f"the key {principal.name} lacks scope {', '.join(missing)}"
                 await _reply(send, 403, "forbidden", reason)
