@@ -368,6 +368,25 @@ def test_loyalty_api_stops_with_the_reason_when_key_entries_are_wrong(
     assert says in result.output
 
 
+def test_loyalty_api_stops_with_the_reason_when_a_limit_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **_: started.append(app))
+    env = {
+        "LOYALTY_API_KEYS": json.dumps([_entry("pos", ["events:write"], "k-1")]),
+        "LOYALTY_NOTIFIER_DB": f"sqlite:///{tmp_path / 'n.sqlite'}",
+        "LOYALTY_API_RATE_LIMIT": "fast",
+    }
+    db = ["--db", str(tmp_path / "l.db")]
+    result = CliRunner().invoke(cli, ["api", *db], env=env)
+    assert (started, result.exit_code) == ([], 2)
+    assert "LOYALTY_API_RATE_LIMIT" in result.output
+    env["LOYALTY_API_RATE_LIMIT"] = "20/second"
+    assert CliRunner().invoke(cli, ["api", *db], env=env).exit_code == 0
+    assert len(started) == 1  # good settings: the server starts
+
+
 # ------------------------------------------------------------------- headers
 
 
