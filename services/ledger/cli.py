@@ -735,12 +735,18 @@ def api_cmd(
 
     from services.ledger.api.app import create_app
     from services.ledger.api.auth import KeyStore
+    from services.ledger.api.guard import GuardSettings
     from services.notifier.bootstrap import NotifierSettings, build_notifier
 
     try:
         keys = KeyStore.from_environment()
     except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
         typer.echo(f"cannot read the API keys (LOYALTY_API_KEYS / _FILE): {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        guard = GuardSettings.from_environment()
+    except ValueError as exc:
+        typer.echo(f"cannot read the API limits: {exc}", err=True)
         raise typer.Exit(2) from None
     if not keys.names():
         typer.echo("warning: no API keys configured; every /v1 call will get 401", err=True)
@@ -762,6 +768,7 @@ def api_cmd(
                     bootstrap=bootstrap,
                     notifier=notifier,
                     what_if_jobs=what_if_jobs,
+                    guard=guard,
                 ),
                 host=host,
                 port=port,

@@ -10,8 +10,8 @@ MEMBERS_PER_TIER = Gauge(
 CHANGES = Counter(
     "loyalty_tiers_changes",
     "tier.changed published (the ledger's tier changes), by reason (upgrade, downgrade, "
-    "override, override_ended) and day (UTC)",
-    ["reason", "day"],
+    "override, override_ended); per day is a query (increase over 1d), not a label",
+    ["reason"],
 )
 LAG_SECONDS = Gauge(
     "loyalty_tiers_processing_lag_seconds",

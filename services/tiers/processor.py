@@ -61,8 +61,7 @@ class TierProcessor:
         recorded = tier_entry(entry)
         change = tier_changed(self.program, entry, recorded, before, after) if recorded else None
         if change is not None:
-            day = change.occurred_at.astimezone(UTC).date().isoformat()
-            metrics.CHANGES.labels(change.data.reason, day).inc()
+            metrics.CHANGES.labels(change.data.reason).inc()
             out.append((TOPIC_TIERS, key, encode(change)))
         status = tier_status(self.program, after, after.stream_time or entry.effective_at)
         shown_before = (

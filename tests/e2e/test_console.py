@@ -222,9 +222,43 @@ def _double_program() -> str:
     return json.dumps(data)  # JSON is YAML
 
 
+def _csp_violations(page: Page) -> list[str]:
+    """What Chromium refuses under the page's Content-Security-Policy, as it reports it."""
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return refused
+
+
+def test_the_console_works_under_its_content_security_policy(console_url: str) -> None:
+    """The console's CSP allows no inline script; everything it does still works and the
+    browser refuses nothing."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            refused = _csp_violations(page)
+            response = page.goto(console_url)
+            assert response is not None
+            csp = response.headers["content-security-policy"]
+            _open(page, "m-ana")
+            assert page.inner_text(".card[data-field='available'] b") == "33"
+            page.locator("#chart svg").wait_for(timeout=5_000)
+        finally:
+            browser.close()
+    assert "script-src 'self';" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert refused == []
+
+
 def test_the_interactive_api_docs_render_without_internet(console_url: str) -> None:
     """/docs loads Swagger UI from the API itself: with every other host blocked, the
-    operations of the OpenAPI document are listed."""
+    operations of the OpenAPI document are listed; its CSP (no inline script) refuses
+    nothing."""
     base = console_url.removesuffix("/console")
     outside: list[str] = []
     with sync_playwright() as p:
@@ -242,6 +276,7 @@ def test_the_interactive_api_docs_render_without_internet(console_url: str) -> N
                     route.abort()
 
             page.route("**/*", only_local)
+            refused = _csp_violations(page)
             page.goto(f"{base}/docs")
             page.wait_for_selector(".opblock", timeout=15_000)
             operations = page.locator(".opblock").count()
@@ -253,6 +288,7 @@ def test_the_interactive_api_docs_render_without_internet(console_url: str) -> N
         finally:
             browser.close()
     assert outside == []
+    assert refused == []
     assert operations >= 10, operations
     assert "/v1/events" in text
     assert '"event_id": "ord-1001-paid"' in example

@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.ledger.api.app import create_app
-from services.ledger.api.deps import get_keys
 from services.ledger.bootstrap import build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.notifier.bootstrap import Notifier
@@ -30,7 +29,6 @@ def test_a_nul_in_a_contact_is_422_on_every_notifier_store(
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "l.db")}
     ledger = build_ledger(program=PROGRAM, clock=FixedClock(T0), env=env)
     app = create_app(ledger, key_store(), notifier=notifier)
-    app.dependency_overrides[get_keys] = key_store
     try:
         with TestClient(app) as client:
             member = client.post("/v1/events", json=purchase("e-1", "m-2", 1000), headers=CHECKOUT)

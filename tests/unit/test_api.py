@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from services.ledger.api.app import create_app
 from services.ledger.api.auth import KeyStore, digest, new_key
-from services.ledger.api.deps import get_keys, get_ledger
+from services.ledger.api.deps import get_ledger
 from services.ledger.api.models import OptOutRequest
 from services.ledger.application import what_if as what_if_module
 from services.ledger.application.service import Ledger
@@ -76,9 +76,8 @@ def ledger(tmp_path: Path, clock: FixedClock) -> Iterator[Ledger]:
 
 @pytest.fixture
 def client(ledger: Ledger) -> Iterator[TestClient]:
-    app: FastAPI = create_app(ledger, KeyStore([]))
+    app: FastAPI = create_app(ledger, key_store())
     app.dependency_overrides[get_ledger] = lambda: ledger
-    app.dependency_overrides[get_keys] = key_store
     with TestClient(app) as c:
         yield c
 
@@ -610,8 +609,7 @@ def test_what_if_runs_are_limited_and_one_more_gets_429(
 
 
 def test_the_what_if_limit_is_configurable(ledger: Ledger, clock: FixedClock) -> None:
-    app: FastAPI = create_app(ledger, KeyStore([]), what_if_jobs=2)
-    app.dependency_overrides[get_keys] = key_store
+    app: FastAPI = create_app(ledger, key_store(), what_if_jobs=2)
     release = threading.Event()
     real = what_if_module.what_if
 
@@ -721,9 +719,8 @@ def test_balance_shows_the_tier_it_is_held_until_and_the_progress(
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "t.db")}
     tiered = build_ledger(program=program, clock=clock, env=env)
     try:
-        app: FastAPI = create_app(tiered, KeyStore([]))
+        app: FastAPI = create_app(tiered, key_store())
         app.dependency_overrides[get_ledger] = lambda: tiered
-        app.dependency_overrides[get_keys] = key_store
         with TestClient(app) as c:
             posted = c.post("/v1/events", json=purchase("e-1", "m-1", 4000), headers=CHECKOUT)
             assert posted.status_code == 201
@@ -788,9 +785,8 @@ def test_the_ledger_decides_tiers_and_the_scheduler_reviews_them(
             time.sleep(0.05)
 
     try:
-        app: FastAPI = create_app(tiered, KeyStore([]), tick_seconds=0.05)
+        app: FastAPI = create_app(tiered, key_store(), tick_seconds=0.05)
         app.dependency_overrides[get_ledger] = lambda: tiered
-        app.dependency_overrides[get_keys] = key_store
         with TestClient(app) as c:
             posted = c.post("/v1/events", json=purchase("e-1", "m-1", 15000), headers=CHECKOUT)
             assert posted.status_code == 201
@@ -839,9 +835,8 @@ def test_contacts_opt_outs_and_notices_over_http(
     served = build_notifier(PROGRAM, url, [], clock.now)
     email = RecordingEmail()
     sender = build_notifier(PROGRAM, url, [email], clock.now)  # `loyalty notify run`
-    app: FastAPI = create_app(ledger, KeyStore([]), notifier=served)
+    app: FastAPI = create_app(ledger, key_store(), notifier=served)
     app.dependency_overrides[get_ledger] = lambda: ledger
-    app.dependency_overrides[get_keys] = key_store
     base = "/v1/members/m-1/notifications"
     try:
         with TestClient(app) as c:

@@ -28,8 +28,7 @@ from schemas.export import json_schemas
 from schemas.text import printable
 from services.ledger.adapters.kafka_relay import OutboxRelay
 from services.ledger.api.app import create_app
-from services.ledger.api.auth import KeyStore
-from services.ledger.api.deps import get_keys, get_ledger
+from services.ledger.api.deps import get_ledger
 from services.ledger.application.ledger import Inbound
 from services.ledger.application.service import Ledger
 from services.ledger.application.views import EntryRow
@@ -70,9 +69,8 @@ CONTROL_TEXTS = ["a\x00b", "line\nbreak", FORGERY, "tab\there", "esc\x1b[2J", "n
 @pytest.fixture
 def notifier_client(tmp_path: Path, ledger: Ledger) -> Iterator[TestClient]:
     notifier = build_notifier(PROGRAM, f"sqlite:///{tmp_path / 'notifier.sqlite'}", [])
-    app: FastAPI = create_app(ledger, KeyStore([]), notifier=notifier)
+    app: FastAPI = create_app(ledger, key_store(), notifier=notifier)
     app.dependency_overrides[get_ledger] = lambda: ledger
-    app.dependency_overrides[get_keys] = key_store
     with TestClient(app) as c:
         yield c
     notifier.close()

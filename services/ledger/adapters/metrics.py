@@ -1,9 +1,17 @@
-"""Prometheus metrics of Kafka ingest and the outbox relay (served by `loyalty serve`)."""
+"""Prometheus metrics of the HTTP API, Kafka ingest and the outbox relay (served by
+`loyalty serve`). Every label has a bounded set of values: no ids, no days, nothing a
+caller can choose freely."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+API_REQUESTS = Counter(
+    "loyalty_api_requests",
+    "HTTP requests by method (a known one, else other), route (its template, else "
+    "unmatched) and status",
+    ["method", "route", "status"],
+)
 INGEST_MESSAGES = Counter(
     "loyalty_ingest_messages",
     "Inbound messages by topic and outcome (applied, duplicate, rejected) and reason",

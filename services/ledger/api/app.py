@@ -5,19 +5,18 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import Counter
 
 from services.ledger.api import errors
 from services.ledger.api.auth import KeyStore
+from services.ledger.api.guard import GUARD_RESPONSES, Guard, GuardSettings
 from services.ledger.api.routes import (
     events,
     health,
@@ -35,11 +34,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: Swagger UI's own build, as shipped in the swagger-ui-py package (no CDN needed).
 SWAGGER_UI = importlib.resources.files("swagger_ui") / "static"
 log = logging.getLogger(__name__)
-API_REQUESTS = Counter(
-    "loyalty_api_requests",
-    "HTTP requests by method, route and status",
-    ["method", "route", "status"],
-)
 
 
 class Ticker:
@@ -81,11 +75,13 @@ def create_app(
     bootstrap: str | None = None,
     notifier: Notifier | None = None,
     what_if_jobs: int = 1,
+    guard: GuardSettings | None = None,
 ) -> FastAPI:
     """The API over `ledger`; `tick_seconds` > 0 runs the scheduler in the background (the
     ledger's tier reviews among its work). With the notifier's stores (`notifier`), members'
     contacts, opt-outs and notices are served too. At most `what_if_jobs` what-if runs go
-    at a time (one more gets 429)."""
+    at a time (one more gets 429). `guard` (default: from the environment) sets the
+    body-size and rate limits the guard enforces ahead of every route."""
     ticker = Ticker(ledger, tick_seconds)
     jobs = WhatIfJobs(ledger, limit=what_if_jobs)
 
@@ -122,33 +118,25 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     for module in (events, members, holds, program, ops, health):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=GUARD_RESPONSES)
     if notifier is not None:
         app.state.notifier = notifier
-        app.include_router(notifications.router)
+        app.include_router(notifications.router, responses=GUARD_RESPONSES)
 
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        API_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
+    # Ahead of FastAPI: keys, scopes, rate and body limits before any body is read, the
+    # true Allow set, bounded request metrics and the security headers (api/guard.py).
+    app.add_middleware(Guard, keys=keys, settings=guard or GuardSettings.from_environment())
 
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.mount("/docs/assets", StaticFiles(directory=str(SWAGGER_UI)), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title=f"{app.title}: interactive docs",
-            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png",
-        )
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
+
+    @app.get("/docs/init.js", include_in_schema=False)
+    def docs_init() -> FileResponse:  # Swagger UI's start-up, not inline (the CSP allows none)
+        return FileResponse(STATIC / "docs-init.js")
 
     @app.get("/console", include_in_schema=False)
     def console() -> FileResponse:

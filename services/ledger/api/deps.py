@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -29,7 +28,14 @@ LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 
 
-def get_principal(keys: KeysDep, key: Annotated[str | None, Security(_api_key)]) -> Principal:
+def get_principal(
+    request: Request, keys: KeysDep, key: Annotated[str | None, Security(_api_key)]
+) -> Principal:
+    """The caller the guard (api/guard.py) found before the body was read; checked again
+    here so a route is never served to a caller without a key."""
+    found = request.scope.get("state", {}).get("principal")
+    if isinstance(found, Principal):
+        return found
     if not key:
         raise ApiError(401, "unauthenticated", "send an API key in the X-API-Key header")
     principal = keys.authenticate(key)
@@ -38,13 +44,22 @@ def get_principal(keys: KeysDep, key: Annotated[str | None, Security(_api_key)])
     return principal
 
 
-def require(scope: str) -> Callable[[Principal], Principal]:
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if scope not in principal.scopes:
-            raise ApiError(403, "forbidden", f"the key {principal.name} lacks scope {scope}")
+class Require:
+    """A route's scope, declared once in its signature (`EventsWriter` and the rest). The
+    guard reads it from the route's dependencies and answers 401/403 before the body is
+    read; the dependency checks it again."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def __call__(self, principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if self.scope not in principal.scopes:
+            raise ApiError(403, "forbidden", f"the key {principal.name} lacks scope {self.scope}")
         return principal
 
-    return check
+
+def require(scope: str) -> Require:
+    return Require(scope)
 
 
 EventsWriter = Annotated[Principal, Depends(require("events:write"))]

@@ -86,6 +86,7 @@ def _apply(ledger: LedgerDep, item: Inbound) -> Outcome:
     operation_id="post_event",
     response_model=EventResult,
     status_code=201,
+    max_body_size=MAX_MESSAGE_BYTES,  # 413 as the body streams past it (api/guard.py)
     responses={
         201: {"links": _MEMBER_LINKS},
         200: {"model": EventResult, "description": "a duplicate"},
