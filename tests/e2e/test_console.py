@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import uvicorn
 from PIL import Image
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from services.ledger.api.app import create_app
 from services.ledger.api.auth import KeyStore, digest
@@ -168,9 +168,7 @@ def test_support_posts_an_adjustment_and_sees_a_what_if(page: Page) -> None:
     page.click("#adjust-form button")
     page.wait_for_selector("#adjust-result.good")
     assert "by support-1" in page.inner_text("#adjust-result")
-    page.wait_for_function(
-        "document.querySelector(\".card[data-field='available'] b\").textContent === '35'"
-    )
+    expect(page.locator(".card[data-field='available'] b")).to_have_text("35")
     assert "missing stamp, ticket 881" in page.inner_text("#statement")
 
     page.fill("#whatif-program", _double_program())
@@ -197,9 +195,7 @@ def test_the_what_if_panel_shows_the_jobs_progress_until_its_report(
     _open(page, "m-ben")
     page.fill("#whatif-program", _double_program())
     page.click("#whatif-form button")
-    page.wait_for_function(
-        "document.getElementById('whatif-note').textContent.includes('2 of 7 events replayed')"
-    )
+    expect(page.locator("#whatif-note")).to_contain_text("2 of 7 events replayed")
     assert page.is_visible("#whatif-progress")
     assert page.eval_on_selector("#whatif-progress", "p => [p.value, p.max]") == [2, 7]
     release.set()
