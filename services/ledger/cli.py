@@ -486,12 +486,12 @@ def serve(
 ) -> None:
     """Run Kafka ingest and the outbox relay until SIGTERM/SIGINT (graceful)."""
     import asyncio
-    import logging
 
+    from services.ledger.adapters.kafka_clients import configure_logging
     from services.ledger.adapters.kafka_runner import serve as run_serve
     from services.ledger.adapters.metrics import serve_metrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     if metrics_port:
         serve_metrics(metrics_port, metrics_host)
     with _ledger(program, db) as ledger:
