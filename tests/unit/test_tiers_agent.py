@@ -199,7 +199,9 @@ def test_the_table_follows_the_ledgers_tier_entries_and_publishes_each_change_on
     assert upgrade.event_id == f"tier:m-1:silver:p{silver.position}"
     assert upgrade.data.caused_by_position == earn.position  # the earn that reached it
     assert upgrade.data.qualifying_value == 1000
-    assert upgrade.data.valid_until == datetime(2027, 1, 11, tzinfo=UTC)
+    # Reached in 2026, kept at the review of 2026 (2027-01-11): held until the review of 2027.
+    assert upgrade.data.valid_until == datetime(2028, 1, 11, tzinfo=UTC)
+    assert upgrade.data.valid_until == downgrade.data.effective_from
     assert upgrade.occurred_at == T0 + timedelta(days=1)
     assert downgrade.event_id == f"tier:m-1:bronze:p{bronze.position}"
     assert downgrade.data.caused_by_position is None  # the period-end review
