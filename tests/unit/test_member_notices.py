@@ -3,6 +3,7 @@ date, and expiry amounts as they stand, corrected when late events add to them."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -13,10 +14,13 @@ from services.ledger.adapters.program_file import load_program
 from services.ledger.application.ledger import Inbound, LedgerApplication
 from services.ledger.bootstrap import EXAMPLES
 from services.ledger.domain.clock import FixedClock
-from services.ledger.domain.program import Program
+from services.ledger.domain.program import NoticeKind, Program
 from services.ledger.domain.provenance import Origin
-from services.notifier.notices import tier_notices
-from services.notifier.templates import render
+from services.notifier.bootstrap import build_notifier
+from services.notifier.contacts import Contact
+from services.notifier.embedded import as_records
+from services.notifier.notices import Notice, tier_notices
+from services.notifier.templates import Rendered, render
 from services.tiers.history import ledger_entries
 from services.tiers.processor import TierProcessor
 
@@ -81,3 +85,100 @@ def test_a_tier_nothing_can_end_has_no_held_until() -> None:
     ledger.apply_batch([_purchase("p1", "2026-11-16T15:00:00Z", 1000)])
     (green,) = _tier_changes(program, ledger)
     assert (green.data.to_tier, green.data.valid_until) == ("green", None)
+
+
+class _Inbox:
+    """A channel that keeps what it was asked to send."""
+
+    name = "inbox"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Notice, Rendered]] = []
+
+    def unreachable(self, contact: Contact | None) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def send(self, notice: Notice, rendered: Rendered, contact: Contact | None) -> None:
+        self.sent.append((notice, rendered))
+
+
+def test_a_reminder_is_corrected_when_back_dated_purchases_add_to_the_points_expiring() -> None:
+    """coffee.yaml: points expire 6 months after the earn, at the end of the month. The
+    reminder for 30 November went out saying 10 points; purchases from May recorded
+    afterwards make 55 expire that day. The member gets a corrected reminder, once."""
+    program = load_program(EXAMPLES / "coffee.yaml")
+    clock = FixedClock(datetime(2026, 11, 25, 15, tzinfo=UTC))
+    ledger = LedgerApplication(program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    inbox = _Inbox()
+    notifier = build_notifier(program, "sqlite:///:memory:", [inbox], clock.now)
+    seen = 0
+
+    def step() -> None:
+        nonlocal seen
+        entries = list(ledger_entries(ledger, seen))
+        if entries:
+            seen = entries[-1].position or seen
+            notifier.recorder.apply(as_records(entries))
+        notifier.scanner.scan()
+        asyncio.run(notifier.sender.drain())
+
+    try:
+        ledger.apply_batch([_purchase("p1", "2026-05-10T15:00:00Z", 1000, "m-2")])
+        step()
+        expiring = [(n, r) for n, r in inbox.sent if n.kind == NoticeKind.POINTS_EXPIRING]
+        assert [(n.subject, n.data["points"]) for n, _ in expiring] == [("2026-11-30", 10)]
+
+        clock.set(datetime(2026, 11, 26, 15, tzinfo=UTC))
+        ledger.apply_batch(
+            [
+                _purchase("p2", "2026-05-20T15:00:00Z", 2000, "m-2"),
+                _purchase("p3", "2026-05-21T15:00:00Z", 2500, "m-2"),
+            ]
+        )
+        step()
+        step()  # a repeated scan records nothing new
+        expiring = [(n, r) for n, r in inbox.sent if n.kind == NoticeKind.POINTS_EXPIRING]
+        assert [(n.subject, n.data["points"]) for n, _ in expiring] == [
+            ("2026-11-30", 10),
+            ("2026-11-30", 55),
+        ]
+        corrected, rendered = expiring[-1]
+        assert corrected.data["previous"] == 10
+        assert rendered.subject == "Correction: 55 points expire after 2026-11-30"
+        assert "our last reminder said 10 points" in rendered.text
+
+        # Today's purchase expires on another day: nothing more about 30 November.
+        ledger.apply_batch([_purchase("p4", "2026-11-26T16:00:00Z", 100, "m-2")])
+        step()
+        assert len([n for n, _ in inbox.sent if n.kind == NoticeKind.POINTS_EXPIRING]) == 2
+    finally:
+        notifier.close()
+
+
+def test_a_reminder_sent_after_late_purchases_states_the_new_amount_and_needs_no_correction() -> (
+    None
+):
+    program = load_program(EXAMPLES / "coffee.yaml")
+    clock = FixedClock(datetime(2026, 11, 25, 15, tzinfo=UTC))
+    ledger = LedgerApplication(program, clock, {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    inbox = _Inbox()
+    notifier = build_notifier(program, "sqlite:///:memory:", [inbox], clock.now)
+    try:
+        ledger.apply_batch([_purchase("p1", "2026-05-10T15:00:00Z", 1000, "m-3")])
+        notifier.recorder.apply(as_records(list(ledger_entries(ledger))))
+        assert notifier.scanner.scan() == 1  # recorded saying 10, not sent yet
+        ledger.apply_batch([_purchase("p2", "2026-05-20T15:00:00Z", 4500, "m-3")])
+        notifier.recorder.apply(as_records(list(ledger_entries(ledger))))
+        asyncio.run(notifier.sender.drain())
+        notifier.scanner.scan()
+        asyncio.run(notifier.sender.drain())
+        assert [
+            (n.data["points"], r.subject)
+            for n, r in inbox.sent
+            if n.kind == NoticeKind.POINTS_EXPIRING
+        ] == [(55, "55 points expire after 2026-11-30")]
+    finally:
+        notifier.close()
