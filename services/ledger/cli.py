@@ -799,10 +799,8 @@ def tiers_serve(
     """Run the tiers projection (faust) until SIGTERM: it follows the tiers the ledger
     records on loyalty.ledger.v1 and publishes tier.changed (loyalty.tiers.v1) and each
     member's tier status (loyalty.tier-status.v1). It decides nothing."""
-    import faust
-
     from services.ledger.adapters.metrics import serve_metrics
-    from services.tiers.app import build_app
+    from services.tiers.app import Worker, build_app
 
     settings = _settings(program, None)
     try:
@@ -821,7 +819,7 @@ def tiers_serve(
         count_interval=count_interval,
         app_id=app_id,
     )
-    faust.Worker(service.app, loglevel="info").execute_from_commandline()
+    Worker(service.app, loglevel="info").execute_from_commandline()
 
 
 @tiers_app.command("rebuild")

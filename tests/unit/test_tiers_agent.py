@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +21,12 @@ from prometheus_client import REGISTRY
 from schemas import TOPIC_TIER_STATUS, TOPIC_TIERS
 from schemas.outbound import BalanceOut, LedgerEntry, OriginOut, ProvenanceOut, TierStatus
 from schemas.tiers import TierChanged
+from services.ledger.adapters.kafka_clients import RepeatedLines
 from services.ledger.application.ledger import Inbound, LedgerApplication
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
 from services.ledger.domain.provenance import Origin
-from services.tiers.app import TiersApp, build_app
+from services.tiers.app import TiersApp, Worker, build_app
 from services.tiers.history import ledger_entries
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -256,3 +259,19 @@ def test_the_tier_status_shows_the_progress_and_is_published_when_it_changes(
     assert (latest.qualifying_value, latest.next_tier) == (0, "silver")
     assert latest.period_end == datetime(2029, 1, 1, tzinfo=UTC)
     assert latest.basis == "points"
+
+
+def test_the_worker_limits_repeated_log_lines_once_faust_set_up_logging(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """faust's aiokafka clients log every failed attempt while the broker is away."""
+    service = build_app(program(), broker="kafka://127.0.0.1:1", data_dir=tmp_path)
+    worker = Worker(service.app, loglevel="info", loop=loop)
+    logger = logging.getLogger("test-tiers-worker")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        worker.on_setup_root_logger(logger, logging.INFO)
+        assert any(isinstance(f, RepeatedLines) for f in handler.filters)
+    finally:
+        logger.removeHandler(handler)

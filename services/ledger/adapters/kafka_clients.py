@@ -101,9 +101,14 @@ class RepeatedLines(logging.Filter):
         return True
 
 
+def limit_repeats(logger: logging.Logger) -> None:
+    """Repeated lines (a broker outage) limited on each of the logger's handlers."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, RepeatedLines) for f in handler.filters):
+            handler.addFilter(RepeatedLines())
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """The services' log format on stderr, with repeated lines (a broker outage) limited."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RepeatedLines) for f in handler.filters):
-            handler.addFilter(RepeatedLines())
+    limit_repeats(logging.getLogger())
