@@ -29,7 +29,7 @@ from tests.support.pipeline import LOYALTY, Pipeline, at_days_ago, event, wait_f
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
-BACKLOG = 3000  # events: about 6,000 messages, a dozen relay batches
+BACKLOG = 2000  # events: about 4,000 messages, several relay batches
 QUIET_LINES_PER_S = 10  # was about 14,000
 SIGTERM_WITHIN_S = 12.0  # the batch in hand waits at most ACK_TIMEOUT_S (5 s)
 

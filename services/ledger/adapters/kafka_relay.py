@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
@@ -47,6 +47,8 @@ _REJECTION_TOPIC = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualn
 # away: the producer is closed (its own retries do not wait between attempts) and a new
 # one started once the broker answers.
 ACK_TIMEOUT_S = 5.0
+# While acknowledgements are awaited, how often to check that a broker can be reached.
+PROBE_S = 1.0
 
 Message = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 
@@ -203,7 +205,10 @@ class OutboxRelay:
             self._broker_delay = FIRST_RETRY_S  # the broker answers
 
     async def _send_all(self, producer: AIOKafkaProducer, messages: list[Message]) -> None:
-        """Every message sent and acknowledged, or KafkaTimeoutError after ack_timeout."""
+        """Every message sent and acknowledged; KafkaConnectionError as soon as no broker
+        can be reached (checked every PROBE_S while the acknowledgements are awaited:
+        aiokafka's sender meanwhile retries without pause), KafkaTimeoutError after
+        ack_timeout."""
 
         async def send() -> None:
             futures = [
@@ -212,12 +217,27 @@ class OutboxRelay:
             ]
             await asyncio.gather(*futures)  # every message acknowledged before we move on
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        sending = asyncio.ensure_future(send())
         try:
-            await asyncio.wait_for(send(), timeout=self.ack_timeout)
-        except TimeoutError:
-            raise KafkaTimeoutError(
-                f"{len(messages)} messages not acknowledged within {self.ack_timeout:.0f}s"
-            ) from None
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise KafkaTimeoutError(
+                        f"{len(messages)} messages not acknowledged within {self.ack_timeout:.0f}s"
+                    )
+                done, _ = await asyncio.wait({sending}, timeout=min(PROBE_S, left))
+                if done:
+                    sending.result()
+                    return
+                if not await _reachable(producer):
+                    raise KafkaConnectionError("no broker can be reached")
+        finally:
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await sending
 
     def _make_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -303,6 +323,15 @@ class OutboxRelay:
             self._executor.shutdown(wait=True)
 
 
+async def _reachable(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer has, or can open, a connection to a broker it knows."""
+    client = producer.client
+    for broker in client.cluster.brokers():
+        if await client.ready(broker.nodeId):
+            return True
+    return False
+
+
 async def _close(producer: AIOKafkaProducer) -> None:
     """Close a producer without waiting for batches the broker did not take: stop() would
     wait for each to be delivered, and aiokafka's sender retries them without pause while
@@ -316,7 +345,7 @@ async def _close(producer: AIOKafkaProducer) -> None:
         await stop_within(producer, CLOSE_TIMEOUT_S)
     except Exception as exc:  # a broken producer is being dropped anyway
         log.warning("closing the producer: %r", exc)
-    log.info("producer closed in %.1fs", time.monotonic() - began)
+    log.debug("producer closed in %.1fs", time.monotonic() - began)
 
 
 def _dead_letter(event: Rejection.Recorded, position: int) -> Message:
