@@ -4,7 +4,9 @@
 #   deploy/kafka.sh fetch                      download Kafka's jars once (Maven Central, cached)
 #   deploy/kafka.sh start DATA_DIR [PORT [CONTROLLER_PORT]]
 #                                              format storage if new, start, wait until ready,
-#                                              print `export KAFKA_BOOTSTRAP_SERVERS=...`
+#                                              print `export KAFKA_BOOTSTRAP_SERVERS=...`;
+#                                              default ports: free ones below the ephemeral
+#                                              range (net.ipv4.ip_local_port_range)
 #   deploy/kafka.sh stop DATA_DIR              stop it (safe when not running)
 #   deploy/kafka.sh status DATA_DIR            exit 0 when running, 3 when not
 #   deploy/kafka.sh env DATA_DIR               print the export line of a running broker
@@ -33,8 +35,30 @@ need() {
     fi
 }
 
+# A free port below Linux's ephemeral range (ports the kernel hands out to outgoing
+# connections). A broker port inside that range can be taken by a client's connection to
+# itself (a TCP self-connect: a retrying client connects from the port it dials), and then
+# the broker cannot restart on it ("Address already in use").
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    python3 - <<'PY'
+import random, socket
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+except OSError:
+    low = 32768
+for _ in range(200):
+    port = random.randrange(10000, max(low, 10001))
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+PY
 }
 
 fetch() {
@@ -171,5 +195,5 @@ start) shift; start "$@" ;;
 stop) shift; stop "$@" ;;
 status) shift; is_running "${1:?usage: kafka.sh status DATA_DIR}" || exit 3 ;;
 env) shift; is_running "${1:?}" || die "no broker running in $1"; print_env "$1" ;;
-*) sed -n '2,12p' "$0" >&2; exit 2 ;;
+*) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

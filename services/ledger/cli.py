@@ -513,12 +513,12 @@ def serve(
 ) -> None:
     """Run Kafka ingest and the outbox relay until SIGTERM/SIGINT (graceful)."""
     import asyncio
-    import logging
 
+    from services.ledger.adapters.kafka_clients import configure_logging
     from services.ledger.adapters.kafka_runner import serve as run_serve
     from services.ledger.adapters.metrics import serve_metrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     if metrics_port:
         serve_metrics(metrics_port, metrics_host)
     with _ledger(program, db) as ledger:
@@ -847,10 +847,8 @@ def tiers_serve(
     """Run the tiers projection (faust) until SIGTERM: it follows the tiers the ledger
     records on loyalty.ledger.v1 and publishes tier.changed (loyalty.tiers.v1) and each
     member's tier status (loyalty.tier-status.v1). It decides nothing."""
-    import faust
-
     from services.ledger.adapters.metrics import serve_metrics
-    from services.tiers.app import build_app
+    from services.tiers.app import Worker, build_app
 
     settings = _settings(program, None)
     try:
@@ -869,7 +867,7 @@ def tiers_serve(
         count_interval=count_interval,
         app_id=app_id,
     )
-    faust.Worker(service.app, loglevel="info").execute_from_commandline()
+    Worker(service.app, loglevel="info").execute_from_commandline()
 
 
 @tiers_app.command("rebuild")

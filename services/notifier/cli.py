@@ -102,13 +102,12 @@ def run(
 
     Channels come from the environment: LOYALTY_NOTIFIER_SMTP_HOST/_SMTP_PORT/_MAIL_FROM
     for email, LOYALTY_NOTIFIER_WEBHOOK_URL/_WEBHOOK_SECRET for signed webhooks."""
-    import logging
-
     from prometheus_client import start_http_server
 
+    from services.ledger.adapters.kafka_clients import configure_logging
     from services.notifier.bootstrap import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
     with _notifier(db, program, channels=True) as notifier:

@@ -18,7 +18,11 @@ from pydantic import ValidationError
 from schemas import TOPIC_LEDGER, TOPIC_TIERS
 from schemas.outbound import LedgerEntry
 from schemas.tiers import TierChanged
-from services.ledger.adapters.kafka_clients import start_when_reachable
+from services.ledger.adapters.kafka_clients import (
+    CLOSE_TIMEOUT_S,
+    start_when_reachable,
+    stop_within,
+)
 from services.ledger.domain.program import Program
 from services.notifier import metrics
 from services.notifier.database import Run
@@ -139,4 +143,4 @@ class KafkaNotices:
                 if records and self.recorder.apply(records):
                     wake.set()
         finally:
-            await consumer.stop()
+            await stop_within(consumer, CLOSE_TIMEOUT_S)

@@ -7,7 +7,7 @@ sent-log's primary key makes a redelivered entry or a repeated scan harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -220,6 +220,52 @@ def expiry_notices(
             )
         )
     return found
+
+
+#: In the window of an expiry reminder that corrects an earlier one: "7d-correction-55".
+CORRECTION = "-correction-"
+
+
+@dataclass(frozen=True, slots=True)
+class Reminded:
+    """What a member was told about the points whose last day is one day."""
+
+    windows: frozenset[str]  # the reminder windows recorded for that day ("30d", "7d")
+    stated: int  # the points the last reminder delivered stated (0: none delivered)
+    undelivered: bool  # a reminder for that day is still to go out (it states the amount then)
+
+
+def expiry_corrections(found: Sequence[Notice], reminded: Mapping[str, Reminded]) -> list[Notice]:
+    """A corrected reminder for each day whose reminder in this window was delivered
+    stating fewer points than now expire that day (late, back-dated events added to it).
+
+    Keyed by the amount, so a repeated scan records it once, and a later increase gets a
+    correction of its own. A reminder still to be delivered needs none: it is rechecked."""
+    corrections: list[Notice] = []
+    for notice in found:
+        told = reminded.get(notice.subject)
+        points = int(notice.data["points"])
+        if (
+            notice.kind != NoticeKind.POINTS_EXPIRING
+            or told is None
+            or notice.window not in told.windows
+            or told.undelivered
+            or points <= told.stated
+        ):
+            continue
+        corrections.append(
+            Notice(
+                notice.member_id,
+                notice.kind,
+                notice.subject,
+                f"{notice.window}{CORRECTION}{points}",
+                notice.at,
+                f"{notice.cause}; the last reminder said {told.stated}",
+                # Reminders rechecked to nothing (spent) told nothing: a plain one then.
+                {**notice.data, **({"previous": told.stated} if told.stated else {})},
+            )
+        )
+    return corrections
 
 
 def recheck(

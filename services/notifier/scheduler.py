@@ -13,6 +13,7 @@ from datetime import datetime
 from services.ledger.domain.program import Program
 from services.notifier.notices import (
     Notice,
+    expiry_corrections,
     expiry_notices,
     statement_notices,
     tier_at_risk_notices,
@@ -42,8 +43,11 @@ class Scanner:
         lots = self.snapshots.lots(member_id)
         entries = self.snapshots.entries(member_id)
         tier = self.snapshots.tier(member_id)
+        expiring = expiry_notices(member_id, lots, now, self.program)
+        if expiring:
+            expiring += expiry_corrections(expiring, self.sent_log.reminded(member_id))
         return [
-            *expiry_notices(member_id, lots, now, self.program),
+            *expiring,
             *tier_at_risk_notices(
                 member_id,
                 tier.tier if tier else None,

@@ -104,7 +104,7 @@ class Sender:
         except DeliveryError as exc:
             self._failed(d, str(exc), now)
             return
-        self.sent_log.sent(d, self.clock())
+        self.sent_log.sent(d, self.clock(), notice)
         metrics.DELIVERIES.labels(kind, d.channel, "sent").inc()
 
     def _failed(self, d: Delivery, error: str, now: datetime) -> None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from services.ledger.domain.program import NoticeKind, Program
 from services.notifier import metrics
 from services.notifier.database import Database, Run
-from services.notifier.notices import Notice, send_after
+from services.notifier.notices import CORRECTION, Notice, Reminded, send_after
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS notices (
@@ -195,13 +195,21 @@ class SentLog:
             (SENDING, ts(now)),
         )
 
-    def sent(self, d: Delivery, now: datetime) -> None:
-        self._set(
-            d.notice.key,
-            d.channel,
-            "state = ?, sent_at = ?, updated_at = ?, last_error = NULL",
-            (SENT, ts(now), ts(now)),
-        )
+    def sent(self, d: Delivery, now: datetime, stated: Notice | None = None) -> None:
+        """Delivered; `stated` is the notice as sent when it differs from the one recorded
+        (an expiry amount rechecked at send time): kept, so a later scan knows what the
+        member was told."""
+        with self.db.transaction() as run:
+            run(
+                "UPDATE deliveries SET state = ?, sent_at = ?, updated_at = ?, last_error = NULL"
+                " WHERE key = ? AND channel = ?",
+                (SENT, ts(now), ts(now), d.notice.key, d.channel),
+            )
+            if stated is not None and stated.data != d.notice.data:
+                run(
+                    "UPDATE notices SET data = ? WHERE key = ?",
+                    (json.dumps(stated.data, sort_keys=True), d.notice.key),
+                )
 
     def failed(
         self, d: Delivery, error: str, now: datetime, retry_at: datetime | None, attempts: int
@@ -271,6 +279,33 @@ class SentLog:
                 params,
             )
         return [_delivery(row) for row in rows]
+
+    def reminded(self, member_id: str) -> dict[str, Reminded]:
+        """Per last day: the member's expiry reminders, what the last delivered one stated,
+        and whether one is still to go out."""
+        with self.db.transaction() as run:
+            rows = run(
+                "SELECT n.subject, n.win, n.data, d.state, d.sent_at FROM notices n"
+                " JOIN deliveries d ON n.key = d.key WHERE n.member_id = ? AND n.kind = ?"
+                " ORDER BY d.sent_at",
+                (member_id, str(NoticeKind.POINTS_EXPIRING)),
+            )
+        windows: dict[str, set[str]] = {}
+        stated: dict[str, tuple[str, int]] = {}
+        undelivered: set[str] = set()
+        for subject, win, data, state, sent_at in rows:
+            day = str(subject)
+            if CORRECTION not in str(win):
+                windows.setdefault(day, set()).add(str(win))
+            if state == SENT and sent_at is not None:
+                said = (str(sent_at), int(json.loads(str(data)).get("points", 0)))
+                stated[day] = max(stated.get(day, said), said)  # the last delivered
+            elif state in (PENDING, FAILED, SENDING):
+                undelivered.add(day)
+        return {
+            day: Reminded(frozenset(wins), stated.get(day, ("", 0))[1], day in undelivered)
+            for day, wins in windows.items()
+        }
 
     def counts(self) -> dict[str, int]:
         with self.db.transaction() as run:

@@ -27,6 +27,7 @@ import faust
 from pydantic import ValidationError
 
 from schemas import TOPIC_LEDGER, TOPIC_TIER_STATUS, TOPIC_TIERS
+from services.ledger.adapters.kafka_clients import limit_repeats
 from services.ledger.domain.program import Program
 from services.tiers.processor import Outgoing, TierProcessor
 
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 APP_ID = "loyalty-tiers"
 TABLE = "tier-state"
+
+
+class Worker(faust.Worker):
+    """faust's worker, with repeated log lines limited once it has set up logging: its
+    aiokafka clients log every failed attempt while the broker is away."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        limit_repeats(logger)
 
 
 class MemberKeyed(MutableMapping[str, Any]):

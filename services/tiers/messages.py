@@ -12,7 +12,13 @@ from schemas.outbound import LedgerEntry, TierStatus
 from schemas.text import printable
 from schemas.tiers import TierChanged, TierChangedData, TierChangeReason
 from services.ledger.domain.program import Program
-from services.ledger.domain.tier_policy import TierState, period_value, progress, window_value
+from services.ledger.domain.tier_policy import (
+    TierState,
+    advance,
+    period_value,
+    progress,
+    window_value,
+)
 from services.tiers.facts import OVERRIDE, TierEntry
 
 #: The tier_assigned entry's cause -> tier.changed's reason (`kept` changes no tier).
@@ -26,6 +32,34 @@ REASONS: dict[str, TierChangeReason] = {
 _ANY_REASON: dict[str, TierChangeReason] = {r: r for r in get_args(TierChangeReason)}
 #: Causes decided by the passing of time (the ledger's scheduler): no entry caused them.
 TIMED = frozenset({"downgrade", "kept", "override_ended"})
+
+
+#: Reviews looked ahead for the date a tier is held until (each keeps it for one period).
+REVIEWS_AHEAD = 5
+
+
+def held_until(program: Program, state: TierState) -> datetime | None:
+    """When the tier in `state` ends if nothing more happens: the first review (or end of
+    an override) the policy would not keep it at, given the activity counted so far.
+
+    The ledger records the next review (the end of the period plus grace); a member who
+    qualified in this period keeps the tier at that review, and for the period after it.
+    None when nothing would end it (the entry tier, a lock without an end)."""
+    for _ in range(REVIEWS_AHEAD):
+        due = state.override_until if state.locked else state.held_until
+        if due is None:
+            return None
+        later, decisions = advance(program, state, due)
+        if decisions or later.tier != state.tier:
+            return due
+        if (later.held_until, later.override_until, later.locked) == (
+            state.held_until,
+            state.override_until,
+            state.locked,
+        ):
+            return due  # nothing moved on (an unlocked override ends here)
+        state = later
+    return state.held_until
 
 
 def event_id(member_id: str, tier: str, position: int) -> str:
@@ -86,7 +120,7 @@ def tier_changed(
             qualifying_value=value,
             threshold=tier.threshold if tier is not None else 0,
             effective_from=at,
-            valid_until=recorded.until,
+            valid_until=held_until(program, after),
             caused_by_position=caused_by,
         ),
     )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +21,12 @@ from prometheus_client import REGISTRY
 from schemas import TOPIC_TIER_STATUS, TOPIC_TIERS
 from schemas.outbound import BalanceOut, LedgerEntry, OriginOut, ProvenanceOut, TierStatus
 from schemas.tiers import TierChanged
+from services.ledger.adapters.kafka_clients import RepeatedLines
 from services.ledger.application.ledger import Inbound, LedgerApplication
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
 from services.ledger.domain.provenance import Origin
-from services.tiers.app import TiersApp, build_app
+from services.tiers.app import TiersApp, Worker, build_app
 from services.tiers.history import ledger_entries
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -199,7 +202,9 @@ def test_the_table_follows_the_ledgers_tier_entries_and_publishes_each_change_on
     assert upgrade.event_id == f"tier:m-1:silver:p{silver.position}"
     assert upgrade.data.caused_by_position == earn.position  # the earn that reached it
     assert upgrade.data.qualifying_value == 1000
-    assert upgrade.data.valid_until == datetime(2027, 1, 11, tzinfo=UTC)
+    # Reached in 2026, kept at the review of 2026 (2027-01-11): held until the review of 2027.
+    assert upgrade.data.valid_until == datetime(2028, 1, 11, tzinfo=UTC)
+    assert upgrade.data.valid_until == downgrade.data.effective_from
     assert upgrade.occurred_at == T0 + timedelta(days=1)
     assert downgrade.event_id == f"tier:m-1:bronze:p{bronze.position}"
     assert downgrade.data.caused_by_position is None  # the period-end review
@@ -274,3 +279,19 @@ def test_a_reason_stored_with_control_characters_is_published_escaped(
     run(scenario())
     override = changes(sent)[-1]
     assert (override.data.to_tier, override.data.detail) == ("silver", "ops\\x0d\\x0aforged\\x00")
+
+
+def test_the_worker_limits_repeated_log_lines_once_faust_set_up_logging(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """faust's aiokafka clients log every failed attempt while the broker is away."""
+    service = build_app(program(), broker="kafka://127.0.0.1:1", data_dir=tmp_path)
+    worker = Worker(service.app, loglevel="info", loop=loop)
+    logger = logging.getLogger("test-tiers-worker")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        worker.on_setup_root_logger(logger, logging.INFO)
+        assert any(isinstance(f, RepeatedLines) for f in handler.filters)
+    finally:
+        logger.removeHandler(handler)

@@ -23,7 +23,14 @@ from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import LEDGER_INPUT_TOPICS
 from services.ledger.adapters import metrics
-from services.ledger.adapters.kafka_clients import start_when_reachable
+from services.ledger.adapters.kafka_clients import (
+    CLOSE_TIMEOUT_S,
+    FIRST_RETRY_S,
+    next_delay,
+    pause,
+    start_when_reachable,
+    stop_within,
+)
 from services.ledger.application.ledger import Inbound, Outcome
 from services.ledger.application.service import Ledger
 from services.ledger.domain.provenance import Origin
@@ -114,14 +121,17 @@ class KafkaIngest:
         consumer = await start_when_reachable(make, stop)
         if consumer is None:
             return
+        delay = FIRST_RETRY_S
         try:
             while not stop.is_set():
                 try:
                     batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
                 except KafkaError as exc:
-                    log.warning("fetching failed (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
+                    log.warning("fetching failed (%s); retrying in %.1fs", exc, delay)
+                    await pause(stop, delay)
+                    delay = next_delay(delay)
                     continue
+                delay = FIRST_RETRY_S
                 hints: dict[TopicPartition, int] = {}
                 for tp, records in batches.items():
                     # At most STORE_BATCH records per transaction, each with its own position.
@@ -132,7 +142,7 @@ class KafkaIngest:
                         hints[tp] = chunk[-1].offset + 1
                 await self._commit_hints(hints)
         finally:
-            await consumer.stop()
+            await stop_within(consumer, CLOSE_TIMEOUT_S)
             self._consumer = None
 
     async def _apply(self, tp: TopicPartition, records: list[Any]) -> bool:

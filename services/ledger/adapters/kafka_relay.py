@@ -13,17 +13,25 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from schemas import TOPIC_BALANCES, TOPIC_DEADLETTER, TOPIC_LEDGER
 from schemas.outbound import LedgerEntry, MemberBalance
 from services.ledger.adapters import metrics
-from services.ledger.adapters.kafka_clients import start_when_reachable
+from services.ledger.adapters.kafka_clients import (
+    CLOSE_TIMEOUT_S,
+    FIRST_RETRY_S,
+    next_delay,
+    pause,
+    start_when_reachable,
+    stop_within,
+)
 from services.ledger.adapters.relay_lease import lease_for
 from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger, balance_as_of
@@ -34,6 +42,13 @@ log = logging.getLogger(__name__)
 
 RELAY_KEY = "relay:kafka"
 _REJECTION_TOPIC = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualname__}"
+
+# How long a batch may wait for the broker's acknowledgements. Longer means the broker is
+# away: the producer is closed (its own retries do not wait between attempts) and a new
+# one started once the broker answers.
+ACK_TIMEOUT_S = 5.0
+# While acknowledgements are awaited, how often to check that a broker can be reached.
+PROBE_S = 1.0
 
 Message = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 
@@ -50,6 +65,7 @@ class OutboxRelay:
         *,
         batch: int = 500,
         executor: ThreadPoolExecutor | None = None,
+        ack_timeout: float = ACK_TIMEOUT_S,
     ) -> None:
         self.ledger = ledger
         self.bootstrap = bootstrap
@@ -61,6 +77,8 @@ class OutboxRelay:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="relay")
         self._wake: asyncio.Event | None = None
         self.lease = lease_for(ledger.app.recorder)  # one publishing relay per store
+        self.ack_timeout = ack_timeout
+        self._broker_delay = FIRST_RETRY_S
 
     def wake(self) -> None:
         """New entries were written in this process: publish now rather than at the next poll."""
@@ -156,7 +174,11 @@ class OutboxRelay:
         self, producer: AIOKafkaProducer, stop: asyncio.Event | None = None
     ) -> int:
         """Publish everything after the relay's position (or until `stop`, after the batch
-        in hand); returns the messages published."""
+        in hand); returns the messages published.
+
+        A batch not acknowledged within `ack_timeout` raises KafkaTimeoutError: its position
+        is not recorded, so it goes again, with the same positions, when the broker is back
+        (or a relay next runs). `stop` thus waits at most that long for the batch in hand."""
         handled = 0
         while True:
             if handled and stop is not None and stop.is_set():
@@ -166,11 +188,7 @@ class OutboxRelay:
             last, messages = await self._in_store(self._next_messages)
             if not last:
                 return handled
-            futures = [
-                await producer.send(topic, value, key=key, headers=headers)
-                for topic, key, value, headers in messages
-            ]
-            await asyncio.gather(*futures)  # every message acknowledged before we move on
+            await self._send_all(producer, messages)
             try:
                 await self._in_store(
                     self.ledger.app.process_recorder.insert_tracking, Tracking(RELAY_KEY, last)
@@ -184,64 +202,117 @@ class OutboxRelay:
             newest = await self._in_store(self.ledger.app.process_recorder.max_notification_id)
             metrics.RELAY_LAG.set(max(0, (newest or 0) - last))
             handled += len(messages)
+            self._broker_delay = FIRST_RETRY_S  # the broker answers
+
+    async def _send_all(self, producer: AIOKafkaProducer, messages: list[Message]) -> None:
+        """Every message sent and acknowledged; KafkaConnectionError as soon as no broker
+        can be reached (checked every PROBE_S while the acknowledgements are awaited:
+        aiokafka's sender meanwhile retries without pause), KafkaTimeoutError after
+        ack_timeout."""
+
+        async def send() -> None:
+            futures = [
+                await producer.send(topic, value, key=key, headers=headers)
+                for topic, key, value, headers in messages
+            ]
+            await asyncio.gather(*futures)  # every message acknowledged before we move on
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        sending = asyncio.ensure_future(send())
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise KafkaTimeoutError(
+                        f"{len(messages)} messages not acknowledged within {self.ack_timeout:.0f}s"
+                    )
+                done, _ = await asyncio.wait({sending}, timeout=min(PROBE_S, left))
+                if done:
+                    sending.result()
+                    return
+                if not await _reachable(producer):
+                    raise KafkaConnectionError("no broker can be reached")
+        finally:
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await sending
+
+    def _make_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            request_timeout_ms=int(self.ack_timeout * 1000),
+        )
 
     async def run(
         self, stop: asyncio.Event, interval: float = 0.2, standby_interval: float = 1.0
     ) -> None:
-        producer = await start_when_reachable(
-            lambda: AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
-            ),
-            stop,
-        )
-        if producer is None:
-            return
+        """Publish until `stop`. When the broker goes away, the producer is closed and a new
+        one started once the broker answers again, with waits doubling up to a bound and
+        one log line per attempt; the batch in hand goes again with the same positions."""
         self._wake = asyncio.Event()
         stop_waking = asyncio.create_task(self._wake_on(stop))
         try:
-            delay = 0.5
             while not stop.is_set():
+                producer = await start_when_reachable(self._make_producer, stop)
+                if producer is None:
+                    return
                 try:
-                    leading = await self._in_store(self.lease.acquire)
-                    metrics.RELAY_LEADER.set(1 if leading else 0)
-                    if not leading:  # another process's relay publishes; take over if it dies
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), timeout=standby_interval)
-                        continue
-                    published = await self.publish_pending(producer, stop)
+                    await self._publish_until_stopped(producer, stop, interval, standby_interval)
                 except KafkaError as exc:
-                    # The broker is away: nothing was recorded, so the same messages go
-                    # again (same positions) once it is back.
-                    log.warning("publishing failed (%s); retrying in %.1fs", exc, delay)
+                    # Nothing of the batch in hand was recorded: it goes again (same
+                    # positions) once the broker is back.
+                    log.warning(
+                        "publishing failed (%s); reconnecting in %.1fs", exc, self._broker_delay
+                    )
                     metrics.RELAY_RETRIES.labels("broker").inc()
-                    await self._pause(stop, delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                except Exception:
-                    # The store is away (or a transient conflict): the relay's position is
-                    # only recorded after its messages were acknowledged, so the next round
-                    # starts from the last recorded one. A process that exits here would
-                    # need someone to restart it; waiting costs nothing.
-                    log.exception("relaying failed; retrying in %.1fs", delay)
-                    metrics.RELAY_RETRIES.labels("store").inc()
-                    await self._pause(stop, delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                delay = 0.5
-                if not published:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=interval)
-                    self._wake.clear()
+                finally:
+                    await _close(producer)
+                await pause(stop, self._broker_delay)
+                self._broker_delay = next_delay(self._broker_delay)
         finally:
             stop_waking.cancel()
-            await producer.stop()
             await self._in_store(self.lease.release)
             metrics.RELAY_LEADER.set(0)
 
-    @staticmethod
-    async def _pause(stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
+    async def _publish_until_stopped(
+        self,
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
+        interval: float,
+        standby_interval: float,
+    ) -> None:
+        """Publish until `stop`; a broker failure (KafkaError) is left to the caller."""
+        assert self._wake is not None
+        delay = FIRST_RETRY_S
+        while not stop.is_set():
+            try:
+                leading = await self._in_store(self.lease.acquire)
+                metrics.RELAY_LEADER.set(1 if leading else 0)
+                if not leading:  # another process's relay publishes; take over if it dies
+                    await pause(stop, standby_interval)
+                    continue
+                published = await self.publish_pending(producer, stop)
+            except KafkaError:
+                raise
+            except Exception:
+                # The store is away (or a transient conflict): the relay's position is
+                # only recorded after its messages were acknowledged, so the next round
+                # starts from the last recorded one. A process that exits here would
+                # need someone to restart it; waiting costs nothing.
+                log.exception("relaying failed; retrying in %.1fs", delay)
+                metrics.RELAY_RETRIES.labels("store").inc()
+                await pause(stop, delay)
+                delay = next_delay(delay)
+                continue
+            delay = FIRST_RETRY_S
+            if not published:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                self._wake.clear()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -250,6 +321,31 @@ class OutboxRelay:
     def close(self) -> None:
         if self._own_executor:
             self._executor.shutdown(wait=True)
+
+
+async def _reachable(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer has, or can open, a connection to a broker it knows."""
+    client = producer.client
+    for broker in client.cluster.brokers():
+        if await client.ready(broker.nodeId):
+            return True
+    return False
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    """Close a producer without waiting for batches the broker did not take: stop() would
+    wait for each to be delivered, and aiokafka's sender retries them without pause while
+    the broker is away. Nothing is lost: the relay sends a batch again (same positions)
+    until one is acknowledged. The relay only closes with no batch in hand otherwise."""
+    began = time.monotonic()
+    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)  # aiokafka 0.14
+    if isinstance(sender, asyncio.Task):
+        sender.cancel()
+    try:
+        await stop_within(producer, CLOSE_TIMEOUT_S)
+    except Exception as exc:  # a broken producer is being dropped anyway
+        log.warning("closing the producer: %r", exc)
+    log.debug("producer closed in %.1fs", time.monotonic() - began)
 
 
 def _dead_letter(event: Rejection.Recorded, position: int) -> Message:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from services.ledger.adapters.kafka_ingest import GROUP_ID, KafkaIngest
 from services.ledger.adapters.kafka_relay import OutboxRelay
 from services.ledger.application.service import Ledger
 
 RELAY_ONLY_POLL_SECONDS = 0.05
+# After SIGTERM, how long ingest and the relay may take to finish the batch in hand (the
+# relay waits at most ACK_TIMEOUT_S for acknowledgements) before they are cancelled.
+STOP_GRACE_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 async def serve(
@@ -24,6 +31,7 @@ async def serve(
     max_batch: int = 500,
     stop: asyncio.Event | None = None,
     project: bool | None = None,
+    stop_grace: float = STOP_GRACE_S,
 ) -> None:
     """Graceful stop: the batch in hand is applied and published, then the process exits.
     A hard kill at any instant loses nothing: positions live in the ledger's store.
@@ -60,12 +68,45 @@ async def serve(
         # often enough that polling adds little to the latency (three small queries a poll).
         interval = 0.2 if ingest else RELAY_ONLY_POLL_SECONDS
         tasks.append(asyncio.create_task(outbox.run(stop, interval=interval), name="relay"))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        # Until a signal, or a task ends (a failed one stops the process with its error).
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            task.result()  # a task that failed stops the process with its error
+            task.result()
     finally:
+        stopping.cancel()
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _finish(tasks, stop_grace)
         executor.shutdown(wait=True)
         relay_executor.shutdown(wait=True)
+
+
+async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Let the tasks finish the batch in hand; cancel what still runs after `grace` seconds
+    (a Kafka client that waits for a broker that is away). Cancelling loses nothing: a
+    batch is applied and its position recorded in one transaction, and the relay records
+    its position only after the broker acknowledged."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        log.warning(
+            "%s did not stop within %.0fs of the signal; cancelling it in %s",
+            task.get_name(),
+            grace,
+            _awaiting(task),
+        )
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _awaiting(task: asyncio.Task[None]) -> str:
+    """Where a task waits: the innermost coroutine of its await chain."""
+    where = "?"
+    coro: Any = task.get_coro()
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        code = coro.cr_frame.f_code
+        where = f"{code.co_qualname} ({code.co_filename}:{coro.cr_frame.f_lineno})"
+        coro = getattr(coro, "cr_await", None)
+    return where
