@@ -20,7 +20,9 @@ TIER_ASSIGNED = "tier_assigned"
 TOPPED_UP = "points_topped_up"
 #: Causes of a tier_assigned entry: the ledger's own decisions, an ops override (and its end),
 #: and `service` for the entries 0.1 recorded from the tiers service's tier.changed.
-AUTOMATIC_CAUSES = frozenset({"entry", "upgrade", "downgrade", "kept", "override_ended"})
+AUTOMATIC_CAUSES = frozenset(
+    {"entry", "upgrade", "downgrade", "kept", "override_ended", "retracted"}
+)
 OVERRIDE = "override"
 
 

@@ -26,6 +26,7 @@ REASONS: dict[str, TierChangeReason] = {
     "entry": "upgrade",  # the entry tier, placed before a new member's first entry counts
     "upgrade": "upgrade",
     "downgrade": "downgrade",
+    "retracted": "downgrade",  # an upgrade a late-arriving earlier refund undid
     "override_ended": "override_ended",
     OVERRIDE: "override",
 }

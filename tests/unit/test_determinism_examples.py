@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from services.ledger.application.service import Ledger
+from services.ledger.application.verify import verify
 from services.ledger.domain.account import Balances
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
@@ -251,6 +252,59 @@ def test_a_refunded_purchase_topped_up_by_a_late_tier_keeps_its_refunds_share(
     assert view.lifetime_earned == 150  # the view agrees
 
 
+RETRACT_TIERS = program(
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 100, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+    activities={"signup": {"points": 40, "limit": "once"}},
+)
+RETRACT_EVENTS = {
+    "o1": purchase("q-1", "m-1", at("2026-08-01T12:00:00Z"), order_id="o1", total_minor=8000),
+    "r1": refund(
+        "q-2", "m-1", at("2026-08-02T12:00:00Z"), order_id="o1", refund_id="r1", amount_minor=4000
+    ),
+    "signup": activity("q-3", "m-1", at("2026-08-03T12:00:00Z"), name="signup"),
+    "o2": purchase("q-4", "m-1", at("2026-08-04T12:00:00Z"), order_id="o2", total_minor=3000),
+}
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        ["o1", "r1", "signup", "o2"],  # time order
+        ["o1", "signup", "r1", "o2"],  # the refund after the signup that upgraded
+        ["o1", "signup", "o2", "r1"],  # ... and after a purchase earned at the upgraded tier
+        ["o1", "r1", "o2", "signup"],  # the signup last: it upgrades after o2
+    ],
+)
+def test_a_refund_dated_before_an_upgrade_it_undoes_retracts_it_whenever_it_is_read(
+    open_fresh: Open, read: list[str]
+) -> None:
+    # By hand, in time order: Aug 1 $80 = 80 (80 in the year); Aug 2 half refunded: 40
+    # back (40); Aug 3 signup 40 (80 < 100); Aug 4 $30 at Base = 30 (110 >= 100: Silver from
+    # the next earn). 80 - 40 + 40 + 30 = 110 points, Silver. Read with the signup before
+    # the refund, the signup reached Silver on Aug 3 (120); the refund dated Aug 2 retracts
+    # that upgrade, and a purchase earned at Silver since gives back what Silver added.
+    now = at("2026-08-05T12:00:00Z")
+    ledger, clock = open_fresh(RETRACT_TIERS, now)
+    for offset, name in enumerate(read):
+        event = RETRACT_EVENTS[name]
+        assert apply_from_kafka(ledger, clock, now, event, 0, offset).status == "applied"
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=110, pending=0, held=0)
+    assert account.tier == "silver"
+    assert account.tier_at(at("2026-08-03T18:00:00Z")) == "base"
+    lot_id = account.orders["o2"].lot_id
+    assert lot_id is not None
+    assert (account.lots[lot_id].amount, account.lots[lot_id].remaining) == (30, 30)
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 # ---------------------------------------------------------------------- 2. backfill
 
 
@@ -364,6 +418,27 @@ def test_a_parked_redemption_is_declined_and_dead_lettered_at_its_deadline(
     account = ledger.app.find_account("m-1")
     assert account is not None
     assert account.balance == Balances(available=20, pending=0, held=0)
+
+
+def test_points_dated_after_a_parked_redemptions_deadline_do_not_apply_it(
+    open_fresh: Open,
+) -> None:
+    """Whether or not the scheduler has declined it yet: in event time, the redemption
+    stopped waiting before the purchase that would have funded it."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("d-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=2000)
+    spent = redemption("d-2", "m-1", at("2026-05-01T09:05:00Z"), redemption_id="x-1", points=50)
+    more = purchase("d-3", "m-1", at("2026-05-04T10:00:00Z"), order_id="o-2", total_minor=5000)
+    assert read(ledger, clock, [(bought, 0), (spent, 0)]) == ["applied", PARKED]
+    # Dated after 09:05 + 72 h (the program's default park_hours), read before any tick.
+    later = at("2026-05-04T10:00:00Z")
+    assert apply_from_kafka(ledger, clock, later, more, 0, 1).status == "applied"
+    assert ledger.app.parked() == []
+    [rejection] = ledger.app.rejections()
+    assert (rejection.event_id, rejection.reason) == ("d-2", "insufficient_points")
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=70, pending=0, held=0)
 
 
 @pytest.mark.xfail(

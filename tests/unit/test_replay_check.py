@@ -19,6 +19,7 @@ from services.ledger.domain.provenance import Origin, Provenance
 from tests.support.histories import (
     activity,
     apply_at,
+    cancellation,
     file_item,
     open_ledger,
     purchase,
@@ -135,5 +136,59 @@ def test_an_entry_no_input_explains_is_a_violation(tmp_path: Path) -> None:
         assert any(v.startswith("replay: m-1#3: stored PointsEarned") for v in report.violations), (
             report.violations
         )
+    finally:
+        ledger.close()
+
+
+def parking_program() -> Program:
+    return Program.model_validate(
+        {
+            "id": "replay-parking",
+            "name": "Replay parking",
+            "timezone": "UTC",
+            "currencies": {"USD": {"minor_units": 2, "points_per_unit": "1"}},
+            "arrival": {"park_hours": 72},
+        }
+    )
+
+
+def test_parked_events_settled_by_a_retry_and_at_their_deadline_replay_clean(
+    tmp_path: Path,
+) -> None:
+    """m-1: a redemption and two cancellations of it wait for the member; the purchase that
+    arrives applies the redemption and the first cancellation, and declines the second on
+    that retry. m-2: a redemption that waits past its deadline is declined by the scheduler."""
+    clock = FixedClock(T0)
+    ledger = open_ledger(tmp_path, parking_program(), clock)
+    later = T0 + timedelta(days=2)
+    events = [
+        redemption("p1", "m-1", T0, redemption_id="x1", points=11),
+        redemption("p2", "m-2", T0, redemption_id="y1", points=5),
+        cancellation("p3", "m-1", later - timedelta(minutes=2), redemption_id="x1"),
+        cancellation("p4", "m-1", later - timedelta(minutes=1), redemption_id="x1"),
+        purchase("p5", "m-1", later, order_id="o1", total_minor=1100),
+    ]
+    try:
+        for line, event in enumerate(events, 1):
+            apply_at(ledger, clock, event.occurred_at, [file_item(event, line)])
+        apply_at(
+            ledger,
+            clock,
+            later,
+            [file_item(purchase("p6", "m-2", later, order_id="o2", total_minor=100), 6)],
+        )
+        assert ledger.tick(T0 + timedelta(days=4)) >= 0  # y1's deadline has passed
+        assert [p.event_id for _, p in ledger.app.parked()] == []
+        late = T0 + timedelta(days=5)  # funds y1 had it still waited: it must not apply
+        apply_at(
+            ledger,
+            clock,
+            late,
+            [file_item(purchase("p7", "m-2", late, order_id="o3", total_minor=1000), 7)],
+        )
+        assert ledger.app.find_account("m-2").balance.available == 11  # type: ignore[union-attr]
+        ledger.projection.run()
+        report = verify(ledger.app, ledger.view)
+        assert report.ok, report.violations
     finally:
         ledger.close()

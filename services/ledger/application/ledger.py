@@ -259,7 +259,7 @@ class LedgerApplication(Application[UUID]):
             )
             return outcome
         for member in dict.fromkeys(e.split("#", 1)[0] for e in entries):  # in entry order
-            self._retry_parked(batch, member, now)
+            self._retry_parked(batch, member, now, event.occurred_at)
         batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
             digest=digest,
@@ -615,14 +615,22 @@ class LedgerApplication(Application[UUID]):
             )
         )
 
-    def _retry_parked(self, batch: _Batch, member_id: str, now: datetime) -> None:
-        """The member's account changed: retry what waits on it, oldest first, until
-        nothing more applies (an applied redemption may let its cancellation apply)."""
+    def _retry_parked(self, batch: _Batch, member_id: str, now: datetime, at: datetime) -> None:
+        """The member's account changed, by an event dated `at`: retry what waits on it,
+        oldest first, until nothing more applies (an applied redemption may let its
+        cancellation apply). One whose deadline had passed by `at` is declined instead:
+        in event time it stopped waiting before what arrived now, whether or not the
+        scheduler has got to it yet."""
         parking = batch.parked.get(member_id)
         progress = parking is not None and bool(parking.items)
         while progress and parking is not None:
             progress = False
             for waiting in parking.in_order():
+                if waiting.deadline <= at:
+                    expired = _deadline_passed(waiting)
+                    self._settle_parked(batch, parking, waiting, DECLINED, expired, (), now)
+                    progress = True
+                    continue
                 try:
                     event = parse_inbound(waiting.payload.encode(), topic=waiting.origin.topic)
                 except InvalidInput as invalid:  # parked before the schema refused it
@@ -650,6 +658,7 @@ class LedgerApplication(Application[UUID]):
         exc: Declined | None,
         entries: tuple[str, ...],
         now: datetime,
+        at_deadline: bool = False,
     ) -> None:
         receipt = batch.receipts.get(waiting.event_id) or batch.known.get(waiting.event_id)
         if receipt is None:
@@ -661,6 +670,7 @@ class LedgerApplication(Application[UUID]):
             detail=exc.detail if exc else None,
             entries=entries,
             at=now,
+            at_deadline=at_deadline,
         )
         parking.unpark(waiting.event_id, outcome, now)
         if exc is not None:
@@ -717,11 +727,10 @@ class LedgerApplication(Application[UUID]):
                 batch.parked[members[aggregate_id]] = parking
                 for waiting in parking.in_order():
                     if waiting.deadline <= at:
-                        exc = Declined(
-                            waiting.reason,
-                            f"{waiting.detail} (waited until {waiting.deadline.isoformat()})",
+                        exc = _deadline_passed(waiting)
+                        self._settle_parked(
+                            batch, parking, waiting, DECLINED, exc, (), at, at_deadline=True
                         )
-                        self._settle_parked(batch, parking, waiting, DECLINED, exc, (), at)
                         declined += 1
             if declined:
                 self._save_batch(batch, None)
@@ -1013,3 +1022,10 @@ class LedgerApplication(Application[UUID]):
             return None
         assert isinstance(record, ProgramRecord)
         return record.document
+
+
+def _deadline_passed(waiting: ParkedEvent) -> Declined:
+    """The decline of a parked event whose deadline passed: its own reason, and how long."""
+    return Declined(
+        waiting.reason, f"{waiting.detail} (waited until {waiting.deadline.isoformat()})"
+    )

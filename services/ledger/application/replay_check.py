@@ -175,7 +175,9 @@ def _replay(
             sim.redrive(actor=event.actor, event_ids=[_receipt_event_id(app, event)])
             report.operations += 1
         elif isinstance(event, InboundReceipt.Settled):
-            if event.outcome == DECLINED:  # past its deadline (an applied one replays itself)
+            # Declined at its deadline by the scheduler: the same then. One applied, or
+            # declined on a retry, comes again from the event whose arrival retried it.
+            if event.outcome == DECLINED and event.at_deadline:
                 clock.set(event.at)
                 sim.expire_parked(event.at)
         else:

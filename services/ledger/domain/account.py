@@ -74,6 +74,9 @@ class TierChange:
     tier: str | None
     cause: str = ""
     rank: int = -1  # the tier's place in the program (0 lowest); -1: not known (before 0.2)
+    period_end: datetime | None = None  # what the change held the tier for (see TierState)
+    held_until: datetime | None = None
+    retracts: int = 0  # a retraction: the seq of the upgrade it retracts
 
 
 def _change_key(change: TierChange) -> tuple[datetime, int]:
@@ -84,7 +87,8 @@ def _effective(changes: list[TierChange]) -> list[TierChange]:
     """The changes that decided a tier, in effective order. An entry tier recorded after an
     earlier-dated change (which arrived later) only said "had none yet", and decides
     nothing; an upgrade recorded before an earlier-dated upgrade arrived that reaches the
-    same tier or a higher one is superseded by it (it was decided without that earn)."""
+    same tier or a higher one is superseded by it (it was decided without that earn), and
+    so is the retraction of an upgrade that no longer decides anything."""
     kept: list[TierChange] = []
     running = -1
     for i, change in enumerate(changes):
@@ -92,6 +96,8 @@ def _effective(changes: list[TierChange]) -> list[TierChange]:
             continue
         if change.cause == "upgrade" and 0 <= change.rank <= running:
             continue
+        if change.cause == "retracted" and change.retracts not in {c.seq for c in kept}:
+            continue  # the upgrade it retracted was superseded already
         kept.append(change)
         running = change.rank
     return kept
@@ -442,13 +448,16 @@ class MemberAccount(Aggregate):
         until: datetime | None  # override: when it ends; automatic: held until
         locked: bool  # override: automatic tier changes wait until `until`
         # Version 3: decided by the ledger itself (the tier policy, inline).
-        cause: str  # entry | upgrade | downgrade | kept | override | override_ended | service
+        # entry | upgrade | downgrade | kept | override | override_ended | service | retracted
+        cause: str
         period_end: datetime | None  # end of the qualification period the tier is held for
         held_until: datetime | None  # when the period is reviewed (period end + grace)
         override_until: datetime | None  # an ops override's end (None: none, or no end)
         # Version 4: the tier's place in the program's tiers (0 lowest; -1 none or unknown),
-        # so an upgrade found late supersedes one decided without it.
+        # so an upgrade found late supersedes one decided without it; and for a retraction
+        # (cause `retracted`), the seq of the upgrade it retracts (else 0).
         rank: int
+        retracts: int
 
         class_version = 4
 
@@ -472,10 +481,18 @@ class MemberAccount(Aggregate):
         @staticmethod
         def upcast_v3_v4(state: dict[str, Any]) -> None:
             state["rank"] = -1
+            state["retracts"] = 0
 
         def apply_specific(self, account: MemberAccount) -> None:
             change = TierChange(
-                self.effective_at, self.originator_version, self.tier, self.cause, self.rank
+                self.effective_at,
+                self.originator_version,
+                self.tier,
+                self.cause,
+                self.rank,
+                self.period_end,
+                self.held_until,
+                self.retracts,
             )
             changes = account.tier_changes
             if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
@@ -670,8 +687,9 @@ class MemberAccount(Aggregate):
         return entry.tier if entry is not None else None
 
     def _top_up(self, program: Program, since: datetime, provenance: Provenance) -> bool:
-        """Purchases dated after `since` (a late upgrade) earn what the tier then in force
-        gives: the difference goes onto each one's own lot. Returns whether any did."""
+        """Purchases dated after `since` (a late upgrade, or an upgrade retracted) earn what
+        the tier then in force gives: the difference goes onto (or comes off) each one's own
+        lot. Returns whether any did."""
         topped = False
         for order in sorted(
             (o for o in self.orders.values() if o.earned_at is not None and o.earned_at > since),
@@ -696,7 +714,7 @@ class MemberAccount(Aggregate):
                 others = self.daily_points.get(order.day, 0) - order.points
                 quote = cap_quote(quote, max(0, cap - others), f"capped at {cap} per day")
             diff = quote.points - order.points
-            if diff <= 0:
+            if diff == 0:
                 continue
             # Each refund recorded already takes back its share of the difference, as of
             # its own time: the order ends as if it had earned at this tier all along.
@@ -711,11 +729,13 @@ class MemberAccount(Aggregate):
             taken = sum(points for _, points in taken_back)
             net = diff - taken
             lot = self.lots[order.lot_id]
+            if lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
+                continue  # spent or expired already: what it earned stays as recorded
             grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
-            moves = () if pending else self._settle_moves(lot.lot_id, net)
+            moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
             note = (
-                f"{diff} points: order {order.order_id} earns at tier {tier}, in force "
+                f"{diff:+d} points: order {order.order_id} earns at tier {tier}, in force "
                 f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})"
             )
             if taken:
@@ -813,6 +833,50 @@ class MemberAccount(Aggregate):
                     self._upgrade_after_earn(program, instant, provenance)  # may reach more
                 return
 
+    def _retract_upgrades(self, program: Program, since: datetime, provenance: Provenance) -> None:
+        """A refund dated `since`, before upgrades already recorded (it arrived late): an
+        upgrade the window no longer reaches at its instant is retracted there, to the tier
+        the window does reach, as if the refund had arrived in time; the purchases recorded
+        since at the higher tier earn what the lower one gives; the window may then reach a
+        tier later than recorded, which upgrades as a late earn would."""
+        if not program.tiers or self.tier_locked:
+            return
+        retracted = False
+        for change in [c for c in _effective(self.tier_changes) if c.at > since]:
+            if change.cause != "upgrade" or change not in _effective(self.tier_changes):
+                continue
+            prior = [
+                c for c in _effective(self.tier_changes) if _change_key(c) < _change_key(change)
+            ]
+            state = self.tier_state(program)
+            before = replace(
+                state,
+                tier=prior[-1].tier if prior else None,
+                period_end=prior[-1].period_end if prior else None,
+                held_until=prior[-1].held_until if prior else None,
+                override_until=None,
+                locked=False,
+            )
+            after, _ = tier_policy.upgrade(program, before, change.at, None)
+            if _rank(program, after.tier) >= change.rank:
+                continue  # the window still reaches it
+            value = tier_policy.window_value(program, state, change.at)
+            self._record_tier(
+                program,
+                replace(state, tier=change.tier),
+                after,
+                at=change.at,
+                cause="retracted",
+                retracts=change.seq,
+                reason=f"a refund dated {since.isoformat()} arrived after this upgrade was "
+                f"recorded: the window holds {value} at {change.at.isoformat()}",
+                provenance=replace(provenance, rule_id="tier"),
+            )
+            retracted = True
+        if retracted:
+            self._top_up(program, since, provenance)
+            self._upgrade_after_earn(program, since, provenance)
+
     def _record_tier(
         self,
         program: Program,
@@ -823,6 +887,7 @@ class MemberAccount(Aggregate):
         cause: str,
         reason: str,
         provenance: Provenance,
+        retracts: int = 0,
     ) -> None:
         until = after.override_until if after.override_until is not None else after.held_until
         self._record(
@@ -844,6 +909,7 @@ class MemberAccount(Aggregate):
             held_until=after.held_until,
             override_until=after.override_until,
             rank=_rank(program, after.tier),
+            retracts=retracts,
         )
 
     def _release(self, lot: Lot, at: datetime, prov: Provenance) -> None:
@@ -1359,6 +1425,7 @@ class MemberAccount(Aggregate):
             already_expired=already_expired,
             order=new_order,
         )
+        self._retract_upgrades(program, occurred_at, provenance)
 
     def _clawback(
         self, program: Program, order: OrderRecord, amount: int, now: datetime

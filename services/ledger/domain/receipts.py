@@ -101,6 +101,9 @@ class InboundReceipt(Aggregate):
         detail: str | None
         entries: tuple[str, ...]
         at: datetime
+        # Declined by the scheduler because its deadline passed on the wall clock (not on
+        # a retry); False for events recorded before this was kept.
+        at_deadline: bool = False
 
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, InboundReceipt)
@@ -117,11 +120,18 @@ class InboundReceipt(Aggregate):
         detail: str | None,
         entries: tuple[str, ...],
         at: datetime,
+        at_deadline: bool = False,
     ) -> None:
         if self.outcome != PARKED:
             raise ValueError(f"only a parked event can be settled, not {self.outcome}")
         self.trigger_event(
-            self.Settled, outcome=outcome, reason=reason, detail=detail, entries=entries, at=at
+            self.Settled,
+            outcome=outcome,
+            reason=reason,
+            detail=detail,
+            entries=entries,
+            at=at,
+            at_deadline=at_deadline,
         )
 
     @staticmethod
