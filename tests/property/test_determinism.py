@@ -221,9 +221,10 @@ STEPS = steps_of(KINDS)
 # review recorded before an earlier-dated earn or refund arrived is not decided again. A
 # redemption dated before another that already spent the points, or one that waited
 # (parked) for points while an earlier-dated redemption had not arrived yet, ends with
-# other balances than in time order; so does the second referral of one referee. The arrival-order property runs
-# by default over histories without those kinds (purchases, refunds, activities,
-# enrolments: order-independent today), and over every kind only when opted in.
+# other balances than in time order; so does the second referral of one referee. The
+# arrival-order property runs by default over histories without those kinds (purchases,
+# refunds, activities, enrolments) and without tier reviews inside them, and over every
+# kind only when opted in.
 ARRIVAL_SAFE_KINDS = tuple(
     k for k in KINDS if not k.startswith("redeem") and k not in {"cancel", "referral"}
 )
