@@ -169,9 +169,12 @@ def _fold(
         if event.provenance.event_id and event.provenance.origin.channel != "scheduler":
             kind = type(event).__name__
             # One event may place a member in the entry tier and then upgrade (twice, when
-            # it arrived late), and top up several orders: each of those once.
+            # it arrived late), retract several upgrades, and top up several orders: each
+            # of those once.
             if isinstance(event, MemberAccount.TierAssigned):
                 kind += f" ({event.cause} to {event.tier} at {event.effective_at.isoformat()})"
+                if event.retracts:  # one refund may retract several upgrades of one instant
+                    kind += f" of #{event.retracts}"
             elif isinstance(event, MemberAccount.PointsToppedUp):
                 kind += f" (order {event.order.order_id})"
             elif isinstance(event, MemberAccount.LotsReallocated):
