@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
-from schemas import LEDGER_INPUT_TOPICS, TOPIC_ACTIVITIES, TOPIC_LEDGER, TOPIC_PURCHASES
+from schemas import TOPIC_ACTIVITIES, TOPIC_LEDGER, TOPIC_PURCHASES
 from services.ledger.adapters.kafka_ingest import tracking_key
 from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES
@@ -35,13 +35,14 @@ from services.ledger.cli import app
 from tests.support.kafka import KAFKA_SH, kafka_broker_for_tests
 from tests.support.pipeline import (
     Pipeline,
-    assigned,
     at_days_ago,
+    end_offsets,
     event,
     free_port,
     position,
     read_all,
     scrape,
+    wait_applied,
     wait_for,
 )
 from tests.support.postgres import PostgresServer, restartable_server
@@ -110,36 +111,14 @@ async def _produce_steadily(bootstrap: str, messages: list[tuple[str, str, bytes
         await producer.stop()
 
 
-async def _end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(*sorted(LEDGER_INPUT_TOPICS), bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(await assigned(consumer))
-        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
-    finally:
-        await consumer.stop()
-
-
 def _assert_applied_once_and_published(
     kafka_bootstrap: str, pipeline: Pipeline, run: str, ids: set[str], messages: int, kills: int
 ) -> None:
     """Every produced event applied exactly once, verify holds, every entry published."""
-    ends = asyncio.run(_end_offsets(kafka_bootstrap))
+    ends = asyncio.run(end_offsets(kafka_bootstrap))
     ledger = pipeline.ledger()
     try:
-        recorder = ledger.app.process_recorder
-
-        def all_applied() -> bool:
-            process = pipeline.process
-            if process is not None and process.poll() is not None:
-                pytest.fail(f"serve exited ({process.returncode}) before applying everything")
-            return all(
-                (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
-                for (t, p), end in ends.items()
-                if end > 0
-            )
-
-        wait_for(all_applied, "every produced message to be applied", timeout=600)
+        wait_applied(pipeline, ledger, ends)
         ledger.projection.run()
         credited: Counter[str] = Counter()
         stored: dict[int, dict[str, Any]] = {}
@@ -288,7 +267,7 @@ def test_two_relays_publish_each_entry_once_and_the_survivor_takes_over(
         asyncio.run(_produce_steadily(crash_broker, before))
         ledger = pipelines[0].ledger()
         try:
-            ends = asyncio.run(_end_offsets(crash_broker))
+            ends = asyncio.run(end_offsets(crash_broker))
             recorder = ledger.app.process_recorder
 
             def published_all() -> bool:

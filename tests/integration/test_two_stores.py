@@ -29,7 +29,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from typer.testing import CliRunner
 
 from schemas import TOPIC_ACTIVITIES, TOPIC_PURCHASES, TOPIC_REDEMPTIONS, TOPIC_REFERRALS
@@ -39,7 +38,15 @@ from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
 from services.ledger.cli import app
 from tests.support.kafka import kafka_broker_for_tests
-from tests.support.pipeline import NOW, Pipeline, assigned, event, produce, wait_for
+from tests.support.pipeline import (
+    NOW,
+    Pipeline,
+    end_offsets,
+    event,
+    produce,
+    wait_applied,
+    wait_for,
+)
 from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
@@ -177,33 +184,6 @@ def open_store(env: dict[str, str], program: Path) -> Ledger:
     return build_ledger(Settings(program=program, db=Path(env["LOYALTY_DB"])), env=store)
 
 
-async def _ends(bootstrap: str) -> dict[tuple[str, int], int]:
-    topics = (TOPIC_PURCHASES, TOPIC_ACTIVITIES, TOPIC_REDEMPTIONS, TOPIC_REFERRALS)
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(await assigned(consumer))
-        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
-    finally:
-        await consumer.stop()
-
-
-def _wait_applied(pipeline: Pipeline, ledger: Ledger, ends: dict[tuple[str, int], int]) -> None:
-    recorder = ledger.app.process_recorder
-
-    def done() -> bool:
-        process = pipeline.process
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"serve exited ({process.returncode}) before applying everything")
-        return all(
-            (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
-            for (t, p), end in ends.items()
-            if end > 0
-        )
-
-    wait_for(done, "every message applied", timeout=600)
-
-
 def _applied(ledger: Ledger, ends: dict[tuple[str, int], int]) -> int:
     recorder = ledger.app.process_recorder
     return sum((recorder.max_tracking_id(tracking_key(t, p)) or -1) + 1 for (t, p) in ends)
@@ -250,7 +230,7 @@ def test_two_stores_fed_the_same_topics_agree_one_of_them_killed_repeatedly(
     rng = random.Random(run)
     messages = history(run, rng)
     asyncio.run(produce(broker, messages))
-    ends = asyncio.run(_ends(broker))
+    ends = asyncio.run(end_offsets(broker))
     program = program_file(tmp_path)
     states = []
     kills = 0
@@ -266,7 +246,7 @@ def test_two_stores_fed_the_same_topics_agree_one_of_them_killed_repeatedly(
         try:
             if kill:
                 kills = _kill_mid_stream(pipeline, ledger, ends, rng)
-            _wait_applied(pipeline, ledger, ends)
+            wait_applied(pipeline, ledger, ends)
             assert pipeline.stop() == 0
             ledger.projection.run()
             report = verify(ledger.app, ledger.view)

@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas import LEDGER_INPUT_TOPICS
+from services.ledger.adapters.kafka_ingest import tracking_key
 from services.ledger.application.service import Ledger
 from services.ledger.bootstrap import EXAMPLES, Settings, build_ledger
 
@@ -176,3 +178,33 @@ def wait_for(check: Any, what: str, timeout: float = 60) -> None:
 
 def position(record: Any) -> int:
     return int(dict(record.headers)["ledger-position"].decode())
+
+
+async def end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of the ledger's inbound topics."""
+    consumer = AIOKafkaConsumer(*sorted(LEDGER_INPUT_TOPICS), bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(await assigned(consumer))
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def wait_applied(
+    pipeline: Pipeline, ledger: Ledger, ends: dict[tuple[str, int], int], timeout: float = 600
+) -> None:
+    """Until the store's tracked positions reach `ends` (failing if `serve` exits first)."""
+    recorder = ledger.app.process_recorder
+
+    def all_applied() -> bool:
+        process = pipeline.process
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"serve exited ({process.returncode}) before applying everything")
+        return all(
+            (recorder.max_tracking_id(tracking_key(t, p)) or -1) >= end - 1
+            for (t, p), end in ends.items()
+            if end > 0
+        )
+
+    wait_for(all_applied, "every produced message to be applied", timeout=timeout)

@@ -24,16 +24,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.ledger.application import commands
 from services.ledger.application.ledger import Inbound, LedgerApplication
+from services.ledger.application.what_if import (
+    OPERATIONS,
+    OVERRIDE,
+    TIER_CHANGED,
+    replay_operation,
+)
 from services.ledger.domain.account import SCHEDULER, MemberAccount, account_id
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.errors import Declined
 from services.ledger.domain.program import Program
 from services.ledger.domain.receipts import DECLINED, InboundReceipt
-
-OVERRIDE = "override"  # the cause of an ops override's tier_assigned entry
-TIER_CHANGED = "tier.changed"  # 0.1's tiers service input: declined by the ledger since 0.2
 
 
 @dataclass
@@ -159,7 +161,7 @@ def _replay(
                 account = sim.find_account(member)
 
     last_version = app.program.version
-    for event in _log(app, (*_RECEIPTS, *_operation_classes())):
+    for event in _log(app, (*_RECEIPTS, *OPERATIONS)):
         catch_up_ticks()
         if isinstance(event, InboundReceipt.Recorded):
             if event.event_type == TIER_CHANGED or event.payload is None:
@@ -191,64 +193,20 @@ def _receipt_event_id(app: LedgerApplication, event: InboundReceipt.Reapplied) -
     return receipt.event_id
 
 
-def _operation_classes() -> tuple[type, ...]:
-    return (
-        MemberAccount.PointsAdjusted,
-        MemberAccount.TierAssigned,
-        MemberAccount.HoldPlaced,
-        MemberAccount.HoldCaptured,
-        MemberAccount.HoldVoided,
-    )
-
-
 def _operate(sim: LedgerApplication, clock: FixedClock, event: Any, report: ReplayReport) -> None:
-    """An operator's command, made again as it was made (the clock at its time)."""
+    """An operator's command, made again as it was made (the clock at its time); earlier
+    what-if compensations too, since they are entries of the store like any other."""
     if event.provenance.event_id is not None or event.provenance.origin.channel == "scheduler":
         return  # made by an inbound event or by the scheduler: replayed with those
     if isinstance(event, MemberAccount.TierAssigned) and event.cause != OVERRIDE:
         return  # decided by the ledger itself
     clock.set(event.effective_at)
-    member = event.member_id
-    actor = event.provenance.origin.actor or "ops"
-    request_id = event.provenance.origin.request_id
     try:
-        if isinstance(event, MemberAccount.PointsAdjusted):
-            commands.adjust(
-                sim,
-                member,
-                event.points,
-                reason=event.reason,
-                actor=event.actor,
-                allow_negative=True,  # it was allowed when it was made
-                request_id=request_id,
-                channel=event.provenance.origin.channel,
-            )
-        elif isinstance(event, MemberAccount.TierAssigned):
-            sim.assign_tier(
-                member,
-                event.tier,
-                reason=event.reason,
-                actor=actor,
-                until=event.override_until,
-                locked=event.locked,
-            )
-        elif isinstance(event, MemberAccount.HoldPlaced):
-            commands.place_hold(
-                sim,
-                member,
-                reference=event.reference,
-                points=event.points,
-                ttl=event.hold.expires_at - event.hold.placed_at,
-                actor=actor,
-            )
-        elif isinstance(event, MemberAccount.HoldCaptured):
-            commands.capture_hold(sim, event.hold_id, points=event.points, actor=actor)
-        elif isinstance(event, MemberAccount.HoldVoided):
-            commands.void_hold(sim, event.hold_id, reason=event.reason, actor=actor)
+        replay_operation(sim, event)
     except Declined as exc:
         report.violations.append(
-            f"{member}#{event.originator_version} {type(event).__name__}: declined on replay "
-            f"({exc.reason}: {exc.detail})"
+            f"{event.member_id}#{event.originator_version} {type(event).__name__}: declined "
+            f"on replay ({exc.reason}: {exc.detail})"
         )
         return
     report.operations += 1

@@ -45,14 +45,15 @@ from services.ledger.domain.program import Program
 from services.ledger.domain.receipts import InboundReceipt, receipt_id
 
 WHAT_IF = "what-if:"
-_REPLAYED = (
-    InboundReceipt.Recorded,
+#: Entries an operator's command made (replayed by `replay_operation`).
+OPERATIONS: tuple[type, ...] = (
     MemberAccount.PointsAdjusted,
     MemberAccount.TierAssigned,
     MemberAccount.HoldPlaced,
     MemberAccount.HoldCaptured,
     MemberAccount.HoldVoided,
 )
+_REPLAYED = (InboundReceipt.Recorded, *OPERATIONS)
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -232,7 +233,7 @@ def _replay(program: Program, history: Iterable[Any], report: WhatIfReport) -> L
             continue  # decided by the ledger: the replay decides again
         _at(clock, report, event.effective_at)
         try:
-            _operation(sim, event)
+            replay_operation(sim, event)
         except Declined as exc:
             report.skipped.append(
                 f"{event.member_id}#{event.originator_version} {type(event).__name__}: "
@@ -272,7 +273,9 @@ def _at(clock: FixedClock, report: WhatIfReport, at: datetime) -> None:
     report.as_of = max(report.as_of, at)
 
 
-def _operation(sim: LedgerApplication, event: MemberAccount.Entry) -> None:
+def replay_operation(sim: LedgerApplication, event: MemberAccount.Entry) -> None:
+    """Make an operator's command again on `sim`, as it was made (one of OPERATIONS; the
+    caller sets the clock). Raises Declined when `sim` refuses it."""
     member = event.member_id
     actor = event.provenance.origin.actor or "ops"
     if isinstance(event, MemberAccount.PointsAdjusted):

@@ -90,15 +90,17 @@ def _effective(changes: list[TierChange]) -> list[TierChange]:
     same tier or a higher one is superseded by it (it was decided without that earn), and
     so is the retraction of an upgrade that no longer decides anything."""
     kept: list[TierChange] = []
+    seqs: set[int] = set()
     running = -1
     for i, change in enumerate(changes):
         if i and change.cause == "entry":
             continue
         if change.cause == "upgrade" and 0 <= change.rank <= running:
             continue
-        if change.cause == "retracted" and change.retracts not in {c.seq for c in kept}:
+        if change.cause == "retracted" and change.retracts not in seqs:
             continue  # the upgrade it retracted was superseded already
         kept.append(change)
+        seqs.add(change.seq)
         running = change.rank
     return kept
 
