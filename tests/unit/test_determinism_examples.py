@@ -423,8 +423,9 @@ def test_a_parked_redemption_is_declined_and_dead_lettered_at_its_deadline(
 def test_points_dated_after_a_parked_redemptions_deadline_do_not_apply_it(
     open_fresh: Open,
 ) -> None:
-    """Whether or not the scheduler has declined it yet: in event time, the redemption
-    stopped waiting before the purchase that would have funded it."""
+    """In event time the redemption stopped waiting before the purchase that would have
+    funded it. It is not declined when that purchase is read (an earn dated before the
+    deadline may still come on another topic), but by the scheduler at its deadline."""
     ledger, clock = open_fresh(ARRIVAL, READ_AT)
     bought = purchase("d-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=2000)
     spent = redemption("d-2", "m-1", at("2026-05-01T09:05:00Z"), redemption_id="x-1", points=50)
@@ -433,12 +434,45 @@ def test_points_dated_after_a_parked_redemptions_deadline_do_not_apply_it(
     # Dated after 09:05 + 72 h (the program's default park_hours), read before any tick.
     later = at("2026-05-04T10:00:00Z")
     assert apply_from_kafka(ledger, clock, later, more, 0, 1).status == "applied"
+    assert [e.event_id for _, e in ledger.app.parked()] == ["d-2"]  # not applied
+    ledger.tick(later)
     assert ledger.app.parked() == []
     [rejection] = ledger.app.rejections()
     assert (rejection.event_id, rejection.reason) == ("d-2", "insufficient_points")
     account = ledger.app.find_account("m-1")
     assert account is not None
+    # By hand: 20 + 50 points, nothing redeemed.
     assert account.balance == Balances(available=70, pending=0, held=0)
+
+
+def test_a_parked_redemption_waits_for_earlier_points_still_to_come_on_another_topic(
+    open_fresh: Open,
+) -> None:
+    """A purchase dated after the redemption's deadline is read before the activity, dated
+    before it, that funded the redemption in event time: the redemption is applied when the
+    activity is read (not declined on the way), on the points it would have had then."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("w-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=2000)
+    spent = redemption("w-2", "m-1", at("2026-05-01T10:00:00Z"), redemption_id="x-1", points=30)
+    funded = activity("w-3", "m-1", at("2026-05-02T10:00:00Z"), name="signup")
+    more = purchase("w-4", "m-1", at("2026-05-06T10:00:00Z"), order_id="o-2", total_minor=4000)
+    later = at("2026-05-06T10:00:00Z")
+    assert read(ledger, clock, [(bought, 0), (spent, 0)]) == ["applied", PARKED]
+    assert apply_from_kafka(ledger, clock, later, more, 0, 1).status == "applied"
+    assert [e.event_id for _, e in ledger.app.parked()] == ["w-2"]  # 05-04 passed: waiting
+    assert apply_from_kafka(ledger, clock, later, funded, 0, 0).status == "applied"
+    assert ledger.app.parked() == []
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    # By hand: 20 (o-1) + 10 (signup, 05-02) = 30 by 05-02, all taken by x-1; o-2's 40
+    # points (05-06) are not touched.
+    assert account.balance == Balances(available=40, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 0),
+        ("order o-2", 40),
+        ("signup", 0),
+    ]
 
 
 @pytest.mark.xfail(

@@ -618,19 +618,17 @@ class LedgerApplication(Application[UUID]):
     def _retry_parked(self, batch: _Batch, member_id: str, now: datetime, at: datetime) -> None:
         """The member's account changed, by an event dated `at`: retry what waits on it,
         oldest first, until nothing more applies (an applied redemption may let its
-        cancellation apply). One whose deadline had passed by `at` is declined instead:
-        in event time it stopped waiting before what arrived now, whether or not the
-        scheduler has got to it yet."""
+        cancellation apply). What arrived may be dated after a waiting event's deadline
+        while what it waits for, dated before, is still to come on another topic: so it is
+        not declined here but only by the scheduler at its deadline, and the account only
+        lets it apply on what is dated before its deadline (the points earned, the order,
+        the redemption), as it would have in event time."""
+        del at  # the account decides by the event times it holds
         parking = batch.parked.get(member_id)
         progress = parking is not None and bool(parking.items)
         while progress and parking is not None:
             progress = False
             for waiting in parking.in_order():
-                if waiting.deadline <= at:
-                    expired = _deadline_passed(waiting)
-                    self._settle_parked(batch, parking, waiting, DECLINED, expired, (), now)
-                    progress = True
-                    continue
                 try:
                     event = parse_inbound(waiting.payload.encode(), topic=waiting.origin.topic)
                 except InvalidInput as invalid:  # parked before the schema refused it

@@ -1364,6 +1364,14 @@ class MemberAccount(Aggregate):
         order = self.orders.get(order_id)
         if order is None:
             raise Declined("unknown_order", f"order {order_id} earned nothing for this member")
+        deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
+        if order.earned_at is not None and order.earned_at >= deadline:
+            # In event time the refund stopped waiting before its order was placed.
+            raise Declined(
+                "unknown_order",
+                f"order {order_id} was placed after this refund's deadline "
+                f"({deadline.isoformat()})",
+            )
         if refund_id in order.refund_ids:
             raise Declined("duplicate_refund", f"refund {refund_id} was already applied")
         refunded_minor = order.refunded_minor
@@ -1504,7 +1512,7 @@ class MemberAccount(Aggregate):
         if points is None or points <= 0:
             raise Declined("invalid_points", "a redemption needs a positive number of points")
         self.prepare(program, now, provenance)
-        lots = self._lots_as_of(occurred_at)
+        lots = self._funding(program, occurred_at, points)
         available = spendable_total(lots.values(), occurred_at) - self.debt
         if points > available:
             raise Declined(
@@ -1545,6 +1553,29 @@ class MemberAccount(Aggregate):
             redemption=record,
         )
 
+    def _funding(self, program: Program, at: datetime, points: int) -> dict[str, Lot]:
+        """The lots a redemption dated `at` spends, as event-time order decides it: the lots
+        as they stood at `at` (see _lots_as_of), and of the lots earned after it, those
+        earned up to the first instant that covers `points`, before its parking deadline.
+        In event time it waited (parked) for each later earn and was retried then, and was
+        declined at the deadline; so a redemption that arrives after later earns never
+        counts points earned after it stopped waiting, or after the earn that funded it."""
+        lots = self._lots_as_of(at)
+        later = sorted(
+            (lot for lot in lots.values() if lot.earned_at > at), key=lambda lot: lot.earned_at
+        )
+        if not later:
+            return lots  # the usual case: nothing recorded was earned after it
+        deadline = at + timedelta(hours=program.arrival.park_hours)
+        have = spendable_total((v for v in lots.values() if v.earned_at <= at), at) - self.debt
+        until = at
+        for lot in later:  # each instant's lots together, up to the first that covers it
+            if (lot.earned_at != until and have >= points) or lot.earned_at >= deadline:
+                break
+            until = lot.earned_at
+            have += spendable_total([lot], at)
+        return {k: v for k, v in lots.items() if v.earned_at <= until}
+
     def _lots_as_of(self, at: datetime) -> dict[str, Lot]:
         """The lots as they stood at `at` for spending: as they are, except for an event
         dated before scheduled work already recorded (late), where points that expired
@@ -1573,6 +1604,14 @@ class MemberAccount(Aggregate):
         record = self.redemptions.get(redemption_id)
         if record is None:
             raise Declined("unknown_redemption", f"no redemption {redemption_id}")
+        deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
+        if record.at is not None and record.at >= deadline:
+            # In event time the cancellation stopped waiting before the redemption was made.
+            raise Declined(
+                "unknown_redemption",
+                f"redemption {redemption_id} was made after this cancellation's deadline "
+                f"({deadline.isoformat()})",
+            )
         if record.status != "redeemed":
             raise Declined("already_cancelled", f"redemption {redemption_id} was cancelled")
         self.prepare(program, now, provenance)
