@@ -475,11 +475,6 @@ def test_a_parked_redemption_waits_for_earlier_points_still_to_come_on_another_t
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10, still open: a refund read before an earlier-dated redemption takes "
-    "back points the redemption had spent in time order (remove this mark once it passes)",
-)
 def test_a_refund_read_before_an_earlier_redemption(open_fresh: Open) -> None:
     ledger, clock = open_fresh(ARRIVAL, READ_AT)
     one = purchase("k-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=3000)
@@ -491,11 +486,52 @@ def test_a_refund_read_before_an_earlier_redemption(open_fresh: Open) -> None:
     # In time order: 30 + 20 = 50 points, all redeemed at 09:05; the refund at 09:10 finds
     # nothing left to take (within_balance): 30 forgiven, the balance stays 0, and the
     # redemption is applied. Read with the purchases topic (purchases and the refund) first:
-    read(ledger, clock, [(one, 0), (two, 0), (back, 0), (spent, 0)])
+    assert read(ledger, clock, [(one, 0), (two, 0), (back, 0), (spent, 0)]) == ["applied"] * 4
     account = ledger.app.find_account("m-1")
     assert account is not None
-    assert account.redemptions.get("x-1") is not None  # today: parked, 20 available
+    assert account.redemptions["x-1"].status == "redeemed"
     assert account.balance == Balances(available=0, pending=0, held=0)
+    assert account.orders["o-1"].refunds[0].taken_from == ()  # it takes nothing in the end
+    ledger.projection.run()
+    [entry] = [
+        row for row in ledger.statement("m-1", limit=100) if row.entry_type == "points_redeemed"
+    ]
+    assert (
+        "refund r-1 of order o-1 now takes back 0 (was 30; 30 kept by the member)"
+        in (entry.body["note"])
+    )
+
+
+def test_a_refund_read_after_a_later_redemption_takes_its_order_points_first(
+    open_fresh: Open,
+) -> None:
+    """The mirror: the redemptions topic is read ahead, and a refund dated before the
+    redemption arrives after it. In event time the refund took its order's points first
+    and the redemption then spent the other order's."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("q-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=3000)
+    two = purchase("q-2", "m-1", at("2026-05-01T09:01:00Z"), order_id="o-2", total_minor=4000)
+    back = refund(
+        "q-3", "m-1", at("2026-05-01T09:05:00Z"), order_id="o-1", refund_id="r-1", amount_minor=3000
+    )
+    spent = redemption("q-4", "m-1", at("2026-05-01T09:10:00Z"), redemption_id="x-1", points=35)
+    assert read(ledger, clock, [(one, 0), (two, 0), (spent, 0), (back, 0)]) == ["applied"] * 4
+    # By hand, in time order: o-1 30 points, o-2 40; the refund of 09:05 takes o-1's 30;
+    # the redemption of 09:10 takes 35 of o-2's 40 (o-1 is empty): 5 left, all in o-2,
+    # and nothing forgiven. (Read in arrival order, the redemption had taken o-1's 30 and
+    # 5 of o-2, and the refund would have found only 35 in o-2 to take its 30 from.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=5, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 0),
+        ("order o-2", 5),
+    ]
+    [step] = account.orders["o-1"].refunds
+    assert step.taken_from is not None
+    assert [(account.lots[m.lot_id].source, m.amount) for m in step.taken_from] == [
+        ("order o-1", -30)
+    ]
 
 
 def test_an_enrolment_read_after_an_auto_enrolment_pays_the_signup_bonus_once(

@@ -13,6 +13,7 @@ from services.ledger.domain.account import (
     Qualifying,
     RedemptionRecord,
     RefundStep,
+    Respent,
     TierChange,
 )
 from services.ledger.domain.holds import HoldRecord
@@ -37,6 +38,7 @@ VALUE_TYPES: tuple[type[Any], ...] = (
     Qualifying,
     RedemptionRecord,
     RefundStep,
+    Respent,
     TierChange,
 )
 

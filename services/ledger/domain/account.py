@@ -53,6 +53,7 @@ from services.ledger.domain.rules import (
     quote_purchase,
     release_for,
 )
+from services.ledger.domain.spends import Spend, Taken, funded_by, in_order, restored, take
 
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/member")
 SCHEDULER = Origin(channel="scheduler")
@@ -142,6 +143,12 @@ class RefundStep:
     at: datetime
     refunded_minor: int
     quantities: tuple[tuple[str, int], ...]
+    # Since 0.3: what it took from available lots, so it can take again in event-time order
+    # when a redemption dated before it arrives late (None: recorded before, kept as is).
+    refund_id: str = ""
+    taken_from: tuple[LotMove, ...] | None = None
+    wanted: int = 0  # the points it takes from available lots when they are there
+    owes: bool = False  # what is not there is owed (the unlimited return policy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +186,17 @@ def reversal_target(
     target = pro_rata(points, step.refunded_minor, total_minor)
     target += sum(pro_rata(lp.points, quantities.get(lp.sku, 0), lp.quantity) for lp in lines)
     return min(target, points)
+
+
+@dataclass(frozen=True, slots=True)
+class Respent:
+    """The spends recorded after a late one, taken again in event-time order (see
+    domain/spends.py): their records as they stand after, and the points put back into
+    lots from expiry (they expire again at once where their expiry has passed)."""
+
+    redemptions: tuple[RedemptionRecord, ...]
+    orders: tuple[OrderRecord, ...]
+    unexpired: tuple[LotMove, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,12 +358,15 @@ class MemberAccount(Aggregate):
 
     class PointsRedeemed(Entry):
         redemption: RedemptionRecord
+        respent: Respent | None = None  # since 0.3: later spends taken again
 
         def apply_specific(self, account: MemberAccount) -> None:
             account.redemptions[self.redemption.redemption_id] = self.redemption
             spent_at = self.redemption.at or self.effective_at
-            if account.last_spend_at is None or spent_at > account.last_spend_at:
-                account.last_spend_at = spent_at
+            account._spent(spent_at)
+            if self.respent is not None:
+                account._apply_respent(self.respent)
+                return
             # A late redemption may spend points that expired after its own time: what the
             # redemption took beyond its lot moves came back from breakage.
             moved = {m.lot_id: m.amount for m in self.moves}
@@ -370,8 +391,13 @@ class MemberAccount(Aggregate):
         forgiven: int  # not taken back because the return policy does not allow it
         already_expired: int  # the order's own points that had expired: nothing to take
         order: OrderRecord
+        respent: Respent | None = None  # since 0.3: later spends taken again
 
         def apply_specific(self, account: MemberAccount) -> None:
+            if self.respent is not None:
+                account._apply_respent(self.respent)
+            if self.order.refunds and self.order.refunds[-1].taken_from:
+                account._spent(self.effective_at)
             before = account.orders.get(self.order_id)
             refunded_before = before.refunded_minor if before is not None else 0
             reversed_points = self.points + self.forgiven + self.already_expired
@@ -1399,16 +1425,35 @@ class MemberAccount(Aggregate):
         target = reversal_target(order.points, order.lines, order.total_minor, step)
         to_reverse = max(0, target - order.reversed_points)
         self.prepare(program, now, provenance)
-        moves, postings, forgiven, already_expired = self._clawback(program, order, to_reverse, now)
+        respent: Respent | None = None
+        respent_note = ""
+        late = self._respend_refund(program, order, to_reverse, occurred_at)
+        if late is not None:
+            moves, postings, forgiven, already_expired, spend, respent, respent_note = late
+        else:
+            moves, postings, forgiven, already_expired, spend = self._clawback(
+                program, order, to_reverse, now
+            )
+        if spend is not None:
+            step = replace(
+                step,
+                refund_id=refund_id,
+                taken_from=spend.moves,
+                wanted=spend.wanted,
+                owes=spend.owes,
+            )
         taken = to_reverse - forgiven - already_expired
+        base = order
+        if respent is not None:
+            base = next((o for o in respent.orders if o.order_id == order_id), order)
         new_order = replace(
-            order,
+            base,
             expired_credited=order.expired_credited + already_expired,
             refunded_minor=refunded_minor,
             refunded_quantities=tuple(sorted(quantities.items())),
             reversed_points=order.reversed_points + to_reverse,
             refund_ids=(*order.refund_ids, refund_id),
-            refunds=(*order.refunds, step),
+            refunds=(*base.refunds, step),
         )
         policy = program.returns.policy.value
         note = f"refund {refund_id} of order {order_id}: {taken} points taken back"
@@ -1416,6 +1461,7 @@ class MemberAccount(Aggregate):
             note += f", {already_expired} had already expired"
         if forgiven:
             note += f", {forgiven} kept by the member (return policy {policy})"
+        note += respent_note
         self._record(
             self.PointsReversed,
             effective_at=occurred_at,
@@ -1434,16 +1480,20 @@ class MemberAccount(Aggregate):
             forgiven=forgiven,
             already_expired=already_expired,
             order=new_order,
+            respent=respent,
         )
+        if respent is not None:
+            self.catch_up(program)  # points put back from expiry whose expiry has passed
         self._retract_upgrades(program, occurred_at, provenance)
 
     def _clawback(
         self, program: Program, order: OrderRecord, amount: int, now: datetime
-    ) -> tuple[tuple[LotMove, ...], tuple[Posting, ...], int, int]:
+    ) -> tuple[tuple[LotMove, ...], tuple[Posting, ...], int, int, Spend | None]:
         """Take back `amount` per the return policy: the order's own pending points first.
 
-        Returns the moves, the postings, what is forgiven and what had already expired from
-        the order's own lot (those points are gone already, so they are not taken twice).
+        Returns the moves, the postings, what is forgiven, what had already expired from
+        the order's own lot (those points are gone already, so they are not taken twice),
+        and what it took from available lots as a spend (None when the policy takes none).
         """
         policy = program.returns.policy
         moves: list[LotMove] = []
@@ -1460,7 +1510,10 @@ class MemberAccount(Aggregate):
             expired = self.expired_by_lot.get(own.lot_id, 0) - order.expired_credited
             already_expired = min(left, max(0, expired))
             left -= already_expired
+        spend: Spend | None = None
         if left and policy is not ReturnPolicy.PENDING_ONLY:
+            wanted = left
+            pending_moves = len(moves)
             lots = dict(self.lots)
             from_available = 0
             if (
@@ -1480,11 +1533,15 @@ class MemberAccount(Aggregate):
                 moves.extend(allocate(lots.values(), take, now))
                 from_available += take
                 left -= take
-            if left and policy is ReturnPolicy.UNLIMITED:
+            owes = policy is ReturnPolicy.UNLIMITED
+            spend = Spend(
+                "refund", now, "", wanted, _merge(moves[pending_moves:]), order.lot_id, owes
+            )
+            if left and owes:
                 from_available += left  # the balance goes negative by what is left
                 left = 0
             postings += transfer(acc.AVAILABLE, acc.ISSUED, from_available)
-        return _merge(moves), tuple(postings), left, already_expired
+        return _merge(moves), tuple(postings), left, already_expired, spend
 
     # ------------------------------------------------------------- redemptions
 
@@ -1512,6 +1569,10 @@ class MemberAccount(Aggregate):
         if points is None or points <= 0:
             raise Declined("invalid_points", "a redemption needs a positive number of points")
         self.prepare(program, now, provenance)
+        if self._redeem_respent(
+            program, redemption_id, reward_id, points, what, occurred_at, provenance
+        ):
+            return
         lots = self._funding(program, occurred_at, points)
         available = spendable_total(lots.values(), occurred_at) - self.debt
         if points > available:
@@ -1575,6 +1636,235 @@ class MemberAccount(Aggregate):
             until = lot.earned_at
             have += spendable_total([lot], at)
         return {k: v for k, v in lots.items() if v.earned_at <= until}
+
+    # ------------------------------------------------------------ spends in time order
+
+    def _spent(self, at: datetime) -> None:
+        if self.last_spend_at is None or at > self.last_spend_at:
+            self.last_spend_at = at
+
+    def _apply_respent(self, respent: Respent) -> None:
+        for record in respent.redemptions:
+            self.redemptions[record.redemption_id] = record
+        for order in respent.orders:
+            self.orders[order.order_id] = order
+        for move in respent.unexpired:
+            self.expired_by_lot[move.lot_id] -= move.amount
+
+    def _later_spends(self, at: datetime) -> list[Spend]:
+        """The spends of available points recorded with an event time after `at`: none in
+        the usual case (nothing recorded since), found at no cost."""
+        if self.last_spend_at is None or self.last_spend_at <= at:
+            return []
+        found = [
+            Spend("redemption", r.at, r.redemption_id, r.points, r.moves, owes=True)
+            for r in self.redemptions.values()
+            if r.status == "redeemed" and r.at is not None and r.at > at
+        ]
+        for order in self.orders.values():
+            for step in order.refunds:
+                if step.at > at and step.taken_from is not None:
+                    key = f"{order.order_id}/{step.refund_id}"
+                    found.append(
+                        Spend(
+                            "refund",
+                            step.at,
+                            key,
+                            step.wanted,
+                            step.taken_from,
+                            order.lot_id,
+                            step.owes,
+                        )
+                    )
+        return found
+
+    def _unexpired(self, at: datetime) -> dict[str, int]:
+        """The points that expired after `at`, by lot: spends dated before could use them."""
+        return {
+            lot_id: points
+            for lot_id, points in self.expired_by_lot.items()
+            if points and (exp := self.lots[lot_id].expires_at) is not None and exp > at
+        }
+
+    def _taken_again(
+        self, lots: dict[str, Lot], later: list[Spend]
+    ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
+        """Each later spend takes again from `lots` (in place), in event-time order. None
+        when one of them would leave points owed: those cases keep the recorded spends."""
+        redemptions: list[RedemptionRecord] = []
+        orders: dict[str, OrderRecord] = {}
+        postings: list[Posting] = []
+        notes: list[str] = []
+        done: list[Taken] = [take(lots, s, s.at) for s in in_order(later)]
+        if any(t.owed for t in done):
+            return None
+        for t in done:
+            spend = t.spend
+            if sorted(t.moves, key=lambda m: m.lot_id) == sorted(
+                spend.moves, key=lambda m: m.lot_id
+            ):
+                continue
+            if spend.kind == "redemption":
+                redemptions.append(replace(self.redemptions[spend.key], moves=t.moves))
+                notes.append(f"redemption {spend.key} now takes from {self._lot_names(t.moves)}")
+                continue
+            order_id, refund_id = spend.key.split("/", 1)
+            before = -sum(m.amount for m in spend.moves)
+            order = orders.get(order_id) or self.orders[order_id]
+            steps = tuple(
+                replace(st, taken_from=t.moves) if st.refund_id == refund_id else st
+                for st in order.refunds
+            )
+            orders[order_id] = replace(order, refunds=steps)
+            if t.taken > before:
+                postings += transfer(acc.AVAILABLE, acc.ISSUED, t.taken - before)
+            elif t.taken < before:
+                postings += transfer(acc.ISSUED, acc.AVAILABLE, before - t.taken)
+            notes.append(
+                f"refund {refund_id} of order {order_id} now takes back {t.taken} "
+                f"(was {before}; {t.short} kept by the member)"
+            )
+        note = "; " + "; ".join(notes) + " (dated after it, recorded before)" if notes else ""
+        return redemptions, orders, postings, note
+
+    def _lot_names(self, moves: Iterable[LotMove]) -> str:
+        return ", ".join(f"{-m.amount} of {self.lots[m.lot_id].source}" for m in moves)
+
+    def _net_moves(self, lots: Mapping[str, Lot]) -> tuple[LotMove, ...]:
+        return tuple(
+            LotMove(lot_id, lot.remaining - self.lots[lot_id].remaining)
+            for lot_id, lot in lots.items()
+            if lot.remaining != self.lots[lot_id].remaining
+        )
+
+    def _redeem_respent(
+        self,
+        program: Program,
+        redemption_id: str,
+        reward_id: str | None,
+        points: int,
+        what: str,
+        occurred_at: datetime,
+        provenance: Provenance,
+    ) -> bool:
+        """A redemption dated before spends already recorded (read late): it spends as of
+        its own time, and each later spend takes again after it (domain/spends.py).
+        False when there is nothing later, or when a later spend would be left owing."""
+        later = self._later_spends(occurred_at)
+        if not later or self.debt:
+            return False
+        unexpired = self._unexpired(occurred_at)
+        lots = restored(self.lots, unexpired, later)
+        deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
+        instant = funded_by(lots, occurred_at, points, deadline)
+        if instant is None:
+            return False  # the usual path declines it (it may wait)
+        mine = take(
+            lots, Spend("redemption", occurred_at, redemption_id, points), occurred_at, instant
+        )
+        again = self._taken_again(lots, later)
+        if again is None:
+            return False
+        redemptions, orders, postings, note = again
+        record = RedemptionRecord(redemption_id, points, reward_id, mine.moves, "redeemed", instant)
+        self._record(
+            self.PointsRedeemed,
+            effective_at=occurred_at,
+            postings=transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values()))
+            + tuple(postings)
+            + transfer(acc.AVAILABLE, acc.REDEEMED, points),
+            moves=self._net_moves(lots),
+            provenance=replace(
+                provenance,
+                rule_id=f"reward:{reward_id}" if reward_id else "redeem:points",
+                program_version=program.version,
+                tier=self.tier_at(occurred_at),
+            ),
+            note=f"redeemed {points} points for {what} (redemption {redemption_id})" + note,
+            redemption=record,
+            respent=Respent(
+                tuple(redemptions),
+                tuple(orders.values()),
+                tuple(LotMove(k, v) for k, v in unexpired.items()),
+            ),
+        )
+        self.catch_up(program)  # points put back from expiry whose expiry has passed
+        return True
+
+    def _respend_refund(
+        self, program: Program, order: OrderRecord, amount: int, at: datetime
+    ) -> (
+        tuple[
+            tuple[LotMove, ...],
+            tuple[Posting, ...],
+            int,
+            int,
+            Spend | None,
+            Respent,
+            str,
+        ]
+        | None
+    ):
+        """A refund dated before spends already recorded (read late): it takes back as of
+        its own time, and each later spend takes again after it. None when there is
+        nothing later, or when it or a later spend would be left owing: then the usual
+        clawback applies, on the lots as they are."""
+        policy = program.returns.policy
+        if policy is ReturnPolicy.PENDING_ONLY:
+            return None
+        later = self._later_spends(at)
+        if not later or self.debt:
+            return None
+        unexpired = self._unexpired(at)
+        lots = restored(self.lots, unexpired, later)
+        postings: list[Posting] = []
+        left = amount
+        own = lots.get(order.lot_id) if order.lot_id else None
+        pending_then = own is not None and (
+            own.status == PENDING or (own.release_at is not None and own.release_at > at)
+        )
+        if left and own is not None and pending_then and own.remaining:
+            # Its own points were pending at its time: taken first, from the sub-account
+            # they are in now (released since, they are available).
+            pending = min(left, own.remaining)
+            lots[own.lot_id] = own.moved(-pending)
+            source = acc.PENDING if own.status == PENDING else acc.AVAILABLE
+            postings += transfer(source, acc.ISSUED, pending)
+            left -= pending
+        already_expired = 0
+        if left and own is not None and own.lot_id not in unexpired:
+            expired = self.expired_by_lot.get(own.lot_id, 0) - order.expired_credited
+            already_expired = min(left, max(0, expired))
+            left -= already_expired
+        spend = Spend("refund", at, "", left, (), order.lot_id, policy is ReturnPolicy.UNLIMITED)
+        mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
+        if mine.owed:
+            return None
+        again = self._taken_again(lots, later)
+        if again is None:
+            return None
+        redemptions, orders, again_postings, note = again
+        postings += transfer(acc.AVAILABLE, acc.ISSUED, mine.taken)
+        postings = [
+            *transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values())),
+            *postings,
+            *again_postings,
+        ]
+        respent = Respent(
+            tuple(redemptions),
+            tuple(orders.values()),
+            tuple(LotMove(k, v) for k, v in unexpired.items()),
+        )
+        spent = replace(spend, moves=mine.moves)
+        return (
+            self._net_moves(lots),
+            tuple(postings),
+            mine.short,
+            already_expired,
+            spent,
+            respent,
+            note,
+        )
 
     def _lots_as_of(self, at: datetime) -> dict[str, Lot]:
         """The lots as they stood at `at` for spending: as they are, except for an event

@@ -1,0 +1,155 @@
+"""Spends in event-time order: what redemptions and refunds take from the lots, decided
+again when one dated before them arrives late.
+
+A spend takes points from the lots spendable at its own time, soonest-expiring first (a
+refund its own order's lot first). When a redemption or refund dated before spends already
+recorded arrives (read late from another topic), the ledger gives back what those later
+spends took, lets the late one spend as of its own time, and has each later spend take
+again, in event-time order, from what is left then: a refund takes back what is there at
+its time and the return policy forgives the rest; a redemption, already granted, takes
+what is there at its time, then from points earned after it, and leaves the rest owed
+(a negative balance that later earnings settle).
+
+Pure functions over lots: the member account turns the result into entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from services.ledger.domain.lots import AVAILABLE, Lot, LotMove, spend_order_key
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One spend of available points: a redemption, or what a refund takes back from
+    available lots (its own pending points are not spendable, so never in question)."""
+
+    kind: str  # "redemption" | "refund"
+    at: datetime  # when it took effect in event time
+    key: str  # the redemption id, or "<order id>/<refund id>"
+    wanted: int  # the points it takes when they are there
+    moves: tuple[LotMove, ...] = ()  # what it took (negative amounts), as recorded
+    own_lot: str | None = None  # a refund's order's lot, taken first
+    owes: bool = False  # what is not there is owed (a balance below zero), not forgiven
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What a spend takes when it is decided (again)."""
+
+    spend: Spend
+    moves: tuple[LotMove, ...]
+    taken: int  # from the lots
+    owed: int  # left owed: the balance goes below zero by it
+
+    @property
+    def short(self) -> int:
+        """What was wanted and neither taken nor owed: forgiven."""
+        return self.spend.wanted - self.taken - self.owed
+
+
+def spendable_at(lot: Lot, at: datetime, earned_by: datetime | None = None) -> bool:
+    """Whether `lot` had points to spend at `at`: released by then (a lot still pending
+    now was pending then too), not yet expired, and earned by `earned_by` (by `at` unless
+    given: a redemption that waited counts what was earned while it waited)."""
+    return (
+        lot.status == AVAILABLE
+        and lot.remaining > 0
+        and lot.earned_at <= (earned_by or at)
+        and (lot.release_at is None or lot.release_at <= at)
+        and (lot.expires_at is None or lot.expires_at > at)
+    )
+
+
+def funded_by(
+    lots: Mapping[str, Lot], at: datetime, points: int, deadline: datetime
+) -> datetime | None:
+    """The first instant, from `at` and before `deadline`, by which the lots earned cover
+    `points` (None: never): a redemption waited (parked) for each earn until then."""
+    have = sum(v.remaining for v in lots.values() if spendable_at(v, at))
+    if have >= points:
+        return at
+    later = sorted(
+        (v for v in lots.values() if v.earned_at > at and v.earned_at < deadline),
+        key=lambda v: v.earned_at,
+    )
+    for i, lot in enumerate(later):
+        if spendable_at(lot, at, earned_by=lot.earned_at):
+            have += lot.remaining
+        last_of_instant = i + 1 == len(later) or later[i + 1].earned_at != lot.earned_at
+        if last_of_instant and have >= points:
+            return lot.earned_at
+    return None
+
+
+def take(
+    lots: dict[str, Lot], spend: Spend, at: datetime, earned_by: datetime | None = None
+) -> Taken:
+    """Decide `spend` at `at` on `lots` (changed in place): its own lot first, then the
+    spendable lots soonest-expiring first; a redemption short of points then takes from
+    points earned after it (what it owed was settled by them), and owes what is left."""
+    left = spend.wanted
+    moves: list[LotMove] = []
+
+    def from_lot(lot: Lot) -> None:
+        nonlocal left
+        amount = min(left, lot.remaining)
+        if amount:
+            moves.append(LotMove(lot.lot_id, -amount))
+            lots[lot.lot_id] = lot.moved(-amount)
+            left -= amount
+
+    own = lots.get(spend.own_lot) if spend.own_lot else None
+    if own is not None and spendable_at(own, at):
+        from_lot(own)
+    spendable = (v for v in lots.values() if spendable_at(v, at, earned_by))
+    for lot in sorted(spendable, key=spend_order_key):
+        if left == 0:
+            break
+        from_lot(lot)
+    if left and spend.kind == "redemption":
+        later = sorted(
+            (
+                v
+                for v in lots.values()
+                if v.earned_at > at and v.status == AVAILABLE and v.remaining > 0
+            ),
+            key=lambda v: (v.earned_at, v.lot_id),
+        )
+        for lot in later:
+            if left == 0:
+                break
+            from_lot(lot)
+    owed = left if spend.owes else 0
+    return Taken(spend, _merged(moves), spend.wanted - left, owed)
+
+
+def restored(
+    lots: Mapping[str, Lot], expired: Mapping[str, int], spends: Iterable[Spend]
+) -> dict[str, Lot]:
+    """The lots with the points `spends` took given back, and the points in `expired`
+    (lot id: points) back in their lots."""
+    out = dict(lots)
+    for lot_id, points in expired.items():
+        if points:
+            lot = out[lot_id]
+            out[lot_id] = replace(lot, remaining=lot.remaining + points)
+    for spend in spends:
+        for move in spend.moves:
+            lot = out[move.lot_id]
+            out[move.lot_id] = replace(lot, remaining=lot.remaining - move.amount)
+    return out
+
+
+def in_order(spends: Iterable[Spend]) -> list[Spend]:
+    return sorted(spends, key=lambda s: (s.at, s.kind, s.key))
+
+
+def _merged(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
+    total: dict[str, int] = {}
+    for move in moves:
+        total[move.lot_id] = total.get(move.lot_id, 0) + move.amount
+    return tuple(LotMove(k, v) for k, v in total.items() if v)
