@@ -534,6 +534,41 @@ def test_a_refund_read_after_a_later_redemption_takes_its_order_points_first(
     ]
 
 
+def test_a_redemption_an_earlier_refund_leaves_unfunded_waits_for_points_again(
+    open_fresh: Open,
+) -> None:
+    """A redemption applied before the refund, dated before it, that took its points back:
+    in event time it was never funded, so it is withdrawn (the points come back) and waits
+    again, parked; the purchase that funds it in event time then applies it."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("u-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=4000)
+    back = refund(
+        "u-2", "m-1", at("2026-05-01T09:30:00Z"), order_id="o-1", refund_id="r-1", amount_minor=4000
+    )
+    spent = redemption("u-3", "m-1", at("2026-05-01T10:00:00Z"), redemption_id="x-1", points=30)
+    two = purchase("u-4", "m-1", at("2026-05-01T11:00:00Z"), order_id="o-2", total_minor=3500)
+    assert read(ledger, clock, [(one, 0), (spent, 0), (back, 0)]) == ["applied"] * 3
+    # By hand, in time order: o-1 earns 40 at 09:00 and the refund of 09:30 takes them all
+    # back; at 10:00 the redemption finds 0 of 30: it waits.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=0, pending=0, held=0)
+    assert account.redemptions["x-1"].status == "withdrawn"
+    assert [e.event_id for _, e in ledger.app.parked()] == ["u-3"]
+    [receipt] = [r for r in ledger.app.apply_batch([file_item(spent, 9)]) if r.event_id == "u-3"]
+    assert (receipt.status, receipt.original) == ("duplicate", "parked")
+    # o-2 earns 35 at 11:00, before the redemption's deadline: it is funded then, 5 left.
+    assert apply_from_kafka(ledger, clock, READ_AT, two, 0, 2).status == "applied"
+    assert ledger.app.parked() == []
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert account.balance == Balances(available=5, pending=0, held=0)
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 def test_an_enrolment_read_after_an_auto_enrolment_pays_the_signup_bonus_once(
     open_fresh: Open,
 ) -> None:

@@ -49,7 +49,12 @@ from schemas import (
 from services.ledger.application.batch_reads import select_events_after, select_events_of
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.transcodings import register_value_types
-from services.ledger.domain.account import MemberAccount, SnapshotTooOld, account_id
+from services.ledger.domain.account import (
+    MemberAccount,
+    RedemptionRecord,
+    SnapshotTooOld,
+    account_id,
+)
 from services.ledger.domain.clock import Clock
 from services.ledger.domain.errors import Declined
 from services.ledger.domain.parking import ParkedEvent, ParkedEvents, parkable, parked_id
@@ -258,6 +263,7 @@ class LedgerApplication(Application[UUID]):
                 payload=payload,
             )
             return outcome
+        self._repark_withdrawn(batch, entries, now)
         for member in dict.fromkeys(e.split("#", 1)[0] for e in entries):  # in entry order
             self._retry_parked(batch, member, now, event.occurred_at)
         batch.receipts[event.event_id] = InboundReceipt(
@@ -645,7 +651,60 @@ class LedgerApplication(Application[UUID]):
                     self._settle_parked(batch, parking, waiting, DECLINED, exc, (), now)
                 else:
                     self._settle_parked(batch, parking, waiting, APPLIED, None, entries, now)
+                    self._repark_withdrawn(batch, entries, now)
                 progress = True
+
+    def _repark_withdrawn(self, batch: _Batch, entries: tuple[str, ...], now: datetime) -> None:
+        """Redemptions that these entries withdrew (an earlier-dated event, read late, left
+        them unfunded in event time) wait again: their events are parked once more."""
+        wanted = set(entries)
+        for member_id in dict.fromkeys(e.split("#", 1)[0] for e in entries):
+            account = batch.accounts.get(member_id)
+            if account is None:
+                continue
+            for entry in account.pending_events:
+                if f"{member_id}#{entry.originator_version}" not in wanted:
+                    continue
+                respent = getattr(entry, "respent", None)
+                if respent is None:
+                    continue
+                for record in respent.redemptions:
+                    if record.status == "withdrawn" and record.event_id is not None:
+                        self._repark(batch, member_id, record, now)
+
+    def _repark(
+        self, batch: _Batch, member_id: str, record: RedemptionRecord, now: datetime
+    ) -> None:
+        event_id = record.event_id
+        assert event_id is not None
+        assert record.dated is not None
+        receipt = batch.receipts.get(event_id) or batch.known.get(event_id)
+        if receipt is None:
+            receipt = self._receipts({event_id})[event_id]
+        batch.receipts[event_id] = receipt
+        detail = (
+            f"{record.points} points requested; an earlier-dated event read later took the "
+            "points it had spent"
+        )
+        receipt.withdraw("insufficient_points", detail, now)
+        parking = self._parking(batch, member_id)
+        if parking is None:
+            parking = batch.parked[member_id] = ParkedEvents.open(member_id)
+        payload = receipt.payload or ""
+        parking.park(
+            ParkedEvent(
+                event_id=event_id,
+                event_type=receipt.event_type,
+                payload=payload,
+                raw_b64=base64.b64encode(payload.encode()).decode(),
+                origin=receipt.origin,
+                occurred_at=record.dated,
+                reason="insufficient_points",
+                detail=detail,
+                deadline=record.dated + timedelta(hours=self.program.arrival.park_hours),
+                parked_at=now,
+            )
+        )
 
     def _settle_parked(
         self,

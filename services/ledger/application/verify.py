@@ -166,6 +166,10 @@ def _fold(
                 report.violations.append(f"{where}: took the balance below zero ({available})")
         if isinstance(event, MemberAccount.TierAssigned):
             tier = event.tier
+        respent = getattr(event, "respent", None)
+        for record in respent.redemptions if respent is not None else ():
+            if record.status == "withdrawn":  # it waits again: it may be applied once more
+                credited[(record.event_id, member, "PointsRedeemed")] -= 1
         if event.provenance.event_id and event.provenance.origin.channel != "scheduler":
             kind = type(event).__name__
             # One event may place a member in the entry tier and then upgrade (twice, when

@@ -53,7 +53,15 @@ from services.ledger.domain.rules import (
     quote_purchase,
     release_for,
 )
-from services.ledger.domain.spends import Spend, Taken, funded_by, in_order, restored, take
+from services.ledger.domain.spends import (
+    Spend,
+    Taken,
+    funded_by,
+    in_order,
+    redeem_again,
+    restored,
+    take,
+)
 
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/member")
 SCHEDULER = Origin(channel="scheduler")
@@ -205,8 +213,11 @@ class RedemptionRecord:
     points: int
     reward_id: str | None
     moves: tuple[LotMove, ...]
-    status: str  # redeemed | cancelled
+    status: str  # redeemed | cancelled | withdrawn (waits for points again)
     at: datetime | None = None  # when it was redeemed (None: recorded before 0.2)
+    # Since 0.3: the event it came from and its own time (it may have been funded later).
+    event_id: str | None = None
+    dated: datetime | None = None
 
 
 class MemberAccount(Aggregate):
@@ -1514,7 +1525,8 @@ class MemberAccount(Aggregate):
         if left and policy is not ReturnPolicy.PENDING_ONLY:
             wanted = left
             pending_moves = len(moves)
-            lots = dict(self.lots)
+            # What was there at its time: not points earned after it (read before it).
+            lots = {k: v for k, v in self.lots.items() if v.earned_at <= now}
             from_available = 0
             if (
                 own is not None
@@ -1556,7 +1568,8 @@ class MemberAccount(Aggregate):
         provenance: Provenance,
         now: datetime,
     ) -> None:
-        if redemption_id in self.redemptions:
+        known = self.redemptions.get(redemption_id)
+        if known is not None and known.status != "withdrawn":
             raise Declined("duplicate_redemption", f"redemption {redemption_id} already exists")
         if reward_id is not None:
             reward = program.rewards.get(reward_id)
@@ -1594,7 +1607,16 @@ class MemberAccount(Aggregate):
         # for points earned after it; an earlier-dated earn arriving after that may take
         # its place (see _reallocate).
         spent_at = max([occurred_at, *(lots[m.lot_id].earned_at for m in moves)])
-        record = RedemptionRecord(redemption_id, points, reward_id, moves, "redeemed", spent_at)
+        record = RedemptionRecord(
+            redemption_id,
+            points,
+            reward_id,
+            moves,
+            "redeemed",
+            spent_at,
+            provenance.event_id,
+            occurred_at,
+        )
         note = f"redeemed {points} points for {what} (redemption {redemption_id})"
         if from_expired:
             note += f"; {from_expired} of them had expired since and come back from breakage"
@@ -1651,13 +1673,22 @@ class MemberAccount(Aggregate):
         for move in respent.unexpired:
             self.expired_by_lot[move.lot_id] -= move.amount
 
-    def _later_spends(self, at: datetime) -> list[Spend]:
+    def _later_spends(self, program: Program, at: datetime) -> list[Spend]:
         """The spends of available points recorded with an event time after `at`: none in
         the usual case (nothing recorded since), found at no cost."""
         if self.last_spend_at is None or self.last_spend_at <= at:
             return []
+        wait = timedelta(hours=program.arrival.park_hours)
         found = [
-            Spend("redemption", r.at, r.redemption_id, r.points, r.moves, owes=True)
+            Spend(
+                "redemption",
+                r.at,
+                r.redemption_id,
+                r.points,
+                r.moves,
+                dated=r.dated,
+                deadline=None if r.dated is None else r.dated + wait,
+            )
             for r in self.redemptions.values()
             if r.status == "redeemed" and r.at is not None and r.at > at
         ]
@@ -1695,18 +1726,38 @@ class MemberAccount(Aggregate):
         orders: dict[str, OrderRecord] = {}
         postings: list[Posting] = []
         notes: list[str] = []
-        done: list[Taken] = [take(lots, s, s.at) for s in in_order(later)]
-        if any(t.owed for t in done):
-            return None
+        done: list[Taken] = []
+        for spend in in_order(later):
+            if spend.kind == "redemption":
+                again = redeem_again(lots, spend)
+                if again is None:
+                    # Never funded in event time: it goes back to waiting for points.
+                    record = self.redemptions[spend.key]
+                    if record.event_id is None or record.dated is None:
+                        return None  # recorded before 0.3: kept as it is
+                    redemptions.append(replace(record, moves=(), status="withdrawn"))
+                    postings += transfer(acc.REDEEMED, acc.AVAILABLE, spend.wanted)
+                    notes.append(
+                        f"redemption {spend.key} withdrawn: in event time the points it "
+                        "spent were not there; it waits for points again"
+                    )
+                    continue
+                done.append(again)
+                continue
+            taken = take(lots, spend, spend.at)
+            if taken.owed:
+                return None
+            done.append(taken)
         for t in done:
             spend = t.spend
-            if sorted(t.moves, key=lambda m: m.lot_id) == sorted(
-                spend.moves, key=lambda m: m.lot_id
-            ):
-                continue
             if spend.kind == "redemption":
-                redemptions.append(replace(self.redemptions[spend.key], moves=t.moves))
+                record = self.redemptions[spend.key]
+                if set(t.moves) == set(record.moves) and t.at == record.at:
+                    continue
+                redemptions.append(replace(record, moves=t.moves, at=t.at))
                 notes.append(f"redemption {spend.key} now takes from {self._lot_names(t.moves)}")
+                continue
+            if set(t.moves) == set(spend.moves):
                 continue
             order_id, refund_id = spend.key.split("/", 1)
             before = -sum(m.amount for m in spend.moves)
@@ -1750,7 +1801,7 @@ class MemberAccount(Aggregate):
         """A redemption dated before spends already recorded (read late): it spends as of
         its own time, and each later spend takes again after it (domain/spends.py).
         False when there is nothing later, or when a later spend would be left owing."""
-        later = self._later_spends(occurred_at)
+        later = self._later_spends(program, occurred_at)
         if not later or self.debt:
             return False
         unexpired = self._unexpired(occurred_at)
@@ -1766,7 +1817,16 @@ class MemberAccount(Aggregate):
         if again is None:
             return False
         redemptions, orders, postings, note = again
-        record = RedemptionRecord(redemption_id, points, reward_id, mine.moves, "redeemed", instant)
+        record = RedemptionRecord(
+            redemption_id,
+            points,
+            reward_id,
+            mine.moves,
+            "redeemed",
+            instant,
+            provenance.event_id,
+            occurred_at,
+        )
         self._record(
             self.PointsRedeemed,
             effective_at=occurred_at,
@@ -1812,7 +1872,7 @@ class MemberAccount(Aggregate):
         policy = program.returns.policy
         if policy is ReturnPolicy.PENDING_ONLY:
             return None
-        later = self._later_spends(at)
+        later = self._later_spends(program, at)
         if not later or self.debt:
             return None
         unexpired = self._unexpired(at)
@@ -1902,6 +1962,8 @@ class MemberAccount(Aggregate):
                 f"redemption {redemption_id} was made after this cancellation's deadline "
                 f"({deadline.isoformat()})",
             )
+        if record.status == "withdrawn":
+            raise Declined("unknown_redemption", f"redemption {redemption_id} waits for points")
         if record.status != "redeemed":
             raise Declined("already_cancelled", f"redemption {redemption_id} was cancelled")
         self.prepare(program, now, provenance)

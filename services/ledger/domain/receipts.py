@@ -93,6 +93,26 @@ class InboundReceipt(Aggregate):
             raise ValueError(f"only a declined event can be applied again, not {self.outcome}")
         self.trigger_event(self.Reapplied, entries=entries, actor=actor, at=at)
 
+    class Withdrawn(Aggregate.Event):
+        """An applied redemption that an earlier-dated event, read late, left unfunded in
+        event time: it waits (parked) for points again, until its deadline."""
+
+        reason: str
+        detail: str
+        at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, InboundReceipt)
+            aggregate.outcome = PARKED
+            aggregate.reason = self.reason
+            aggregate.detail = self.detail
+            aggregate.entries = ()
+
+    def withdraw(self, reason: str, detail: str, at: datetime) -> None:
+        if self.outcome != APPLIED:
+            raise ValueError(f"only an applied event can be withdrawn, not {self.outcome}")
+        self.trigger_event(self.Withdrawn, reason=reason, detail=detail, at=at)
+
     class Settled(Aggregate.Event):
         """A parked event applied once what it needed arrived, or declined at its deadline."""
 

@@ -34,6 +34,10 @@ class Spend:
     moves: tuple[LotMove, ...] = ()  # what it took (negative amounts), as recorded
     own_lot: str | None = None  # a refund's order's lot, taken first
     owes: bool = False  # what is not there is owed (a balance below zero), not forgiven
+    # A redemption: its own time (`at` is when it was funded, later if it waited) and
+    # until when it waits for points.
+    dated: datetime | None = None
+    deadline: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class Taken:
     moves: tuple[LotMove, ...]
     taken: int  # from the lots
     owed: int  # left owed: the balance goes below zero by it
+    at: datetime | None = None  # a redemption: the instant it was funded
 
     @property
     def short(self) -> int:
@@ -89,8 +94,8 @@ def take(
     lots: dict[str, Lot], spend: Spend, at: datetime, earned_by: datetime | None = None
 ) -> Taken:
     """Decide `spend` at `at` on `lots` (changed in place): its own lot first, then the
-    spendable lots soonest-expiring first; a redemption short of points then takes from
-    points earned after it (what it owed was settled by them), and owes what is left."""
+    spendable lots soonest-expiring first (earned by `earned_by`); what is not there is
+    owed or forgiven."""
     left = spend.wanted
     moves: list[LotMove] = []
 
@@ -110,21 +115,20 @@ def take(
         if left == 0:
             break
         from_lot(lot)
-    if left and spend.kind == "redemption":
-        later = sorted(
-            (
-                v
-                for v in lots.values()
-                if v.earned_at > at and v.status == AVAILABLE and v.remaining > 0
-            ),
-            key=lambda v: (v.earned_at, v.lot_id),
-        )
-        for lot in later:
-            if left == 0:
-                break
-            from_lot(lot)
     owed = left if spend.owes else 0
-    return Taken(spend, _merged(moves), spend.wanted - left, owed)
+    return Taken(spend, _merged(moves), spend.wanted - left, owed, earned_by or at)
+
+
+def redeem_again(lots: dict[str, Lot], spend: Spend) -> Taken | None:
+    """A redemption decided again: funded as of its own time by the first instant before
+    its deadline that covers it (as when it waited), else None: in event time it was never
+    funded (`lots` are left as they were)."""
+    dated = spend.dated or spend.at
+    deadline = spend.deadline or spend.at
+    instant = funded_by(lots, dated, spend.wanted, max(deadline, dated))
+    if instant is None:
+        return None
+    return take(lots, spend, dated, instant)
 
 
 def restored(
