@@ -30,6 +30,7 @@ from tests.support.histories import (
     activity,
     apply_at,
     apply_from_kafka,
+    cancellation,
     enrolment,
     file_item,
     lot_content,
@@ -555,6 +556,11 @@ def test_a_redemption_an_earlier_refund_leaves_unfunded_waits_for_points_again(
     assert account.balance == Balances(available=0, pending=0, held=0)
     assert account.redemptions["x-1"].status == "withdrawn"
     assert [e.event_id for _, e in ledger.app.parked()] == ["u-3"]
+    ledger.projection.run()
+    [refunded] = [
+        row for row in ledger.statement("m-1", limit=100) if row.entry_type == "points_reversed"
+    ]
+    assert refunded.body["details"]["withdrawn_redemptions"] == "x-1"
     [receipt] = [r for r in ledger.app.apply_batch([file_item(spent, 9)]) if r.event_id == "u-3"]
     assert (receipt.status, receipt.original) == ("duplicate", "parked")
     # o-2 earns 35 at 11:00, before the redemption's deadline: it is funded then, 5 left.
@@ -564,6 +570,34 @@ def test_a_redemption_an_earlier_refund_leaves_unfunded_waits_for_points_again(
     assert account is not None
     assert account.redemptions["x-1"].status == "redeemed"
     assert account.balance == Balances(available=5, pending=0, held=0)
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+def test_a_cancellation_read_after_a_later_refund_gives_the_refund_its_points_back(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("c-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=4000)
+    spent = redemption("c-2", "m-1", at("2026-05-01T10:00:00Z"), redemption_id="x-1", points=30)
+    undo = cancellation("c-3", "m-1", at("2026-05-01T11:00:00Z"), redemption_id="x-1")
+    back = refund(
+        "c-4", "m-1", at("2026-05-01T11:30:00Z"), order_id="o-1", refund_id="r-1", amount_minor=4000
+    )
+    # The purchases topic (purchase and refund) is read before the redemptions topic.
+    statuses = read(ledger, clock, [(one, 0), (back, 0), (spent, 0), (undo, 0)])
+    assert statuses == ["applied"] * 4
+    # By hand, in time order: 40 points at 09:00; 30 redeemed at 10:00 (10 left); the
+    # cancellation at 11:00 gives them back (40); the refund at 11:30 takes all 40: 0 left,
+    # nothing kept by the member.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=0, pending=0, held=0)
+    assert account.redemptions["x-1"].status == "cancelled"
+    [step] = account.orders["o-1"].refunds
+    assert step.taken_from is not None
+    assert sum(-m.amount for m in step.taken_from) == 40
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations

@@ -100,6 +100,13 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
         details["order_total_minor"] = event.order.total_minor
     if isinstance(event, MemberAccount.PointsReversed):
         details["order_refunded_minor"] = event.order.refunded_minor
+    respent = getattr(event, "respent", None)
+    if respent is not None:
+        # Spends dated after this late one, taken again: a withdrawn redemption waits for
+        # points again (its reward system may want to know).
+        withdrawn = [r.redemption_id for r in respent.redemptions if r.status == "withdrawn"]
+        if withdrawn:
+            details["withdrawn_redemptions"] = ",".join(withdrawn)
     if isinstance(event, MemberAccount.PointsToppedUp) and event.taken_back:
         # "<instant> <points>" per refund that took its share of the top-up back
         details["taken_back"] = ";".join(f"{at.isoformat()} {n}" for at, n in event.taken_back)

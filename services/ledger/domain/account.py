@@ -390,8 +390,11 @@ class MemberAccount(Aggregate):
         redemption_id: str
         points: int
         reason: str | None
+        respent: Respent | None = None  # since 0.3: later spends taken again
 
         def apply_specific(self, account: MemberAccount) -> None:
+            if self.respent is not None:
+                account._apply_respent(self.respent)
             record = account.redemptions[self.redemption_id]
             account.redemptions[self.redemption_id] = replace(record, status="cancelled")
 
@@ -1851,6 +1854,60 @@ class MemberAccount(Aggregate):
         self.catch_up(program)  # points put back from expiry whose expiry has passed
         return True
 
+    def _cancel_respent(
+        self,
+        program: Program,
+        record: RedemptionRecord,
+        reason: str | None,
+        occurred_at: datetime,
+        provenance: Provenance,
+    ) -> bool:
+        """A cancellation dated before spends already recorded (read late): its points go
+        back as of its own time, and each later spend takes again after it. False when
+        there is nothing later, or when a later spend would be left owing."""
+        rid = record.redemption_id
+        later = [
+            s
+            for s in self._later_spends(program, occurred_at)
+            if not (s.kind == "redemption" and s.key == rid)
+        ]
+        if not later or self.debt:
+            return False
+        unexpired = self._unexpired(occurred_at)
+        lots = restored(self.lots, unexpired, later)
+        for move in record.moves:
+            lots[move.lot_id] = replace(
+                lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
+            )
+        again = self._taken_again(lots, later)
+        if again is None:
+            return False
+        redemptions, orders, postings, note = again
+        self._record(
+            self.RedemptionCancelled,
+            effective_at=occurred_at,
+            postings=transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values()))
+            + tuple(postings)
+            + transfer(acc.REDEEMED, acc.AVAILABLE, record.points),
+            moves=self._net_moves(lots),
+            provenance=replace(
+                provenance, rule_id="redeem:cancel", program_version=program.version, tier=self.tier
+            ),
+            note=f"redemption {rid} cancelled: {record.points} points back to their lots with "
+            "their original expiry" + note,
+            redemption_id=rid,
+            points=record.points,
+            reason=reason,
+            respent=Respent(
+                tuple(redemptions),
+                tuple(orders.values()),
+                tuple(LotMove(k, v) for k, v in unexpired.items()),
+            ),
+        )
+        self.advance(program, occurred_at)  # points back to a lot past its expiry expire
+        self.catch_up(program)
+        return True
+
     def _respend_refund(
         self, program: Program, order: OrderRecord, amount: int, at: datetime
     ) -> (
@@ -1967,6 +2024,8 @@ class MemberAccount(Aggregate):
         if record.status != "redeemed":
             raise Declined("already_cancelled", f"redemption {redemption_id} was cancelled")
         self.prepare(program, now, provenance)
+        if self._cancel_respent(program, record, reason, occurred_at, provenance):
+            return
         restore = tuple(LotMove(m.lot_id, -m.amount) for m in record.moves)
         settle: list[LotMove] = []
         debt = self.debt
