@@ -1405,7 +1405,8 @@ class MemberAccount(Aggregate):
         if order is None:
             raise Declined("unknown_order", f"order {order_id} earned nothing for this member")
         deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
-        if order.earned_at is not None and order.earned_at >= deadline:
+        waits = program.arrival.park_hours > 0  # else it never waits: what is there counts
+        if waits and order.earned_at is not None and order.earned_at >= deadline:
             # In event time the refund stopped waiting before its order was placed.
             raise Declined(
                 "unknown_order",
@@ -2012,7 +2013,8 @@ class MemberAccount(Aggregate):
         if record is None:
             raise Declined("unknown_redemption", f"no redemption {redemption_id}")
         deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
-        if record.at is not None and record.at >= deadline:
+        waits = program.arrival.park_hours > 0  # else it never waits: what is there counts
+        if waits and record.at is not None and record.at >= deadline:
             # In event time the cancellation stopped waiting before the redemption was made.
             raise Declined(
                 "unknown_redemption",
