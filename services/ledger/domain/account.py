@@ -8,7 +8,7 @@ and replaying the entries never recomputes a rule.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -63,6 +63,10 @@ QUALIFYING_HORIZON = timedelta(days=6 * 366)
 
 
 _MAX_SEQ = 2**62
+# Tier entries recorded by a period-end review, or by deciding one again (`reviewed`).
+_REVIEWS = frozenset({"kept", "downgrade", "reviewed"})
+# Where an ops override (or 0.1's tiers service) decided, reviews are not decided again.
+_NOT_REVIEWED_AGAIN = frozenset({"override", "override_ended", "service"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -879,6 +883,153 @@ class MemberAccount(Aggregate):
             self._top_up(program, since, provenance)
             self._upgrade_after_earn(program, since, provenance)
 
+    def _decide_reviews_again(
+        self, program: Program, since: datetime, provenance: Provenance
+    ) -> None:
+        """A late earn or refund dated `since`, before period-end reviews already recorded:
+        the reviews after it are decided again with it counted, as they would have been in
+        time order, and what follows from them (the purchases earned since at a tier that
+        changed, upgrades the window then reaches) is done again. Bounded: only changes
+        dated after `since` are looked at, and a few rounds at most."""
+        for _ in range(4):
+            if not self._review_again(program, since, provenance):
+                return
+            self._top_up(program, since, provenance)
+            self._upgrade_after_earn(program, since, provenance)
+
+    def _review_again(self, program: Program, since: datetime, provenance: Provenance) -> bool:
+        """Walk the tier policy from the last tier change at or before `since` over the
+        qualifying activity recorded (reviews where they fall due, an earn's renewal at its
+        instant, the upgrades and retractions recorded); where a review recorded after
+        `since` decided otherwise, or falls elsewhere, record the decision time order gives
+        at that instant (cause `reviewed`). Returns whether any entry was recorded."""
+        if not program.tiers or self.tier_locked:
+            return False
+        changes = _effective(self.tier_changes)
+        if not any(c.at > since and c.cause in _REVIEWS for c in changes):
+            return False  # the usual case: no review recorded after it, at no cost
+        index = bisect_right(changes, (since, _MAX_SEQ), key=_change_key)
+        if not index:
+            return False
+        anchor, later = changes[index - 1], changes[index:]
+        if any(c.cause in _NOT_REVIEWED_AGAIN for c in (anchor, *later)):
+            return False  # an ops override decides there: left as recorded
+        spend = program.tier_qualification.basis == "spend"
+        state = replace(
+            self.tier_state(program),
+            tier=anchor.tier,
+            period_end=anchor.period_end,
+            held_until=anchor.held_until,
+            override_until=None,
+            locked=False,
+        )
+        earns = sorted(
+            {
+                q.at
+                for q in self.qualifying
+                if q.at >= anchor.at and q.points >= 0 and q.spend_minor >= 0
+            }
+        )
+        steps: list[tuple[datetime, tier_policy.TierState]] = [(anchor.at, state)]
+        reviews: list[datetime] = []
+
+        def due(state: tier_policy.TierState, until: datetime) -> tier_policy.TierState:
+            while (
+                state.held_until is not None
+                and state.period_end is not None
+                and state.held_until <= until
+            ):
+                review = state.held_until
+                state, _ = tier_policy.advance(program, state, review)
+                reviews.append(review)
+                steps.append((review, state))
+            return state
+
+        applied = {c.seq for c in changes[:index]}
+        events = sorted(
+            [(t, 0, 0) for t in earns]
+            + [(c.at, 1, i) for i, c in enumerate(later) if c.cause not in _REVIEWS],
+            key=lambda e: (e[0], e[1], later[e[2]].seq if e[1] else 0),
+        )
+        for t, kind, i in events:
+            state = due(state, t)
+            if kind == 0:
+                after, decisions = tier_policy.upgrade(program, state, t, None)
+                if decisions or (after.period_end, after.held_until) == (
+                    state.period_end,
+                    state.held_until,
+                ):
+                    continue  # an upgrade is recorded by the earn (or found after this)
+            else:
+                change = later[i]
+                if change.cause == "upgrade" and 0 <= change.rank <= _rank(program, state.tier):
+                    continue  # superseded: the tier was held already
+                if change.cause == "retracted" and change.retracts not in applied:
+                    continue
+                applied.add(change.seq)
+                after = replace(
+                    state,
+                    tier=change.tier,
+                    period_end=change.period_end,
+                    held_until=change.held_until,
+                )
+            state = after
+            steps.append((t, state))
+        horizon = max(
+            t
+            for t in (self.worked_to, changes[-1].at, earns[-1] if earns else None, since)
+            if t is not None
+        )
+        state = due(state, horizon)
+
+        def at_instant(instant: datetime) -> tier_policy.TierState:
+            return [s for t, s in steps if t <= instant][-1]
+
+        recorded = False
+        instants = sorted({*reviews, *(c.at for c in later if c.cause in _REVIEWS)})
+        for instant in instants:
+            want = at_instant(instant)
+            have = [c for c in _effective(self.tier_changes) if c.at <= instant][-1]
+            if (have.tier, have.period_end, have.held_until) == (
+                want.tier,
+                want.period_end,
+                want.held_until,
+            ):
+                continue
+            self._record_reviewed(program, want, at=instant, since=since, provenance=provenance)
+            recorded = True
+        last, final = steps[-1]
+        if (self.tier, self.tier_period_end, self.tier_held_until) != (
+            final.tier,
+            final.period_end,
+            final.held_until,
+        ):
+            self._record_reviewed(program, final, at=last, since=since, provenance=provenance)
+            recorded = True
+        return recorded
+
+    def _record_reviewed(
+        self,
+        program: Program,
+        want: tier_policy.TierState,
+        *,
+        at: datetime,
+        since: datetime,
+        provenance: Provenance,
+    ) -> None:
+        """A tier decision at `at` taken again once an earlier-dated event arrived."""
+        held = want.held_until.date().isoformat() if want.held_until else "-"
+        self._record_tier(
+            program,
+            replace(want, tier=self.tier_at(at)),
+            want,
+            at=at,
+            cause="reviewed",
+            reason=f"decided again once an event dated {since.isoformat()} arrived: "
+            f"{want.tier or 'none'} at {at.isoformat()}, held until {held}",
+            provenance=replace(provenance, rule_id="tier"),
+        )
+
     def _record_tier(
         self,
         program: Program,
@@ -1322,6 +1473,7 @@ class MemberAccount(Aggregate):
         if new_lots and new_lots[0].status == AVAILABLE:
             self._reallocate(program, new_lots[0].lot_id, occurred_at, provenance)
         self._upgrade_after_earn(program, occurred_at, provenance)
+        self._decide_reviews_again(program, occurred_at, provenance)
         self.catch_up(program)
 
     def _renewal(self, program: Program, activity: Qualifying) -> tuple[datetime, datetime] | None:
@@ -1436,6 +1588,7 @@ class MemberAccount(Aggregate):
             order=new_order,
         )
         self._retract_upgrades(program, occurred_at, provenance)
+        self._decide_reviews_again(program, occurred_at, provenance)
 
     def _clawback(
         self, program: Program, order: OrderRecord, amount: int, now: datetime
