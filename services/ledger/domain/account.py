@@ -914,7 +914,6 @@ class MemberAccount(Aggregate):
         anchor, later = changes[index - 1], changes[index:]
         if any(c.cause in _NOT_REVIEWED_AGAIN for c in (anchor, *later)):
             return False  # an ops override decides there: left as recorded
-        spend = program.tier_qualification.basis == "spend"
         state = replace(
             self.tier_state(program),
             tier=anchor.tier,
