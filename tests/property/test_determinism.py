@@ -541,7 +541,7 @@ INTERLEAVINGS = st.lists(st.integers(0, 7), max_size=60)
 
 @SETTINGS
 @given(
-    case=cases(kinds=ARRIVAL_SAFE_KINDS, windows=["calendar_year"], max_gap=4 * 24 * 60),
+    case=cases(kinds=ARRIVAL_SAFE_KINDS, max_gap=14 * 24 * 60),
     partitions=PARTITIONS,
     choices=INTERLEAVINGS,
 )

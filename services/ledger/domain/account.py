@@ -906,8 +906,8 @@ class MemberAccount(Aggregate):
         if not program.tiers or self.tier_locked:
             return False
         changes = _effective(self.tier_changes)
-        if not any(c.at > since and c.cause in _REVIEWS for c in changes):
-            return False  # the usual case: no review recorded after it, at no cost
+        if (not changes or changes[-1].at <= since) and all(q.at <= since for q in self.qualifying):
+            return False  # the usual case: nothing recorded after it, at no cost
         index = bisect_right(changes, (since, _MAX_SEQ), key=_change_key)
         if not index:
             return False
