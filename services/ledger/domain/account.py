@@ -455,6 +455,8 @@ class MemberAccount(Aggregate):
         locked: bool  # override: automatic tier changes wait until `until`
         # Version 3: decided by the ledger itself (the tier policy, inline).
         # entry | upgrade | downgrade | kept | override | override_ended | service | retracted
+        # | reviewed (a review, or a hold, decided again once an earlier-dated earn or refund
+        # arrived; no new field, so no new version)
         cause: str
         period_end: datetime | None  # end of the qualification period the tier is held for
         held_until: datetime | None  # when the period is reviewed (period end + grace)
