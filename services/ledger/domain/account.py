@@ -902,9 +902,11 @@ class MemberAccount(Aggregate):
     def _review_again(self, program: Program, since: datetime, provenance: Provenance) -> bool:
         """Walk the tier policy from the last tier change at or before `since` over the
         qualifying activity recorded (reviews where they fall due, an earn's renewal at its
-        instant, the upgrades and retractions recorded); where a review recorded after
-        `since` decided otherwise, or falls elsewhere, record the decision time order gives
-        at that instant (cause `reviewed`). Returns whether any entry was recorded."""
+        instant, the upgrades and retractions recorded) up to the latest instant recorded;
+        where a review recorded after `since` decided otherwise, or time order makes one
+        elsewhere, record the decision time order gives at that instant (cause
+        `reviewed`), and where the tier or its held-until ends otherwise, the state time
+        order gives at the last instant walked. Returns whether any entry was recorded."""
         if not program.tiers or self.tier_locked:
             return False
         changes = _effective(self.tier_changes)
