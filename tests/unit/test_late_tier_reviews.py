@@ -12,10 +12,18 @@ import pytest
 
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
-from services.ledger.domain.account import Balances, MemberAccount
+from services.ledger.domain.account import Balances, MemberAccount, SnapshotTooOld, TierChange
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
-from tests.support.histories import Event, activity, apply_from_kafka, open_ledger, purchase, refund
+from tests.support.histories import (
+    Event,
+    activity,
+    apply_from_kafka,
+    enrolment,
+    open_ledger,
+    purchase,
+    refund,
+)
 
 
 def at(text: str) -> datetime:
@@ -145,3 +153,67 @@ def test_a_late_refund_that_would_have_lost_the_tier_at_a_review(
         assert account.tier_at(at("2027-01-05T00:00:00Z")) == "base"
     finally:
         ledger.close()
+
+
+OVERRIDE_END = {
+    "p1": purchase("v-1", "m-1", at("2026-11-20T12:00:00Z"), order_id="o1", total_minor=12000),
+    "p2": purchase("v-2", "m-1", at("2026-12-03T12:00:00Z"), order_id="o2", total_minor=5000),
+    "a1": activity("v-3", "m-1", at("2026-12-05T12:00:00Z"), name="birthday"),
+}
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["p1", "p2", "a1"],  # time order
+        ["a1", "p1", "p2"],  # the birthday first: the override's end is recorded first
+    ],
+)
+def test_a_late_purchase_decides_an_override_end_again(tmp_path: Path, order: list[str]) -> None:
+    # By hand, calendar year, Silver at 100 points (x2), no grace. Ops set Silver on
+    # 2026-09-01, locked until 2026-12-01 12:00, for a member enrolled on Aug 1:
+    #   Nov 20  $120 at Silver x2 = 240 (the lock keeps the tier as set)
+    #   Dec 1   the override ends: 240 in 2026 >= 100, Silver held until 2027-01-01
+    #   Dec 3   $50 at Silver x2 = 100
+    #   Dec 5   birthday 25
+    #   240 + 100 + 25 = 365 points, Silver held until 2027-01-01. Read with the birthday
+    # first, the override's end saw nothing in 2026 and gave Base, and the Dec 3 purchase
+    # earned 50 at Base; the Nov 20 purchase decides the override's end again (Silver).
+    clock = FixedClock(at("2026-08-01T12:00:00Z"))
+    ledger = open_ledger(tmp_path / "store", CALENDAR, clock)
+    try:
+        joined = enrolment("v-0", "m-1", at("2026-08-01T12:00:00Z"))
+        assert apply_from_kafka(ledger, clock, clock.now(), joined, 1, 0).status == "applied"
+        clock.set(at("2026-09-01T12:00:00Z"))
+        ledger.app.assign_tier(
+            "m-1",
+            "silver",
+            reason="goodwill",
+            actor="ops",
+            until=at("2026-12-01T12:00:00Z"),
+            locked=True,
+        )
+        account = read(ledger, clock, [OVERRIDE_END[name] for name in order])
+        assert account.balance == Balances(available=365, pending=0, held=0)
+        assert {o: (r.points, r.tier) for o, r in account.orders.items()} == {
+            "o1": (240, "silver"),
+            "o2": (100, "silver"),
+        }
+        assert account.tier == "silver"
+        assert not account.tier_locked
+        assert account.tier_held_until == at("2027-01-01T00:00:00Z")
+    finally:
+        ledger.close()
+
+
+def test_a_version_2_snapshot_with_an_ops_override_is_rebuilt_from_the_events() -> None:
+    # Version 2 tier changes kept no override end or lock, which deciding an override's
+    # end again needs: such a snapshot is refused (the events are folded instead).
+    when = at("2026-09-01T12:00:00Z")
+    override = TierChange(when, 3, "silver", "override", 1, when, when)
+    upgrade = TierChange(when, 4, "silver", "upgrade", 1, when, when)
+    with pytest.raises(SnapshotTooOld):
+        MemberAccount.upcast_v2_v3({"member_id": "m-1", "tier_changes": [upgrade, override]})
+    state: dict[str, Any] = {"member_id": "m-1", "tier_changes": [upgrade]}
+    MemberAccount.upcast_v2_v3(state)  # no override: loads as it is
+    assert state["tier_changes"] == [upgrade]

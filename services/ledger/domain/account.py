@@ -64,9 +64,9 @@ QUALIFYING_HORIZON = timedelta(days=6 * 366)
 
 _MAX_SEQ = 2**62
 # Tier entries recorded by a period-end review, or by deciding one again (`reviewed`).
-_REVIEWS = frozenset({"kept", "downgrade", "reviewed"})
-# Where an ops override (or 0.1's tiers service) decided, reviews are not decided again.
-_NOT_REVIEWED_AGAIN = frozenset({"override", "override_ended", "service"})
+_REVIEWS = frozenset({"kept", "downgrade", "override_ended", "reviewed"})
+# Where 0.1's tiers service decided, reviews are not decided again.
+_NOT_REVIEWED_AGAIN = frozenset({"service"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,8 @@ class TierChange:
     period_end: datetime | None = None  # what the change held the tier for (see TierState)
     held_until: datetime | None = None
     retracts: int = 0  # a retraction: the seq of the upgrade it retracts
+    override_until: datetime | None = None  # an ops override's end (snapshot version 3)
+    locked: bool = False  # an ops override's lock (snapshot version 3)
 
 
 def _change_key(change: TierChange) -> tuple[datetime, int]:
@@ -199,12 +201,22 @@ class MemberAccount(Aggregate):
     """One member's points: lots, sub-account balances, and what was already applied."""
 
     # Snapshot state version 2 (0.2): the tier state and the scheduler's time are kept.
-    class_version = 2
+    # Version 3: each tier change keeps an ops override's end and lock.
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         """A version 1 snapshot lacks the qualifying activity: rebuild from the events."""
         raise SnapshotTooOld(str(state.get("member_id")))
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """A version 2 snapshot's tier changes lack an override's end and lock: one with an
+        ops override is rebuilt from the events (the others need neither)."""
+        for change in state.get("tier_changes", ()):
+            cause = change.get("cause") if isinstance(change, dict) else change.cause
+            if cause == "override":
+                raise SnapshotTooOld(str(state.get("member_id")))
 
     class Enrolled(Aggregate.Created):
         member_id: str
@@ -501,6 +513,8 @@ class MemberAccount(Aggregate):
                 self.period_end,
                 self.held_until,
                 self.retracts,
+                self.override_until,
+                self.locked,
             )
             changes = account.tier_changes
             if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
@@ -907,7 +921,7 @@ class MemberAccount(Aggregate):
         elsewhere, record the decision time order gives at that instant (cause
         `reviewed`), and where the tier or its held-until ends otherwise, the state time
         order gives at the last instant walked. Returns whether any entry was recorded."""
-        if not program.tiers or self.tier_locked:
+        if not program.tiers:
             return False
         changes = _effective(self.tier_changes)
         if (not changes or changes[-1].at <= since) and all(q.at <= since for q in self.qualifying):
@@ -917,14 +931,14 @@ class MemberAccount(Aggregate):
             return False
         anchor, later = changes[index - 1], changes[index:]
         if any(c.cause in _NOT_REVIEWED_AGAIN for c in (anchor, *later)):
-            return False  # an ops override decides there: left as recorded
+            return False  # 0.1's tiers service decided there: left as recorded
         state = replace(
             self.tier_state(program),
             tier=anchor.tier,
             period_end=anchor.period_end,
             held_until=anchor.held_until,
-            override_until=None,
-            locked=False,
+            override_until=anchor.override_until,
+            locked=anchor.locked,
         )
         earns = sorted(
             {
@@ -937,16 +951,17 @@ class MemberAccount(Aggregate):
         reviews: list[datetime] = []
 
         def due(state: tier_policy.TierState, until: datetime) -> tier_policy.TierState:
-            while (
-                state.held_until is not None
-                and state.period_end is not None
-                and state.held_until <= until
-            ):
-                review = state.held_until
+            """Reviews and override ends due by `until` (as `tier_policy.advance` makes them)."""
+            while True:
+                if state.locked:
+                    review = state.override_until
+                else:
+                    review = state.held_until if state.period_end is not None else None
+                if review is None or review > until:
+                    return state
                 state, _ = tier_policy.advance(program, state, review)
                 reviews.append(review)
                 steps.append((review, state))
-            return state
 
         applied = {c.seq for c in changes[:index]}
         events = sorted(
@@ -975,6 +990,8 @@ class MemberAccount(Aggregate):
                     tier=change.tier,
                     period_end=change.period_end,
                     held_until=change.held_until,
+                    override_until=change.override_until,
+                    locked=change.locked,
                 )
             state = after
             steps.append((t, state))
@@ -993,20 +1010,24 @@ class MemberAccount(Aggregate):
         for instant in instants:
             want = at_instant(instant)
             have = [c for c in _effective(self.tier_changes) if c.at <= instant][-1]
-            if (have.tier, have.period_end, have.held_until) == (
-                want.tier,
-                want.period_end,
-                want.held_until,
-            ):
+            if (
+                have.tier,
+                have.period_end,
+                have.held_until,
+                have.override_until,
+                have.locked,
+            ) == (want.tier, want.period_end, want.held_until, want.override_until, want.locked):
                 continue
             self._record_reviewed(program, want, at=instant, since=since, provenance=provenance)
             recorded = True
         last, final = steps[-1]
-        if (self.tier, self.tier_period_end, self.tier_held_until) != (
-            final.tier,
-            final.period_end,
-            final.held_until,
-        ):
+        if (
+            self.tier,
+            self.tier_period_end,
+            self.tier_held_until,
+            self.tier_override_until,
+            self.tier_locked,
+        ) != (final.tier, final.period_end, final.held_until, final.override_until, final.locked):
             self._record_reviewed(program, final, at=last, since=since, provenance=provenance)
             recorded = True
         return recorded
