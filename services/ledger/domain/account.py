@@ -972,6 +972,8 @@ class MemberAccount(Aggregate):
         for t, kind, i in events:
             state = due(state, t)
             if kind == 0:
+                if state.period_end is None or state.locked:
+                    continue  # nothing to hold longer (the entry tier; a lock)
                 after, decisions = tier_policy.upgrade(program, state, t, None)
                 if decisions or (after.period_end, after.held_until) == (
                     state.period_end,
