@@ -111,6 +111,45 @@ def test_a_late_purchase_that_would_have_kept_the_tier_at_a_review(
         ledger.close()
 
 
+HELD = {
+    "p1": purchase("h-1", "m-1", at("2026-09-21T09:00:00Z"), order_id="o1", total_minor=15000),
+    "a1": activity("h-2", "m-1", at("2026-10-12T09:00:00Z"), name="birthday"),
+    "p2": purchase("h-3", "m-1", at("2026-12-28T09:00:00Z"), order_id="o2", total_minor=5000),
+}
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["p1", "a1", "p2"],  # time order
+        ["a1", "p1", "p2"],  # the birthday first: no review recorded when p1 arrives
+    ],
+)
+def test_a_late_upgrade_is_held_as_long_as_the_earns_dated_after_it_hold_it(
+    tmp_path: Path, order: list[str]
+) -> None:
+    # By hand, rolling 3 months, Silver at 100 points (x2), no grace:
+    #   Sep 21  $150 at Base = 150 (window 150: Silver, reviewed Dec 21 09:00)
+    #   Oct 12  birthday 25 (window 175: Silver again, reviewed 2027-01-12 09:00)
+    #   Dec 28  $50 at Silver x2 = 100 (window (Sep 28, Dec 28]: 125, reviewed 2027-03-28)
+    #   150 + 25 + 100 = 275 points, Silver held until 2027-03-28 09:00. Read with the
+    # birthday first, the late Sep 21 upgrade was held until Dec 21 only (the birthday had
+    # counted before it), the Dec 21 review took Silver away and Dec 28 earned 50 at Base.
+    clock = FixedClock(at("2026-12-28T09:00:00Z"))
+    ledger = open_ledger(tmp_path / "store", ROLLING, clock)
+    try:
+        account = read(ledger, clock, [HELD[name] for name in order])
+        assert account.balance == Balances(available=275, pending=0, held=0)
+        assert {o: (r.points, r.tier) for o, r in account.orders.items()} == {
+            "o1": (150, "base"),
+            "o2": (100, "silver"),
+        }
+        assert account.tier == "silver"
+        assert account.tier_held_until == at("2027-03-28T09:00:00Z")
+    finally:
+        ledger.close()
+
+
 CALENDAR = program({"window": "calendar_year"})
 LOST = {
     "p1": purchase("l-1", "m-1", at("2026-03-01T12:00:00Z"), order_id="o1", total_minor=15000),
