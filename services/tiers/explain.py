@@ -61,4 +61,9 @@ def tier_history(app: LedgerApplication, member_id: str) -> list[str]:
             lines.append("    caused by the period-end review (no entry: time passed)")
         elif recorded.cause == "entry":
             lines.append("    placed before the member's first entry counted")
+        elif recorded.cause == "reviewed":
+            lines.append(
+                f"    decided again once event {entry.provenance.event_id or '-'}, dated "
+                "before it, arrived"
+            )
     return lines

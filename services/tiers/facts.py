@@ -21,7 +21,7 @@ TOPPED_UP = "points_topped_up"
 #: Causes of a tier_assigned entry: the ledger's own decisions, an ops override (and its end),
 #: and `service` for the entries 0.1 recorded from the tiers service's tier.changed.
 AUTOMATIC_CAUSES = frozenset(
-    {"entry", "upgrade", "downgrade", "kept", "override_ended", "retracted"}
+    {"entry", "upgrade", "downgrade", "kept", "override_ended", "retracted", "reviewed"}
 )
 OVERRIDE = "override"
 

@@ -8,7 +8,7 @@ and replaying the entries never recomputes a rule.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -72,6 +72,10 @@ QUALIFYING_HORIZON = timedelta(days=6 * 366)
 
 
 _MAX_SEQ = 2**62
+# Tier entries recorded by a period-end review, or by deciding one again (`reviewed`).
+_REVIEWS = frozenset({"kept", "downgrade", "override_ended", "reviewed"})
+# Where 0.1's tiers service decided, reviews are not decided again.
+_NOT_REVIEWED_AGAIN = frozenset({"service"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ class TierChange:
     period_end: datetime | None = None  # what the change held the tier for (see TierState)
     held_until: datetime | None = None
     retracts: int = 0  # a retraction: the seq of the upgrade it retracts
+    override_until: datetime | None = None  # an ops override's end (snapshot version 3)
+    locked: bool = False  # an ops override's lock (snapshot version 3)
 
 
 def _change_key(change: TierChange) -> tuple[datetime, int]:
@@ -224,12 +230,22 @@ class MemberAccount(Aggregate):
     """One member's points: lots, sub-account balances, and what was already applied."""
 
     # Snapshot state version 2 (0.2): the tier state and the scheduler's time are kept.
-    class_version = 2
+    # Version 3: each tier change keeps an ops override's end and lock.
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         """A version 1 snapshot lacks the qualifying activity: rebuild from the events."""
         raise SnapshotTooOld(str(state.get("member_id")))
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """A version 2 snapshot's tier changes lack an override's end and lock: one with an
+        ops override is rebuilt from the events (the others need neither)."""
+        for change in state.get("tier_changes", ()):
+            cause = change.get("cause") if isinstance(change, dict) else change.cause
+            if cause == "override":
+                raise SnapshotTooOld(str(state.get("member_id")))
 
     class Enrolled(Aggregate.Created):
         member_id: str
@@ -491,6 +507,8 @@ class MemberAccount(Aggregate):
         locked: bool  # override: automatic tier changes wait until `until`
         # Version 3: decided by the ledger itself (the tier policy, inline).
         # entry | upgrade | downgrade | kept | override | override_ended | service | retracted
+        # | reviewed (a review, or a hold, decided again once an earlier-dated earn or refund
+        # arrived; no new field, so no new version)
         cause: str
         period_end: datetime | None  # end of the qualification period the tier is held for
         held_until: datetime | None  # when the period is reviewed (period end + grace)
@@ -535,6 +553,8 @@ class MemberAccount(Aggregate):
                 self.period_end,
                 self.held_until,
                 self.retracts,
+                self.override_until,
+                self.locked,
             )
             changes = account.tier_changes
             if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
@@ -918,6 +938,163 @@ class MemberAccount(Aggregate):
         if retracted:
             self._top_up(program, since, provenance)
             self._upgrade_after_earn(program, since, provenance)
+
+    def _decide_reviews_again(
+        self, program: Program, since: datetime, provenance: Provenance
+    ) -> None:
+        """A late earn or refund dated `since`, before period-end reviews already recorded:
+        the reviews after it are decided again with it counted, as they would have been in
+        time order, and what follows from them (the purchases earned since at a tier that
+        changed, upgrades the window then reaches) is done again. Bounded: only changes
+        dated after `since` are looked at, and a few rounds at most."""
+        for _ in range(4):
+            if not self._review_again(program, since, provenance):
+                return
+            self._top_up(program, since, provenance)
+            self._upgrade_after_earn(program, since, provenance)
+
+    def _review_again(self, program: Program, since: datetime, provenance: Provenance) -> bool:
+        """Walk the tier policy from the last tier change at or before `since` over the
+        qualifying activity recorded (reviews where they fall due, an earn's renewal at its
+        instant, the upgrades and retractions recorded) up to the latest instant recorded;
+        where a review recorded after `since` decided otherwise, or time order makes one
+        elsewhere, record the decision time order gives at that instant (cause
+        `reviewed`), and where the tier or its held-until ends otherwise, the state time
+        order gives at the last instant walked. Returns whether any entry was recorded."""
+        if not program.tiers:
+            return False
+        changes = _effective(self.tier_changes)
+        if (not changes or changes[-1].at <= since) and all(q.at <= since for q in self.qualifying):
+            return False  # the usual case: nothing recorded after it, at no cost
+        index = bisect_right(changes, (since, _MAX_SEQ), key=_change_key)
+        if not index:
+            return False
+        anchor, later = changes[index - 1], changes[index:]
+        if any(c.cause in _NOT_REVIEWED_AGAIN for c in (anchor, *later)):
+            return False  # 0.1's tiers service decided there: left as recorded
+        state = replace(
+            self.tier_state(program),
+            tier=anchor.tier,
+            period_end=anchor.period_end,
+            held_until=anchor.held_until,
+            override_until=anchor.override_until,
+            locked=anchor.locked,
+        )
+        earns = sorted(
+            {
+                q.at
+                for q in self.qualifying
+                if q.at >= anchor.at and q.points >= 0 and q.spend_minor >= 0
+            }
+        )
+        steps: list[tuple[datetime, tier_policy.TierState]] = [(anchor.at, state)]
+        reviews: list[datetime] = []
+
+        def due(state: tier_policy.TierState, until: datetime) -> tier_policy.TierState:
+            """Reviews and override ends due by `until` (as `tier_policy.advance` makes them)."""
+            while True:
+                if state.locked:
+                    review = state.override_until
+                else:
+                    review = state.held_until if state.period_end is not None else None
+                if review is None or review > until:
+                    return state
+                state, _ = tier_policy.advance(program, state, review)
+                reviews.append(review)
+                steps.append((review, state))
+
+        applied = {c.seq for c in changes[:index]}
+        events = sorted(
+            [(t, 0, 0) for t in earns]
+            + [(c.at, 1, i) for i, c in enumerate(later) if c.cause not in _REVIEWS],
+            key=lambda e: (e[0], e[1], later[e[2]].seq if e[1] else 0),
+        )
+        for t, kind, i in events:
+            state = due(state, t)
+            if kind == 0:
+                if state.period_end is None or state.locked:
+                    continue  # nothing to hold longer (the entry tier; a lock)
+                after, decisions = tier_policy.upgrade(program, state, t, None)
+                if decisions or (after.period_end, after.held_until) == (
+                    state.period_end,
+                    state.held_until,
+                ):
+                    continue  # an upgrade is recorded by the earn (or found after this)
+            else:
+                change = later[i]
+                if change.cause == "upgrade" and 0 <= change.rank <= _rank(program, state.tier):
+                    continue  # superseded: the tier was held already
+                if change.cause == "retracted" and change.retracts not in applied:
+                    continue
+                applied.add(change.seq)
+                after = replace(
+                    state,
+                    tier=change.tier,
+                    period_end=change.period_end,
+                    held_until=change.held_until,
+                    override_until=change.override_until,
+                    locked=change.locked,
+                )
+            state = after
+            steps.append((t, state))
+        horizon = max(
+            t
+            for t in (self.worked_to, changes[-1].at, earns[-1] if earns else None, since)
+            if t is not None
+        )
+        state = due(state, horizon)
+
+        def at_instant(instant: datetime) -> tier_policy.TierState:
+            return [s for t, s in steps if t <= instant][-1]
+
+        recorded = False
+        instants = sorted({*reviews, *(c.at for c in later if c.cause in _REVIEWS)})
+        for instant in instants:
+            want = at_instant(instant)
+            have = [c for c in _effective(self.tier_changes) if c.at <= instant][-1]
+            if (
+                have.tier,
+                have.period_end,
+                have.held_until,
+                have.override_until,
+                have.locked,
+            ) == (want.tier, want.period_end, want.held_until, want.override_until, want.locked):
+                continue
+            self._record_reviewed(program, want, at=instant, since=since, provenance=provenance)
+            recorded = True
+        last, final = steps[-1]
+        if (
+            self.tier,
+            self.tier_period_end,
+            self.tier_held_until,
+            self.tier_override_until,
+            self.tier_locked,
+        ) != (final.tier, final.period_end, final.held_until, final.override_until, final.locked):
+            self._record_reviewed(program, final, at=last, since=since, provenance=provenance)
+            recorded = True
+        return recorded
+
+    def _record_reviewed(
+        self,
+        program: Program,
+        want: tier_policy.TierState,
+        *,
+        at: datetime,
+        since: datetime,
+        provenance: Provenance,
+    ) -> None:
+        """A tier decision at `at` taken again once an earlier-dated event arrived."""
+        held = want.held_until.date().isoformat() if want.held_until else "-"
+        self._record_tier(
+            program,
+            replace(want, tier=self.tier_at(at)),
+            want,
+            at=at,
+            cause="reviewed",
+            reason=f"decided again once an event dated {since.isoformat()} arrived: "
+            f"{want.tier or 'none'} at {at.isoformat()}, held until {held}",
+            provenance=replace(provenance, rule_id="tier"),
+        )
 
     def _record_tier(
         self,
@@ -1362,6 +1539,7 @@ class MemberAccount(Aggregate):
         if new_lots and new_lots[0].status == AVAILABLE:
             self._reallocate(program, new_lots[0].lot_id, occurred_at, provenance)
         self._upgrade_after_earn(program, occurred_at, provenance)
+        self._decide_reviews_again(program, occurred_at, provenance)
         self.catch_up(program)
 
     def _renewal(self, program: Program, activity: Qualifying) -> tuple[datetime, datetime] | None:
@@ -1500,6 +1678,7 @@ class MemberAccount(Aggregate):
         if respent is not None:
             self.catch_up(program)  # points put back from expiry whose expiry has passed
         self._retract_upgrades(program, occurred_at, provenance)
+        self._decide_reviews_again(program, occurred_at, provenance)
 
     def _clawback(
         self, program: Program, order: OrderRecord, amount: int, now: datetime
