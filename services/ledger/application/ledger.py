@@ -344,55 +344,7 @@ class LedgerApplication(Application[UUID]):
                 now=at,
             )
         elif isinstance(event, ReferralQualified):
-            referrer = self._account(batch, event.member_id, prov, at, create=True)
-            referee_id = event.data.referee_member_id
-            referee = self._account(batch, referee_id, prov, at, create=True)
-            first = referee.referred_by
-            if (
-                first is not None
-                and first != event.member_id
-                and referee.earlier_referral(at, event.event_id)
-                and referee_id not in referrer.referees
-            ):
-                # This referral came first but arrived later: it wins, whatever the order
-                # the topics were read in. The later one's bonus is taken back.
-                loser = self._account(batch, first, prov, at, create=False)
-                loser.reverse_referral(
-                    program,
-                    referee=referee_id,
-                    winner=event.member_id,
-                    occurred_at=at,
-                    provenance=prov,
-                )
-                referee.reassign_referral(
-                    program, referrer=event.member_id, occurred_at=at, provenance=prov
-                )
-                referrer.earn_referral(
-                    program,
-                    role="referrer",
-                    other_member=referee_id,
-                    occurred_at=at,
-                    provenance=prov,
-                    now=at,
-                )
-                return
-            referee.check_can_be_referred(event.member_id)
-            referrer.earn_referral(
-                program,
-                role="referrer",
-                other_member=referee_id,
-                occurred_at=at,
-                provenance=prov,
-                now=at,
-            )
-            referee.earn_referral(
-                program,
-                role="referee",
-                other_member=event.member_id,
-                occurred_at=at,
-                provenance=prov,
-                now=at,
-            )
+            self._refer(batch, event, prov)
         elif isinstance(event, RedemptionRequested):
             q = event.data
             account = self._account(batch, event.member_id, prov, at, create=False)
@@ -434,6 +386,54 @@ class LedgerApplication(Application[UUID]):
             )
         else:  # pragma: no cover - the union is closed
             raise Declined("unknown_type", f"no handler for {event.type}")
+
+    def _refer(self, batch: _Batch, event: ReferralQualified, prov: Provenance) -> None:
+        """Pay both members, as of the referral's own time. A recorded referral that it
+        precedes and rules out (of the same referee, or the referee's referral of this
+        referrer) is displaced first, whatever the order the topics were read in: both of
+        its bonuses are taken back by compensating entries, as if it had been declined."""
+        program = self.program
+        at = event.occurred_at
+        referrer = self._account(batch, event.member_id, prov, at, create=True)
+        referee_id = event.data.referee_member_id
+        referee = self._account(batch, referee_id, prov, at, create=True)
+        displaced = referee.displaced_referrals(referrer, at, event.event_id)
+        for loser_id, loser_referee_id in displaced:
+            loser = self._account(batch, loser_id, prov, at, create=False)
+            loser_referee = self._account(batch, loser_referee_id, prov, at, create=False)
+            assert loser_referee.referral_claim is not None
+            earned_at = loser_referee.referral_claim[0]
+            circular = loser_id == referee_id
+            for account, role, other in (
+                (loser, "referrer", loser_referee_id),
+                (loser_referee, "referee", loser_id),
+            ):
+                account.reverse_referral(
+                    program,
+                    role=role,
+                    other=other,
+                    earned_at=earned_at,
+                    winner=event.member_id,
+                    circular=circular,
+                    occurred_at=at,
+                    provenance=prov,
+                )
+        referrer.earn_referral(
+            program,
+            role="referrer",
+            other_member=referee_id,
+            occurred_at=at,
+            provenance=prov,
+            now=at,
+        )
+        referee.earn_referral(
+            program,
+            role="referee",
+            other_member=event.member_id,
+            occurred_at=at,
+            provenance=prov,
+            now=at,
+        )
 
     def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance) -> None:
         """Enrol; after an auto-enrolment (the member's first event arrived first) this
