@@ -397,27 +397,17 @@ class LedgerApplication(Application[UUID]):
         referrer = self._account(batch, event.member_id, prov, at, create=True)
         referee_id = event.data.referee_member_id
         referee = self._account(batch, referee_id, prov, at, create=True)
-        displaced = referee.displaced_referrals(referrer, at, event.event_id)
-        for loser_id, loser_referee_id in displaced:
-            loser = self._account(batch, loser_id, prov, at, create=False)
-            loser_referee = self._account(batch, loser_referee_id, prov, at, create=False)
-            assert loser_referee.referral_claim is not None
-            earned_at = loser_referee.referral_claim[0]
-            circular = loser_id == referee_id
-            for account, role, other in (
-                (loser, "referrer", loser_referee_id),
-                (loser_referee, "referee", loser_id),
-            ):
-                account.reverse_referral(
-                    program,
-                    role=role,
-                    other=other,
-                    earned_at=earned_at,
-                    winner=event.member_id,
-                    circular=circular,
-                    occurred_at=at,
-                    provenance=prov,
-                )
+        displaced = [
+            (
+                self._account(batch, loser_id, prov, at, create=False),
+                self._account(batch, loser_referee_id, prov, at, create=False),
+            )
+            for loser_id, loser_referee_id in referee.displaced_referrals(
+                referrer, at, event.event_id
+            )
+        ]
+        # (occurred_at, event id) of each displaced referral, before the new one is paid
+        claims = [loser_referee.referral_claim for _, loser_referee in displaced]
         referrer.earn_referral(
             program,
             role="referrer",
@@ -434,6 +424,25 @@ class LedgerApplication(Application[UUID]):
             provenance=prov,
             now=at,
         )
+        # Then the displaced bonuses are taken back: the earlier bonuses, earned late, have
+        # taken the place of the displaced ones in what was spent since (`lots_reallocated`).
+        for (loser, loser_referee), claim in zip(displaced, claims, strict=True):
+            assert claim is not None
+            undone = (claim[0], claim[1])  # a list in snapshots
+            for account, role, other in (
+                (loser, "referrer", loser_referee.member_id),
+                (loser_referee, "referee", loser.member_id),
+            ):
+                account.reverse_referral(
+                    program,
+                    role=role,
+                    other=other,
+                    undone=undone,
+                    winner=event.member_id,
+                    circular=loser.member_id == referee_id,
+                    occurred_at=at,
+                    provenance=prov,
+                )
 
     def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance) -> None:
         """Enrol; after an auto-enrolment (the member's first event arrived first) this

@@ -285,10 +285,13 @@ class MemberAccount(Aggregate):
 
         referee: str  # the referee of the referral undone
         points: int  # taken back
-        forgiven: int  # not taken: already spent (never below zero) or already expired
+        # Not taken: already expired (since version 2; before, already spent: the balance
+        # never went below zero). Spent points are taken all the same (owed if need be).
+        forgiven: int
         winner: str  # the referrer of the earlier referral
         role: str  # referrer | referee: whose bonus this is
         earned_at: datetime | None
+        undone: str | None  # the event id of the referral undone
 
         class_version = 2
 
@@ -296,12 +299,17 @@ class MemberAccount(Aggregate):
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state["role"] = "referrer"
             state["earned_at"] = None
+            state["undone"] = None
 
         def apply_specific(self, account: MemberAccount) -> None:
+            # The link goes only if it is still the undone referral's (the winner's bonus
+            # may be recorded first, between the same two members or of the same referee).
             if self.role == "referee":
-                account.referred_by = None
-                account.referral_claim = None
-            else:
+                claim = account.referral_claim
+                if self.undone is None or (claim is not None and claim[1] == self.undone):
+                    account.referred_by = None
+                    account.referral_claim = None
+            elif self.undone is None or account.referees.get(self.referee) == self.undone:
                 account.referees.pop(self.referee, None)
             account.lifetime_earned -= self.points + self.forgiven
             if self.earned_at is not None:
@@ -1167,18 +1175,21 @@ class MemberAccount(Aggregate):
         *,
         role: str,
         other: str,
-        earned_at: datetime,
+        undone: tuple[datetime, str],
         winner: str,
         circular: bool,
         occurred_at: datetime,
         provenance: Provenance,
     ) -> None:
         """Take back this member's bonus (`role` referrer: for referring `other`; referee:
-        for joining through `other`) of the referral of `earned_at`, which an earlier one
-        by `winner` displaced, as if it had never been given: what its lot still holds;
-        what the lot lost to its expiry is gone already (not taken twice); what was spent
-        from it is taken from what is available instead, the rest is forgiven (never below
-        zero). Its qualifying activity is taken back at `earned_at`."""
+        for joining through `other`) of the referral `undone` (occurred_at, event id), which
+        an earlier one by `winner` displaced, as if it had never been given: what its lot
+        still holds; what the lot lost to its expiry is gone already (not taken twice);
+        what was spent from it is taken from what is available instead, and what is not
+        available is owed (the balance goes below zero; later earnings settle it first), so
+        the balance does not depend on when the earlier referral is read. Its qualifying
+        activity is taken back at its own time."""
+        earned_at = undone[0]
         if role == "referrer":
             referee, reference = other, f"referee:{other}"
             points = program.referral.referrer_points
@@ -1207,14 +1218,13 @@ class MemberAccount(Aggregate):
         take = min(spent, max(0, spendable_total(after.values(), occurred_at) - self.debt))
         if take:
             moves.extend(allocate(after.values(), take, occurred_at))
-        taken = points - gone - spent + take
-        forgiven = points - taken
+        owed = spent - take  # the balance goes below zero: later earnings settle it first
+        taken = points - gone
         referrer = self.member_id if role == "referrer" else other
         if circular:  # the winning referral is the other way round
             why = f"{referee} referred {referrer} first, so this referral does not count"
         else:
             why = f"{winner}'s earlier referral of {referee} is the one that counts"
-        kept = forgiven - gone
         self._record(
             self.ReferralReversed,
             effective_at=occurred_at,
@@ -1222,15 +1232,16 @@ class MemberAccount(Aggregate):
             moves=_merge(moves),
             provenance=self._provenance(program, provenance, "referral:earliest_wins"),
             note=f"{what} taken back ({taken} points"
-            + (f", {kept} already spent and kept" if kept else "")
-            + (f", {gone} already expired" if gone else "")
+            + (f", {owed} of them spent already and owed" if owed else "")
+            + (f"; {gone} already expired" if gone else "")
             + f"): {why}",
             referee=referee,
             points=taken,
-            forgiven=forgiven,
+            forgiven=gone,
             winner=winner,
             role=role,
             earned_at=earned_at,
+            undone=undone[1],
         )
         self.catch_up(program)
 
