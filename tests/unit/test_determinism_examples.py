@@ -592,7 +592,7 @@ def test_of_two_members_referring_each_other_the_earlier_referral_counts_whichev
     assert (a.balance, b.balance) == (Balances(20, 0, 0), Balances(10, 0, 0))
     assert (a.lifetime_earned, b.lifetime_earned) == (20, 10)
     assert (a.referred_by, b.referred_by) == (None, "m-a")
-    assert (a.referees.keys(), b.referees.keys()) == ({"m-b"}, set())
+    assert (set(a.referees), set(b.referees)) == ({"m-b"}, set())
     ten = at("2026-05-01T10:00:00Z")
     assert holding(ledger, "m-a") == [("referral of m-b", 20, ten)]
     assert holding(ledger, "m-b") == [("referral by m-a", 10, ten)]
@@ -604,6 +604,34 @@ def test_of_two_members_referring_each_other_the_earlier_referral_counts_whichev
                 -bonus
             ]
     ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_one_earlier_referral_read_last_displaces_two(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    first = referral("d-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-b")
+    same_referee = referral("d-2", "m-c", at("2026-05-01T10:00:00Z"), referee="m-b")
+    circular = referral("d-3", "m-b", at("2026-05-01T11:00:00Z"), referee="m-a")
+    statuses = read(ledger, clock, [(same_referee, 2), (circular, 1), (first, 0)])
+    assert statuses == ["applied"] * 3
+
+    # By hand, in time order: 09:00 m-a refers m-b: m-a +20, m-b +10; 10:00 m-c's referral
+    # of m-b is declined (m-b was referred), 11:00 m-b's of m-a too (m-a referred m-b
+    # first). Read last, m-a's referral takes back m-c's 20 and m-b's 10 of the first,
+    # and m-b's 20 and m-a's 10 of the second: m-b loses two bonuses to one event.
+    balances = {}
+    for member in ("m-a", "m-b", "m-c"):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        balances[member] = account.balance.available
+    assert balances == {"m-a": 20, "m-b": 10, "m-c": 0}
+    assert holding(ledger, "m-b") == [("referral by m-a", 10, at("2026-05-01T09:00:00Z"))]
+    ledger.projection.run()
+    rows = ledger.statement("m-b", limit=100)
+    assert sorted(r.body["points"] for r in rows if r.entry_type == "referral_reversed") == [
+        -20,
+        -10,
+    ]
     assert verify(ledger.app, ledger.view).ok
 
 

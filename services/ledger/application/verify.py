@@ -180,6 +180,10 @@ def _fold(
                 kind += f" (order {event.order.order_id})"
             elif isinstance(event, MemberAccount.LotsReallocated):
                 kind += f" (lot {event.lot_id})"
+            elif isinstance(event, MemberAccount.ReferralReversed):
+                # One referral may displace two: of its referee, and the referee's of its
+                # referrer (circular); a member may lose a bonus of each, once each.
+                kind += f" ({event.role} of {event.undone})"
             credited[(event.provenance.event_id, member, kind)] += 1
     if sum(balances.values()) != 0:
         report.violations.append(f"{member}: accounts do not sum to zero")
