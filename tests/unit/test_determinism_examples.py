@@ -635,6 +635,40 @@ def test_one_earlier_referral_read_last_displaces_two(open_fresh: Open) -> None:
     assert verify(ledger.app, ledger.view).ok
 
 
+# Points-based tiers: Silver (x2) from 30 points in the calendar year.
+TIERED = program(
+    expiry={"months_after_earn": 6},
+    referral={"referrer_points": 20, "referee_points": 10},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+@pytest.mark.parametrize("first_read", ["earliest", "latest"])
+def test_an_upgrade_only_a_displaced_bonus_reached_is_retracted(
+    open_fresh: Open, first_read: str
+) -> None:
+    ledger, clock = open_fresh(TIERED, READ_AT)
+    earliest = (referral("t-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-b"), 0)
+    latest = (referral("t-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-a"), 1)
+    read(ledger, clock, [earliest, latest] if first_read == "earliest" else [latest, earliest])
+
+    # By hand, in time order: 10:00 m-a refers m-b: m-a +20, m-b +10; 11:00 m-b's referral
+    # of m-a is declined (circular): m-a's year holds 20, m-b's 10 (< 30): both Base. Read
+    # the other way, m-b's referral pays first (11:00: m-b +20, m-a +10), then m-a's
+    # (10:00) makes both years hold 30 at 11:00 (Silver), until m-b's referral's bonuses
+    # are taken back: both upgrades go with them.
+    for member, points in (("m-a", 20), ("m-b", 10)):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        assert (account.balance.available, account.tier) == (points, "base")
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
 @pytest.mark.parametrize("read_order", ["time order", "purchase first", "referral first"])
 def test_a_displaced_referrers_spent_bonus_is_taken_back_from_later_earnings(
     open_fresh: Open, read_order: str

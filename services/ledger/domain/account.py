@@ -123,6 +123,9 @@ class Qualifying:
     spend_minor: int
 
 
+_JUST_BEFORE = timedelta(microseconds=1)
+
+
 def account_id(member_id: str) -> UUID:
     """The member account's id is derived from the member id, so it never needs a lookup."""
     return uuid5(LEDGER_NAMESPACE, f"member:{member_id}")
@@ -1243,6 +1246,9 @@ class MemberAccount(Aggregate):
             earned_at=earned_at,
             undone=undone[1],
         )
+        # An upgrade recorded since that only the bonus reached goes, as after a refund
+        # (one at the bonus's own instant too: `since` is just before it).
+        self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
         self.catch_up(program)
 
     def displaced_referrals(
