@@ -581,7 +581,8 @@ def test_of_two_members_referring_each_other_the_earlier_referral_counts_whichev
     order = [earliest, latest] if first_read == "earliest" else [latest, earliest]
     statuses = read(ledger, clock, order)
     # Read first, m-b's referral applies; m-a's, read second, displaces it (both applied).
-    assert statuses == (["applied", "rejected"] if first_read == "earliest" else ["applied"] * 2)
+    # Read second, m-b's waits (parked) in case an earlier referral of m-a displaces m-a's.
+    assert statuses == (["applied", PARKED] if first_read == "earliest" else ["applied"] * 2)
 
     # By hand, in time order: 10:00 m-a refers m-b: m-a +20, m-b +10. 11:00 m-b refers
     # m-a, whom m-a referred first: declined (circular). Read the other way round, m-b's
@@ -603,6 +604,58 @@ def test_of_two_members_referring_each_other_the_earlier_referral_counts_whichev
             assert [r.body["points"] for r in rows if r.entry_type == "referral_reversed"] == [
                 -bonus
             ]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+    if first_read == "earliest":  # declined at its deadline, 11:00 + 72 h
+        ledger.tick(at("2026-05-04T11:00:00Z"))
+        [rejection] = ledger.app.rejections()
+        assert (rejection.event_id, rejection.reason) == ("c-2", "circular_referral")
+
+
+def test_a_referral_ruled_out_by_a_displaced_one_applies_when_it_is_displaced(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    first = (referral("r-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-b"), 0)
+    displaced = (referral("r-2", "m-c", at("2026-05-01T10:00:00Z"), referee="m-b"), 1)
+    back = (referral("r-3", "m-b", at("2026-05-01T11:00:00Z"), referee="m-c"), 2)
+    # m-b's referral of m-c waits: m-c referred m-b first, as far as has been read.
+    assert read(ledger, clock, [displaced, back, first]) == ["applied", PARKED, "applied"]
+    assert ledger.app.parked() == []
+
+    # By hand, in time order: 09:00 m-a refers m-b: m-a +20, m-b +10; 10:00 m-c's referral
+    # of m-b is declined (m-b was referred); 11:00 m-b refers m-c (who referred nobody):
+    # m-b +20, m-c +10.
+    balances = {}
+    for member in ("m-a", "m-b", "m-c"):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        balances[member] = account.balance.available
+    assert balances == {"m-a": 20, "m-b": 30, "m-c": 10}
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_referral_of_a_member_whose_referral_is_displaced_applies(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    first = (referral("q-1", "m-p", at("2026-05-01T09:00:00Z"), referee="m-x"), 0)
+    circular = (referral("q-2", "m-x", at("2026-05-01T10:00:00Z"), referee="m-p"), 1)
+    then = (referral("q-3", "m-q", at("2026-05-01T11:00:00Z"), referee="m-p"), 2)
+    # m-q's referral of m-p waits: m-x referred m-p first, as far as has been read.
+    assert read(ledger, clock, [circular, then, first]) == ["applied", PARKED, "applied"]
+    assert ledger.app.parked() == []
+
+    # By hand, in time order: 09:00 m-p refers m-x: m-p +20, m-x +10; 10:00 m-x's referral
+    # of m-p is declined (circular); 11:00 m-q refers m-p (not referred): m-q +20, m-p +10.
+    balances = {}
+    for member in ("m-p", "m-x", "m-q"):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        balances[member] = account.balance.available
+    assert balances == {"m-p": 30, "m-x": 10, "m-q": 20}
+    p = ledger.app.find_account("m-p")
+    assert p is not None
+    assert p.referred_by == "m-q"
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
 

@@ -606,9 +606,10 @@ class LedgerApplication(Application[UUID]):
         payload: str,
         now: datetime,
     ) -> None:
-        parking = self._parking(batch, event.member_id)
+        owner = _parked_under(event, exc)
+        parking = self._parking(batch, owner)
         if parking is None:
-            parking = batch.parked[event.member_id] = ParkedEvents.open(event.member_id)
+            parking = batch.parked[owner] = ParkedEvents.open(owner)
         parking.park(
             ParkedEvent(
                 event_id=event.event_id,
@@ -1036,3 +1037,13 @@ def _deadline_passed(waiting: ParkedEvent) -> Declined:
     return Declined(
         waiting.reason, f"{waiting.detail} (waited until {waiting.deadline.isoformat()})"
     )
+
+
+def _parked_under(event: InboundEvent, exc: Declined) -> str:
+    """The member whose account change may let a parked event apply: its own member, but
+    for a referral the member whose recorded referral rules it out (the referee, already
+    referred; its referrer, who the referee referred first), since only that account
+    changes when an earlier referral read later displaces that referral."""
+    if isinstance(event, ReferralQualified) and exc.reason == "referee_already_referred":
+        return event.data.referee_member_id
+    return event.member_id
