@@ -225,8 +225,7 @@ STEPS = steps_of(KINDS)
 # before another that already spent the points, or one that waited (parked) for points
 # while an earlier-dated redemption had not arrived yet, ends with other balances than in
 # time order. Referrals are decided in event time (a later-arriving earlier referral
-# displaces the ones it rules out), except that a referral declined because of a
-# displaced one stays declined (three referrals among three members; rare here). The
+# displaces the ones it rules out, and one that waited, parked, for that applies). The
 # arrival-order property runs by default over histories without redemptions and
 # cancellations (purchases, refunds, activities, enrolments, referrals) and without tier
 # reviews inside them, and over every kind only when opted in.
