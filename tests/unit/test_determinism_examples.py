@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
-from services.ledger.domain.account import Balances
+from services.ledger.domain.account import Balances, MemberAccount, account_id
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
 from tests.support.histories import (
@@ -559,6 +561,36 @@ def test_of_two_referrals_of_one_referee_the_earliest_pays_whichever_is_read_fir
         assert -20 in points  # the compensating entry
         points = [row.body["points"] for row in ledger.statement("m-r", limit=100)]
         assert sorted(points) == [-10, 0, 10, 10]  # enrolled; m-b's bonus and back; m-a's
+
+
+def test_a_referral_reversal_written_before_version_2_still_loads(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earliest = (referral("v-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-r"), 0)
+    latest = (referral("v-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-r"), 1)
+    read(ledger, clock, [latest, earliest])
+    # m-b's events as the version before wrote its reversal: no role, earned_at, undone.
+    written = []
+    for record in ledger.app.recorder.select_events(account_id("m-b")):
+        if record.topic.endswith("ReferralReversed"):
+            state = json.loads(record.state)
+            for key in ("role", "earned_at", "undone", "class_version"):
+                del state[key]
+            record = StoredEvent(  # noqa: PLW2901 - the record as the older version wrote it
+                originator_id=record.originator_id,
+                originator_version=record.originator_version,
+                topic=record.topic,
+                state=json.dumps(state).encode(),
+            )
+        written.append(record)
+    events: list[Any] = [ledger.app.mapper.to_domain_event(record) for record in written]
+    [old] = [e for e in events if isinstance(e, MemberAccount.ReferralReversed)]
+    assert (old.role, old.earned_at, old.undone) == ("referrer", None, None)
+    account: Any = None
+    for event in events:
+        account = event.mutate(account)
+    assert isinstance(account, MemberAccount)
+    assert account.referees == {}
+    assert (account.balance, account.lifetime_earned) == (Balances(0, 0, 0), 0)
 
 
 def holding(ledger: Ledger, member: str) -> list[tuple[str, int, datetime]]:
