@@ -7,11 +7,11 @@ The two consumers read the four inbound topics in whatever interleaving their fe
 happen to give, so a redemption is often read before the purchase funding it, and a
 purchase after the member's later review or referral. The history is of the kinds whose
 arrival order the ledger already absorbs: purchases, reviews, enrolments, referrals with
-one referrer per referee, and redemptions funded by purchases dated two days or more
-before them. Refunds (on a third of the members, who then never redeem) are opt-in with
-LOYALTY_TWO_STORES_REFUNDS=1: a refund racing the tier decisions of its member still ends
-a few points apart now and then (issue 10 is open). Both stores must also pass `verify`,
-which makes every entry again from the receipts.
+one referrer per referee (members referring each other too), and redemptions funded by
+purchases dated two days or more before them. Refunds (on a third of the members, who
+then never redeem) are opt-in with LOYALTY_TWO_STORES_REFUNDS=1: a refund racing the tier
+decisions of its member still ends a few points apart now and then (issue 10 is open).
+Both stores must also pass `verify`, which makes every entry again from the receipts.
 
 LOYALTY_TWO_STORES_EVENTS sizes it (default 3,000 events over 150 members).
 """
@@ -80,7 +80,6 @@ def history(run: str, rng: random.Random) -> list[tuple[str, str, bytes]]:
     per_member = EVENTS // MEMBERS
     messages: list[tuple[float, str, str, bytes]] = []  # days ago, topic, key, value
     referred: set[str] = set()
-    referred_by: dict[str, str] = {}
     n = 0
     for i, member in enumerate(members):
         refunds = REFUNDS and i % 3 == 0  # a third return things (opt-in) and never redeem
@@ -130,12 +129,10 @@ def history(run: str, rng: random.Random) -> list[tuple[str, str, bytes]]:
                 messages.append((days, TOPIC_ACTIVITIES, member, raw))
             elif roll < 0.78:
                 referee = members[rng.randrange(MEMBERS)]
-                # One referrer per referee, and never back (a circular pair is decided by
-                # arrival order today: issue 10, open).
-                if referee == member or referee in referred or referred_by.get(member) == referee:
+                # One referrer per referee; circular pairs too (decided in event time).
+                if referee == member or referee in referred:
                     continue
                 referred.add(referee)
-                referred_by[referee] = member
                 raw = event(eid, "referral.qualified", member, _ts(days), referee_member_id=referee)
                 messages.append((days, TOPIC_REFERRALS, member, raw))
             elif refunds:

@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
-from services.ledger.domain.account import Balances
+from services.ledger.domain.account import Balances, MemberAccount, account_id
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
 from tests.support.histories import (
@@ -655,8 +657,299 @@ def test_of_two_referrals_of_one_referee_the_earliest_pays_whichever_is_read_fir
     referee = ledger.app.find_account("m-r")
     assert referee is not None
     assert referee.referred_by == "m-a"
+    # The welcome bonus is m-a's referral's, earned at 10:00 (not m-b's of 11:00).
+    assert holding(ledger, "m-r") == [("referral by m-a", 10, at("2026-05-01T10:00:00Z"))]
     if first_read == "latest":
         ledger.projection.run()
         points = [row.body["points"] for row in ledger.statement("m-b", limit=100)]
         assert 20 in points
         assert -20 in points  # the compensating entry
+        points = [row.body["points"] for row in ledger.statement("m-r", limit=100)]
+        assert sorted(points) == [-10, 0, 10, 10]  # enrolled; m-b's bonus and back; m-a's
+
+
+def test_a_referral_reversal_written_before_version_2_still_loads(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earliest = (referral("v-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-r"), 0)
+    latest = (referral("v-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-r"), 1)
+    read(ledger, clock, [latest, earliest])
+    # m-b's events as the version before wrote its reversal: no role, earned_at, undone.
+    written = []
+    for record in ledger.app.recorder.select_events(account_id("m-b")):
+        if record.topic.endswith("ReferralReversed"):
+            state = json.loads(record.state)
+            for key in ("role", "earned_at", "undone", "class_version"):
+                del state[key]
+            record = StoredEvent(  # noqa: PLW2901 - the record as the older version wrote it
+                originator_id=record.originator_id,
+                originator_version=record.originator_version,
+                topic=record.topic,
+                state=json.dumps(state).encode(),
+            )
+        written.append(record)
+    events: list[Any] = [ledger.app.mapper.to_domain_event(record) for record in written]
+    [old] = [e for e in events if isinstance(e, MemberAccount.ReferralReversed)]
+    assert (old.role, old.earned_at, old.undone) == ("referrer", None, None)
+    account: Any = None
+    for event in events:
+        account = event.mutate(account)
+    assert isinstance(account, MemberAccount)
+    assert account.referees == {}
+    assert (account.balance, account.lifetime_earned) == (Balances(0, 0, 0), 0)
+
+
+def holding(ledger: Ledger, member: str) -> list[tuple[str, int, datetime]]:
+    """The member's lots that hold points: (source, points left, earned at), sorted."""
+    account = ledger.app.find_account(member)
+    assert account is not None
+    return sorted(
+        (lot.source, lot.remaining, lot.earned_at) for lot in account.lots.values() if lot.remaining
+    )
+
+
+@pytest.mark.parametrize("first_read", ["earliest", "latest"])
+def test_of_two_members_referring_each_other_the_earlier_referral_counts_whichever_is_read_first(
+    open_fresh: Open, first_read: str
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    # Keyed by the referrer: m-a's referral and m-b's are on different partitions.
+    earliest = (referral("c-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-b"), 0)
+    latest = (referral("c-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-a"), 1)
+    order = [earliest, latest] if first_read == "earliest" else [latest, earliest]
+    statuses = read(ledger, clock, order)
+    # Read first, m-b's referral applies; m-a's, read second, displaces it (both applied).
+    # Read second, m-b's waits (parked) in case an earlier referral of m-a displaces m-a's.
+    assert statuses == (["applied", PARKED] if first_read == "earliest" else ["applied"] * 2)
+
+    # By hand, in time order: 10:00 m-a refers m-b: m-a +20, m-b +10. 11:00 m-b refers
+    # m-a, whom m-a referred first: declined (circular). Read the other way round, m-b's
+    # bonuses (m-b +20, m-a +10) are taken back by compensating entries on both accounts.
+    a, b = ledger.app.find_account("m-a"), ledger.app.find_account("m-b")
+    assert a is not None
+    assert b is not None
+    assert (a.balance, b.balance) == (Balances(20, 0, 0), Balances(10, 0, 0))
+    assert (a.lifetime_earned, b.lifetime_earned) == (20, 10)
+    assert (a.referred_by, b.referred_by) == (None, "m-a")
+    assert (set(a.referees), set(b.referees)) == ({"m-b"}, set())
+    ten = at("2026-05-01T10:00:00Z")
+    assert holding(ledger, "m-a") == [("referral of m-b", 20, ten)]
+    assert holding(ledger, "m-b") == [("referral by m-a", 10, ten)]
+    if first_read == "latest":
+        ledger.projection.run()
+        for member, bonus in (("m-a", 10), ("m-b", 20)):
+            rows = ledger.statement(member, limit=100)
+            assert [r.body["points"] for r in rows if r.entry_type == "referral_reversed"] == [
+                -bonus
+            ]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+    if first_read == "earliest":  # declined at its deadline, 11:00 + 72 h
+        ledger.tick(at("2026-05-04T11:00:00Z"))
+        [rejection] = ledger.app.rejections()
+        assert (rejection.event_id, rejection.reason) == ("c-2", "circular_referral")
+
+
+def test_a_referral_ruled_out_by_a_displaced_one_applies_when_it_is_displaced(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    first = (referral("r-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-b"), 0)
+    displaced = (referral("r-2", "m-c", at("2026-05-01T10:00:00Z"), referee="m-b"), 1)
+    back = (referral("r-3", "m-b", at("2026-05-01T11:00:00Z"), referee="m-c"), 2)
+    # m-b's referral of m-c waits: m-c referred m-b first, as far as has been read.
+    assert read(ledger, clock, [displaced, back, first]) == ["applied", PARKED, "applied"]
+    assert ledger.app.parked() == []
+
+    # By hand, in time order: 09:00 m-a refers m-b: m-a +20, m-b +10; 10:00 m-c's referral
+    # of m-b is declined (m-b was referred); 11:00 m-b refers m-c (who referred nobody):
+    # m-b +20, m-c +10.
+    balances = {}
+    for member in ("m-a", "m-b", "m-c"):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        balances[member] = account.balance.available
+    assert balances == {"m-a": 20, "m-b": 30, "m-c": 10}
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_referral_of_a_member_whose_referral_is_displaced_applies(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    first = (referral("q-1", "m-p", at("2026-05-01T09:00:00Z"), referee="m-x"), 0)
+    circular = (referral("q-2", "m-x", at("2026-05-01T10:00:00Z"), referee="m-p"), 1)
+    then = (referral("q-3", "m-q", at("2026-05-01T11:00:00Z"), referee="m-p"), 2)
+    # m-q's referral of m-p waits: m-x referred m-p first, as far as has been read.
+    assert read(ledger, clock, [circular, then, first]) == ["applied", PARKED, "applied"]
+    assert ledger.app.parked() == []
+
+    # By hand, in time order: 09:00 m-p refers m-x: m-p +20, m-x +10; 10:00 m-x's referral
+    # of m-p is declined (circular); 11:00 m-q refers m-p (not referred): m-q +20, m-p +10.
+    balances = {}
+    for member in ("m-p", "m-x", "m-q"):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        balances[member] = account.balance.available
+    assert balances == {"m-p": 30, "m-x": 10, "m-q": 20}
+    p = ledger.app.find_account("m-p")
+    assert p is not None
+    assert p.referred_by == "m-q"
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_one_earlier_referral_read_last_displaces_two(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    first = referral("d-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-b")
+    same_referee = referral("d-2", "m-c", at("2026-05-01T10:00:00Z"), referee="m-b")
+    circular = referral("d-3", "m-b", at("2026-05-01T11:00:00Z"), referee="m-a")
+    statuses = read(ledger, clock, [(same_referee, 2), (circular, 1), (first, 0)])
+    assert statuses == ["applied"] * 3
+
+    # By hand, in time order: 09:00 m-a refers m-b: m-a +20, m-b +10; 10:00 m-c's referral
+    # of m-b is declined (m-b was referred), 11:00 m-b's of m-a too (m-a referred m-b
+    # first). Read last, m-a's referral takes back m-c's 20 and m-b's 10 of the first,
+    # and m-b's 20 and m-a's 10 of the second: m-b loses two bonuses to one event.
+    balances = {}
+    for member in ("m-a", "m-b", "m-c"):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        balances[member] = account.balance.available
+    assert balances == {"m-a": 20, "m-b": 10, "m-c": 0}
+    assert holding(ledger, "m-b") == [("referral by m-a", 10, at("2026-05-01T09:00:00Z"))]
+    ledger.projection.run()
+    rows = ledger.statement("m-b", limit=100)
+    assert sorted(r.body["points"] for r in rows if r.entry_type == "referral_reversed") == [
+        -20,
+        -10,
+    ]
+    assert verify(ledger.app, ledger.view).ok
+
+
+# Points-based tiers: Silver (x2) from 30 points in the calendar year.
+TIERED = program(
+    expiry={"months_after_earn": 6},
+    referral={"referrer_points": 20, "referee_points": 10},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+@pytest.mark.parametrize("first_read", ["earliest", "latest"])
+def test_an_upgrade_only_a_displaced_bonus_reached_is_retracted(
+    open_fresh: Open, first_read: str
+) -> None:
+    ledger, clock = open_fresh(TIERED, READ_AT)
+    earliest = (referral("t-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-b"), 0)
+    latest = (referral("t-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-a"), 1)
+    read(ledger, clock, [earliest, latest] if first_read == "earliest" else [latest, earliest])
+
+    # By hand, in time order: 10:00 m-a refers m-b: m-a +20, m-b +10; 11:00 m-b's referral
+    # of m-a is declined (circular): m-a's year holds 20, m-b's 10 (< 30): both Base. Read
+    # the other way, m-b's referral pays first (11:00: m-b +20, m-a +10), then m-a's
+    # (10:00) makes both years hold 30 at 11:00 (Silver), until m-b's referral's bonuses
+    # are taken back: both upgrades go with them.
+    for member, points in (("m-a", 20), ("m-b", 10)):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        assert (account.balance.available, account.tier) == (points, "base")
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+@pytest.mark.parametrize("read_order", ["time order", "purchase first", "referral first"])
+def test_a_displaced_referrers_spent_bonus_is_taken_back_from_later_earnings(
+    open_fresh: Open, read_order: str
+) -> None:
+    """m-b spent the bonus of a referral that an earlier one displaces (read last): the
+    points are taken from what m-b has, or owed until m-b earns, so m-b ends where time
+    order leaves it whenever the earlier referral is read."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earliest = (referral("s-1", "m-a", at("2026-01-05T10:00:00Z"), referee="m-r"), 0)
+    later = (referral("s-2", "m-b", at("2026-01-10T10:00:00Z"), referee="m-r"), 1)
+    spent = (
+        redemption("s-3", "m-b", at("2026-01-20T10:00:00Z"), redemption_id="x-1", points=20),
+        1,
+    )
+    bought = (
+        purchase("s-4", "m-b", at("2026-01-20T11:00:00Z"), order_id="o-1", total_minor=5000),
+        1,
+    )
+    orders = {
+        "time order": [earliest, later, spent, bought],
+        "purchase first": [later, spent, bought, earliest],
+        "referral first": [later, spent, earliest, bought],
+    }
+    read(ledger, clock, orders[read_order])
+
+    # By hand, in time order: m-b's referral of m-r (01-10) is declined (m-a's of 01-05
+    # came first); m-b's redemption of 20 (01-20 10:00) waits for points and is applied
+    # on the purchase of 50 an hour later: 50 - 20 = 30, all on the order's lot.
+    b = ledger.app.find_account("m-b")
+    assert b is not None
+    assert b.balance == Balances(30, 0, 0)
+    assert b.redemptions["x-1"].status == "redeemed"
+    assert holding(ledger, "m-b") == [("order o-1", 30, at("2026-01-20T11:00:00Z"))]
+    assert holding(ledger, "m-r") == [("referral by m-a", 10, at("2026-01-05T10:00:00Z"))]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+@pytest.mark.parametrize("first_read", ["earliest", "latest"])
+def test_a_displaced_welcome_bonus_spent_by_the_referee_is_replaced_by_the_earlier_one(
+    open_fresh: Open, first_read: str
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earliest = (referral("w-1", "m-a", at("2026-01-05T10:00:00Z"), referee="m-r"), 0)
+    later = (referral("w-2", "m-b", at("2026-01-10T10:00:00Z"), referee="m-r"), 1)
+    spent = (
+        redemption("w-3", "m-r", at("2026-01-20T10:00:00Z"), redemption_id="x-1", points=10),
+        0,
+    )
+    bought = (
+        purchase("w-4", "m-r", at("2026-02-01T10:00:00Z"), order_id="o-1", total_minor=3000),
+        0,
+    )
+    if first_read == "earliest":
+        read(ledger, clock, [earliest, later, spent, bought])
+    else:
+        read(ledger, clock, [later, spent, bought, earliest])
+
+    # By hand, in time order: m-r's welcome bonus of 10 (m-a's referral, 01-05) pays for
+    # the redemption of 10 (01-20); the order of 02-01 earns 30, untouched.
+    r = ledger.app.find_account("m-r")
+    assert r is not None
+    assert r.balance == Balances(30, 0, 0)
+    assert holding(ledger, "m-r") == [("order o-1", 30, at("2026-02-01T10:00:00Z"))]
+    paid_by = [r.lots[move.lot_id].source for move in r.redemptions["x-1"].moves]
+    assert paid_by == ["referral by m-a"]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_displaced_bonus_that_expired_is_not_taken_again_from_other_points(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earliest = referral("x-1", "m-a", at("2026-01-05T10:00:00Z"), referee="m-r")
+    later = referral("x-2", "m-b", at("2026-01-10T10:00:00Z"), referee="m-r")
+    bought = purchase("x-3", "m-r", at("2026-03-01T10:00:00Z"), order_id="o-1", total_minor=5000)
+    also = purchase("x-4", "m-b", at("2026-03-01T10:00:00Z"), order_id="o-2", total_minor=4000)
+    read(ledger, clock, [(later, 1), (bought, 0), (also, 1)])
+    july = at("2026-07-20T00:00:00Z")
+    ledger.tick(july)  # the bonuses of m-b's referral (01-10) expired on 07-10
+    assert apply_from_kafka(ledger, clock, july, earliest, 0, 0).status == "applied"
+
+    # By hand, in time order: m-r's welcome bonus of 10 (01-05, m-a's referral) expired
+    # on 07-05 (6 months); m-b's referral was declined. The orders' points (03-01) expire
+    # on 09-01: m-r 50, m-b 40 on 07-20. The displaced bonuses, expired already, are not
+    # taken again from the orders' points.
+    for member, points, order in (("m-r", 50, "o-1"), ("m-b", 40, "o-2")):
+        account = ledger.app.find_account(member)
+        assert account is not None
+        assert account.balance == Balances(points, 0, 0)
+        assert holding(ledger, member) == [(f"order {order}", points, at("2026-03-01T10:00:00Z"))]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

@@ -350,55 +350,7 @@ class LedgerApplication(Application[UUID]):
                 now=at,
             )
         elif isinstance(event, ReferralQualified):
-            referrer = self._account(batch, event.member_id, prov, at, create=True)
-            referee_id = event.data.referee_member_id
-            referee = self._account(batch, referee_id, prov, at, create=True)
-            first = referee.referred_by
-            if (
-                first is not None
-                and first != event.member_id
-                and referee.earlier_referral(at, event.event_id)
-                and referee_id not in referrer.referees
-            ):
-                # This referral came first but arrived later: it wins, whatever the order
-                # the topics were read in. The later one's bonus is taken back.
-                loser = self._account(batch, first, prov, at, create=False)
-                loser.reverse_referral(
-                    program,
-                    referee=referee_id,
-                    winner=event.member_id,
-                    occurred_at=at,
-                    provenance=prov,
-                )
-                referee.reassign_referral(
-                    program, referrer=event.member_id, occurred_at=at, provenance=prov
-                )
-                referrer.earn_referral(
-                    program,
-                    role="referrer",
-                    other_member=referee_id,
-                    occurred_at=at,
-                    provenance=prov,
-                    now=at,
-                )
-                return
-            referee.check_can_be_referred(event.member_id)
-            referrer.earn_referral(
-                program,
-                role="referrer",
-                other_member=referee_id,
-                occurred_at=at,
-                provenance=prov,
-                now=at,
-            )
-            referee.earn_referral(
-                program,
-                role="referee",
-                other_member=event.member_id,
-                occurred_at=at,
-                provenance=prov,
-                now=at,
-            )
+            self._refer(batch, event, prov)
         elif isinstance(event, RedemptionRequested):
             q = event.data
             account = self._account(batch, event.member_id, prov, at, create=False)
@@ -440,6 +392,63 @@ class LedgerApplication(Application[UUID]):
             )
         else:  # pragma: no cover - the union is closed
             raise Declined("unknown_type", f"no handler for {event.type}")
+
+    def _refer(self, batch: _Batch, event: ReferralQualified, prov: Provenance) -> None:
+        """Pay both members, as of the referral's own time. A recorded referral that it
+        precedes and rules out (of the same referee, or the referee's referral of this
+        referrer) is displaced first, whatever the order the topics were read in: both of
+        its bonuses are taken back by compensating entries, as if it had been declined."""
+        program = self.program
+        at = event.occurred_at
+        referrer = self._account(batch, event.member_id, prov, at, create=True)
+        referee_id = event.data.referee_member_id
+        referee = self._account(batch, referee_id, prov, at, create=True)
+        displaced = [
+            (
+                self._account(batch, loser_id, prov, at, create=False),
+                self._account(batch, loser_referee_id, prov, at, create=False),
+            )
+            for loser_id, loser_referee_id in referee.displaced_referrals(
+                referrer, at, event.event_id
+            )
+        ]
+        # (occurred_at, event id) of each displaced referral, before the new one is paid
+        claims = [loser_referee.referral_claim for _, loser_referee in displaced]
+        referrer.earn_referral(
+            program,
+            role="referrer",
+            other_member=referee_id,
+            occurred_at=at,
+            provenance=prov,
+            now=at,
+        )
+        referee.earn_referral(
+            program,
+            role="referee",
+            other_member=event.member_id,
+            occurred_at=at,
+            provenance=prov,
+            now=at,
+        )
+        # Then the displaced bonuses are taken back: the earlier bonuses, earned late, have
+        # taken the place of the displaced ones in what was spent since (`lots_reallocated`).
+        for (loser, loser_referee), claim in zip(displaced, claims, strict=True):
+            assert claim is not None
+            undone = (claim[0], claim[1])  # a list in snapshots
+            for account, role, other in (
+                (loser, "referrer", loser_referee.member_id),
+                (loser_referee, "referee", loser.member_id),
+            ):
+                account.reverse_referral(
+                    program,
+                    role=role,
+                    other=other,
+                    undone=undone,
+                    winner=event.member_id,
+                    circular=loser.member_id == referee_id,
+                    occurred_at=at,
+                    provenance=prov,
+                )
 
     def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance) -> None:
         """Enrol; after an auto-enrolment (the member's first event arrived first) this
@@ -603,9 +612,10 @@ class LedgerApplication(Application[UUID]):
         payload: str,
         now: datetime,
     ) -> None:
-        parking = self._parking(batch, event.member_id)
+        owner = _parked_under(event, exc)
+        parking = self._parking(batch, owner)
         if parking is None:
-            parking = batch.parked[event.member_id] = ParkedEvents.open(event.member_id)
+            parking = batch.parked[owner] = ParkedEvents.open(owner)
         parking.park(
             ParkedEvent(
                 event_id=event.event_id,
@@ -1086,3 +1096,13 @@ def _deadline_passed(waiting: ParkedEvent) -> Declined:
     return Declined(
         waiting.reason, f"{waiting.detail} (waited until {waiting.deadline.isoformat()})"
     )
+
+
+def _parked_under(event: InboundEvent, exc: Declined) -> str:
+    """The member whose account change may let a parked event apply: its own member, but
+    for a referral the member whose recorded referral rules it out (the referee, already
+    referred; its referrer, who the referee referred first), since only that account
+    changes when an earlier referral read later displaces that referral."""
+    if isinstance(event, ReferralQualified) and exc.reason == "referee_already_referred":
+        return event.data.referee_member_id
+    return event.member_id

@@ -158,10 +158,11 @@ def _fold(
         if after != event.balance_after:
             report.violations.append(f"{where}: balance_after {event.balance_after} != {after}")
         if available < 0 and available < before_available:
-            # Only an adjustment that allows it, or a clawback under the unlimited policy.
-            allowed = isinstance(event, MemberAccount.PointsAdjusted) or (
-                isinstance(event, MemberAccount.PointsReversed) and policy_unlimited
-            )
+            # Only an adjustment that allows it, a clawback under the unlimited policy, or a
+            # referral bonus taken back after it was spent (owed: later earnings settle it).
+            allowed = isinstance(
+                event, MemberAccount.PointsAdjusted | MemberAccount.ReferralReversed
+            ) or (isinstance(event, MemberAccount.PointsReversed) and policy_unlimited)
             if not allowed:
                 report.violations.append(f"{where}: took the balance below zero ({available})")
         if isinstance(event, MemberAccount.TierAssigned):
@@ -183,6 +184,10 @@ def _fold(
                 kind += f" (order {event.order.order_id})"
             elif isinstance(event, MemberAccount.LotsReallocated):
                 kind += f" (lot {event.lot_id})"
+            elif isinstance(event, MemberAccount.ReferralReversed):
+                # One referral may displace two: of its referee, and the referee's of its
+                # referrer (circular); a member may lose a bonus of each, once each.
+                kind += f" ({event.role} of {event.undone})"
             credited[(event.provenance.event_id, member, kind)] += 1
     if sum(balances.values()) != 0:
         report.violations.append(f"{member}: accounts do not sum to zero")

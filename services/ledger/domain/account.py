@@ -138,6 +138,9 @@ class Qualifying:
     spend_minor: int
 
 
+_JUST_BEFORE = timedelta(microseconds=1)
+
+
 def account_id(member_id: str) -> UUID:
     """The member account's id is derived from the member id, so it never needs a lookup."""
     return uuid5(LEDGER_NAMESPACE, f"member:{member_id}")
@@ -321,16 +324,44 @@ class MemberAccount(Aggregate):
             account.auto_enrolled = False
 
     class ReferralReversed(Entry):
-        """A referrer's bonus taken back: an earlier referral of the same referee won."""
+        """A referral bonus taken back: an earlier referral won, of the same referee or
+        between the same two members the other way round (circular).
 
-        referee: str
+        Version 2: either side's bonus (`role`: the referrer's, or the referee's welcome
+        bonus), and `earned_at`, the instant the bonus was earned, where its qualifying
+        activity is taken back (None for entries written before: nothing taken back)."""
+
+        referee: str  # the referee of the referral undone
         points: int  # taken back
-        forgiven: int  # not taken: already spent (never below zero)
+        # Not taken: already expired (since version 2; before, already spent: the balance
+        # never went below zero). Spent points are taken all the same (owed if need be).
+        forgiven: int
         winner: str  # the referrer of the earlier referral
+        role: str  # referrer | referee: whose bonus this is
+        earned_at: datetime | None
+        undone: str | None  # the event id of the referral undone
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["role"] = "referrer"
+            state["earned_at"] = None
+            state["undone"] = None
 
         def apply_specific(self, account: MemberAccount) -> None:
-            account.referees.pop(self.referee, None)
+            # The link goes only if it is still the undone referral's (the winner's bonus
+            # may be recorded first, between the same two members or of the same referee).
+            if self.role == "referee":
+                claim = account.referral_claim
+                if self.undone is None or (claim is not None and claim[1] == self.undone):
+                    account.referred_by = None
+                    account.referral_claim = None
+            elif self.undone is None or account.referees.get(self.referee) == self.undone:
+                account.referees.pop(self.referee, None)
             account.lifetime_earned -= self.points + self.forgiven
+            if self.earned_at is not None:
+                account._qualify(Qualifying(self.earned_at, -(self.points + self.forgiven), 0))
 
     class ReferralReassigned(Entry):
         """The referee's link moved to the referrer of an earlier referral (no points)."""
@@ -1362,64 +1393,104 @@ class MemberAccount(Aggregate):
         self,
         program: Program,
         *,
-        referee: str,
+        role: str,
+        other: str,
+        undone: tuple[datetime, str],
         winner: str,
+        circular: bool,
         occurred_at: datetime,
         provenance: Provenance,
     ) -> None:
-        """Take back the bonus for referring `referee`: from that bonus's own lot first, then
-        from what is available; what was already spent is forgiven (never below zero)."""
-        points = program.referral.referrer_points
+        """Take back this member's bonus (`role` referrer: for referring `other`; referee:
+        for joining through `other`) of the referral `undone` (occurred_at, event id), which
+        an earlier one by `winner` displaced, as if it had never been given: what its lot
+        still holds; what the lot lost to its expiry is gone already (not taken twice);
+        what was spent from it is taken from what is available instead, and what is not
+        available is owed (the balance goes below zero; later earnings settle it first), so
+        the balance does not depend on when the earlier referral is read. Its qualifying
+        activity is taken back at its own time."""
+        earned_at = undone[0]
+        if role == "referrer":
+            referee, reference = other, f"referee:{other}"
+            points = program.referral.referrer_points
+            what = f"referral bonus for {other}"
+        else:
+            referee, reference = self.member_id, f"referred-by:{other}"
+            points = program.referral.referee_points
+            what = f"welcome bonus for joining through {other}"
         self.prepare(program, occurred_at, provenance)
-        label = _label("referral", f"referee:{referee}")
-        own = [lot for lot in self.lots.values() if lot.source == label and lot.remaining > 0]
+        label = _label("referral", reference)
+        lots = [lot for lot in self.lots.values() if lot.source == label]
+        own = next((lot for lot in lots if lot.earned_at == earned_at), None)
+        if own is None:  # recorded before the bonus's instant was known: its first lot held
+            own = next((lot for lot in lots if lot.remaining > 0), None)
         moves: list[LotMove] = []
-        left = points
-        for lot in own[:1]:
-            take = min(left, lot.remaining)
-            moves.append(LotMove(lot.lot_id, -take))
-            left -= take
-        lots = dict(self.lots)
+        gone = 0
+        if own is not None:
+            points = own.amount
+            if own.remaining:
+                moves.append(LotMove(own.lot_id, -own.remaining))
+            gone = min(points - own.remaining, self.expired_by_lot.get(own.lot_id, 0))
+        spent = points - gone - sum(-m.amount for m in moves)
+        after = dict(self.lots)
         for move in moves:
-            lots[move.lot_id] = lots[move.lot_id].moved(move.amount)
-        take = min(left, max(0, spendable_total(lots.values(), occurred_at) - self.debt))
+            after[move.lot_id] = after[move.lot_id].moved(move.amount)
+        take = min(spent, max(0, spendable_total(after.values(), occurred_at) - self.debt))
         if take:
-            moves.extend(allocate(lots.values(), take, occurred_at))
-            left -= take
-        taken = points - left
+            moves.extend(allocate(after.values(), take, occurred_at))
+        owed = spent - take  # the balance goes below zero: later earnings settle it first
+        taken = points - gone
+        referrer = self.member_id if role == "referrer" else other
+        if circular:  # the winning referral is the other way round
+            why = f"{referee} referred {referrer} first, so this referral does not count"
+        else:
+            why = f"{winner}'s earlier referral of {referee} is the one that counts"
         self._record(
             self.ReferralReversed,
             effective_at=occurred_at,
             postings=transfer(acc.AVAILABLE, acc.ISSUED, taken),
             moves=_merge(moves),
             provenance=self._provenance(program, provenance, "referral:earliest_wins"),
-            note=f"referral bonus for {referee} taken back ({taken} points"
-            + (f", {left} already spent and kept" if left else "")
-            + f"): {winner}'s earlier referral of {referee} is the one that counts",
+            note=f"{what} taken back ({taken} points"
+            + (f", {owed} of them spent already and owed" if owed else "")
+            + (f"; {gone} already expired" if gone else "")
+            + f"): {why}",
             referee=referee,
             points=taken,
-            forgiven=left,
+            forgiven=gone,
             winner=winner,
+            role=role,
+            earned_at=earned_at,
+            undone=undone[1],
         )
+        # An upgrade recorded since that only the bonus reached goes, as after a refund
+        # (one at the bonus's own instant too: `since` is just before it).
+        self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
         self.catch_up(program)
 
-    def reassign_referral(
-        self, program: Program, *, referrer: str, occurred_at: datetime, provenance: Provenance
-    ) -> None:
-        previous = self.referred_by or ""
-        self.prepare(program, occurred_at, provenance)
-        self._record(
-            self.ReferralReassigned,
-            effective_at=occurred_at,
-            postings=(),
-            moves=(),
-            provenance=self._provenance(program, provenance, "referral:earliest_wins"),
-            note=f"referred by {referrer}, whose referral came first (not {previous}); "
-            "the welcome bonus stays",
-            referrer=referrer,
-            previous=previous,
-        )
-        self.catch_up(program)
+    def displaced_referrals(
+        self, referrer: MemberAccount, at: datetime, event_id: str
+    ) -> list[tuple[str, str]]:
+        """The recorded referrals, as (referrer, referee), that a referral of this member by
+        `referrer` at (`at`, `event_id`) displaces: in time order it comes first, so they
+        would have been declined. A member is referred once (the earliest referral by
+        occurred_at, then event id, counts) and never by a member they referred first.
+        Declined if a recorded referral that rules it out comes before it."""
+        displaced: list[tuple[str, str]] = []
+        if self.referred_by is not None:
+            if not self.earlier_referral(at, event_id):
+                raise Declined(
+                    "referee_already_referred",
+                    f"{self.member_id} was already referred by {self.referred_by}",
+                )
+            displaced.append((self.referred_by, self.member_id))
+        if referrer.referred_by == self.member_id:
+            if not referrer.earlier_referral(at, event_id):
+                raise Declined(
+                    "circular_referral", f"{self.member_id} referred {referrer.member_id} already"
+                )
+            displaced.append((self.member_id, referrer.member_id))
+        return displaced
 
     def check_can_be_referred(self, referrer: str) -> None:
         if self.referred_by is not None:

@@ -2,9 +2,11 @@
 
 Kafka orders a member's events within a topic only: a redemption may be read before the
 purchase (another topic) that funds it, a refund before its order, a cancellation before its
-redemption. Such an event is not declined: it is parked here, retried whenever the member's
-account changes, and declined with its reason only once its deadline (its own time plus the
-program's `arrival.park_hours`) has passed on the scheduler's clock.
+redemption, and a referral ruled out by a later-dated one before an even earlier referral
+(another partition) that displaces it. Such an event is not declined: it is parked here,
+retried whenever the member's account changes, and declined with its reason only once its
+deadline (its own time plus the program's `arrival.park_hours`) has passed on the
+scheduler's clock.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ PARKABLE: dict[str, frozenset[str]] = {
     "redemption.requested": frozenset({"insufficient_points", "unknown_member"}),
     "purchase.refunded": frozenset({"unknown_order", "unknown_member"}),
     "redemption.cancelled": frozenset({"unknown_redemption", "unknown_member"}),
+    # The referral that rules it out may yet be displaced by an earlier one still to come.
+    "referral.qualified": frozenset({"referee_already_referred", "circular_referral"}),
 }
 
 
