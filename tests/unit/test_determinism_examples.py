@@ -605,6 +605,34 @@ def test_a_cancellation_read_after_a_later_refund_gives_the_refund_its_points_ba
     assert report.ok, report.violations
 
 
+def test_a_refund_read_after_its_orders_points_expired_takes_them_back_as_of_its_time(
+    open_fresh: Open,
+) -> None:
+    """The refund is dated before the order's points expired, but read after an activity
+    that brought the account past that expiry: in event time it took the points back, so
+    nothing expired (the breakage is not counted)."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("v-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=1000)
+    back = refund(
+        "v-2", "m-1", at("2026-10-31T09:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=1000
+    )
+    joined = activity("v-3", "m-1", at("2026-11-02T09:00:00Z"), name="signup")
+    later = at("2026-11-02T09:00:00Z")
+    assert apply_from_kafka(ledger, clock, later, bought, 0, 0).status == "applied"
+    assert apply_from_kafka(ledger, clock, later, joined, 0, 0).status == "applied"
+    assert apply_from_kafka(ledger, clock, later, back, 0, 1).status == "applied"
+    # By hand: 10 points on 05-01, expiring 11-01 (6 months); the refund of 10-31 takes all
+    # 10 back, so nothing is left to expire; the signup of 11-02 adds 10.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=10, pending=0, held=0)
+    assert account.balances["program:expired"] == 0
+    assert account.balances["program:issued"] == -10  # 20 issued, 10 taken back
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 def test_an_enrolment_read_after_an_auto_enrolment_pays_the_signup_bonus_once(
     open_fresh: Open,
 ) -> None:

@@ -2181,9 +2181,12 @@ class MemberAccount(Aggregate):
         if policy is ReturnPolicy.PENDING_ONLY:
             return None
         later = self._later_spends(program, at)
-        if not later or self.debt:
+        late = self.worked_to is not None and at < self.worked_to
+        unexpired = self._unexpired(at) if later or late else {}
+        # Its own points expired after its time: in event time it took them back first.
+        own_expired_since = order.lot_id is not None and order.lot_id in unexpired
+        if (not later and not own_expired_since) or self.debt:
             return None
-        unexpired = self._unexpired(at)
         lots = restored(self.lots, unexpired, later)
         postings: list[Posting] = []
         left = amount
