@@ -642,7 +642,12 @@ class LedgerApplication(Application[UUID]):
         del at  # the account decides by the event times it holds
         parking = batch.parked.get(member_id)
         progress = parking is not None and bool(parking.items)
-        while progress and parking is not None:
+        # A bound, so that no cycle of withdrawals and retries can hold the batch; what
+        # still waits then is retried at the member's next change or declined at its
+        # deadline.
+        rounds = 2 * len(parking.items) + 4 if parking is not None else 0
+        while progress and parking is not None and rounds > 0:
+            rounds -= 1
             progress = False
             for waiting in parking.in_order():
                 try:

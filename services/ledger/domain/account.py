@@ -1944,7 +1944,10 @@ class MemberAccount(Aggregate):
                 deadline=None if r.dated is None else r.dated + wait,
             )
             for r in self.redemptions.values()
-            if r.status == "redeemed" and r.at is not None and r.at > at
+            # A redemption dated before `at` keeps its points even if it was funded after
+            # (it waited): redemptions take in the order of their own times, as parked
+            # events are retried oldest first.
+            if r.status == "redeemed" and r.at is not None and (r.dated or r.at) > at
         ]
         for order in self.orders.values():
             for step in order.refunds:

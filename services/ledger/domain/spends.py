@@ -149,7 +149,9 @@ def restored(
 
 
 def in_order(spends: Iterable[Spend]) -> list[Spend]:
-    return sorted(spends, key=lambda s: (s.at, s.kind, s.key))
+    """Event-time order: a redemption by its own time (it takes before one dated after it,
+    even when it waited for points), a refund by its time."""
+    return sorted(spends, key=lambda s: (s.dated or s.at, s.kind, s.key))
 
 
 def _merged(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
