@@ -633,6 +633,34 @@ def test_a_refund_read_after_its_orders_points_expired_takes_them_back_as_of_its
     assert report.ok, report.violations
 
 
+def test_a_waiting_redemption_has_first_claim_over_one_dated_after_it(
+    open_fresh: Open,
+) -> None:
+    """Redemptions are funded in the order of their own times: one that waits for points
+    has first claim to points earned before its deadline over a redemption dated after it,
+    which is withdrawn and waits in turn (and the two never take turns for ever)."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("f-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=1000)
+    first = redemption("f-2", "m-1", at("2026-05-01T10:00:00Z"), redemption_id="x-a", points=30)
+    second = redemption("f-3", "m-1", at("2026-05-01T11:00:00Z"), redemption_id="x-b", points=10)
+    two = purchase("f-4", "m-1", at("2026-05-01T12:00:00Z"), order_id="o-2", total_minor=2500)
+    assert read(ledger, clock, [(one, 0), (first, 0), (second, 0), (two, 0)]) == [
+        "applied",
+        PARKED,
+        "applied",
+        "applied",
+    ]
+    # By hand: 10 points at 09:00; x-a (30, 10:00) waits; x-b (10, 11:00) takes the 10;
+    # o-2 earns 25 at 12:00: x-a, dated first, is funded then (10 + 25 = 35 >= 30, taking
+    # o-1's 10 and 20 of o-2's), and x-b is withdrawn: 5 are left, not enough for its 10.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-a"].status == "redeemed"
+    assert account.redemptions["x-b"].status == "withdrawn"
+    assert [e.event_id for _, e in ledger.app.parked()] == ["f-3"]
+    assert account.balance == Balances(available=5, pending=0, held=0)
+
+
 def test_an_enrolment_read_after_an_auto_enrolment_pays_the_signup_bonus_once(
     open_fresh: Open,
 ) -> None:
