@@ -265,7 +265,7 @@ class LedgerApplication(Application[UUID]):
             return outcome
         self._repark_withdrawn(batch, entries, now)
         for member in dict.fromkeys(e.split("#", 1)[0] for e in entries):  # in entry order
-            self._retry_parked(batch, member, now, event.occurred_at)
+            self._retry_parked(batch, member, now)
         batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
             digest=digest,
@@ -631,15 +631,14 @@ class LedgerApplication(Application[UUID]):
             )
         )
 
-    def _retry_parked(self, batch: _Batch, member_id: str, now: datetime, at: datetime) -> None:
-        """The member's account changed, by an event dated `at`: retry what waits on it,
-        oldest first, until nothing more applies (an applied redemption may let its
-        cancellation apply). What arrived may be dated after a waiting event's deadline
-        while what it waits for, dated before, is still to come on another topic: so it is
-        not declined here but only by the scheduler at its deadline, and the account only
-        lets it apply on what is dated before its deadline (the points earned, the order,
-        the redemption), as it would have in event time."""
-        del at  # the account decides by the event times it holds
+    def _retry_parked(self, batch: _Batch, member_id: str, now: datetime) -> None:
+        """The member's account changed: retry what waits on it, oldest first, until
+        nothing more applies (an applied redemption may let its cancellation apply). What
+        changed it may be dated after a waiting event's deadline while what it waits for,
+        dated before, is still to come on another topic: so it is not declined here but
+        only by the scheduler at its deadline, and the account only lets it apply on what
+        is dated before its deadline (the points earned, the order, the redemption), as it
+        would have in event time."""
         parking = batch.parked.get(member_id)
         progress = parking is not None and bool(parking.items)
         # A bound, so that no cycle of withdrawals and retries can hold the batch; what

@@ -34,6 +34,7 @@ from services.ledger.domain.lots import (
     Lot,
     LotMove,
     allocate,
+    merge_moves,
     next_due,
     spend_order_key,
     spendable_total,
@@ -1449,7 +1450,7 @@ class MemberAccount(Aggregate):
             self.ReferralReversed,
             effective_at=occurred_at,
             postings=transfer(acc.AVAILABLE, acc.ISSUED, taken),
-            moves=_merge(moves),
+            moves=merge_moves(moves),
             provenance=self._provenance(program, provenance, "referral:earliest_wins"),
             note=f"{what} taken back ({taken} points"
             + (f", {owed} of them spent already and owed" if owed else "")
@@ -1653,10 +1654,7 @@ class MemberAccount(Aggregate):
         order = self.orders.get(order_id)
         if order is None:
             raise Declined("unknown_order", f"order {order_id} earned nothing for this member")
-        deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
-        waits = program.arrival.park_hours > 0  # else it never waits: what is there counts
-        if waits and order.earned_at is not None and order.earned_at >= deadline:
-            # In event time the refund stopped waiting before its order was placed.
+        if (deadline := _stopped_waiting(program, occurred_at, order.earned_at)) is not None:
             raise Declined(
                 "unknown_order",
                 f"order {order_id} was placed after this refund's deadline "
@@ -1801,13 +1799,13 @@ class MemberAccount(Aggregate):
                 left -= take
             owes = policy is ReturnPolicy.UNLIMITED
             spend = Spend(
-                "refund", now, "", wanted, _merge(moves[pending_moves:]), order.lot_id, owes
+                "refund", now, "", wanted, merge_moves(moves[pending_moves:]), order.lot_id, owes
             )
             if left and owes:
                 from_available += left  # the balance goes negative by what is left
                 left = 0
             postings += transfer(acc.AVAILABLE, acc.ISSUED, from_available)
-        return _merge(moves), tuple(postings), left, already_expired, spend
+        return merge_moves(moves), tuple(postings), left, already_expired, spend
 
     # ------------------------------------------------------------- redemptions
 
@@ -1898,20 +1896,13 @@ class MemberAccount(Aggregate):
         declined at the deadline; so a redemption that arrives after later earns never
         counts points earned after it stopped waiting, or after the earn that funded it."""
         lots = self._lots_as_of(at)
-        later = sorted(
-            (lot for lot in lots.values() if lot.earned_at > at), key=lambda lot: lot.earned_at
-        )
-        if not later:
+        if all(lot.earned_at <= at for lot in lots.values()):
             return lots  # the usual case: nothing recorded was earned after it
         deadline = at + timedelta(hours=program.arrival.park_hours)
-        have = spendable_total((v for v in lots.values() if v.earned_at <= at), at) - self.debt
-        until = at
-        for lot in later:  # each instant's lots together, up to the first that covers it
-            if (lot.earned_at != until and have >= points) or lot.earned_at >= deadline:
-                break
-            until = lot.earned_at
-            have += spendable_total([lot], at)
-        return {k: v for k, v in lots.items() if v.earned_at <= until}
+        instant = funded_by(lots, at, points + self.debt, deadline)
+        if instant is None:  # never covered: what it had by its deadline, for the decline
+            return {k: v for k, v in lots.items() if v.earned_at < deadline}
+        return {k: v for k, v in lots.items() if v.earned_at <= instant}
 
     # ------------------------------------------------------------ spends in time order
 
@@ -2268,10 +2259,7 @@ class MemberAccount(Aggregate):
         record = self.redemptions.get(redemption_id)
         if record is None:
             raise Declined("unknown_redemption", f"no redemption {redemption_id}")
-        deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
-        waits = program.arrival.park_hours > 0  # else it never waits: what is there counts
-        if waits and record.at is not None and record.at >= deadline:
-            # In event time the cancellation stopped waiting before the redemption was made.
+        if (deadline := _stopped_waiting(program, occurred_at, record.at)) is not None:
             raise Declined(
                 "unknown_redemption",
                 f"redemption {redemption_id} was made after this cancellation's deadline "
@@ -2473,7 +2461,7 @@ class MemberAccount(Aggregate):
             take = min(debt, move.amount)
             settle.append(LotMove(move.lot_id, -take))
             debt -= take
-        return _merge((*back, *settle))
+        return merge_moves((*back, *settle))
 
     def _provenance(self, program: Program, provenance: Provenance, rule: str) -> Provenance:
         """The command's provenance with its rule, the program version and the tier."""
@@ -2660,6 +2648,19 @@ class MemberAccount(Aggregate):
             self.worked_to = entry.effective_at
 
 
+def _stopped_waiting(
+    program: Program, occurred_at: datetime, needed_at: datetime | None
+) -> datetime | None:
+    """The deadline of an event dated `occurred_at` if what it needs (an order, a
+    redemption) came at `needed_at`, at or after it: in event time the event had stopped
+    waiting (parked) by then. None when it had not, or when parking is off (an event then
+    never waits: what is there counts, whatever its date)."""
+    if program.arrival.park_hours <= 0 or needed_at is None:
+        return None
+    deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
+    return deadline if needed_at >= deadline else None
+
+
 def _check_lots_match(balances: Mapping[str, int], lots: Iterable[Lot]) -> None:
     """The sub-account balances must equal what the lots hold (the ledger explains itself)."""
     lots = list(lots)
@@ -2701,10 +2702,3 @@ def _label(kind: str, reference: str) -> str:
     if reference.startswith("referred-by:"):
         return "referral by " + reference.removeprefix("referred-by:")
     return reference.removeprefix("activity:").replace(":", " ")
-
-
-def _merge(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
-    merged: dict[str, int] = {}
-    for move in moves:
-        merged[move.lot_id] = merged.get(move.lot_id, 0) + move.amount
-    return tuple(LotMove(k, v) for k, v in merged.items() if v)

@@ -59,6 +59,14 @@ class LotMove:
     amount: int
 
 
+def merge_moves(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
+    """Moves of the same lot added up (in first-seen order), zero sums left out."""
+    total: dict[str, int] = {}
+    for move in moves:
+        total[move.lot_id] = total.get(move.lot_id, 0) + move.amount
+    return tuple(LotMove(k, v) for k, v in total.items() if v)
+
+
 def next_due(lots: Iterable[Lot], now: datetime) -> tuple[datetime, int, str] | None:
     """The earliest time-driven step due at `now`: (when, 0 release | 1 expiry, lot id)."""
     due: list[tuple[datetime, int, str]] = []

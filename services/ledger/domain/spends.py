@@ -6,9 +6,10 @@ refund its own order's lot first). When a redemption or refund dated before spen
 recorded arrives (read late from another topic), the ledger gives back what those later
 spends took, lets the late one spend as of its own time, and has each later spend take
 again, in event-time order, from what is left then: a refund takes back what is there at
-its time and the return policy forgives the rest; a redemption, already granted, takes
-what is there at its time, then from points earned after it, and leaves the rest owed
-(a negative balance that later earnings settle).
+its time and the return policy forgives the rest (or owes it, under the unlimited policy);
+a redemption is funded by the first instant before its deadline that covers it, in the
+order of the redemptions' own times, and one never funded so is withdrawn (the account
+gives its points back; the application parks its event again).
 
 Pure functions over lots: the member account turns the result into entries.
 """
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from services.ledger.domain.lots import AVAILABLE, Lot, LotMove, spend_order_key
+from services.ledger.domain.lots import AVAILABLE, Lot, LotMove, merge_moves, spend_order_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ def take(
             break
         from_lot(lot)
     owed = left if spend.owes else 0
-    return Taken(spend, _merged(moves), spend.wanted - left, owed, earned_by or at)
+    return Taken(spend, merge_moves(moves), spend.wanted - left, owed, earned_by or at)
 
 
 def redeem_again(lots: dict[str, Lot], spend: Spend) -> Taken | None:
@@ -152,10 +153,3 @@ def in_order(spends: Iterable[Spend]) -> list[Spend]:
     """Event-time order: a redemption by its own time (it takes before one dated after it,
     even when it waited for points), a refund by its time."""
     return sorted(spends, key=lambda s: (s.dated or s.at, s.kind, s.key))
-
-
-def _merged(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
-    total: dict[str, int] = {}
-    for move in moves:
-        total[move.lot_id] = total.get(move.lot_id, 0) + move.amount
-    return tuple(LotMove(k, v) for k, v in total.items() if v)
