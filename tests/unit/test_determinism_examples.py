@@ -1009,3 +1009,54 @@ def test_a_displaced_bonus_that_expired_is_not_taken_again_from_other_points(
         assert holding(ledger, member) == [(f"order {order}", points, at("2026-03-01T10:00:00Z"))]
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+@pytest.mark.parametrize("read_order", ["time order", "activity last"])
+def test_an_earn_read_after_a_refund_short_of_points_is_taken_back_by_it(
+    open_fresh: Open, read_order: str
+) -> None:
+    """A refund found the balance short and forgave the rest; an earn dated before it,
+    read after it (another topic), was there in event time: the refund takes it back."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = (
+        purchase("f-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000),
+        0,
+    )
+    spent = (
+        redemption("f-2", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=50),
+        0,
+    )
+    signup = (activity("f-3", "m-1", at("2026-01-20T10:00:00Z"), name="signup"), 0)
+    refunded = (
+        refund(
+            "f-4",
+            "m-1",
+            at("2026-01-25T10:00:00Z"),
+            order_id="o-1",
+            refund_id="r-1",
+            amount_minor=5000,
+        ),
+        0,
+    )
+    again = (
+        purchase("f-5", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=3000),
+        0,
+    )
+    orders = {
+        "time order": [bought, spent, signup, refunded, again],
+        "activity last": [bought, spent, refunded, again, signup],
+    }
+    assert read(ledger, clock, orders[read_order]) == ["applied"] * 5
+
+    # By hand, in time order (within_balance returns): o-1 earns 50 (01-10); x-1 spends
+    # all 50 (01-15); signup earns 10 (01-20); the refund of all of o-1 (01-25) wants 50
+    # back, finds the 10 of signup, takes them and forgives 40; o-2 earns 30 (02-01).
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(30, 0, 0)
+    assert holding(ledger, "m-1") == [("order o-2", 30, at("2026-02-01T10:00:00Z"))]
+    step = account.orders["o-1"].refunds[-1]
+    assert step.taken_from is not None
+    assert [(account.lots[m.lot_id].source, m.amount) for m in step.taken_from] == [("signup", -10)]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

@@ -406,10 +406,22 @@ class MemberAccount(Aggregate):
 
         lot_id: str
         redemptions: tuple[RedemptionRecord, ...]  # as they stand after
+        # Version 2: a refund dated after the earn had to forgive points that were not
+        # there at its time; every spend dated after the earn took again in event-time
+        # order (`redemptions` is then empty: the records are in `respent`).
+        respent: Respent | None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["respent"] = None
 
         def apply_specific(self, account: MemberAccount) -> None:
             for record in self.redemptions:
                 account.redemptions[record.redemption_id] = record
+            if self.respent is not None:
+                account._apply_respent(self.respent)
 
     class PendingReleased(Entry):
         lot_id: str
@@ -458,7 +470,11 @@ class MemberAccount(Aggregate):
         def apply_specific(self, account: MemberAccount) -> None:
             if self.respent is not None:
                 account._apply_respent(self.respent)
-            if self.order.refunds and self.order.refunds[-1].taken_from:
+            if self.order.refunds and (
+                self.order.refunds[-1].taken_from or self.order.refunds[-1].wanted
+            ):
+                # A spend, also when nothing was there to take: an earn or a cancellation
+                # dated before it, read late, gives it points to take (_later_spends).
                 account._spent(self.effective_at)
             before = account.orders.get(self.order_id)
             refunded_before = before.refunded_minor if before is not None else 0
@@ -1248,7 +1264,61 @@ class MemberAccount(Aggregate):
             "expires sooner (it arrived after those redemptions)",
             lot_id=lot_id,
             redemptions=tuple(changed),
+            respent=None,
         )
+
+    def _short_refunds_take_again(
+        self,
+        program: Program,
+        lot_id: str,
+        since: datetime,
+        released_at: datetime | None,
+        provenance: Provenance,
+    ) -> bool:
+        """An earn dated before a refund recorded short (the points it takes back were not
+        all there at its time, so the return policy forgave the rest): in event time the
+        refund found the earn's points. Every spend dated after the earn takes again, in
+        event-time order, with its lot there from `since` (spendable once `released_at`
+        has passed, for a purchase whose return window had passed when it arrived). False
+        when there is no such refund, or nothing changes: `_reallocate` then applies."""
+        if self.last_spend_at is None or self.last_spend_at <= since or self.debt:
+            return False  # nothing recorded after it: the usual case, at no cost
+        later = self._later_spends(program, since)
+        if not any(
+            s.kind == "refund" and not s.owes and -sum(m.amount for m in s.moves) < s.wanted
+            for s in later
+        ):
+            return False
+        unexpired = self._unexpired(since)
+        lots = restored(self.lots, unexpired, later)
+        if released_at is not None and lots[lot_id].release_at is None:
+            lots[lot_id] = replace(lots[lot_id], release_at=released_at)
+        again = self._taken_again(lots, later)
+        if again is None:
+            return False
+        redemptions, orders, postings, note = again
+        if not redemptions and not orders:
+            return False
+        lots[lot_id] = replace(lots[lot_id], release_at=self.lots[lot_id].release_at)
+        self._record(
+            self.LotsReallocated,
+            effective_at=since,
+            postings=transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values()))
+            + tuple(postings),
+            moves=self._net_moves(lots),
+            provenance=self._provenance(program, provenance, "spend:event_time_order"),
+            note=f"{self.lots[lot_id].source} was there for the spends dated after it (it "
+            "arrived after them)" + note,
+            lot_id=lot_id,
+            redemptions=(),
+            respent=Respent(
+                tuple(redemptions),
+                tuple(orders.values()),
+                tuple(LotMove(k, v) for k, v in unexpired.items()),
+            ),
+        )
+        self.catch_up(program)  # points put back from expiry whose expiry has passed
+        return True
 
     def _expire(self, lot: Lot, at: datetime, prov: Provenance) -> None:
         amount = lot.remaining
@@ -1609,7 +1679,12 @@ class MemberAccount(Aggregate):
             tier_held_until=renewal[1] if renewal else None,
         )
         if new_lots and new_lots[0].status == AVAILABLE:
-            self._reallocate(program, new_lots[0].lot_id, occurred_at, provenance)
+            released_at = release_for(program, occurred_at) if pending else None
+            lot_id = new_lots[0].lot_id
+            if not self._short_refunds_take_again(
+                program, lot_id, occurred_at, released_at, provenance
+            ):
+                self._reallocate(program, lot_id, occurred_at, provenance)
         self._upgrade_after_earn(program, occurred_at, provenance)
         self._decide_reviews_again(program, occurred_at, provenance)
         self.catch_up(program)
