@@ -1060,3 +1060,87 @@ def test_an_earn_read_after_a_refund_short_of_points_is_taken_back_by_it(
     assert [(account.lots[m.lot_id].source, m.amount) for m in step.taken_from] == [("signup", -10)]
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+WINDOW = program(
+    earn={"pending_days": 5},
+    expiry={"months_after_earn": 6},
+    activities={"signup": {"points": 10, "limit": "once"}, "review": {"points": 5}},
+)
+
+
+def test_a_refund_read_after_its_points_were_released_takes_them_as_pending_then(
+    open_fresh: Open,
+) -> None:
+    """The refund is dated before its order's points were released, but read after the
+    account was brought past that release: it takes them back as the pending points they
+    were at its time, not as a spend (a redemption dated before it, read last, leaves
+    it so)."""
+    ledger, clock = open_fresh(WINDOW, READ_AT)
+    signup = (activity("p-1", "m-1", at("2026-01-05T10:00:00Z"), name="signup"), 0)
+    spent = (
+        redemption("p-2", "m-1", at("2026-01-08T10:00:00Z"), redemption_id="x-1", points=10),
+        0,
+    )
+    bought = (
+        purchase("p-3", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000),
+        0,
+    )
+    refunded = (
+        refund(
+            "p-4",
+            "m-1",
+            at("2026-01-12T10:00:00Z"),
+            order_id="o-1",
+            refund_id="r-1",
+            amount_minor=5000,
+        ),
+        0,
+    )
+    review = (activity("p-5", "m-1", at("2026-01-20T10:00:00Z"), name="review"), 0)
+    # The review (01-20) brings the account past the release of o-1 (01-15) before the
+    # refund (01-12) is read; the redemption (01-08) is read last.
+    assert read(ledger, clock, [signup, bought, review, refunded, spent]) == ["applied"] * 5
+
+    # By hand, in time order: signup earns 10 (01-05); x-1 spends them (01-08); o-1 earns
+    # 50, pending until 01-15 (01-10); the refund of all of o-1 (01-12) takes the 50 back
+    # from pending; the review earns 5 (01-20). Left: the review's 5.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(5, 0, 0)
+    assert holding(ledger, "m-1") == [("review", 5, at("2026-01-20T10:00:00Z"))]
+    assert account.redemptions["x-1"].status == "redeemed"
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+SHORT = program(
+    expiry={"months_after_earn": 3},
+    activities={"signup": {"points": 10, "limit": "once"}, "quest": {"points": 30}},
+)
+
+
+def test_an_earn_read_after_redemptions_has_them_all_take_again_in_time_order(
+    open_fresh: Open,
+) -> None:
+    """The late earn's points go to the first redemption; what that one gives back goes to
+    the next one, which could not have taken the late earn (expired by its time)."""
+    ledger, clock = open_fresh(SHORT, READ_AT)
+    quest = activity("q-1", "m-1", at("2026-01-05T10:00:00Z"), name="quest")
+    x = purchase("q-2", "m-1", at("2026-01-10T10:00:00Z"), order_id="x", total_minor=3000)
+    y = purchase("q-3", "m-1", at("2026-01-15T10:00:00Z"), order_id="y", total_minor=10000)
+    first = redemption("q-4", "m-1", at("2026-02-01T10:00:00Z"), redemption_id="r-1", points=30)
+    second = redemption("q-5", "m-1", at("2026-04-07T10:00:00Z"), redemption_id="r-2", points=30)
+    reads = [(x, 0), (y, 0), (first, 0), (second, 0), (quest, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+    ledger.app.advance_members(["m-1"], at("2026-04-08T00:00:00Z"))
+
+    # By hand, in time order (expiry 3 months, soonest-expiring first): quest 30 (01-05,
+    # expires 04-05), x 30 (01-10, 04-10), y 100 (01-15, 04-15). r-1 (02-01) takes the 30
+    # of quest; r-2 (04-07, quest expired) takes the 30 of x. Left on 04-08: y's 100.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(100, 0, 0)
+    assert holding(ledger, "m-1") == [("order y", 100, at("2026-01-15T10:00:00Z"))]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

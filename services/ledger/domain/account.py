@@ -401,14 +401,14 @@ class MemberAccount(Aggregate):
     class LotsReallocated(Entry):
         """An earn dated before redemptions already recorded (it arrived late, on another
         topic): the redemptions take from its lot what soonest-expiring-first would have
-        taken had it been there, and give back to the later-expiring lots. No points move
-        between accounts; the lots end as if the events had arrived in time order."""
+        taken had it been there, and give back to the later-expiring lots; a refund that
+        was short of points takes them (version 2, `respent`: the points it takes go back
+        to the issuer). The lots end as if the events had arrived in time order."""
 
         lot_id: str
         redemptions: tuple[RedemptionRecord, ...]  # as they stand after
-        # Version 2: a refund dated after the earn had to forgive points that were not
-        # there at its time; every spend dated after the earn took again in event-time
-        # order (`redemptions` is then empty: the records are in `respent`).
+        # Version 2: every spend dated after the earn took again in event-time order
+        # (`_spends_take_again`; `redemptions` is then empty: the records are here).
         respent: Respent | None
 
         class_version = 2
@@ -1267,7 +1267,7 @@ class MemberAccount(Aggregate):
             respent=None,
         )
 
-    def _short_refunds_take_again(
+    def _spends_take_again(
         self,
         program: Program,
         lot_id: str,
@@ -1275,19 +1275,17 @@ class MemberAccount(Aggregate):
         released_at: datetime | None,
         provenance: Provenance,
     ) -> bool:
-        """An earn dated before a refund recorded short (the points it takes back were not
-        all there at its time, so the return policy forgave the rest): in event time the
-        refund found the earn's points. Every spend dated after the earn takes again, in
-        event-time order, with its lot there from `since` (spendable once `released_at`
-        has passed, for a purchase whose return window had passed when it arrived). False
-        when there is no such refund, or nothing changes: `_reallocate` then applies."""
+        """An earn dated before spends already recorded (it arrived late, on another
+        topic): in event time they found its points. Every spend dated after the earn takes
+        again, in event-time order (domain/spends.py), with its lot there from `since`
+        (spendable once `released_at` has passed, for a purchase whose return window had
+        passed when it arrived): a redemption soonest-expiring first, a refund that was
+        short of points takes them. False when nothing is recorded after it (the usual
+        case, at no cost) or a later spend would be left owing: `_reallocate` applies."""
         if self.last_spend_at is None or self.last_spend_at <= since or self.debt:
-            return False  # nothing recorded after it: the usual case, at no cost
+            return False
         later = self._later_spends(program, since)
-        if not any(
-            s.kind == "refund" and not s.owes and -sum(m.amount for m in s.moves) < s.wanted
-            for s in later
-        ):
+        if not later:
             return False
         unexpired = self._unexpired(since)
         lots = restored(self.lots, unexpired, later)
@@ -1298,7 +1296,7 @@ class MemberAccount(Aggregate):
             return False
         redemptions, orders, postings, note = again
         if not redemptions and not orders:
-            return False
+            return True  # the spends stand as time order has them
         lots[lot_id] = replace(lots[lot_id], release_at=self.lots[lot_id].release_at)
         self._record(
             self.LotsReallocated,
@@ -1681,9 +1679,7 @@ class MemberAccount(Aggregate):
         if new_lots and new_lots[0].status == AVAILABLE:
             released_at = release_for(program, occurred_at) if pending else None
             lot_id = new_lots[0].lot_id
-            if not self._short_refunds_take_again(
-                program, lot_id, occurred_at, released_at, provenance
-            ):
+            if not self._spends_take_again(program, lot_id, occurred_at, released_at, provenance):
                 self._reallocate(program, lot_id, occurred_at, provenance)
         self._upgrade_after_earn(program, occurred_at, provenance)
         self._decide_reviews_again(program, occurred_at, provenance)
@@ -1838,10 +1834,16 @@ class MemberAccount(Aggregate):
         postings: list[Posting] = []
         left = amount
         own = self.lots.get(order.lot_id) if order.lot_id else None
-        if left and own is not None and own.status == PENDING and own.remaining:
+        # Pending at its time: also when released since (a late refund, read after the
+        # scheduler released them), from the sub-account they are in now; not a spend.
+        pending_then = own is not None and (
+            own.status == PENDING or (own.release_at is not None and own.release_at > now)
+        )
+        if left and own is not None and pending_then and own.remaining:
             take = min(left, own.remaining)
             moves.append(LotMove(own.lot_id, -take))
-            postings += transfer(acc.PENDING, acc.ISSUED, take)
+            source = acc.PENDING if own.status == PENDING else acc.AVAILABLE
+            postings += transfer(source, acc.ISSUED, take)
             left -= take
         already_expired = 0
         if left and own is not None:
@@ -1852,11 +1854,17 @@ class MemberAccount(Aggregate):
         if left and policy is not ReturnPolicy.PENDING_ONLY:
             wanted = left
             pending_moves = len(moves)
-            # What was there at its time: not points earned after it (read before it).
-            lots = {k: v for k, v in self.lots.items() if v.earned_at <= now}
+            # What was there at its time: not points earned after it (read before it), nor
+            # pending then (released since, for a late refund).
+            lots = {
+                k: v
+                for k, v in self.lots.items()
+                if v.earned_at <= now and (v.release_at is None or v.release_at <= now)
+            }
             from_available = 0
             if (
                 own is not None
+                and not pending_then
                 and own.status == AVAILABLE
                 and own.remaining
                 and (own.expires_at is None or own.expires_at > now)
