@@ -1144,3 +1144,36 @@ def test_an_earn_read_after_redemptions_has_them_all_take_again_in_time_order(
     assert holding(ledger, "m-1") == [("order y", 100, at("2026-01-15T10:00:00Z"))]
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_cancelled_redemption_held_its_points_until_its_cancellation(
+    open_fresh: Open,
+) -> None:
+    """An earn read after a redemption and its cancellation: in time order the
+    redemption took the earn's points and gave them back when cancelled, after they had
+    expired; a redemption in between found them taken."""
+    ledger, clock = open_fresh(SHORT, READ_AT)
+    signup = activity("c-1", "m-1", at("2026-01-05T10:00:00Z"), name="signup")
+    o1 = purchase("c-2", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=2000)
+    o2 = purchase("c-3", "m-1", at("2026-02-15T10:00:00Z"), order_id="o-2", total_minor=10000)
+    first = redemption("c-4", "m-1", at("2026-03-01T10:00:00Z"), redemption_id="x-1", points=30)
+    second = redemption("c-5", "m-1", at("2026-03-02T10:00:00Z"), redemption_id="x-2", points=50)
+    cancelled = cancellation("c-6", "m-1", at("2026-04-07T10:00:00Z"), redemption_id="x-1")
+    reads = [(o1, 0), (o2, 0), (first, 0), (second, 0), (cancelled, 0), (signup, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 6
+    ledger.app.advance_members(["m-1"], at("2026-04-08T00:00:00Z"))
+
+    # By hand, in time order (expiry 3 months, soonest-expiring first): signup 10 (01-05,
+    # expires 04-05), o-1 20 (01-10, 04-10), o-2 100 (02-15, 05-15). x-1 (03-01) takes
+    # signup's 10 and o-1's 20; x-2 (03-02) takes 50 of o-2; x-1 is cancelled (04-07):
+    # signup's 10 come back past their expiry and expire, o-1's 20 come back. Left on
+    # 04-08: o-1 20 + o-2 50 = 70.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(70, 0, 0)
+    assert holding(ledger, "m-1") == [
+        ("order o-1", 20, at("2026-01-10T10:00:00Z")),
+        ("order o-2", 50, at("2026-02-15T10:00:00Z")),
+    ]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

@@ -228,6 +228,7 @@ class RedemptionRecord:
     # Since 0.3: the event it came from and its own time (it may have been funded later).
     event_id: str | None = None
     dated: datetime | None = None
+    cancelled_at: datetime | None = None  # set when it is cancelled (state, not an event)
 
 
 class MemberAccount(Aggregate):
@@ -456,7 +457,9 @@ class MemberAccount(Aggregate):
             if self.respent is not None:
                 account._apply_respent(self.respent)
             record = account.redemptions[self.redemption_id]
-            account.redemptions[self.redemption_id] = replace(record, status="cancelled")
+            account.redemptions[self.redemption_id] = replace(
+                record, status="cancelled", cancelled_at=self.effective_at
+            )
 
     class PointsReversed(Entry):
         order_id: str
@@ -2023,6 +2026,25 @@ class MemberAccount(Aggregate):
             # events are retried oldest first.
             if r.status == "redeemed" and r.at is not None and (r.dated or r.at) > at
         ]
+        # A redemption cancelled since held its points from its time until it was
+        # cancelled: spends in between found them taken.
+        found += [
+            Spend(
+                "redemption",
+                r.at,
+                r.redemption_id,
+                r.points,
+                r.moves,
+                dated=r.dated,
+                deadline=None if r.dated is None else r.dated + wait,
+                cancelled_at=r.cancelled_at,
+            )
+            for r in self.redemptions.values()
+            if r.status == "cancelled"
+            and r.cancelled_at is not None
+            and r.at is not None
+            and (r.dated or r.at) > at
+        ]
         for order in self.orders.values():
             for step in order.refunds:
                 if step.at > at and step.taken_from is not None:
@@ -2058,9 +2080,15 @@ class MemberAccount(Aggregate):
         postings: list[Posting] = []
         notes: list[str] = []
         done: list[Taken] = []
+        holding: list[Taken] = []  # cancelled redemptions, until their cancellation
         for spend in in_order(later):
+            _give_back(lots, holding, spend.dated or spend.at)
             if spend.kind == "redemption":
                 again = redeem_again(lots, spend)
+                if again is not None and spend.cancelled_at is not None:
+                    holding.append(again)
+                if again is None and spend.cancelled_at is not None:
+                    return None  # cancelled, and not funded in event time: kept as it is
                 if again is None:
                     # Never funded in event time: it goes back to waiting for points.
                     record = self.redemptions[spend.key]
@@ -2079,6 +2107,7 @@ class MemberAccount(Aggregate):
             if taken.owed:
                 return None
             done.append(taken)
+        _give_back(lots, holding, None)
         for t in done:
             spend = t.spend
             if spend.kind == "redemption":
@@ -2729,6 +2758,17 @@ class MemberAccount(Aggregate):
             self.worked_to is None or entry.effective_at > self.worked_to
         ):
             self.worked_to = entry.effective_at
+
+
+def _give_back(lots: dict[str, Lot], holding: list[Taken], by: datetime | None) -> None:
+    """The cancelled redemptions in `holding` cancelled by `by` (all when None) give their
+    points back to the lots they took (in place): spends after that find them."""
+    for t in list(holding):
+        cancelled_at = t.spend.cancelled_at
+        if by is None or (cancelled_at is not None and cancelled_at <= by):
+            for move in t.moves:
+                lots[move.lot_id] = lots[move.lot_id].moved(-move.amount)
+            holding.remove(t)
 
 
 def _stopped_waiting(

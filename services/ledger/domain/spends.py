@@ -39,6 +39,9 @@ class Spend:
     # until when it waits for points.
     dated: datetime | None = None
     deadline: datetime | None = None
+    # A redemption cancelled since: when its points went back to the lots it took (they
+    # are there already, not given back again; it holds them only until then).
+    cancelled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,8 @@ def restored(
             lot = out[lot_id]
             out[lot_id] = replace(lot, remaining=lot.remaining + points)
     for spend in spends:
+        if spend.cancelled_at is not None:
+            continue  # its points went back when it was cancelled
         for move in spend.moves:
             lot = out[move.lot_id]
             out[move.lot_id] = replace(lot, remaining=lot.remaining - move.amount)
