@@ -1177,3 +1177,40 @@ def test_a_cancelled_redemption_held_its_points_until_its_cancellation(
     ]
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_displaced_bonus_spent_since_is_not_spent_again_by_a_redemption_read_later(
+    open_fresh: Open,
+) -> None:
+    """m-a's referral of m-b is displaced by m-b's earlier one of m-a (circular) after a
+    redemption spent its bonus; the redemptions dated after the bonus take again without
+    it, so a redemption read later, dated before, cannot be funded by it."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earlier = (referral("d-1", "m-b", at("2026-01-05T10:00:00Z"), referee="m-a"), 1)
+    displaced = (referral("d-2", "m-a", at("2026-01-06T10:00:00Z"), referee="m-b"), 0)
+    waits = (
+        redemption("d-3", "m-a", at("2026-01-07T10:00:00Z"), redemption_id="x-2", points=30),
+        0,
+    )
+    bought = (
+        purchase("d-4", "m-a", at("2026-01-11T10:00:00Z"), order_id="o-1", total_minor=3000),
+        0,
+    )
+    spent = (
+        redemption("d-5", "m-a", at("2026-01-20T10:00:00Z"), redemption_id="x-1", points=30),
+        0,
+    )
+    read(ledger, clock, [displaced, bought, spent, earlier, waits])
+
+    # By hand, in time order: m-a's welcome bonus of 10 (m-b's referral, 01-05); m-a's
+    # referral of m-b (01-06) is circular and does not count; x-2 of 30 (01-07) has 10
+    # and waits until its deadline (01-10 10:00): o-1 comes after it (01-11, 30), so
+    # x-2 is never funded; x-1 of 30 (01-20) takes the welcome bonus's 10 and 20 of o-1.
+    a = ledger.app.find_account("m-a")
+    assert a is not None
+    assert a.balance == Balances(10, 0, 0)
+    assert holding(ledger, "m-a") == [("order o-1", 10, at("2026-01-11T10:00:00Z"))]
+    assert a.redemptions["x-1"].status == "redeemed"
+    assert "x-2" not in a.redemptions or a.redemptions["x-2"].status != "redeemed"
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

@@ -297,6 +297,9 @@ class LedgerApplication(Application[UUID]):
             if referee is not None and referee.referred_by is not None:
                 involved.append(referee.referred_by)  # may lose to an earlier referral
         before = {m: len(a.pending_events) for m in involved if (a := batch.accounts.get(m))}
+        if isinstance(event, ReferralQualified):
+            # A displaced referral's members may be loaded only now (its bonuses taken back).
+            before = {m: len(a.pending_events) for m, a in batch.accounts.items() if a} | before
         created_before = set(batch.created)
         try:
             self._dispatch(event, batch, provenance, now)
@@ -305,6 +308,12 @@ class LedgerApplication(Application[UUID]):
                 batch.accounts[member] = None
                 batch.created.discard(member)
             raise
+        if isinstance(event, ReferralQualified):
+            involved += [
+                m
+                for m, a in batch.accounts.items()
+                if a is not None and len(a.pending_events) > before.get(m, 0)
+            ]
         return tuple(
             f"{member}#{e.originator_version}"
             for member in dict.fromkeys(involved)

@@ -342,8 +342,11 @@ class MemberAccount(Aggregate):
         role: str  # referrer | referee: whose bonus this is
         earned_at: datetime | None
         undone: str | None  # the event id of the referral undone
+        # Version 3: the spends dated after the bonus, taken again without it (None: what
+        # was spent from it was taken from what is available, as before).
+        respent: Respent | None
 
-        class_version = 2
+        class_version = 3
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -351,7 +354,13 @@ class MemberAccount(Aggregate):
             state["earned_at"] = None
             state["undone"] = None
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["respent"] = None
+
         def apply_specific(self, account: MemberAccount) -> None:
+            if self.respent is not None:
+                account._apply_respent(self.respent)
             # The link goes only if it is still the undone referral's (the winner's bonus
             # may be recorded first, between the same two members or of the same referee).
             if self.role == "referee":
@@ -1496,6 +1505,10 @@ class MemberAccount(Aggregate):
         own = next((lot for lot in lots if lot.earned_at == earned_at), None)
         if own is None:  # recorded before the bonus's instant was known: its first lot held
             own = next((lot for lot in lots if lot.remaining > 0), None)
+        if own is not None and self._reverse_respent(
+            program, own, role, other, undone, winner, circular, occurred_at, provenance
+        ):
+            return
         moves: list[LotMove] = []
         gone = 0
         if own is not None:
@@ -1512,11 +1525,7 @@ class MemberAccount(Aggregate):
             moves.extend(allocate(after.values(), take, occurred_at))
         owed = spent - take  # the balance goes below zero: later earnings settle it first
         taken = points - gone
-        referrer = self.member_id if role == "referrer" else other
-        if circular:  # the winning referral is the other way round
-            why = f"{referee} referred {referrer} first, so this referral does not count"
-        else:
-            why = f"{winner}'s earlier referral of {referee} is the one that counts"
+        why = self._why_reversed(referee, role, other, winner, circular)
         self._record(
             self.ReferralReversed,
             effective_at=occurred_at,
@@ -1534,11 +1543,86 @@ class MemberAccount(Aggregate):
             role=role,
             earned_at=earned_at,
             undone=undone[1],
+            respent=None,
         )
         # An upgrade recorded since that only the bonus reached goes, as after a refund
         # (one at the bonus's own instant too: `since` is just before it).
         self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
         self.catch_up(program)
+
+    def _why_reversed(
+        self, referee: str, role: str, other: str, winner: str, circular: bool
+    ) -> str:
+        referrer = self.member_id if role == "referrer" else other
+        if circular:  # the winning referral is the other way round
+            return f"{referee} referred {referrer} first, so this referral does not count"
+        return f"{winner}'s earlier referral of {referee} is the one that counts"
+
+    def _reverse_respent(
+        self,
+        program: Program,
+        own: Lot,
+        role: str,
+        other: str,
+        undone: tuple[datetime, str],
+        winner: str,
+        circular: bool,
+        occurred_at: datetime,
+        provenance: Provenance,
+    ) -> bool:
+        """A displaced bonus that spends dated after it took from: in event time it was
+        never there, so those spends take again, in event-time order, without it (a
+        redemption it alone funded is withdrawn and waits again; a refund takes what is
+        there). False when nothing was spent from it, or what took from it is not all
+        such a spend (a redemption that waited from before it, a hold), or part of it
+        expired, or a spend would be left owing: the bonus is taken back from what is
+        available then (`reverse_referral`)."""
+        earned_at = undone[0]
+        if own.remaining == own.amount or self.expired_by_lot.get(own.lot_id, 0) or self.debt:
+            return False
+        later = self._later_spends(program, earned_at)
+        unexpired = self._unexpired(earned_at)
+        lots = restored(self.lots, unexpired, later)
+        if lots[own.lot_id].remaining != own.amount:
+            return False
+        lots[own.lot_id] = replace(own, remaining=0)
+        again = self._taken_again(lots, later)
+        if again is None:
+            return False
+        redemptions, orders, postings, note = again
+        referee = other if role == "referrer" else self.member_id
+        why = self._why_reversed(referee, role, other, winner, circular)
+        what = (
+            f"referral bonus for {other}"
+            if role == "referrer"
+            else (f"welcome bonus for joining through {other}")
+        )
+        self._record(
+            self.ReferralReversed,
+            effective_at=occurred_at,
+            postings=transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values()))
+            + tuple(postings)
+            + transfer(acc.AVAILABLE, acc.ISSUED, own.amount),
+            moves=self._net_moves(lots),
+            provenance=self._provenance(program, provenance, "referral:earliest_wins"),
+            note=f"{what} taken back ({own.amount} points; the spends dated after it take "
+            f"again without it): {why}" + note,
+            referee=referee,
+            points=own.amount,
+            forgiven=0,
+            winner=winner,
+            role=role,
+            earned_at=earned_at,
+            undone=undone[1],
+            respent=Respent(
+                tuple(redemptions),
+                tuple(orders.values()),
+                tuple(LotMove(k, v) for k, v in unexpired.items()),
+            ),
+        )
+        self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
+        self.catch_up(program)
+        return True
 
     def displaced_referrals(
         self, referrer: MemberAccount, at: datetime, event_id: str
