@@ -1214,3 +1214,43 @@ def test_a_displaced_bonus_spent_since_is_not_spent_again_by_a_redemption_read_l
     assert "x-2" not in a.redemptions or a.redemptions["x-2"].status != "redeemed"
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_cancellation_read_after_a_refund_that_found_nothing_gives_it_the_points(
+    open_fresh: Open,
+) -> None:
+    """The refund found no points (a redemption had them) and took nothing; the
+    cancellation of that redemption, dated before the refund, is read after it: in time
+    order the points were back by the refund's time, and it takes them."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = (
+        purchase("n-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000),
+        0,
+    )
+    spent = (
+        redemption("n-2", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=50),
+        0,
+    )
+    cancelled = (cancellation("n-3", "m-1", at("2026-01-20T10:00:00Z"), redemption_id="x-1"), 0)
+    refunded = (
+        refund(
+            "n-4",
+            "m-1",
+            at("2026-01-25T10:00:00Z"),
+            order_id="o-1",
+            refund_id="r-1",
+            amount_minor=5000,
+        ),
+        0,
+    )
+    assert read(ledger, clock, [bought, spent, refunded, cancelled]) == ["applied"] * 4
+
+    # By hand, in time order: o-1 earns 50 (01-10); x-1 spends them (01-15); x-1 is
+    # cancelled and the 50 go back to o-1's lot (01-20); the refund of all of o-1 (01-25)
+    # takes the 50 back. Nothing is left.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(0, 0, 0)
+    assert holding(ledger, "m-1") == []
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
