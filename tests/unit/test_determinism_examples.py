@@ -1254,3 +1254,45 @@ def test_a_cancellation_read_after_a_refund_that_found_nothing_gives_it_the_poin
     assert holding(ledger, "m-1") == []
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_redemption_cancelled_after_a_late_earn_held_its_points_until_then(
+    open_fresh: Open,
+) -> None:
+    """A redemption dated before a late earn and cancelled after it held its points in
+    between: a refund dated in between, taken again with the earn, finds its order's
+    points held and takes the earn's."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = (
+        purchase("h-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000),
+        0,
+    )
+    spent = (
+        redemption("h-2", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-1", points=50),
+        0,
+    )
+    signup = (activity("h-3", "m-1", at("2026-01-14T10:00:00Z"), name="signup"), 0)
+    refunded = (
+        refund(
+            "h-4",
+            "m-1",
+            at("2026-01-16T10:00:00Z"),
+            order_id="o-1",
+            refund_id="r-1",
+            amount_minor=2000,
+        ),
+        0,
+    )
+    cancelled = (cancellation("h-5", "m-1", at("2026-01-18T10:00:00Z"), redemption_id="x-1"), 0)
+    reads = [bought, spent, refunded, cancelled, signup]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: o-1 earns 50 (01-10); x-1 takes them (01-12); signup earns
+    # 10 (01-14); the refund of $20 of o-1 (01-16) wants 20 back: o-1's lot is empty, it
+    # takes signup's 10 and forgives 10; x-1 is cancelled (01-18): o-1's 50 come back.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(50, 0, 0)
+    assert holding(ledger, "m-1") == [("order o-1", 50, at("2026-01-10T10:00:00Z"))]
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

@@ -2129,6 +2129,15 @@ class MemberAccount(Aggregate):
             and r.at is not None
             and (r.dated or r.at) > at
         ]
+        # One dated before and cancelled after held what it took until its cancellation.
+        found += [
+            Spend("held", r.at, r.redemption_id, r.points, r.moves, cancelled_at=r.cancelled_at)
+            for r in self.redemptions.values()
+            if r.status == "cancelled"
+            and r.cancelled_at is not None
+            and r.at is not None
+            and (r.dated or r.at) <= at < r.cancelled_at
+        ]
         for order in self.orders.values():
             for step in order.refunds:
                 if step.at > at and step.taken_from is not None:
@@ -2164,8 +2173,9 @@ class MemberAccount(Aggregate):
         postings: list[Posting] = []
         notes: list[str] = []
         done: list[Taken] = []
-        holding: list[Taken] = []  # cancelled redemptions, until their cancellation
-        for spend in in_order(later):
+        # Cancelled redemptions, until their cancellation (those dated before: from now).
+        holding = [Taken(s, s.moves, s.wanted, 0) for s in later if s.kind == "held"]
+        for spend in in_order(s for s in later if s.kind != "held"):
             _give_back(lots, holding, spend.dated or spend.at)
             if spend.kind == "redemption":
                 again = redeem_again(lots, spend)

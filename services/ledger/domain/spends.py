@@ -28,7 +28,9 @@ class Spend:
     """One spend of available points: a redemption, or what a refund takes back from
     available lots (its own pending points are not spendable, so never in question)."""
 
-    kind: str  # "redemption" | "refund"
+    # "redemption" | "refund" | "held": a redemption dated before the late event and
+    # cancelled after it, which holds what it took until its cancellation (not taken again)
+    kind: str
     at: datetime  # when it took effect in event time
     key: str  # the redemption id, or "<order id>/<refund id>"
     wanted: int  # the points it takes when they are there
@@ -146,6 +148,11 @@ def restored(
             lot = out[lot_id]
             out[lot_id] = replace(lot, remaining=lot.remaining + points)
     for spend in spends:
+        if spend.kind == "held":  # it still held them then: out of the lots until cancelled
+            for move in spend.moves:
+                lot = out[move.lot_id]
+                out[move.lot_id] = replace(lot, remaining=lot.remaining + move.amount)
+            continue
         if spend.cancelled_at is not None:
             continue  # its points went back when it was cancelled
         for move in spend.moves:
