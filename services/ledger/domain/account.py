@@ -57,6 +57,7 @@ from services.ledger.domain.rules import (
 from services.ledger.domain.spends import (
     Spend,
     Taken,
+    expired_again,
     funded_by,
     in_order,
     redeem_again,
@@ -167,6 +168,10 @@ class RefundStep:
     taken_from: tuple[LotMove, ...] | None = None
     wanted: int = 0  # the points it takes from available lots when they are there
     owes: bool = False  # what is not there is owed (the unlimited return policy)
+    # Since 0.4: what it counted as already expired from its order's lot (not taken), so
+    # a spend read after it that in event time emptied the lot before its expiry has it
+    # take those points from available lots instead (0: recorded before, kept as is).
+    expired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,9 +487,8 @@ class MemberAccount(Aggregate):
         def apply_specific(self, account: MemberAccount) -> None:
             if self.respent is not None:
                 account._apply_respent(self.respent)
-            if self.order.refunds and (
-                self.order.refunds[-1].taken_from or self.order.refunds[-1].wanted
-            ):
+            last = self.order.refunds[-1] if self.order.refunds else None
+            if last is not None and (last.taken_from or last.wanted or last.expired):
                 # A spend, also when nothing was there to take: an earn or a cancellation
                 # dated before it, read late, gives it points to take (_later_spends).
                 account._spent(self.effective_at)
@@ -1861,6 +1865,17 @@ class MemberAccount(Aggregate):
                 taken_from=spend.moves,
                 wanted=spend.wanted,
                 owes=spend.owes,
+                expired=already_expired,
+            )
+        elif already_expired and program.returns.policy is not ReturnPolicy.PENDING_ONLY:
+            # All of it had expired: it takes nothing, unless a spend read later shows the
+            # lot was spent before its expiry (see spends.expired_again).
+            step = replace(
+                step,
+                refund_id=refund_id,
+                taken_from=(),
+                owes=program.returns.policy is ReturnPolicy.UNLIMITED,
+                expired=already_expired,
             )
         taken = to_reverse - forgiven - already_expired
         base = order
@@ -1868,7 +1883,7 @@ class MemberAccount(Aggregate):
             base = next((o for o in respent.orders if o.order_id == order_id), order)
         new_order = replace(
             base,
-            expired_credited=order.expired_credited + already_expired,
+            expired_credited=base.expired_credited + already_expired,
             refunded_minor=refunded_minor,
             refunded_quantities=tuple(sorted(quantities.items())),
             reversed_points=order.reversed_points + to_reverse,
@@ -2151,6 +2166,7 @@ class MemberAccount(Aggregate):
                             step.taken_from,
                             order.lot_id,
                             step.owes,
+                            expired=step.expired,
                         )
                     )
         return found
@@ -2164,10 +2180,14 @@ class MemberAccount(Aggregate):
         }
 
     def _taken_again(
-        self, lots: dict[str, Lot], later: list[Spend]
+        self, lots: dict[str, Lot], later: list[Spend], since: datetime | None = None
     ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
         """Each later spend takes again from `lots` (in place), in event-time order. None
-        when one of them would leave points owed: those cases keep the recorded spends."""
+        when one of them would leave points owed: those cases keep the recorded spends.
+
+        `since` is the late event's time (default: the earliest later spend's): a refund
+        whose order's lot expires after it, and that counted points of that lot as already
+        expired, counts again what the lot held at its expiry (spends.expired_again)."""
         redemptions: list[RedemptionRecord] = []
         orders: dict[str, OrderRecord] = {}
         postings: list[Posting] = []
@@ -2175,8 +2195,23 @@ class MemberAccount(Aggregate):
         done: list[Taken] = []
         # Cancelled redemptions, until their cancellation (those dated before: from now).
         holding = [Taken(s, s.moves, s.wanted, 0) for s in later if s.kind == "held"]
+        if since is None:
+            since = min((s.dated or s.at for s in later if s.kind != "held"), default=None)
+        credited: dict[str, int] = {}  # expired points counted by the refunds taken again
+        was_expired: dict[str, int] = {}  # by spend key, as recorded
         for spend in in_order(s for s in later if s.kind != "held"):
             _give_back(lots, holding, spend.dated or spend.at)
+            own = lots.get(spend.own_lot) if spend.own_lot else None
+            if (
+                spend.kind == "refund"
+                and own is not None
+                and since is not None
+                and own.expires_at is not None
+                and own.expires_at > since
+            ):
+                was_expired[spend.key] = spend.expired
+                spend = expired_again(lots, spend, credited.get(own.lot_id, 0))
+                credited[own.lot_id] = credited.get(own.lot_id, 0) + spend.expired
             if spend.kind == "redemption":
                 again = redeem_again(lots, spend)
                 if again is not None and spend.cancelled_at is not None:
@@ -2211,23 +2246,35 @@ class MemberAccount(Aggregate):
                 redemptions.append(replace(record, moves=t.moves, at=t.at))
                 notes.append(f"redemption {spend.key} now takes from {self._lot_names(t.moves)}")
                 continue
-            if set(t.moves) == set(spend.moves):
+            expired_before = was_expired.get(spend.key, spend.expired)
+            if set(t.moves) == set(spend.moves) and spend.expired == expired_before:
                 continue
             order_id, refund_id = spend.key.split("/", 1)
             before = -sum(m.amount for m in spend.moves)
             order = orders.get(order_id) or self.orders[order_id]
             steps = tuple(
-                replace(st, taken_from=t.moves) if st.refund_id == refund_id else st
+                replace(st, taken_from=t.moves, wanted=spend.wanted, expired=spend.expired)
+                if st.refund_id == refund_id
+                else st
                 for st in order.refunds
             )
-            orders[order_id] = replace(order, refunds=steps)
+            orders[order_id] = replace(
+                order,
+                refunds=steps,
+                expired_credited=order.expired_credited + spend.expired - expired_before,
+            )
             if t.taken > before:
                 postings += transfer(acc.AVAILABLE, acc.ISSUED, t.taken - before)
             elif t.taken < before:
                 postings += transfer(acc.ISSUED, acc.AVAILABLE, before - t.taken)
             notes.append(
                 f"refund {refund_id} of order {order_id} now takes back {t.taken} "
-                f"(was {before}; {t.short} kept by the member)"
+                f"(was {before}; {t.short} kept by the member"
+                + (
+                    f"; {spend.expired} had expired, was {expired_before})"
+                    if spend.expired != expired_before
+                    else ")"
+                )
             )
         note = "; " + "; ".join(notes) + " (dated after it, recorded before)" if notes else ""
         return redemptions, orders, postings, note
@@ -2267,7 +2314,7 @@ class MemberAccount(Aggregate):
         mine = take(
             lots, Spend("redemption", occurred_at, redemption_id, points), occurred_at, instant
         )
-        again = self._taken_again(lots, later)
+        again = self._taken_again(lots, later, occurred_at)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2330,7 +2377,7 @@ class MemberAccount(Aggregate):
             lots[move.lot_id] = replace(
                 lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
             )
-        again = self._taken_again(lots, later)
+        again = self._taken_again(lots, later, occurred_at)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2411,7 +2458,7 @@ class MemberAccount(Aggregate):
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
         if mine.owed:
             return None
-        again = self._taken_again(lots, later)
+        again = self._taken_again(lots, later, at)
         if again is None:
             return None
         redemptions, orders, again_postings, note = again

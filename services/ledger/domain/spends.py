@@ -44,6 +44,10 @@ class Spend:
     # A redemption cancelled since: when its points went back to the lots it took (they
     # are there already, not given back again; it holds them only until then).
     cancelled_at: datetime | None = None
+    # A refund: what it counted as already expired from its own lot (not taken: those
+    # points had left by their expiry). Decided again with it when its lot's expiry is in
+    # question (see `expired_again`).
+    expired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,21 @@ def redeem_again(lots: dict[str, Lot], spend: Spend) -> Taken | None:
     if instant is None:
         return None
     return take(lots, spend, dated, instant)
+
+
+def expired_again(lots: Mapping[str, Lot], spend: Spend, credited: int) -> Spend:
+    """A refund decided again after its own lot's expiry: of what it reverses beyond its
+    pending points (`wanted` + `expired`), what its lot still held at its expiry (less
+    what earlier refunds of the order counted so, `credited`) had expired, so it is not
+    taken twice; the rest it takes from available lots. In event time the lot may have
+    been spent before it expired (by a spend read after the refund), or may hold points a
+    cancellation gave back."""
+    own = lots.get(spend.own_lot) if spend.own_lot else None
+    if own is None or own.expires_at is None or own.expires_at > spend.at:
+        return spend  # its lot had not expired by its time: nothing counted as expired
+    claim = spend.wanted + spend.expired
+    expired = min(claim, max(0, own.remaining - credited))
+    return replace(spend, wanted=claim - expired, expired=expired)
 
 
 def restored(
