@@ -633,6 +633,52 @@ def test_a_refund_read_after_its_orders_points_expired_takes_them_back_as_of_its
     assert report.ok, report.violations
 
 
+def test_a_refund_that_found_its_orders_points_expired_takes_them_when_a_late_redemption_spent_them(
+    open_fresh: Open,
+) -> None:
+    """Read after its order's points had expired, the refund counts them as already
+    expired and takes nothing. A redemption dated before that expiry, read after the
+    refund, spent those points in event time: they never expired, so the refund takes
+    its points from what is available at its own time instead."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("y-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=3000)
+    two = purchase("y-2", "m-1", at("2026-05-01T09:01:00Z"), order_id="o-2", total_minor=4000)
+    spent = redemption("y-3", "m-1", at("2026-05-02T10:00:00Z"), redemption_id="x-1", points=30)
+    three = purchase("y-4", "m-1", at("2026-11-10T09:00:00Z"), order_id="o-3", total_minor=5000)
+    back = refund(
+        "y-5", "m-1", at("2026-11-20T09:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=3000
+    )
+    later = at("2026-11-21T09:00:00Z")
+    # The purchases topic (purchases and the refund) is read before the redemptions topic.
+    for offset, event in enumerate([one, two, three, back]):
+        assert apply_from_kafka(ledger, clock, later, event, 0, offset).status == "applied"
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    # As read so far: o-1's 30 and o-2's 40 expired on 11-01; the refund finds o-1's 30
+    # expired and takes nothing; o-3's 50 stay.
+    assert account.balance == Balances(available=50, pending=0, held=0)
+    assert apply_from_kafka(ledger, clock, later, spent, 1, 0).status == "applied"
+    # By hand, in time order: 05-01 o-1 30 (expires 11-01 09:00) and o-2 40 (11-01 09:01);
+    # 05-02 the redemption takes 30 from o-1, which expires first; 11-01 o-1 has nothing
+    # left to expire, o-2's 40 expire; 11-10 o-3 earns 50; 11-20 the refund of all of o-1
+    # (30 points) finds its lot empty, not expired, and takes 30 from o-3: 20 left.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=20, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 0),
+        ("order o-2", 0),
+        ("order o-3", 20),
+    ]
+    assert account.balances["program:expired"] == 40  # o-2's only
+    assert account.orders["o-1"].expired_credited == 0
+    [step] = account.orders["o-1"].refunds
+    assert (step.wanted, step.expired) == (30, 0)
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 def test_a_waiting_redemption_has_first_claim_over_one_dated_after_it(
     open_fresh: Open,
 ) -> None:

@@ -2199,7 +2199,8 @@ class MemberAccount(Aggregate):
             since = min((s.dated or s.at for s in later if s.kind != "held"), default=None)
         credited: dict[str, int] = {}  # expired points counted by the refunds taken again
         was_expired: dict[str, int] = {}  # by spend key, as recorded
-        for spend in in_order(s for s in later if s.kind != "held"):
+        for recorded in in_order(s for s in later if s.kind != "held"):
+            spend = recorded
             _give_back(lots, holding, spend.dated or spend.at)
             own = lots.get(spend.own_lot) if spend.own_lot else None
             if (
