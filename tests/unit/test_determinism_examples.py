@@ -679,6 +679,51 @@ def test_a_refund_that_found_its_orders_points_expired_takes_them_when_a_late_re
     assert report.ok, report.violations
 
 
+def test_a_redemption_cancelled_later_holds_its_points_until_then_when_spends_take_again(
+    open_fresh: Open,
+) -> None:
+    """A redemption read last, dated before everything, has the spends dated after it take
+    again in event-time order. A redemption cancelled since held its points from its own
+    time until its cancellation: a refund dated in between finds them spent."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("z-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=3000)
+    two = purchase("z-2", "m-1", at("2026-05-01T09:30:00Z"), order_id="o-2", total_minor=10000)
+    first = redemption("z-3", "m-1", at("2026-05-01T10:00:00Z"), redemption_id="x-0", points=10)
+    big = redemption("z-4", "m-1", at("2026-05-02T10:00:00Z"), redemption_id="x-1", points=100)
+    back = refund(
+        "z-5", "m-1", at("2026-05-03T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=3000
+    )
+    undo = cancellation("z-6", "m-1", at("2026-05-04T10:00:00Z"), redemption_id="x-1")
+    later = at("2026-05-05T10:00:00Z")
+    # The purchases topic first; then partition 0 of the redemptions topic (x-1 and its
+    # cancellation), then x-0, on partition 1.
+    reads = [(one, 0, 0), (two, 0, 1), (back, 0, 2), (big, 0, 0), (undo, 0, 1), (first, 1, 0)]
+    for event, partition, offset in reads:
+        assert apply_from_kafka(ledger, clock, later, event, partition, offset).status == "applied"
+    # By hand, in time order (1 point a dollar, soonest expiry first: o-1 before o-2):
+    #   05-01 09:00 o-1 earns 30; 09:30 o-2 earns 100; 10:00 x-0 takes 10 of o-1 (20 left)
+    #   05-02 x-1 takes 100: o-1's 20 and 80 of o-2 (o-2: 20 left)
+    #   05-03 the refund of o-1 (30 points): its lot is empty, it takes o-2's 20 and the
+    #         return policy forgives 10
+    #   05-04 x-1 is cancelled: o-1 gets 20 back, o-2 80
+    #   left: o-1 20 + o-2 80 = 100. (Without x-1 holding its points until 05-04, the
+    #   refund would take o-1's 20 and 10 of o-2: 90 left.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=100, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 20),
+        ("order o-2", 80),
+    ]
+    assert account.redemptions["x-1"].status == "cancelled"
+    [step] = account.orders["o-1"].refunds
+    assert step.taken_from is not None
+    assert sum(-m.amount for m in step.taken_from) == 20
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 def test_a_waiting_redemption_has_first_claim_over_one_dated_after_it(
     open_fresh: Open,
 ) -> None:
