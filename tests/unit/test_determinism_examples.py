@@ -23,7 +23,13 @@ from eventsourcing.persistence import StoredEvent
 
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
-from services.ledger.domain.account import Balances, MemberAccount, account_id
+from services.ledger.domain.account import (
+    Balances,
+    MemberAccount,
+    RedemptionRecord,
+    SnapshotTooOld,
+    account_id,
+)
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
 from tests.support.histories import (
@@ -722,6 +728,19 @@ def test_a_redemption_cancelled_later_holds_its_points_until_then_when_spends_ta
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_version_3_snapshot_with_a_cancelled_redemption_is_rebuilt_from_the_events() -> None:
+    # Version 3 kept no cancellation time on a cancelled redemption, which spends taken
+    # again in event time need: such a snapshot is refused (the events are folded instead).
+    when = at("2026-05-02T10:00:00Z")
+    kept = RedemptionRecord("x-1", 50, None, (), "redeemed", when, "e-1", when)
+    undone = RedemptionRecord("x-2", 50, None, (), "cancelled", when, "e-2", when)
+    with pytest.raises(SnapshotTooOld):
+        MemberAccount.upcast_v3_v4({"member_id": "m-1", "redemptions": {"x-2": undone}})
+    state: dict[str, Any] = {"member_id": "m-1", "redemptions": {"x-1": kept}}
+    MemberAccount.upcast_v3_v4(state)  # nothing cancelled: loads as it is
+    assert state["redemptions"] == {"x-1": kept}
 
 
 def test_a_waiting_redemption_has_first_claim_over_one_dated_after_it(

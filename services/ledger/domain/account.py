@@ -241,7 +241,8 @@ class MemberAccount(Aggregate):
 
     # Snapshot state version 2 (0.2): the tier state and the scheduler's time are kept.
     # Version 3: each tier change keeps an ops override's end and lock.
-    class_version = 3
+    # Version 4: a cancelled redemption keeps when it was cancelled (`cancelled_at`).
+    class_version = 4
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -255,6 +256,16 @@ class MemberAccount(Aggregate):
         for change in state.get("tier_changes", ()):
             cause = change.get("cause") if isinstance(change, dict) else change.cause
             if cause == "override":
+                raise SnapshotTooOld(str(state.get("member_id")))
+
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        """A version 3 snapshot's cancelled redemptions lack `cancelled_at` (spends taken
+        again in event time need it): one with a cancelled redemption is rebuilt from the
+        events, which give it (the others load as they are)."""
+        for record in dict(state.get("redemptions") or {}).values():
+            status = record.get("status") if isinstance(record, dict) else record.status
+            if status == "cancelled":
                 raise SnapshotTooOld(str(state.get("member_id")))
 
     class Enrolled(Aggregate.Created):
