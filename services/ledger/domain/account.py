@@ -384,8 +384,19 @@ class MemberAccount(Aggregate):
         # The order's refunds recorded already take their share of the difference back at
         # once, each as of its own time (since 0.2; none for entries written before).
         taken_back: tuple[tuple[datetime, int], ...] = ()
+        # Version 2: a purchase earning less than recorded whose lot spends dated after it
+        # had used: those spends taken again in event-time order (None: none were).
+        respent: Respent | None = None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["respent"] = None
 
         def apply_specific(self, account: MemberAccount) -> None:
+            if self.respent is not None:
+                account._apply_respent(self.respent)
             account.orders[self.order.order_id] = self.order
             taken = sum(points for _, points in self.taken_back)
             account.daily_points[self.order.day] = (
@@ -823,21 +834,42 @@ class MemberAccount(Aggregate):
             taken = sum(points for _, points in taken_back)
             net = diff - taken
             lot = self.lots[order.lot_id]
-            if lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
+            cut = None
+            if net < 0 and lot.remaining + net < 0 and lot.status == AVAILABLE:
+                # Spends dated after it used its lot: they take again, in event time.
+                cut = self._cut_respent(program, order, lot, diff, net)
+                if cut is None:
+                    continue
+            elif lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
                 continue  # spent or expired already: what it earned stays as recorded
             grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
             moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
+            postings = transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net)
+            respent: Respent | None = None
             note = (
                 f"{diff:+d} points: order {order.order_id} earns at tier {tier}, in force "
                 f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})"
             )
             if taken:
                 note += f"; its refunds take {taken} of them back"
+            if cut is not None:
+                lots, respent, again_postings, again_note = cut
+                # Moves after the cut (verify grows the lot by `points` first, then moves).
+                cut_moves = {m.lot_id: m.amount for m in self._net_moves(lots)}
+                cut_moves[lot.lot_id] = cut_moves.get(lot.lot_id, 0) - net
+                moves = tuple(LotMove(k, v) for k, v in cut_moves.items() if v)
+                unexpired = sum(m.amount for m in respent.unexpired)
+                postings = (
+                    transfer(acc.EXPIRED, acc.AVAILABLE, unexpired)
+                    + postings
+                    + tuple(again_postings)
+                )
+                note += again_note
             self._record(
                 self.PointsToppedUp,
                 effective_at=order.earned_at or since,
-                postings=transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net),
+                postings=postings,
                 moves=moves,
                 replaced_lots=(grown,),
                 provenance=replace(
@@ -857,9 +889,41 @@ class MemberAccount(Aggregate):
                 points=net,
                 lot_id=lot.lot_id,
                 taken_back=tuple(taken_back),
+                respent=respent,
             )
+            if respent is not None:
+                self.catch_up(program)  # points put back from expiry whose expiry has passed
             topped = True
         return topped
+
+    def _cut_respent(
+        self, program: Program, order: OrderRecord, lot: Lot, diff: int, net: int
+    ) -> tuple[dict[str, Lot], Respent, list[Posting], str] | None:
+        """A purchase that earns `diff` (< 0) less than recorded, `net` off its lot, which
+        spends dated after it have used: on a copy of the lots with those spends given back
+        and the lot cut, each takes again in event-time order (a redemption left unfunded is
+        withdrawn and waits again). None when that cannot be done: the purchase then keeps
+        what it earned, as before."""
+        assert order.earned_at is not None
+        later = self._later_spends(program, order.earned_at)
+        if not later or self.debt:
+            return None
+        unexpired = self._unexpired(order.earned_at)
+        lots = restored(self.lots, unexpired, later)
+        own = lots[lot.lot_id]
+        if own.remaining + net < 0:
+            return None
+        lots[lot.lot_id] = replace(own, amount=own.amount + diff, remaining=own.remaining + net)
+        again = self._taken_again(lots, later)
+        if again is None:
+            return None
+        redemptions, orders, postings, note = again
+        respent = Respent(
+            tuple(redemptions),
+            tuple(orders.values()),
+            tuple(LotMove(k, v) for k, v in unexpired.items()),
+        )
+        return lots, respent, postings, note
 
     def _qualify(self, activity: Qualifying) -> None:
         horizon = activity.at - QUALIFYING_HORIZON
