@@ -796,10 +796,11 @@ class MemberAccount(Aggregate):
         the tier then in force gives: the difference goes onto (or comes off) each one's own
         lot. Returns whether any did."""
         topped = False
-        for order in sorted(
+        for recorded in sorted(
             (o for o in self.orders.values() if o.earned_at is not None and o.earned_at > since),
             key=lambda o: (o.earned_at or since, o.order_id),
         ):
+            order = recorded
             tier = self.tier_at(order.earned_at or since, order.seq or _MAX_SEQ)
             if tier == order.tier or not order.lot_id or order.lot_id not in self.lots:
                 continue
@@ -824,16 +825,24 @@ class MemberAccount(Aggregate):
             # Each refund recorded already takes back its share of the difference, as of
             # its own time: the order ends as if it had earned at this tier all along.
             taken_back: list[tuple[datetime, int]] = []
+            shares: dict[str, int] = {}
             old_before = new_before = 0
             for step in order.refunds:
                 old = reversal_target(order.points, order.lines, order.total_minor, step)
                 new = reversal_target(quote.points, quote.lines, order.total_minor, step)
                 if (new - new_before) - (old - old_before):
                     taken_back.append((step.at, (new - new_before) - (old - old_before)))
+                    shares[step.refund_id] = (new - new_before) - (old - old_before)
                 old_before, new_before = old, new
             taken = sum(points for _, points in taken_back)
             net = diff - taken
             lot = self.lots[order.lot_id]
+            # Each refund's share comes off (or onto) what it took from the order's own lot,
+            # so a spend dated before it that arrives later takes it again at its new size.
+            order = replace(
+                order,
+                refunds=tuple(_step_resized(st, order.lot_id, shares) for st in order.refunds),
+            )
             cut = None
             if net < 0 and lot.remaining + net < 0 and lot.status == AVAILABLE:
                 # Spends dated after it used its lot: they take again, in event time.
@@ -855,6 +864,7 @@ class MemberAccount(Aggregate):
                 note += f"; its refunds take {taken} of them back"
             if cut is not None:
                 lots, respent, again_postings, again_note = cut
+                order = next((o for o in respent.orders if o.order_id == order.order_id), order)
                 # Moves after the cut (verify grows the lot by `points` first, then moves).
                 cut_moves = {m.lot_id: m.amount for m in self._net_moves(lots)}
                 cut_moves[lot.lot_id] = cut_moves.get(lot.lot_id, 0) - net
@@ -905,7 +915,13 @@ class MemberAccount(Aggregate):
         withdrawn and waits again). None when that cannot be done: the purchase then keeps
         what it earned, as before."""
         assert order.earned_at is not None
-        later = self._later_spends(program, order.earned_at)
+        steps = {f"{order.order_id}/{st.refund_id}": st for st in order.refunds}
+        later = [
+            replace(s, wanted=st.wanted, moves=st.taken_from or ())
+            if s.kind == "refund" and (st := steps.get(s.key)) is not None
+            else s
+            for s in self._later_spends(program, order.earned_at)
+        ]
         if not later or self.debt:
             return None
         unexpired = self._unexpired(order.earned_at)
@@ -914,7 +930,7 @@ class MemberAccount(Aggregate):
         if own.remaining + net < 0:
             return None
         lots[lot.lot_id] = replace(own, amount=own.amount + diff, remaining=own.remaining + net)
-        again = self._taken_again(lots, later)
+        again = self._taken_again(lots, later, {order.order_id: order})
         if again is None:
             return None
         redemptions, orders, postings, note = again
@@ -2030,10 +2046,14 @@ class MemberAccount(Aggregate):
         }
 
     def _taken_again(
-        self, lots: dict[str, Lot], later: list[Spend]
+        self,
+        lots: dict[str, Lot],
+        later: list[Spend],
+        records: Mapping[str, OrderRecord] | None = None,
     ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
         """Each later spend takes again from `lots` (in place), in event-time order. None
-        when one of them would leave points owed: those cases keep the recorded spends."""
+        when one of them would leave points owed: those cases keep the recorded spends.
+        `records`: order records to start from instead of the account's (changed since)."""
         redemptions: list[RedemptionRecord] = []
         orders: dict[str, OrderRecord] = {}
         postings: list[Posting] = []
@@ -2073,9 +2093,11 @@ class MemberAccount(Aggregate):
                 continue
             order_id, refund_id = spend.key.split("/", 1)
             before = -sum(m.amount for m in spend.moves)
-            order = orders.get(order_id) or self.orders[order_id]
+            order = orders.get(order_id) or (records or {}).get(order_id) or self.orders[order_id]
             steps = tuple(
-                replace(st, taken_from=t.moves) if st.refund_id == refund_id else st
+                replace(st, taken_from=t.moves, wanted=spend.wanted)
+                if st.refund_id == refund_id
+                else st
                 for st in order.refunds
             )
             orders[order_id] = replace(order, refunds=steps)
@@ -2710,6 +2732,24 @@ class MemberAccount(Aggregate):
             self.worked_to is None or entry.effective_at > self.worked_to
         ):
             self.worked_to = entry.effective_at
+
+
+def _step_resized(step: RefundStep, own_lot: str | None, shares: Mapping[str, int]) -> RefundStep:
+    """A refund step after its order's points changed: its share of the change (`shares`,
+    by refund id) comes off what it took from the order's own lot (positive: it takes
+    more). A step that took nothing from that lot stays as it is (the lot takes the share)."""
+    share = shares.get(step.refund_id, 0)
+    if not share or step.taken_from is None:
+        return step
+    moves = {m.lot_id: m.amount for m in step.taken_from}
+    if own_lot is None or own_lot not in moves or moves[own_lot] - share > 0:
+        return step
+    moves[own_lot] -= share
+    return replace(
+        step,
+        taken_from=tuple(LotMove(k, v) for k, v in moves.items() if v),
+        wanted=max(0, step.wanted + share),
+    )
 
 
 def _stopped_waiting(
