@@ -837,20 +837,19 @@ class MemberAccount(Aggregate):
             taken = sum(points for _, points in taken_back)
             net = diff - taken
             lot = self.lots[order.lot_id]
-            # Each refund's share comes off (or onto) what it took from the order's own lot,
-            # so a spend dated before it that arrives later takes it again at its new size.
-            order = replace(
-                order,
-                refunds=tuple(_step_resized(st, order.lot_id, shares) for st in order.refunds),
-            )
             cut = None
-            if net < 0 and lot.remaining + net < 0 and lot.status == AVAILABLE:
-                # Spends dated after it used its lot: they take again, in event time.
-                cut = self._cut_respent(program, order, lot, diff, net)
-                if cut is None:
-                    continue
-            elif lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
-                continue  # spent or expired already: what it earned stays as recorded
+            if diff < 0 and lot.status == AVAILABLE:
+                # Spends dated after it may have used its lot: they take again, in event time.
+                cut = self._cut_respent(program, order, lot, diff, shares)
+            if cut is None:
+                if lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
+                    continue  # spent or expired already: what it earned stays as recorded
+                # Each refund's share comes off (or onto) what it took from the order's own
+                # lot, so a spend dated before it read later takes it again at its size.
+                order = replace(
+                    order,
+                    refunds=tuple(_step_resized(st, order.lot_id, shares) for st in order.refunds),
+                )
             grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
             moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
@@ -863,8 +862,9 @@ class MemberAccount(Aggregate):
             if taken:
                 note += f"; its refunds take {taken} of them back"
             if cut is not None:
-                lots, respent, again_postings, again_note = cut
+                lots, respent, again_postings, again_note, order, onto_lot = cut
                 order = next((o for o in respent.orders if o.order_id == order.order_id), order)
+                postings = transfer(acc.ISSUED, acc.AVAILABLE, onto_lot)
                 # Moves after the cut (verify grows the lot by `points` first, then moves).
                 cut_moves = {m.lot_id: m.amount for m in self._net_moves(lots)}
                 cut_moves[lot.lot_id] = cut_moves.get(lot.lot_id, 0) - net
@@ -907,30 +907,53 @@ class MemberAccount(Aggregate):
         return topped
 
     def _cut_respent(
-        self, program: Program, order: OrderRecord, lot: Lot, diff: int, net: int
-    ) -> tuple[dict[str, Lot], Respent, list[Posting], str] | None:
-        """A purchase that earns `diff` (< 0) less than recorded, `net` off its lot, which
-        spends dated after it have used: on a copy of the lots with those spends given back
-        and the lot cut, each takes again in event-time order (a redemption left unfunded is
-        withdrawn and waits again). None when that cannot be done: the purchase then keeps
-        what it earned, as before."""
+        self,
+        program: Program,
+        order: OrderRecord,
+        lot: Lot,
+        diff: int,
+        shares: Mapping[str, int],
+    ) -> tuple[dict[str, Lot], Respent, list[Posting], str, OrderRecord, int] | None:
+        """A purchase that earns `diff` (< 0) less than recorded, with spends dated after it
+        recorded: on a copy of the lots with those spends given back and its lot cut, each
+        takes again in event-time order (a redemption left unfunded is withdrawn and waits
+        again); its refunds take their new size (`shares`, by refund id: what each takes
+        back changes by), what they took from available lots first, the rest on the lot.
+        Returns the lots after, the spends taken again, their postings and note, the order
+        with its refunds' new sizes, and what the lot itself changes by. None when nothing
+        was spent after it, or when it cannot be done (owed): the usual top-up then."""
         assert order.earned_at is not None
-        steps = {f"{order.order_id}/{st.refund_id}": st for st in order.refunds}
-        later = [
-            replace(s, wanted=st.wanted, moves=st.taken_from or ())
-            if s.kind == "refund" and (st := steps.get(s.key)) is not None
-            else s
-            for s in self._later_spends(program, order.earned_at)
-        ]
+        later = self._later_spends(program, order.earned_at)
         if not later or self.debt:
             return None
+        on_lot = 0  # of the refunds' shares, what changes the lot itself (pending takes)
+        steps: list[RefundStep] = []
+        sized: dict[str, int] = {}
+        for step in order.refunds:
+            share = shares.get(step.refund_id, 0)
+            if step.taken_from is None:
+                on_lot += share
+                steps.append(step)
+                continue
+            part = max(share, -step.wanted)  # off (or onto) what it wants from available lots
+            on_lot += share - part
+            sized[f"{order.order_id}/{step.refund_id}"] = step.wanted + part
+            steps.append(replace(step, wanted=step.wanted + part))
+        later = [
+            replace(sp, wanted=sized[sp.key]) if sp.kind == "refund" and sp.key in sized else sp
+            for sp in later
+        ]
         unexpired = self._unexpired(order.earned_at)
         lots = restored(self.lots, unexpired, later)
         own = lots[lot.lot_id]
-        if own.remaining + net < 0:
+        onto_lot = diff - on_lot
+        if not 0 <= own.remaining + onto_lot <= own.amount + diff:
             return None
-        lots[lot.lot_id] = replace(own, amount=own.amount + diff, remaining=own.remaining + net)
-        again = self._taken_again(lots, later, {order.order_id: order})
+        lots[lot.lot_id] = replace(
+            own, amount=own.amount + diff, remaining=own.remaining + onto_lot
+        )
+        sized_order = replace(order, refunds=tuple(steps))
+        again = self._taken_again(lots, later, {order.order_id: sized_order})
         if again is None:
             return None
         redemptions, orders, postings, note = again
@@ -939,7 +962,7 @@ class MemberAccount(Aggregate):
             tuple(orders.values()),
             tuple(LotMove(k, v) for k, v in unexpired.items()),
         )
-        return lots, respent, postings, note
+        return lots, respent, postings, note, sized_order, onto_lot
 
     def _qualify(self, activity: Qualifying) -> None:
         horizon = activity.at - QUALIFYING_HORIZON
