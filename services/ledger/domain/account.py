@@ -841,15 +841,10 @@ class MemberAccount(Aggregate):
             if diff < 0 and lot.status == AVAILABLE:
                 # Spends dated after it may have used its lot: they take again, in event time.
                 cut = self._cut_respent(program, order, lot, diff, shares)
-            if cut is None:
-                if lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
-                    continue  # spent or expired already: what it earned stays as recorded
-                # Each refund's share comes off (or onto) what it took from the order's own
-                # lot, so a spend dated before it read later takes it again at its size.
-                order = replace(
-                    order,
-                    refunds=tuple(_step_resized(st, order.lot_id, shares) for st in order.refunds),
-                )
+            if cut is None and (
+                lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE))
+            ):
+                continue  # spent or expired already: what it earned stays as recorded
             grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
             moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
@@ -2755,24 +2750,6 @@ class MemberAccount(Aggregate):
             self.worked_to is None or entry.effective_at > self.worked_to
         ):
             self.worked_to = entry.effective_at
-
-
-def _step_resized(step: RefundStep, own_lot: str | None, shares: Mapping[str, int]) -> RefundStep:
-    """A refund step after its order's points changed: its share of the change (`shares`,
-    by refund id) comes off what it took from the order's own lot (positive: it takes
-    more). A step that took nothing from that lot stays as it is (the lot takes the share)."""
-    share = shares.get(step.refund_id, 0)
-    if not share or step.taken_from is None:
-        return step
-    moves = {m.lot_id: m.amount for m in step.taken_from}
-    if own_lot is None or own_lot not in moves or moves[own_lot] - share > 0:
-        return step
-    moves[own_lot] -= share
-    return replace(
-        step,
-        taken_from=tuple(LotMove(k, v) for k, v in moves.items() if v),
-        wanted=max(0, step.wanted + share),
-    )
 
 
 def _stopped_waiting(
