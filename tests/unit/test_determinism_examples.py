@@ -1406,3 +1406,95 @@ def test_a_redemption_cancelled_after_a_late_earn_held_its_points_until_then(
     assert holding(ledger, "m-1") == [("order o-1", 50, at("2026-01-10T10:00:00Z"))]
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+# Points-based tiers where the entry tier earns more: Base x2, Silver x1 from 100 points.
+DEMOTING = program(
+    activities={"signup": {"points": 40, "limit": "once"}},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0, "earn_multiplier": "2"},
+        {"id": "silver", "name": "Silver", "threshold": 100, "earn_multiplier": "1"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+DEMOTING_REFERRED = program(
+    activities={"birthday": {"points": 25, "limit": "per_year"}},
+    referral={"referrer_points": 0, "referee_points": 40},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0, "earn_multiplier": "2"},
+        {"id": "silver", "name": "Silver", "threshold": 100, "earn_multiplier": "1"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_a_late_earn_reaching_a_lower_earning_tier_withdraws_the_redemption_it_unfunds(
+    open_fresh: Open,
+) -> None:
+    """The purchases topic is read first, the activities topic last: the signup dated
+    between the two purchases puts the member in Silver (x1) before the second one."""
+    ledger, clock = open_fresh(DEMOTING, READ_AT)
+    one = purchase("d-1", "m-1", at("2026-04-20T10:00:00Z"), order_id="o-1", total_minor=4000)
+    signup = activity("d-2", "m-1", at("2026-04-21T10:00:00Z"), name="signup")
+    two = purchase("d-3", "m-1", at("2026-04-22T10:00:00Z"), order_id="o-2", total_minor=6000)
+    spent = redemption("d-4", "m-1", at("2026-04-23T10:00:00Z"), redemption_id="x-1", points=190)
+    assert read(ledger, clock, [(one, 0), (two, 0), (spent, 0), (signup, 0)]) == ["applied"] * 4
+    # By hand, in time order: Apr 20 $40 at Base x2 = 80 (year 80); Apr 21 signup 40 (year
+    # 120 >= 100: Silver from the next earn); Apr 22 $60 at Silver x1 = 60; Apr 23 the
+    # redemption of 190 finds 80 + 40 + 60 = 180: it waits (parked). Read in this order, o-2
+    # earned 120 at Base and the redemption took 190 of 200; the late signup reprices o-2 to
+    # 60, which leaves the redemption unfunded: it is withdrawn and waits again.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.tier_at(at("2026-04-22T10:00:00Z")) == "silver"
+    assert account.redemptions["x-1"].status == "withdrawn"
+    assert account.balance == Balances(available=180, pending=0, held=0)
+    lot_id = account.orders["o-2"].lot_id
+    assert lot_id is not None
+    assert (account.lots[lot_id].amount, account.lots[lot_id].remaining) == (60, 60)
+    assert [e.event_id for _, e in ledger.app.parked()] == ["d-4"]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+def test_a_refund_of_a_purchase_repriced_by_a_late_tier_takes_its_new_size_in_event_time(
+    open_fresh: Open,
+) -> None:
+    """The purchases, redemptions and activities topics are read before the referrals
+    topic, whose welcome bonus (dated before o-2) puts the member in Silver (x1) first."""
+    ledger, clock = open_fresh(DEMOTING_REFERRED, READ_AT)
+    one = purchase("e-1", "m-1", at("2026-04-20T10:00:00Z"), order_id="o-1", total_minor=4000)
+    bonus = referral("e-2", "m-2", at("2026-04-21T10:00:00Z"), referee="m-1")
+    two = purchase("e-3", "m-1", at("2026-04-22T10:00:00Z"), order_id="o-2", total_minor=6000)
+    first = redemption("e-4", "m-1", at("2026-04-22T12:00:00Z"), redemption_id="x-0", points=10)
+    spent = redemption("e-5", "m-1", at("2026-04-23T10:00:00Z"), redemption_id="x-1", points=150)
+    birthday = activity("e-6", "m-1", at("2026-04-23T12:00:00Z"), name="birthday")
+    back = refund(
+        "e-7", "m-1", at("2026-04-24T10:00:00Z"), order_id="o-2", refund_id="r-1", amount_minor=6000
+    )
+    order = [(one, 0), (two, 0), (spent, 0), (birthday, 0), (back, 0), (bonus, 0), (first, 0)]
+    assert read(ledger, clock, order) == ["applied"] * 7
+    # By hand, in time order: Apr 20 o-1 $40 at Base x2 = 80; Apr 21 welcome bonus 40 (year
+    # 120 >= 100: Silver from the next earn); Apr 22 10:00 o-2 $60 at Silver x1 = 60; 12:00
+    # x-0 takes 10 of o-1 (earned first, no expiry) -> o-1 70; Apr 23 10:00 x-1 takes 150:
+    # o-1 70, bonus 40, o-2 40 -> o-2 20; 12:00 birthday 25; Apr 24 o-2 refunded in full:
+    # 60 back, its own lot's 20, then 25 from the birthday, 15 kept by the member
+    # (within_balance). Balance 0.
+    # Read in this order, o-2 earned 120 at Base, x-1 took 70 of it and the refund wanted
+    # 120; the bonus reprices o-2 to 60 (the refund to 60) with x-1 and the refund taken
+    # again on it, and x-0, read last, has them take again once more.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=0, pending=0, held=0)
+    assert account.redemptions["x-1"].status == "redeemed"
+    by_source = {lot.source: (lot.amount, lot.remaining) for lot in account.lots.values()}
+    assert by_source == {
+        "order o-1": (80, 0),
+        "referral by m-2": (40, 0),
+        "order o-2": (60, 0),
+        "birthday": (25, 0),
+    }
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

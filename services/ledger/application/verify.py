@@ -181,7 +181,9 @@ def _fold(
                 if event.retracts:  # one refund may retract several upgrades of one instant
                     kind += f" of #{event.retracts}"
             elif isinstance(event, MemberAccount.PointsToppedUp):
-                kind += f" (order {event.order.order_id})"
+                # One event may reprice an order up, then down: a late earn reaches a tier
+                # and a referral it displaces takes the upgrade back (once per tier).
+                kind += f" (order {event.order.order_id} at {event.order.tier})"
             elif isinstance(event, MemberAccount.LotsReallocated):
                 kind += f" (lot {event.lot_id})"
             elif isinstance(event, MemberAccount.ReferralReversed):

@@ -410,8 +410,19 @@ class MemberAccount(Aggregate):
         # The order's refunds recorded already take their share of the difference back at
         # once, each as of its own time (since 0.2; none for entries written before).
         taken_back: tuple[tuple[datetime, int], ...] = ()
+        # Version 2: a purchase earning less than recorded whose lot spends dated after it
+        # had used: those spends taken again in event-time order (None: none were).
+        respent: Respent | None = None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["respent"] = None
 
         def apply_specific(self, account: MemberAccount) -> None:
+            if self.respent is not None:
+                account._apply_respent(self.respent)
             account.orders[self.order.order_id] = self.order
             taken = sum(points for _, points in self.taken_back)
             account.daily_points[self.order.day] = (
@@ -828,10 +839,11 @@ class MemberAccount(Aggregate):
         the tier then in force gives: the difference goes onto (or comes off) each one's own
         lot. Returns whether any did."""
         topped = False
-        for order in sorted(
+        for recorded in sorted(
             (o for o in self.orders.values() if o.earned_at is not None and o.earned_at > since),
             key=lambda o: (o.earned_at or since, o.order_id),
         ):
+            order = recorded
             tier = self.tier_at(order.earned_at or since, order.seq or _MAX_SEQ)
             if tier == order.tier or not order.lot_id or order.lot_id not in self.lots:
                 continue
@@ -856,31 +868,56 @@ class MemberAccount(Aggregate):
             # Each refund recorded already takes back its share of the difference, as of
             # its own time: the order ends as if it had earned at this tier all along.
             taken_back: list[tuple[datetime, int]] = []
+            shares: dict[str, int] = {}
             old_before = new_before = 0
             for step in order.refunds:
                 old = reversal_target(order.points, order.lines, order.total_minor, step)
                 new = reversal_target(quote.points, quote.lines, order.total_minor, step)
                 if (new - new_before) - (old - old_before):
                     taken_back.append((step.at, (new - new_before) - (old - old_before)))
+                    shares[step.refund_id] = (new - new_before) - (old - old_before)
                 old_before, new_before = old, new
             taken = sum(points for _, points in taken_back)
             net = diff - taken
             lot = self.lots[order.lot_id]
-            if lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE)):
+            cut = None
+            if diff < 0 and lot.status == AVAILABLE:
+                # Spends dated after it may have used its lot: they take again, in event time.
+                cut = self._cut_respent(program, order, lot, diff, shares)
+            if cut is None and (
+                lot.remaining + net < 0 or (net < 0 and lot.status not in (PENDING, AVAILABLE))
+            ):
                 continue  # spent or expired already: what it earned stays as recorded
             grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
             moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
+            postings = transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net)
+            respent: Respent | None = None
             note = (
                 f"{diff:+d} points: order {order.order_id} earns at tier {tier}, in force "
                 f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})"
             )
             if taken:
                 note += f"; its refunds take {taken} of them back"
+            if cut is not None:
+                lots, respent, again_postings, again_note, order, onto_lot = cut
+                order = next((o for o in respent.orders if o.order_id == order.order_id), order)
+                postings = transfer(acc.ISSUED, acc.AVAILABLE, onto_lot)
+                # Moves after the cut (verify grows the lot by `points` first, then moves).
+                cut_moves = {m.lot_id: m.amount for m in self._net_moves(lots)}
+                cut_moves[lot.lot_id] = cut_moves.get(lot.lot_id, 0) - net
+                moves = tuple(LotMove(k, v) for k, v in cut_moves.items() if v)
+                unexpired = sum(m.amount for m in respent.unexpired)
+                postings = (
+                    transfer(acc.EXPIRED, acc.AVAILABLE, unexpired)
+                    + postings
+                    + tuple(again_postings)
+                )
+                note += again_note
             self._record(
                 self.PointsToppedUp,
                 effective_at=order.earned_at or since,
-                postings=transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net),
+                postings=postings,
                 moves=moves,
                 replaced_lots=(grown,),
                 provenance=replace(
@@ -900,9 +937,70 @@ class MemberAccount(Aggregate):
                 points=net,
                 lot_id=lot.lot_id,
                 taken_back=tuple(taken_back),
+                respent=respent,
             )
+            if respent is not None:
+                self.catch_up(program)  # points put back from expiry whose expiry has passed
             topped = True
         return topped
+
+    def _cut_respent(
+        self,
+        program: Program,
+        order: OrderRecord,
+        lot: Lot,
+        diff: int,
+        shares: Mapping[str, int],
+    ) -> tuple[dict[str, Lot], Respent, list[Posting], str, OrderRecord, int] | None:
+        """A purchase that earns `diff` (< 0) less than recorded, with spends dated after it
+        recorded: on a copy of the lots with those spends given back and its lot cut, each
+        takes again in event-time order (a redemption left unfunded is withdrawn and waits
+        again); its refunds take their new size (`shares`, by refund id: what each takes
+        back changes by), what they took from available lots first, the rest on the lot.
+        Returns the lots after, the spends taken again, their postings and note, the order
+        with its refunds' new sizes, and what the lot itself changes by. None when nothing
+        was spent after it, or when it cannot be done (owed): the usual top-up then."""
+        assert order.earned_at is not None
+        later = self._later_spends(program, order.earned_at)
+        if not later or self.debt:
+            return None
+        on_lot = 0  # of the refunds' shares, what changes the lot itself (pending takes)
+        steps: list[RefundStep] = []
+        sized: dict[str, int] = {}
+        for step in order.refunds:
+            share = shares.get(step.refund_id, 0)
+            if step.taken_from is None:
+                on_lot += share
+                steps.append(step)
+                continue
+            part = max(share, -step.wanted)  # off (or onto) what it wants from available lots
+            on_lot += share - part
+            sized[f"{order.order_id}/{step.refund_id}"] = step.wanted + part
+            steps.append(replace(step, wanted=step.wanted + part))
+        later = [
+            replace(sp, wanted=sized[sp.key]) if sp.kind == "refund" and sp.key in sized else sp
+            for sp in later
+        ]
+        unexpired = self._unexpired(order.earned_at)
+        lots = restored(self.lots, unexpired, later)
+        own = lots[lot.lot_id]
+        onto_lot = diff - on_lot
+        if not 0 <= own.remaining + onto_lot <= own.amount + diff:
+            return None
+        lots[lot.lot_id] = replace(
+            own, amount=own.amount + diff, remaining=own.remaining + onto_lot
+        )
+        sized_order = replace(order, refunds=tuple(steps))
+        again = self._taken_again(lots, later, records={order.order_id: sized_order})
+        if again is None:
+            return None
+        redemptions, orders, postings, note = again
+        respent = Respent(
+            tuple(redemptions),
+            tuple(orders.values()),
+            tuple(LotMove(k, v) for k, v in unexpired.items()),
+        )
+        return lots, respent, postings, note, sized_order, onto_lot
 
     def _qualify(self, activity: Qualifying) -> None:
         horizon = activity.at - QUALIFYING_HORIZON
@@ -2191,14 +2289,19 @@ class MemberAccount(Aggregate):
         }
 
     def _taken_again(
-        self, lots: dict[str, Lot], later: list[Spend], since: datetime | None = None
+        self,
+        lots: dict[str, Lot],
+        later: list[Spend],
+        since: datetime | None = None,
+        records: Mapping[str, OrderRecord] | None = None,
     ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
         """Each later spend takes again from `lots` (in place), in event-time order. None
         when one of them would leave points owed: those cases keep the recorded spends.
 
         `since` is the late event's time (default: the earliest later spend's): a refund
         whose order's lot expires after it, and that counted points of that lot as already
-        expired, counts again what the lot held at its expiry (spends.expired_again)."""
+        expired, counts again what the lot held at its expiry (spends.expired_again).
+        `records`: order records to start from instead of the account's (changed since)."""
         redemptions: list[RedemptionRecord] = []
         orders: dict[str, OrderRecord] = {}
         postings: list[Posting] = []
@@ -2263,7 +2366,7 @@ class MemberAccount(Aggregate):
                 continue
             order_id, refund_id = spend.key.split("/", 1)
             before = -sum(m.amount for m in spend.moves)
-            order = orders.get(order_id) or self.orders[order_id]
+            order = orders.get(order_id) or (records or {}).get(order_id) or self.orders[order_id]
             steps = tuple(
                 replace(st, taken_from=t.moves, wanted=spend.wanted, expired=spend.expired)
                 if st.refund_id == refund_id
