@@ -1498,3 +1498,44 @@ def test_a_refund_of_a_purchase_repriced_by_a_late_tier_takes_its_new_size_in_ev
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+# Base x2, Silver x1 from 100 points, Gold from 300: a tier reached earlier earns less.
+DEMOTING_GOLD = program(
+    activities={"signup": {"points": 40, "limit": "once"}},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0, "earn_multiplier": "2"},
+        {"id": "silver", "name": "Silver", "threshold": 100, "earn_multiplier": "1"},
+        {"id": "gold", "name": "Gold", "threshold": 300, "earn_multiplier": "1"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_a_late_earn_that_reprices_purchases_down_retracts_an_upgrade_they_no_longer_reach(
+    open_fresh: Open,
+) -> None:
+    """The purchases topic is read before the activities topic: the signup dated before
+    o-2 puts the member in Silver (x1) earlier, so o-2 earns less, and the Gold upgrade
+    that o-2's Base points had reached is no longer reached."""
+    ledger, clock = open_fresh(DEMOTING_GOLD, READ_AT)
+    one = purchase("g-1", "m-1", at("2026-04-20T10:00:00Z"), order_id="o-1", total_minor=4000)
+    signup = activity("g-2", "m-1", at("2026-04-21T10:00:00Z"), name="signup")
+    two = purchase("g-3", "m-1", at("2026-04-22T10:00:00Z"), order_id="o-2", total_minor=6000)
+    three = purchase("g-4", "m-1", at("2026-04-23T10:00:00Z"), order_id="o-3", total_minor=10000)
+    assert read(ledger, clock, [(one, 0), (two, 0), (three, 0), (signup, 0)]) == ["applied"] * 4
+    # By hand, in time order: Apr 20 $40 at Base x2 = 80 (year 80); Apr 21 signup 40 (year
+    # 120: Silver); Apr 22 $60 at Silver x1 = 60 (180); Apr 23 $100 at Silver x1 = 100
+    # (280 < 300): Silver all along, 280 points. Read in this order, o-2 earned 120 at Base
+    # (year 200: Silver) and o-3 100 (year 300: Gold); the late signup reprices o-2 to 60, so
+    # the year holds 280 at Apr 23 and the Gold upgrade is retracted.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.tier_at(at("2026-04-23T10:00:00Z")) == "silver"
+    assert account.tier_at(READ_AT) == "silver"
+    assert account.balance == Balances(available=280, pending=0, held=0)
+    by_source = {lot.source: lot.amount for lot in account.lots.values()}
+    assert by_source == {"order o-1": 80, "signup": 40, "order o-2": 60, "order o-3": 100}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -1065,10 +1065,21 @@ class MemberAccount(Aggregate):
                     provenance=replace(provenance, rule_id="tier"),
                 )
                 if instant < instants[-1] and self._top_up(program, instant, provenance):
+                    # Repriced down (a tier that earns less than the one before it), the
+                    # window may no longer reach an upgrade recorded after: retracted.
+                    self._retract_upgrades(
+                        program,
+                        instant,
+                        provenance,
+                        why=f"a late earn reached {after.tier} at {instant.isoformat()}, "
+                        "which repriced the purchases since, after this upgrade",
+                    )
                     self._upgrade_after_earn(program, instant, provenance)  # may reach more
                 return
 
-    def _retract_upgrades(self, program: Program, since: datetime, provenance: Provenance) -> None:
+    def _retract_upgrades(
+        self, program: Program, since: datetime, provenance: Provenance, *, why: str = ""
+    ) -> None:
         """A refund dated `since`, before upgrades already recorded (it arrived late): an
         upgrade the window no longer reaches at its instant is retracted there, to the tier
         the window does reach, as if the refund had arrived in time; the purchases recorded
@@ -1103,8 +1114,8 @@ class MemberAccount(Aggregate):
                 at=change.at,
                 cause="retracted",
                 retracts=change.seq,
-                reason=f"a refund dated {since.isoformat()} arrived after this upgrade was "
-                f"recorded: the window holds {value} at {change.at.isoformat()}",
+                reason=(why or f"a refund dated {since.isoformat()} arrived after this upgrade")
+                + f" was recorded: the window holds {value} at {change.at.isoformat()}",
                 provenance=replace(provenance, rule_id="tier"),
             )
             retracted = True
