@@ -730,6 +730,55 @@ def test_a_redemption_cancelled_later_holds_its_points_until_then_when_spends_ta
     assert report.ok, report.violations
 
 
+
+@pytest.mark.parametrize("read_order", ["time order", "refund first"])
+def test_a_late_cancellation_into_an_expired_lot_adds_to_a_later_refunds_expired_share(
+    open_fresh: Open, read_order: str
+) -> None:
+    """A redemption cancelled after its order's points expired gives them back to an
+    expired lot: they expire at once. A refund of that order dated after the cancellation
+    counts them as already expired too, also when it was read before the cancellation (and
+    before the redemption): it does not take them again from other points."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("c-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=10000)
+    spent = redemption("c-2", "m-1", at("2026-05-02T10:00:00Z"), redemption_id="x-1", points=80)
+    joined = activity("c-3", "m-1", at("2026-11-10T09:00:00Z"), name="signup")
+    undo = cancellation("c-4", "m-1", at("2026-11-15T09:00:00Z"), redemption_id="x-1")
+    back = refund(
+        "c-5", "m-1", at("2026-11-20T09:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    later = at("2026-11-21T09:00:00Z")
+    # (event, partition, offset) on each event's own topic.
+    reads = {
+        "time order": [(bought, 0, 0), (spent, 0, 0), (joined, 0, 0), (undo, 0, 1), (back, 0, 1)],
+        "refund first": [(bought, 0, 0), (joined, 0, 0), (back, 0, 1), (spent, 0, 0), (undo, 0, 1)],
+    }
+    for event, partition, offset in reads[read_order]:
+        assert apply_from_kafka(ledger, clock, later, event, partition, offset).status == "applied"
+    # By hand, in time order (1 point a dollar, points expire 6 months after they are earned):
+    #   05-01 o-1 earns 100 (expire 11-01 09:00); 05-02 x-1 takes 80 of them (20 left)
+    #   11-01 o-1's 20 expire; 11-10 the signup earns 10
+    #   11-15 x-1 is cancelled: its 80 go back to o-1, past its expiry: they expire at once
+    #   11-20 the refund of half of o-1 (50 points): o-1 lost 100 to expiry, so all 50
+    #         count as already expired; nothing is taken: the signup's 10 stay.
+    # (Read refund first, the refund found 30 of its 50 not expired once x-1 arrived, and
+    # took the signup's 10 for them, the return policy forgiving 20.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=10, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 0),
+        ("signup", 10),
+    ]
+    assert account.balances["program:expired"] == 100  # 20 on 11-01, 80 on 11-15
+    assert account.orders["o-1"].expired_credited == 50
+    [step] = account.orders["o-1"].refunds
+    assert (step.wanted, step.expired) == (0, 50)
+    assert not step.taken_from
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
 def test_a_version_3_snapshot_with_a_cancelled_redemption_is_rebuilt_from_the_events() -> None:
     # Version 3 kept no cancellation time on a cancelled redemption, which spends taken
     # again in event time need: such a snapshot is refused (the events are folded instead).

@@ -58,6 +58,7 @@ from services.ledger.domain.spends import (
     Spend,
     Taken,
     expired_again,
+    expired_more,
     funded_by,
     in_order,
     redeem_again,
@@ -2338,6 +2339,14 @@ class MemberAccount(Aggregate):
                 was_expired[spend.key] = spend.expired
                 spend = expired_again(lots, spend, credited.get(own.lot_id, 0))
                 credited[own.lot_id] = credited.get(own.lot_id, 0) + spend.expired
+            elif spend.kind == "refund" and own is not None and own.remaining:
+                # Its lot had expired by the late event, which put points back into it (a
+                # cancellation): they expired at once, before this refund.
+                was_expired[spend.key] = spend.expired
+                spend = expired_more(lots, spend, credited.get(own.lot_id, 0))
+                credited[own.lot_id] = credited.get(own.lot_id, 0) + (
+                    spend.expired - was_expired[spend.key]
+                )
             if spend.kind == "redemption":
                 again = redeem_again(lots, spend)
                 if again is not None and spend.cancelled_at is not None:

@@ -156,6 +156,19 @@ def expired_again(lots: Mapping[str, Lot], spend: Spend, credited: int) -> Spend
     return replace(spend, wanted=claim - expired, expired=expired)
 
 
+def expired_more(lots: Mapping[str, Lot], spend: Spend, credited: int) -> Spend:
+    """A refund decided again after a late event dated after its own lot's expiry that put
+    points back into that lot (a cancellation of a redemption that took from it): those
+    points expired at once, before the refund, so it counts them as already expired too
+    (beyond what it counted, up to what it reverses; less what refunds of the order taken
+    again before it counted so, `credited`) and takes that much less from available."""
+    own = lots.get(spend.own_lot) if spend.own_lot else None
+    if own is None or own.expires_at is None or own.expires_at > spend.at:
+        return spend
+    more = min(spend.wanted, max(0, own.remaining - credited))
+    return replace(spend, wanted=spend.wanted - more, expired=spend.expired + more)
+
+
 def restored(
     lots: Mapping[str, Lot], expired: Mapping[str, int], spends: Iterable[Spend]
 ) -> dict[str, Lot]:
