@@ -730,7 +730,6 @@ def test_a_redemption_cancelled_later_holds_its_points_until_then_when_spends_ta
     assert report.ok, report.violations
 
 
-
 @pytest.mark.parametrize("read_order", ["time order", "refund first"])
 def test_a_late_cancellation_into_an_expired_lot_adds_to_a_later_refunds_expired_share(
     open_fresh: Open, read_order: str
@@ -778,6 +777,7 @@ def test_a_late_cancellation_into_an_expired_lot_adds_to_a_later_refunds_expired
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
 
 def test_a_version_3_snapshot_with_a_cancelled_redemption_is_rebuilt_from_the_events() -> None:
     # Version 3 kept no cancellation time on a cancelled redemption, which spends taken
