@@ -779,6 +779,56 @@ def test_a_late_cancellation_into_an_expired_lot_adds_to_a_later_refunds_expired
     assert report.ok, report.violations
 
 
+@pytest.mark.parametrize("read_order", ["time order", "refund last"])
+def test_a_refund_read_after_a_cancellation_finds_the_points_the_redemption_held_then(
+    open_fresh: Open, read_order: str
+) -> None:
+    """A redemption dated before a refund and cancelled after it held its points at the
+    refund's time, also when the refund is read after the cancellation and nothing else
+    is dated after the refund: the refund does not take them."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("h-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=10000)
+    spent = redemption("h-2", "m-1", at("2026-05-02T10:00:00Z"), redemption_id="x-1", points=50)
+    joined = activity("h-3", "m-1", at("2026-05-02T11:00:00Z"), name="signup")
+    back = refund(
+        "h-4",
+        "m-1",
+        at("2026-05-02T12:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    undo = cancellation("h-5", "m-1", at("2026-05-03T10:00:00Z"), redemption_id="x-1")
+    later = at("2026-05-04T10:00:00Z")
+    # (event, partition, offset) on each event's own topic.
+    reads = {
+        "time order": [(bought, 0, 0), (spent, 0, 0), (joined, 0, 0), (back, 0, 1), (undo, 0, 1)],
+        "refund last": [(bought, 0, 0), (spent, 0, 0), (joined, 0, 0), (undo, 0, 1), (back, 0, 1)],
+    }
+    for event, partition, offset in reads[read_order]:
+        assert apply_from_kafka(ledger, clock, later, event, partition, offset).status == "applied"
+    # By hand, in time order (1 point a dollar):
+    #   05-01 o-1 earns 100; 05-02 10:00 x-1 takes 50 of them (50 left); 11:00 signup 10
+    #   05-02 12:00 the refund of all of o-1 (100 points) takes its lot's 50 and the
+    #         signup's 10; the return policy forgives 40
+    #   05-03 x-1 is cancelled: its 50 go back to o-1
+    # (Read last, without x-1 holding its 50 then, the refund took all 100 of o-1: the
+    # signup's 10 would be left instead of o-1's 50.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=50, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 50),
+        ("signup", 0),
+    ]
+    [step] = account.orders["o-1"].refunds
+    assert step.taken_from is not None
+    assert sum(-m.amount for m in step.taken_from) == 60
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 def test_a_version_3_snapshot_with_a_cancelled_redemption_is_rebuilt_from_the_events() -> None:
     # Version 3 kept no cancellation time on a cancelled redemption, which spends taken
     # again in event time need: such a snapshot is refused (the events are folded instead).

@@ -497,6 +497,9 @@ class MemberAccount(Aggregate):
             account.redemptions[self.redemption_id] = replace(
                 record, status="cancelled", cancelled_at=self.effective_at
             )
+            # Its points were held until now: a spend dated before, read late, finds the
+            # redemption in the spends to take again (_later_spends, _cancelled_since).
+            account._spent(self.effective_at)
 
     class PointsReversed(Entry):
         order_id: str
