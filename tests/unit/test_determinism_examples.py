@@ -829,6 +829,53 @@ def test_a_refund_read_after_a_cancellation_finds_the_points_the_redemption_held
     assert report.ok, report.violations
 
 
+PENDING = program(
+    earn={"pending_days": 5},
+    expiry={"months_after_earn": 6},
+    activities={"signup": {"points": 10, "limit": "once"}},
+)
+
+
+@pytest.mark.parametrize("read_order", ["time order", "redemption last"])
+def test_points_pending_at_a_redemptions_time_and_released_before_it_was_funded_stay_out(
+    open_fresh: Open, read_order: str
+) -> None:
+    """A redemption spends the lots as they stood at its own time: an order's points still
+    pending then are not for it, even when they are released before the earn that funds it
+    (it waited for that earn). Their release does not move the redemption onto them."""
+    ledger, clock = open_fresh(PENDING, READ_AT)
+    bought = purchase("p-1", "m-1", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=1000)
+    spent = redemption("p-2", "m-1", at("2026-05-03T10:00:00Z"), redemption_id="x-1", points=10)
+    joined = activity("p-3", "m-1", at("2026-05-06T09:30:00Z"), name="signup")
+    later = at("2026-05-07T10:00:00Z")
+    reads = {
+        "time order": [(bought, 0, "applied"), (spent, 0, "parked"), (joined, 0, "applied")],
+        "redemption last": [(joined, 0, "applied"), (bought, 0, "applied"), (spent, 0, "applied")],
+    }
+    for event, offset, status in reads[read_order]:
+        assert apply_from_kafka(ledger, clock, later, event, 0, offset).status == status
+    ledger.tick(later)
+    # By hand, in time order (1 point a dollar, pending 5 days, 72 hours to wait):
+    #   05-01 09:00 o-1 earns 10, pending until 05-06 09:00
+    #   05-03 10:00 x-1 wants 10: none available (o-1's are pending): it waits until 05-06
+    #         10:00 for points
+    #   05-06 09:00 o-1's 10 are released (after x-1's time: not for x-1)
+    #   05-06 09:30 the signup earns 10: x-1 is funded by them
+    #   left: o-1's 10; the signup's lot is empty.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=10, pending=0, held=0)
+    assert sorted((lot.source, lot.remaining) for lot in account.lots.values()) == [
+        ("order o-1", 10),
+        ("signup", 0),
+    ]
+    paid_by = [account.lots[m.lot_id].source for m in account.redemptions["x-1"].moves]
+    assert paid_by == ["signup"]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
 def test_a_version_3_snapshot_with_a_cancelled_redemption_is_rebuilt_from_the_events() -> None:
     # Version 3 kept no cancellation time on a cancelled redemption, which spends taken
     # again in event time need: such a snapshot is refused (the events are folded instead).

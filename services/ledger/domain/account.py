@@ -1353,7 +1353,12 @@ class MemberAccount(Aggregate):
             (
                 r
                 for r in self.redemptions.values()
-                if r.status == "redeemed" and r.at is not None and r.at >= since
+                if r.status == "redeemed"
+                and r.at is not None
+                and r.at >= since
+                # A redemption spends the lots as they stood at its own time: points still
+                # pending then were not there for it, even if released before it was funded.
+                and (lot.release_at is None or lot.release_at <= (r.dated or r.at))
             ),
             key=lambda r: (r.at or since, r.redemption_id),
         )
