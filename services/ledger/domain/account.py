@@ -774,7 +774,8 @@ class MemberAccount(Aggregate):
                 prov = Provenance(SCHEDULER, program_version=lot.program_version, tier=self.tier)
                 if kind == 0:
                     self._release(lot, at, prov.with_rule("pending_release"))
-                    self._reallocate(program, lot_id, at, prov)
+                    if not self._spends_take_again(program, lot_id, at, None, prov):
+                        self._reallocate(program, lot_id, at, prov)
                 else:
                     self._expire(lot, at, prov.with_rule("expiry"))
             else:
