@@ -1685,3 +1685,31 @@ def test_a_late_earn_that_reprices_purchases_down_retracts_an_upgrade_they_no_lo
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_funds_a_redemption_dated_before_it_that_waited_past_it(
+    open_fresh: Open,
+) -> None:
+    """A redemption that waited for points from before a late earn until after it was
+    funded, in event time, by that earn: when the earn is read after later spends, it
+    takes again with them, not only the spends dated after the earn."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    one = purchase("w-1", "m-1", at("2026-01-12T08:00:00Z"), order_id="o-1", total_minor=3000)
+    waits = redemption("w-2", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-1", points=40)
+    signup = activity("w-3", "m-1", at("2026-01-12T12:00:00Z"), name="signup")
+    two = purchase("w-4", "m-1", at("2026-01-12T14:00:00Z"), order_id="o-2", total_minor=5000)
+    later = redemption("w-5", "m-1", at("2026-01-13T10:00:00Z"), redemption_id="x-2", points=5)
+    reads = [(one, 0), (waits, 0), (two, 0), (later, 0), (signup, 0)]
+    assert read(ledger, clock, reads) == ["applied", PARKED, "applied", "applied", "applied"]
+
+    # By hand, in time order (expiry 6 months after earn, soonest-expiring first): o-1
+    # earns 30 (01-12 08:00); x-1 (40, 10:00) waits; signup earns 10 (12:00): x-1 is funded
+    # then, taking o-1's 30 and signup's 10; o-2 earns 50 (14:00); x-2 (5, 01-13) takes 5
+    # of o-2 (the only lot left). Left: o-2's 45, nothing of signup.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(45, 0, 0)
+    assert holding(ledger, "m-1") == [("order o-2", 45, at("2026-01-12T14:00:00Z"))]
+    assert account.redemptions["x-1"].at == at("2026-01-12T12:00:00Z")
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok

@@ -1430,14 +1430,14 @@ class MemberAccount(Aggregate):
         case, at no cost) or a later spend would be left owing: `_reallocate` applies."""
         if self.last_spend_at is None or self.last_spend_at <= since or self.debt:
             return False
-        later = self._later_spends(program, since)
+        later = self._later_spends(program, since) + self._waited_past(program, since)
         if not later:
             return False
         unexpired = self._unexpired(since)
         lots = restored(self.lots, unexpired, later)
         if released_at is not None and lots[lot_id].release_at is None:
             lots[lot_id] = replace(lots[lot_id], release_at=released_at)
-        again = self._taken_again(lots, later)
+        again = self._taken_again(lots, later, since)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2300,6 +2300,26 @@ class MemberAccount(Aggregate):
                         )
                     )
         return found
+
+    def _waited_past(self, program: Program, at: datetime) -> list[Spend]:
+        """Redemptions dated before `at` but funded after it: they waited (parked) for
+        points, so an earn dated `at`, read late, would have funded them from its time.
+        `_later_spends` leaves them out (a late spend dated `at` comes after them)."""
+        wait = timedelta(hours=program.arrival.park_hours)
+        return [
+            Spend(
+                "redemption",
+                r.at,
+                r.redemption_id,
+                r.points,
+                r.moves,
+                dated=r.dated,
+                deadline=r.dated + wait,
+            )
+            for r in self.redemptions.values()
+            if r.status == "redeemed" and r.at is not None and r.dated is not None
+            if r.dated <= at < r.at
+        ]
 
     def _unexpired(self, at: datetime) -> dict[str, int]:
         """The points that expired after `at`, by lot: spends dated before could use them."""
