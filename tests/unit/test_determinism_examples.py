@@ -1713,3 +1713,42 @@ def test_a_late_earn_funds_a_redemption_dated_before_it_that_waited_past_it(
     assert account.redemptions["x-1"].at == at("2026-01-12T12:00:00Z")
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_displaced_bonus_that_funded_a_redemption_dated_before_it_is_taken_out_of_it(
+    open_fresh: Open,
+) -> None:
+    """x-1 is dated before m-a's referral bonus but waited for points, and the bonus
+    funded it; m-b's earlier referral of m-a, read last, displaces that bonus (circular):
+    x-1 takes again without it, in event time funded by o-2 (not from what is left)."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    earlier = (referral("w-1", "m-b", at("2026-01-05T10:00:00Z"), referee="m-a"), 1)
+    one = (
+        purchase("w-2", "m-a", at("2026-01-05T12:00:00Z"), order_id="o-1", total_minor=1000),
+        0,
+    )
+    waits = (
+        redemption("w-3", "m-a", at("2026-01-06T09:00:00Z"), redemption_id="x-1", points=25),
+        0,
+    )
+    displaced = (referral("w-4", "m-a", at("2026-01-06T10:00:00Z"), referee="m-b"), 0)
+    two = (
+        purchase("w-5", "m-a", at("2026-01-07T10:00:00Z"), order_id="o-2", total_minor=1000),
+        0,
+    )
+    assert read(ledger, clock, [displaced, one, waits, two, earlier]) == ["applied"] * 5
+
+    # By hand, in time order: 01-05 10:00 m-a's welcome bonus 10 (m-b's referral); 12:00
+    # o-1 10 (20); 01-06 09:00 x-1 of 25 waits (deadline 01-09 09:00); 10:00 m-a's
+    # referral of m-b is circular and does not count; 01-07 10:00 o-2 10 (30): x-1 is
+    # funded then, soonest expiry first: the welcome bonus 10, o-1 10, o-2 5. Left: o-2 5.
+    # Read in this order, x-1 was funded at 01-06 10:00 by o-1 10 and 15 of the bonus.
+    a = ledger.app.find_account("m-a")
+    assert a is not None
+    assert a.balance == Balances(5, 0, 0)
+    assert holding(ledger, "m-a") == [("order o-2", 5, at("2026-01-07T10:00:00Z"))]
+    took = {a.lots[m.lot_id].source: -m.amount for m in a.redemptions["x-1"].moves}
+    assert took == {"referral by m-b": 10, "order o-1": 10, "order o-2": 5}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

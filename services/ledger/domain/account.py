@@ -1708,13 +1708,14 @@ class MemberAccount(Aggregate):
         never there, so those spends take again, in event-time order, without it (a
         redemption it alone funded is withdrawn and waits again; a refund takes what is
         there). False when nothing was spent from it, or what took from it is not all
-        such a spend (a redemption that waited from before it, a hold), or part of it
+        such a spend (a hold), or part of it
         expired, or a spend would be left owing: the bonus is taken back from what is
         available then (`reverse_referral`)."""
         earned_at = undone[0]
         if own.remaining == own.amount or self.expired_by_lot.get(own.lot_id, 0) or self.debt:
             return False
-        later = self._later_spends(program, earned_at)
+        # A redemption dated before the bonus that waited past it took from it too.
+        later = self._later_spends(program, earned_at) + self._waited_past(program, earned_at)
         unexpired = self._unexpired(earned_at)
         lots = restored(self.lots, unexpired, later)
         if lots[own.lot_id].remaining != own.amount:
@@ -2318,7 +2319,7 @@ class MemberAccount(Aggregate):
             )
             for r in self.redemptions.values()
             if r.status == "redeemed" and r.at is not None and r.dated is not None
-            if r.dated <= at < r.at
+            if r.dated <= at <= r.at and r.dated < r.at
         ]
 
     def _unexpired(self, at: datetime) -> dict[str, int]:
