@@ -1752,3 +1752,30 @@ def test_a_displaced_bonus_that_funded_a_redemption_dated_before_it_is_taken_out
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_parked_redemption_is_not_funded_by_points_a_redemption_cancelled_later_held_then(
+    open_fresh: Open,
+) -> None:
+    """x-2 waits (parked) for points that x-1 held at its time; x-1's cancellation, long
+    after x-2's deadline, is read next: x-2 is retried then, and must not count the points
+    x-1 held until its cancellation."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("v-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    first = redemption("v-2", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=50)
+    second = redemption("v-3", "m-1", at("2026-01-16T10:00:00Z"), redemption_id="x-2", points=30)
+    undone = cancellation("v-4", "m-1", at("2026-01-25T10:00:00Z"), redemption_id="x-1")
+    statuses = read(ledger, clock, [(bought, 0), (first, 0), (second, 0), (undone, 0)])
+    assert statuses == ["applied", "applied", PARKED, "applied"]
+
+    # By hand, in time order: 01-10 o-1 50; 01-15 x-1 takes the 50; 01-16 x-2 of 30 finds 0
+    # and waits until its deadline (01-19 10:00, 72 hours), when it is declined; 01-25 x-1
+    # is cancelled: its 50 come back. Balance 50, x-2 never redeemed.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(50, 0, 0)
+    assert "x-2" not in account.redemptions
+    assert [e.event_id for _, e in ledger.app.parked()] == ["v-3"]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

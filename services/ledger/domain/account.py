@@ -2651,17 +2651,33 @@ class MemberAccount(Aggregate):
 
     def _lots_as_of(self, at: datetime) -> dict[str, Lot]:
         """The lots as they stood at `at` for spending: as they are, except for an event
-        dated before scheduled work already recorded (late), where points that expired
-        after `at` count as still there and lots released after `at` as still pending."""
-        if self.worked_to is None or at >= self.worked_to:
+        dated before work already recorded (late), where points that expired after `at`
+        count as still there, lots released after `at` as still pending, and the points a
+        redemption cancelled after `at` held then (a cancellation is a spend: it moves
+        `last_spend_at`) as not there."""
+        late = self.worked_to is not None and at < self.worked_to
+        held = self.last_spend_at is not None and at < self.last_spend_at
+        if not late and not held:
             return self.lots
         lots = dict(self.lots)
-        for lot_id, lot in self.lots.items():
+        for lot_id, lot in self.lots.items() if late else ():
             if lot.release_at is not None and lot.release_at > at and lot.status == AVAILABLE:
                 lots[lot_id] = replace(lot, status=PENDING)
             expired = self.expired_by_lot.get(lot_id, 0)
             if expired and lot.expires_at is not None and lot.expires_at > at:
                 lots[lot_id] = replace(lots[lot_id], remaining=lot.remaining + expired)
+        for r in self.redemptions.values() if held else ():
+            if (
+                r.status == "cancelled"
+                and r.cancelled_at is not None
+                and r.at is not None
+                and r.at <= at < r.cancelled_at
+            ):
+                for move in r.moves:
+                    lot = lots[move.lot_id]
+                    if lot.expires_at is not None and lot.expires_at <= at:
+                        continue  # expired by then: nothing of it is spendable anyway
+                    lots[move.lot_id] = replace(lot, remaining=max(0, lot.remaining + move.amount))
         return lots
 
     def cancel_redemption(
