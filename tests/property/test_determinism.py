@@ -34,7 +34,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
@@ -219,14 +218,8 @@ def steps_of(kinds: Sequence[str], max_gap: int = 14 * 24 * 60) -> st.SearchStra
 
 
 STEPS = steps_of(KINDS)
-# Known gaps (issue 10, still open): over long histories that mix spends (redemptions,
-# cancellations) with tier changes and referrals, arrival order still ends some members a
-# few points or a lot split apart from time order. The arrival-order property runs by
-# default over every kind but spends on long histories (tier reviews inside them), over
-# spends (every kind but referrals) on short ones, and over every kind on long histories
-# only when opted in (LOYALTY_ARRIVAL_ORDER=1).
-NO_SPENDS = tuple(k for k in KINDS if not k.startswith("redeem") and k != "cancel")
-NO_REFERRALS = tuple(k for k in KINDS if k != "referral")
+# Spends weigh more in the short, dense histories of the spends property.
+SPEND_HEAVY = (*KINDS, "redeem_points", "redeem_points", "cancel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,11 +558,7 @@ INTERLEAVINGS = st.lists(st.integers(0, 7), max_size=60)
 
 
 @SETTINGS
-@given(
-    case=cases(kinds=NO_SPENDS, max_gap=21 * 24 * 60),
-    partitions=PARTITIONS,
-    choices=INTERLEAVINGS,
-)
+@given(case=cases(max_gap=21 * 24 * 60), partitions=PARTITIONS, choices=INTERLEAVINGS)
 def test_the_arrival_order_across_topics_does_not_change_the_ledger(
     case: Case, partitions: int, choices: list[int]
 ) -> None:
@@ -578,16 +567,17 @@ def test_the_arrival_order_across_topics_does_not_change_the_ledger(
     records one per batch in history order. The entries may differ: a late purchase tops
     up or reallocates, a late refund takes back what its order earned, a late referral
     takes back the bonuses of one it displaces, a period-end tier review recorded before an
-    earlier-dated earn or refund arrived is decided again (cause `reviewed`). Histories span
-    up to 60 events 21 days apart at most, so calendar-year and rolling-window reviews fall
-    inside them; spends are in the next test (see NO_SPENDS)."""
+    earlier-dated earn or refund arrived is decided again (cause `reviewed`), a late
+    redemption, refund or cancellation has the spends dated after it take again. Every
+    inbound kind; histories span up to 60 events 21 days apart at most, so calendar-year
+    and rolling-window reviews fall inside them."""
     check_arrival_order(case, partitions, choices)
 
 
 @SETTINGS
 @given(
     case=cases(
-        kinds=NO_REFERRALS,
+        kinds=SPEND_HEAVY,
         windows=["calendar_year"],
         max_gap=4 * 24 * 60,
         size=(4, 14),
@@ -599,23 +589,10 @@ def test_the_arrival_order_across_topics_does_not_change_the_ledger(
 def test_the_arrival_order_of_spends_does_not_change_the_ledger(
     case: Case, partitions: int, choices: list[int]
 ) -> None:
-    """(e) with redemptions and cancellations, on short histories of two or three members:
+    """(e) with redemptions and cancellations dense on short histories of two or three
+    members (a few days apart, so spends wait for and race each other):
     a late redemption, refund or cancellation has the spends dated after it take again; a
     redemption that in event time was never funded is withdrawn and waits again."""
-    check_arrival_order(case, partitions, choices)
-
-
-@pytest.mark.skipif(
-    os.environ.get("LOYALTY_ARRIVAL_ORDER") != "1",
-    reason="opt-in (LOYALTY_ARRIVAL_ORDER=1): the target of issue 10 not met yet; long "
-    "histories mixing spends with tiers and referrals still differ now and then",
-)
-@SETTINGS
-@given(case=cases(max_gap=21 * 24 * 60), partitions=PARTITIONS, choices=INTERLEAVINGS)
-def test_the_arrival_order_of_every_kind_does_not_change_the_ledger(
-    case: Case, partitions: int, choices: list[int]
-) -> None:
-    """(e) over every inbound kind on long histories."""
     check_arrival_order(case, partitions, choices)
 
 
