@@ -56,10 +56,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
 EVENTS = int(os.environ.get("LOYALTY_TWO_STORES_EVENTS", "3000"))
 MEMBERS = 150
 # Refunds (a third of the members, who then never redeem): opt-in, as 1 member of 150
-# still ends a few points apart now and then (1 of 3 runs; issue 10 is open).
+# still ends a few points apart now and then (1 of 2 runs; issue 10 is open).
 REFUNDS = os.environ.get("LOYALTY_TWO_STORES_REFUNDS") == "1"
 # Refunds, redemptions that wait for points and cancellations of them: opt-in, as 1
-# member of 150 still ends a few points apart (3 of 4 runs).
+# member of 150 still ends a few points apart (2 of 3 runs).
 WIDE = os.environ.get("LOYALTY_TWO_STORES_WIDE") == "1"
 SETTLED = NOW + timedelta(days=3)  # every pending purchase released, no deadline reached
 KILLS = 4
