@@ -222,6 +222,19 @@ class Respent:
     orders: tuple[OrderRecord, ...]
     unexpired: tuple[LotMove, ...]
 
+    @staticmethod
+    def of(
+        redemptions: Iterable[RedemptionRecord],
+        orders: Mapping[str, OrderRecord],
+        unexpired: Mapping[str, int],
+    ) -> Respent:
+        """From a re-take's results (`_taken_again`) and the points put back from expiry."""
+        return Respent(
+            tuple(redemptions),
+            tuple(orders.values()),
+            tuple(LotMove(k, v) for k, v in unexpired.items()),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RedemptionRecord:
@@ -1000,11 +1013,7 @@ class MemberAccount(Aggregate):
         if again is None:
             return None
         redemptions, orders, postings, note = again
-        respent = Respent(
-            tuple(redemptions),
-            tuple(orders.values()),
-            tuple(LotMove(k, v) for k, v in unexpired.items()),
-        )
+        respent = Respent.of(redemptions, orders, unexpired)
         return lots, respent, postings, note, sized_order, onto_lot
 
     def _qualify(self, activity: Qualifying) -> None:
@@ -1455,11 +1464,7 @@ class MemberAccount(Aggregate):
             "arrived after them)" + note,
             lot_id=lot_id,
             redemptions=(),
-            respent=Respent(
-                tuple(redemptions),
-                tuple(orders.values()),
-                tuple(LotMove(k, v) for k, v in unexpired.items()),
-            ),
+            respent=Respent.of(redemptions, orders, unexpired),
         )
         self.catch_up(program)  # points put back from expiry whose expiry has passed
         return True
@@ -1749,11 +1754,7 @@ class MemberAccount(Aggregate):
             role=role,
             earned_at=earned_at,
             undone=undone[1],
-            respent=Respent(
-                tuple(redemptions),
-                tuple(orders.values()),
-                tuple(LotMove(k, v) for k, v in unexpired.items()),
-            ),
+            respent=Respent.of(redemptions, orders, unexpired),
         )
         self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
         self.catch_up(program)
@@ -2508,11 +2509,7 @@ class MemberAccount(Aggregate):
             ),
             note=f"redeemed {points} points for {what} (redemption {redemption_id})" + note,
             redemption=record,
-            respent=Respent(
-                tuple(redemptions),
-                tuple(orders.values()),
-                tuple(LotMove(k, v) for k, v in unexpired.items()),
-            ),
+            respent=Respent.of(redemptions, orders, unexpired),
         )
         self.catch_up(program)  # points put back from expiry whose expiry has passed
         return True
@@ -2561,11 +2558,7 @@ class MemberAccount(Aggregate):
             redemption_id=rid,
             points=record.points,
             reason=reason,
-            respent=Respent(
-                tuple(redemptions),
-                tuple(orders.values()),
-                tuple(LotMove(k, v) for k, v in unexpired.items()),
-            ),
+            respent=Respent.of(redemptions, orders, unexpired),
         )
         self.advance(program, occurred_at)  # points back to a lot past its expiry expire
         self.catch_up(program)
@@ -2633,11 +2626,7 @@ class MemberAccount(Aggregate):
             *postings,
             *again_postings,
         ]
-        respent = Respent(
-            tuple(redemptions),
-            tuple(orders.values()),
-            tuple(LotMove(k, v) for k, v in unexpired.items()),
-        )
+        respent = Respent.of(redemptions, orders, unexpired)
         spent = replace(spend, moves=mine.moves)
         return (
             self._net_moves(lots),
