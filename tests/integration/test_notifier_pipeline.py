@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -89,7 +90,9 @@ def _make_history(tmp_path: Path, run: str, bootstrap: str) -> World:
     program = load_program(path)
     members = [f"m{i}-{run}" for i in range(MEMBERS)]
     earn = datetime.fromisoformat(buy_at(170).replace("Z", "+00:00"))
-    last_month = (NOW.replace(day=1) - timedelta(days=12)).replace(hour=15)
+    # In the program's time zone (monthly statements follow its months, not UTC's).
+    local = NOW.astimezone(ZoneInfo(program.timezone))
+    last_month = (local.replace(day=1) - timedelta(days=12)).replace(hour=15).astimezone(UTC)
     first: list[bytes] = []  # applied at the time of the purchases: their points are pending
     events: list[bytes] = []
     for i, member in enumerate(members):
