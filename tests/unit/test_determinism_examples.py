@@ -1779,3 +1779,74 @@ def test_a_parked_redemption_is_not_funded_by_points_a_redemption_cancelled_late
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_redemption_cancelled_while_it_would_have_waited_leaves_the_others_to_take_again(
+    open_fresh: Open,
+) -> None:
+    """x-2 was funded when read and cancelled since; x-1, dated before it, is read last and
+    takes the points first. In event time x-2 found too few points, waited and was
+    cancelled while waiting: it took nothing and gave nothing back. The spends after it
+    still take again: x-3 had taken points that were x-1's in event time, so it waits
+    again."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("u-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=2000)
+    late = redemption("u-2", "m-1", at("2026-01-11T10:00:00Z"), redemption_id="x-1", points=15)
+    undone = redemption("u-3", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-2", points=10)
+    cancelled = cancellation("u-4", "m-1", at("2026-01-12T12:00:00Z"), redemption_id="x-2")
+    third = redemption("u-5", "m-1", at("2026-01-13T10:00:00Z"), redemption_id="x-3", points=10)
+    reads = [(bought, 0), (undone, 0), (cancelled, 0), (third, 0), (late, 1)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: 01-10 o-1 earns 20; 01-11 x-1 takes 15 (5 left); 01-12 10:00
+    # x-2 of 10 finds 5 and waits; 12:00 it is cancelled while waiting; 01-13 x-3 of 10
+    # finds 5 and waits until its deadline (01-16 10:00, 72 hours), when it is declined.
+    # Balance 5; x-1 holds o-1's 15; x-2 took nothing.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(5, 0, 0)
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert -sum(m.amount for m in account.redemptions["x-1"].moves) == 15
+    assert account.redemptions["x-2"].status == "cancelled"
+    assert account.redemptions["x-2"].moves == ()
+    assert account.redemptions["x-3"].status != "redeemed"
+    ledger.tick(at("2026-01-16T10:00:00Z"))
+    assert "u-5" in [r.event_id for r in ledger.app.rejections()]
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(5, 0, 0)
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+def test_a_late_earn_funds_a_cancelled_redemption_that_had_taken_nothing_until_its_cancellation(
+    open_fresh: Open,
+) -> None:
+    """As above, x-2 took nothing in event time (cancelled while waiting). A signup bonus
+    dated while x-2 waited, read last, funds it until its cancellation, which then gives the
+    points back: x-3 takes them."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("u-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=2000)
+    late = redemption("u-2", "m-1", at("2026-01-11T10:00:00Z"), redemption_id="x-1", points=15)
+    undone = redemption("u-3", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-2", points=10)
+    cancelled = cancellation("u-4", "m-1", at("2026-01-12T12:00:00Z"), redemption_id="x-2")
+    third = redemption("u-5", "m-1", at("2026-01-13T10:00:00Z"), redemption_id="x-3", points=10)
+    signup = activity("u-6", "m-1", at("2026-01-12T11:00:00Z"), name="signup")
+    reads = [(bought, 0), (undone, 0), (cancelled, 0), (third, 0), (late, 1), (signup, 2)]
+    assert read(ledger, clock, reads) == ["applied"] * 6
+
+    # By hand, in time order (soonest expiry first: o-1 07-10, signup 07-12): 01-10 o-1 20;
+    # 01-11 x-1 takes 15 (o-1 5 left); 01-12 10:00 x-2 of 10 waits; 11:00 signup 10: x-2 is
+    # funded, o-1 5 and signup 5; 12:00 x-2 is cancelled: o-1 5 and signup 10 again; 01-13
+    # x-3 of 10 takes o-1 5 and signup 5. Balance 5 (signup's), x-3 redeemed.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(5, 0, 0)
+    assert account.redemptions["x-3"].status == "redeemed"
+    took = {account.lots[m.lot_id].source: -m.amount for m in account.redemptions["x-3"].moves}
+    assert took == {"order o-1": 5, "signup": 5}
+    assert holding(ledger, "m-1") == [("signup", 5, at("2026-01-12T11:00:00Z"))]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2383,7 +2383,16 @@ class MemberAccount(Aggregate):
                 if again is not None and spend.cancelled_at is not None:
                     holding.append(again)
                 if again is None and spend.cancelled_at is not None:
-                    return None  # cancelled, and not funded in event time: kept as it is
+                    # In event time it waited and was cancelled while waiting: it took
+                    # nothing, held nothing and gave nothing back.
+                    record = self.redemptions[spend.key]
+                    if record.moves:
+                        redemptions.append(replace(record, moves=()))
+                        notes.append(
+                            f"redemption {spend.key} took nothing: in event time it waited "
+                            "for points and was cancelled while waiting"
+                        )
+                    continue
                 if again is None:
                     # Never funded in event time: it goes back to waiting for points.
                     record = self.redemptions[spend.key]
