@@ -1850,3 +1850,103 @@ def test_a_late_earn_funds_a_cancelled_redemption_that_had_taken_nothing_until_i
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+COFFEE_LIKE = program(
+    earn={"caps": {"per_member_per_day": 100}},
+    activities={"signup": {"points": 10, "limit": "once"}},
+    tiers=[
+        {"id": "green", "name": "Green", "threshold": 0},
+        {"id": "gold", "name": "Gold", "threshold": 50, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_a_late_signup_that_brings_an_upgrade_forward_reprices_under_the_daily_cap(
+    open_fresh: Open,
+) -> None:
+    """The member was Gold from o-3 on when the enrolment's signup bonus, dated before
+    every purchase, is read: Gold counts from o-3 itself, which earns double, and o-4 gets
+    what the day's cap leaves after it (the two-store test found this on the coffee
+    program)."""
+    ledger, clock = open_fresh(COFFEE_LIKE, READ_AT)
+    joined = enrolment("g-1", "m-1", at("2026-04-19T00:30:00Z"))
+    one = purchase("g-2", "m-1", at("2026-04-19T01:00:00Z"), order_id="o-1", total_minor=2400)
+    two = purchase("g-3", "m-1", at("2026-04-19T02:00:00Z"), order_id="o-2", total_minor=2300)
+    three = purchase("g-4", "m-1", at("2026-04-19T03:00:00Z"), order_id="o-3", total_minor=2100)
+    four = purchase("g-5", "m-1", at("2026-04-19T04:00:00Z"), order_id="o-4", total_minor=3000)
+    reads = [(one, 0), (two, 0), (three, 0), (four, 0), (joined, 1)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: signup 10; o-1 24 (34 in the window); o-2 23 (57 >= 50: Gold
+    # from the next earn); o-3 $21 at Gold x2 = 42; o-4 $30 x2 = 60, but the day's purchases
+    # have 24 + 23 + 42 = 89 of the cap of 100: 11. Total 10 + 24 + 23 + 42 + 11 = 110.
+    # Read in this order, o-3 earned 21 at Green (and made the member Gold), o-4 the 32 the
+    # cap left then.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert {o.order_id: o.points for o in account.orders.values()} == {
+        "o-1": 24,
+        "o-2": 23,
+        "o-3": 42,
+        "o-4": 11,
+    }
+    assert account.balance == Balances(available=110, pending=0, held=0)
+    assert sorted(lot.remaining for lot in account.lots.values()) == [10, 11, 23, 24, 42]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+CAPPED = program(
+    timezone="UTC",
+    earn={"caps": {"per_member_per_day": 200}},
+)
+
+
+def test_a_purchase_read_after_a_later_one_of_the_same_day_comes_first_under_the_daily_cap(
+    open_fresh: Open,
+) -> None:
+    """The daily cap is used in event-time order: the earlier purchase, read last, earns
+    in full, and the later one gives up what no longer fits under the cap."""
+    ledger, clock = open_fresh(CAPPED, READ_AT)
+    early = purchase("c-1", "m-1", at("2026-04-10T09:00:00Z"), order_id="o-1", total_minor=10000)
+    later = purchase("c-2", "m-1", at("2026-04-10T10:00:00Z"), order_id="o-2", total_minor=15000)
+    assert read(ledger, clock, [(later, 0), (early, 1)]) == ["applied"] * 2
+
+    # By hand, in time order: o-1 $100 earns 100 (100 of the day's 200); o-2 $150 earns
+    # the 100 left. Read in this order, o-2 first earned 150 and o-1 the 50 left.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=200, pending=0, held=0)
+    assert {o.order_id: o.points for o in account.orders.values()} == {"o-1": 100, "o-2": 100}
+    assert sorted(lot.amount for lot in account.lots.values()) == [100, 100]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+def test_an_account_snapshot_taken_before_the_latest_purchase_per_day_was_kept_finds_it(
+    open_fresh: Open,
+) -> None:
+    """Snapshots written before this release have no latest purchase per day: it is built
+    from the orders the first time it is asked for, so a late purchase is still capped
+    in event-time order."""
+    ledger, clock = open_fresh(CAPPED, READ_AT)
+    first = purchase("s-1", "m-1", at("2026-04-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    second = purchase("s-2", "m-1", at("2026-04-10T12:00:00Z"), order_id="o-2", total_minor=5000)
+    other = purchase("s-3", "m-1", at("2026-04-11T08:00:00Z"), order_id="o-3", total_minor=5000)
+    assert read(ledger, clock, [(first, 0), (second, 0), (other, 0)]) == ["applied"] * 3
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    kept = dict(account.last_order_by_day)
+    del account.__dict__["_last_order_by_day"]  # as a snapshot of the previous release
+    assert (
+        account.last_order_by_day
+        == kept
+        == {
+            "2026-04-10": at("2026-04-10T12:00:00Z"),
+            "2026-04-11": at("2026-04-11T08:00:00Z"),
+        }
+    )

@@ -183,7 +183,11 @@ def _fold(
             elif isinstance(event, MemberAccount.PointsToppedUp):
                 # One event may reprice an order up, then down: a late earn reaches a tier
                 # and a referral it displaces takes the upgrade back (once per tier).
-                kind += f" (order {event.order.order_id} at {event.order.tier})"
+                # A late purchase under the daily cap re-caps an order at the same tier.
+                kind += (
+                    f" (order {event.order.order_id} at {event.order.tier}, "
+                    f"{event.provenance.rule_id})"
+                )
             elif isinstance(event, MemberAccount.LotsReallocated):
                 kind += f" (lot {event.lot_id})"
             elif isinstance(event, MemberAccount.ReferralReversed):

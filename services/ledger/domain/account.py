@@ -340,6 +340,9 @@ class MemberAccount(Aggregate):
                 account.daily_points[self.day] = account.daily_points.get(self.day, 0) + (
                     self.points
                 )
+                last = account.last_order_by_day.get(self.day)
+                if last is None or self.effective_at > last:
+                    account.last_order_by_day[self.day] = self.effective_at
                 account._prune_daily(self.day)
             if self.kind == "referral" and self.reference.startswith("referred-by:"):
                 account.referred_by = self.reference.removeprefix("referred-by:")
@@ -744,6 +747,21 @@ class MemberAccount(Aggregate):
         )
 
     @property
+    def last_order_by_day(self) -> dict[str, datetime]:
+        """The latest purchase time recorded per day (kept while the day's points are): a
+        purchase read late finds at no cost whether its day has purchases after it. Built
+        from the orders for a snapshot taken before it was kept."""
+        found = cast(dict[str, datetime] | None, self.__dict__.get("_last_order_by_day"))
+        if found is None:
+            found = {}
+            for o in self.orders.values():
+                at = o.earned_at
+                if at is not None and o.day in self.daily_points:
+                    found[o.day] = max(at, found.get(o.day, at))
+            self.__dict__["_last_order_by_day"] = found
+        return found
+
+    @property
     def held_total(self) -> int:
         return sum(h.points for h in self.holds.values() if h.is_open)
 
@@ -857,14 +875,25 @@ class MemberAccount(Aggregate):
         the tier then in force gives: the difference goes onto (or comes off) each one's own
         lot. Returns whether any did."""
         topped = False
-        for recorded in sorted(
+        cap = program.earn.caps.per_member_per_day
+        later = sorted(
             (o for o in self.orders.values() if o.earned_at is not None and o.earned_at > since),
             key=lambda o: (o.earned_at or since, o.order_id),
-        ):
+        )
+        # Under a daily cap, each purchase gets what the day's earlier purchases (in event
+        # time) left: `in_day` runs over the day's orders as they end.
+        in_day = self._day_points_until(since, {o.day for o in later}) if cap is not None else {}
+        for recorded in later:
             order = recorded
+            before = in_day.get(order.day, 0)
+            in_day[order.day] = before + order.points  # as recorded, unless repriced below
             tier = self.tier_at(order.earned_at or since, order.seq or _MAX_SEQ)
-            if tier == order.tier or not order.lot_id or order.lot_id not in self.lots:
+            if not order.lot_id or order.lot_id not in self.lots:
                 continue
+            if tier == order.tier and (
+                cap is None or self.lots[order.lot_id].program_version != program.version
+            ):
+                continue  # nothing to reprice (or a purchase earned under another version)
             if len(order.refunds) != len(order.refund_ids):
                 continue  # refunded before 0.2 kept its refunds' steps: left as it is
             quote = quote_purchase(
@@ -876,10 +905,8 @@ class MemberAccount(Aggregate):
                 source=order.source,
                 tier_id=tier,
             )
-            cap = program.earn.caps.per_member_per_day
             if cap is not None:
-                others = self.daily_points.get(order.day, 0) - order.points
-                quote = cap_quote(quote, max(0, cap - others), f"capped at {cap} per day")
+                quote = cap_quote(quote, max(0, cap - before), f"capped at {cap} per day")
             diff = quote.points - order.points
             if diff == 0:
                 continue
@@ -911,10 +938,16 @@ class MemberAccount(Aggregate):
             moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
             postings = transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net)
             respent: Respent | None = None
-            note = (
-                f"{diff:+d} points: order {order.order_id} earns at tier {tier}, in force "
-                f"at its time once an earlier event arrived (recorded at {order.tier or 'none'})"
-            )
+            if tier != order.tier:
+                note = (
+                    f"{diff:+d} points: order {order.order_id} earns at tier {tier}, in force at "
+                    f"its time once an earlier event arrived (recorded at {order.tier or 'none'})"
+                )
+            else:
+                note = (
+                    f"{diff:+d} points: order {order.order_id} gets what the daily cap of {cap} "
+                    f"leaves after the purchases of {order.day} dated before it, in event time"
+                )
             if taken:
                 note += f"; its refunds take {taken} of them back"
             if cut is not None:
@@ -940,7 +973,9 @@ class MemberAccount(Aggregate):
                 replaced_lots=(grown,),
                 provenance=replace(
                     provenance,
-                    rule_id="tier:reached_before",
+                    rule_id="tier:reached_before"
+                    if tier != order.tier
+                    else "cap:per_member_per_day",
                     program_version=program.version,
                     tier=tier,
                 ),
@@ -957,10 +992,19 @@ class MemberAccount(Aggregate):
                 taken_back=tuple(taken_back),
                 respent=respent,
             )
+            in_day[recorded.day] = before + quote.points
             if respent is not None:
                 self.catch_up(program)  # points put back from expiry whose expiry has passed
             topped = True
         return topped
+
+    def _day_points_until(self, until: datetime, days: set[str]) -> dict[str, int]:
+        """Points the purchases of `days` dated at or before `until` earned, by day."""
+        found: dict[str, int] = {}
+        for o in self.orders.values():
+            if o.day in days and o.earned_at is not None and o.earned_at <= until:
+                found[o.day] = found.get(o.day, 0) + o.points
+        return found
 
     def _cut_respent(
         self,
@@ -1513,9 +1557,19 @@ class MemberAccount(Aggregate):
         )
         day = local_date(program, occurred_at).isoformat()
         daily_cap = program.earn.caps.per_member_per_day
+        # Purchases of the same day dated after it, recorded already (it arrived late): it
+        # comes first under the day's cap, and they get what it leaves (`_top_up`).
+        last = self.last_order_by_day.get(day)
+        later_that_day = daily_cap is not None and last is not None and last > occurred_at
         if daily_cap is not None:
-            left = max(0, daily_cap - self.daily_points.get(day, 0))
-            quote = cap_quote(quote, left, f"capped at {daily_cap} per member per day")
+            used = (
+                self._day_points_until(occurred_at, {day}).get(day, 0)
+                if later_that_day
+                else self.daily_points.get(day, 0)
+            )
+            quote = cap_quote(
+                quote, max(0, daily_cap - used), f"capped at {daily_cap} per member per day"
+            )
         lot_id = self._next_lot_id() if quote.points else None
         order = OrderRecord(
             order_id=order_id,
@@ -1543,6 +1597,15 @@ class MemberAccount(Aggregate):
             order=order,
             day=day,
         )
+        if later_that_day and self._top_up(program, occurred_at, provenance):
+            self._retract_upgrades(
+                program,
+                occurred_at,
+                provenance,
+                why=f"order {order_id}, dated before purchases of its day under the daily cap, "
+                "arrived after them: they earn less",
+            )
+            self._upgrade_after_earn(program, occurred_at, provenance)
 
     def earn_activity(
         self,
@@ -3012,6 +3075,7 @@ class MemberAccount(Aggregate):
         horizon = (datetime.fromisoformat(today) - timedelta(days=DAILY_WINDOW_DAYS)).date()
         for day in [d for d in self.daily_points if d < horizon.isoformat()]:
             del self.daily_points[day]
+            self.last_order_by_day.pop(day, None)
 
     def _record(
         self,
