@@ -7,14 +7,14 @@ The two consumers read the four inbound topics in whatever interleaving their fe
 happen to give, so a redemption is often read before the purchase funding it, and a
 purchase after the member's later review or referral. The history mixes purchases,
 reviews, enrolments, referrals with one referrer per referee (members referring each
-other too) and redemptions funded by purchases dated two days or more before them.
-Opt-in while issue 10 is open, as they still end a member a few points apart now and
-then: refunds (LOYALTY_TWO_STORES_REFUNDS=1: a third of the members, who then never
-redeem), and with LOYALTY_TWO_STORES_WIDE=1 also redemptions that ask more than the
+other too), refunds (a third of the members), redemptions, some asking more than the
 member has then (they wait, parked, and are funded by a later earn or cancellation, or
-still wait at the end) and cancellations of them. Both stores must also pass `verify`,
+still wait at the end), and cancellations of them. Both stores must also pass `verify`,
 which makes every entry again from the receipts.
 
+LOYALTY_TWO_STORES_HISTORY narrows the history: `refunds` (no waiting redemptions and no
+cancellations; the members who return things never redeem) or `narrow` (no refunds
+either: redemptions funded with a wide margin). The default is `wide`, everything above.
 LOYALTY_TWO_STORES_EVENTS sizes it (default 3,000 events over 150 members).
 """
 
@@ -55,12 +55,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.integration]
 
 EVENTS = int(os.environ.get("LOYALTY_TWO_STORES_EVENTS", "3000"))
 MEMBERS = 150
-# Refunds (a third of the members, who then never redeem): opt-in, as 1 member of 150
-# still ends a few points apart now and then (1 of 2 runs; issue 10 is open).
-REFUNDS = os.environ.get("LOYALTY_TWO_STORES_REFUNDS") == "1"
-# Refunds, redemptions that wait for points and cancellations of them: opt-in, as 1
-# member of 150 still ends a few points apart (2 of 8 runs, under CPU load).
-WIDE = os.environ.get("LOYALTY_TWO_STORES_WIDE") == "1"
+HISTORY = os.environ.get("LOYALTY_TWO_STORES_HISTORY", "wide")
+if HISTORY not in ("wide", "refunds", "narrow"):
+    raise ValueError(f"LOYALTY_TWO_STORES_HISTORY must be wide, refunds or narrow: {HISTORY!r}")
+REFUNDS = HISTORY in ("wide", "refunds")  # a third of the members return things
+WIDE = HISTORY == "wide"  # redemptions that wait for points, and cancellations of them
 SETTLED = NOW + timedelta(days=3)  # every pending purchase released, no deadline reached
 KILLS = 4
 
@@ -84,7 +83,7 @@ def history(run: str, rng: random.Random) -> list[tuple[str, str, bytes]]:
     referred: set[str] = set()
     n = 0
     for i, member in enumerate(members):
-        refunds = (REFUNDS or WIDE) and i % 3 == 0  # a third return things (opt-in)
+        refunds = REFUNDS and i % 3 == 0  # a third return things
         days = 12.0
         orders: list[tuple[str, int]] = []
         earned: list[tuple[float, int]] = []  # (days ago, points at least)
