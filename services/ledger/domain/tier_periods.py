@@ -65,11 +65,3 @@ def window_start(q: TierQualification, zone: ZoneInfo, at: datetime) -> datetime
     if months is None:
         return _year_start(at.astimezone(zone).year, zone, at)
     return _shift_months(at, -months, zone)
-
-
-def in_window(q: TierQualification, zone: ZoneInfo, at: datetime, when: datetime) -> bool:
-    """Whether activity at `when` counts toward the window at instant `at`."""
-    start = window_start(q, zone, at)
-    if q.rolling_months is None:
-        return start <= when <= at
-    return start < when <= at

@@ -139,7 +139,11 @@ def _grace(program: Program) -> timedelta:
 def window_value(program: Program, state: TierState, at: datetime) -> int:
     """Qualifying value counted at instant `at` (never below zero)."""
     q, zone = program.tier_qualification, program.zone
-    total = sum(c.value for c in state.contributions if periods.in_window(q, zone, at, c.at))
+    start = periods.window_start(q, zone, at)  # once, not per contribution
+    if q.rolling_months is None:
+        total = sum(c.value for c in state.contributions if start <= c.at <= at)
+    else:
+        total = sum(c.value for c in state.contributions if start < c.at <= at)
     return max(0, total)
 
 
