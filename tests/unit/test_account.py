@@ -110,6 +110,8 @@ class Member:
         balance = self.account.balance
         assert in_available == max(0, balance.available)
         assert in_pending == balance.pending
+        # The totals the account keeps entry by entry (its invariant check uses them).
+        assert self.account.lot_totals == (in_available, in_pending)
         for lot in lots:
             assert 0 <= lot.remaining <= lot.amount
 
@@ -1190,3 +1192,15 @@ def test_referral_bonuses_and_a_second_referrer_is_refused(coffee: Program) -> N
     referrer.account.check_can_be_referred("m-4")
     assert referee.account.balance == Balances(10, 0, 0)
     assert referrer.account.balance == Balances(20, 0, 0)
+
+
+def test_lot_totals_are_counted_from_the_lots_for_an_older_snapshot(coffee: Program) -> None:
+    member = Member(coffee)
+    member.buy("o-1", 2000, T0)
+    member.account.advance(coffee, T0 + 3 * DAY)  # released: available
+    member.take()
+    member.buy("o-2", 1000, T0 + 3 * DAY)  # pending
+    member.take()
+    assert member.account.lot_totals == (20, 10)
+    del member.account.__dict__["_lot_totals"]  # as a snapshot of the previous release
+    assert member.account.lot_totals == (20, 10)

@@ -762,6 +762,17 @@ class MemberAccount(Aggregate):
         return found
 
     @property
+    def lot_totals(self) -> tuple[int, int]:
+        """(available, pending): what the available and the pending lots hold, kept entry by
+        entry; counted from the lots for a snapshot taken before it was kept."""
+        found = self.__dict__.get("_lot_totals")
+        if found is None:
+            found = _totals_after((0, 0), {}, self.lots.values())
+            self.__dict__["_lot_totals"] = found
+        available, pending = found  # a snapshot gives a list back
+        return available, pending
+
+    @property
     def held_total(self) -> int:
         return sum(h.points for h in self.holds.values() if h.is_open)
 
@@ -3096,20 +3107,23 @@ class MemberAccount(Aggregate):
         postings = tuple(postings)
         moves = tuple(moves)
         check_balanced(postings)
-        lots = dict(self.lots)
+        # Only the lots this entry touches are copied and checked: the totals of the others
+        # are kept (`lot_totals`), so the cost does not grow with the member's history.
         touched: dict[str, Lot] = {}
         for lot in new_lots:
-            if lot.lot_id in lots:
+            if lot.lot_id in self.lots or lot.lot_id in touched:
                 raise InvariantViolation(f"lot {lot.lot_id} already exists")
-            lots[lot.lot_id] = touched[lot.lot_id] = lot
+            touched[lot.lot_id] = lot
         for lot_id in released:
-            lots[lot_id] = touched[lot_id] = lots[lot_id].released()
+            touched[lot_id] = (touched.get(lot_id) or self.lots[lot_id]).released()
         for lot in replaced_lots:
-            lots[lot.lot_id] = touched[lot.lot_id] = lot
+            touched[lot.lot_id] = lot
         for move in moves:
-            lots[move.lot_id] = touched[move.lot_id] = lots[move.lot_id].moved(move.amount)
+            touched[move.lot_id] = (touched.get(move.lot_id) or self.lots[move.lot_id]).moved(
+                move.amount
+            )
         balances = apply_postings(self.balances, postings)
-        _check_lots_match(balances, lots.values())
+        _check_lots_match(balances, _totals_after(self.lot_totals, self.lots, touched.values()))
         _check_holds_match(balances, self.holds if holds_after is None else holds_after)
         if (
             self.worked_to is not None
@@ -3135,6 +3149,10 @@ class MemberAccount(Aggregate):
         )
 
     def _apply_entry(self, entry: MemberAccount.Entry) -> None:
+        if entry.lots_after:
+            self.__dict__["_lot_totals"] = _totals_after(
+                self.lot_totals, self.lots, entry.lots_after
+            )
         for lot in entry.lots_after:
             self.lots[lot.lot_id] = lot
         self.balances = apply_postings(self.balances, entry.postings)
@@ -3168,11 +3186,28 @@ def _stopped_waiting(
     return deadline if needed_at >= deadline else None
 
 
-def _check_lots_match(balances: Mapping[str, int], lots: Iterable[Lot]) -> None:
+def _totals_after(
+    totals: tuple[int, int], lots: Mapping[str, Lot], changed: Iterable[Lot]
+) -> tuple[int, int]:
+    """(available, pending) lot totals once `changed` replace their versions in `lots`."""
+    available, pending = totals
+    for lot in changed:
+        old = lots.get(lot.lot_id)
+        if old is not None:
+            if old.status == AVAILABLE:
+                available -= old.remaining
+            elif old.status == PENDING:
+                pending -= old.remaining
+        if lot.status == AVAILABLE:
+            available += lot.remaining
+        elif lot.status == PENDING:
+            pending += lot.remaining
+    return available, pending
+
+
+def _check_lots_match(balances: Mapping[str, int], totals: tuple[int, int]) -> None:
     """The sub-account balances must equal what the lots hold (the ledger explains itself)."""
-    lots = list(lots)
-    in_available = sum(lot.remaining for lot in lots if lot.status == AVAILABLE)
-    in_pending = sum(lot.remaining for lot in lots if lot.status == PENDING)
+    in_available, in_pending = totals
     available = balances[acc.AVAILABLE]
     expected = available if available >= 0 else 0
     if in_available != expected:
