@@ -665,9 +665,16 @@ class MemberAccount(Aggregate):
             changes = account.tier_changes
             if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
                 return  # the member had a tier by then already (recorded late): moot
+            in_force = _effective(changes)[-1] if changes else None
             insort(changes, change, key=_change_key)
-            if _effective(changes)[-1] != change:
-                return  # an upgrade found late, dated before the tier in force: history only
+            last = _effective(changes)[-1]
+            if last != change:
+                # An upgrade found late, dated before the tier in force: history only; but
+                # a retraction may bring back a later change that the upgrade it retracts
+                # had superseded: that one is in force again.
+                if in_force is not None and last != in_force:
+                    account._in_force(last)
+                return
             account.tier = self.tier
             account.tier_until = self.until
             account.tier_locked = self.locked
@@ -709,6 +716,16 @@ class MemberAccount(Aggregate):
         # tier review): an event dated before it is late (see `_late_note`).
         self.worked_to: datetime | None = None
         del provenance  # recorded on the event; nothing to keep in state
+
+    def _in_force(self, change: TierChange) -> None:
+        """The tier `change` decided is the one in force (a retraction brought it back)."""
+        self.tier = change.tier
+        until = change.override_until
+        self.tier_until = until if until is not None else change.held_until
+        self.tier_locked = change.locked
+        self.tier_period_end = change.period_end
+        self.tier_held_until = change.held_until
+        self.tier_override_until = change.override_until
 
     @staticmethod
     def create_id(member_id: str) -> UUID:
@@ -1157,9 +1174,21 @@ class MemberAccount(Aggregate):
         if not program.tiers or self.tier_locked:
             return
         retracted = False
-        for change in [c for c in _effective(self.tier_changes) if c.at > since]:
-            if change.cause != "upgrade" or change not in _effective(self.tier_changes):
-                continue
+        checked: set[int] = set()
+        while True:
+            # One at a time, in effective order: a retraction may bring back a later
+            # upgrade that the one it retracts had superseded, which is checked in turn.
+            change = next(
+                (
+                    c
+                    for c in _effective(self.tier_changes)
+                    if c.at > since and c.cause == "upgrade" and c.seq not in checked
+                ),
+                None,
+            )
+            if change is None:
+                break
+            checked.add(change.seq)
             prior = [
                 c for c in _effective(self.tier_changes) if _change_key(c) < _change_key(change)
             ]
@@ -1759,9 +1788,20 @@ class MemberAccount(Aggregate):
             respent=None,
         )
         # An upgrade recorded since that only the bonus reached goes, as after a refund
-        # (one at the bonus's own instant too: `since` is just before it).
-        self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
+        # (one at the bonus's own instant too: `since` is just before it), and so do
+        # reviews it decided.
+        self._bonus_undone_tiers(program, earned_at, provenance)
         self.catch_up(program)
+
+    def _bonus_undone_tiers(
+        self, program: Program, earned_at: datetime, provenance: Provenance
+    ) -> None:
+        """A bonus taken back as if never given: the upgrades recorded since that only it
+        reached are retracted, and the period-end reviews recorded since (that it made keep
+        a tier) are decided again without it, as after a late refund."""
+        since = earned_at - _JUST_BEFORE
+        self._retract_upgrades(program, since, provenance)
+        self._decide_reviews_again(program, since, provenance)
 
     def _why_reversed(
         self, referee: str, role: str, other: str, winner: str, circular: bool
@@ -1830,7 +1870,7 @@ class MemberAccount(Aggregate):
             undone=undone[1],
             respent=Respent.of(redemptions, orders, unexpired),
         )
-        self._retract_upgrades(program, earned_at - _JUST_BEFORE, provenance)
+        self._bonus_undone_tiers(program, earned_at, provenance)
         self.catch_up(program)
         return True
 

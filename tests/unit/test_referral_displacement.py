@@ -1,0 +1,152 @@
+"""A referral displaced by an earlier one read later (issue 10): the members end where time
+order leaves them, with the figures worked out by hand.
+
+1. Tiers: an upgrade that the displaced bonus had superseded, or a period-end review it
+   made keep a tier, is decided again without the bonus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.ledger.application.service import Ledger
+from services.ledger.application.verify import verify
+from services.ledger.domain.account import Balances
+from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.program import Program
+from tests.support.histories import (
+    Event,
+    activity,
+    apply_from_kafka,
+    open_ledger,
+    purchase,
+    referral,
+)
+
+Open = Callable[[Program, datetime], tuple[Ledger, FixedClock]]
+
+
+@pytest.fixture
+def open_fresh(tmp_path: Path) -> Iterator[Open]:
+    """Opens a ledger on a fresh SQLite file with a fixed wall clock; closes it afterwards."""
+    opened: list[Ledger] = []
+
+    def make(program: Program, now: datetime) -> tuple[Ledger, FixedClock]:
+        clock = FixedClock(now)
+        ledger = open_ledger(tmp_path / f"store-{len(opened)}", program, clock)
+        opened.append(ledger)
+        return ledger, clock
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+def program(**document: Any) -> Program:
+    base: dict[str, Any] = {
+        "id": "examples",
+        "name": "Examples",
+        "timezone": "UTC",
+        "currencies": {"USD": {"minor_units": 2, "points_per_unit": "1"}},
+        "referral": {"referrer_points": 20, "referee_points": 10},
+    }
+    return Program.model_validate(base | document)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def read(ledger: Ledger, clock: FixedClock, events: list[tuple[Event, int]]) -> list[str]:
+    """Kafka records, one per batch in this order, each on its (topic, partition); the wall
+    clock at the latest event read so far."""
+    offsets: dict[tuple[str, int], int] = {}
+    statuses = []
+    wall = clock.now()
+    for event, partition in events:
+        key = (event.topic, partition)
+        offset = offsets[key] = offsets.get(key, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, partition, offset).status)
+    return statuses
+
+
+def state(ledger: Ledger, member: str) -> tuple[Balances, str | None]:
+    account = ledger.app.find_account(member)
+    assert account is not None
+    return account.balance, account.tier
+
+
+# ------------------------------------------------------------------------------ 1. tiers
+
+# Points in the calendar year; tier multipliers 1, so only the tier shows the difference.
+THREE_TIERS = program(
+    activities={"review": {"points": 15, "limit": "unlimited"}},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30},
+        {"id": "gold", "name": "Gold", "threshold": 35},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_an_upgrade_a_displaced_bonus_had_superseded_is_checked_again(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(THREE_TIERS, at("2026-05-01T00:00:00Z"))
+    earliest = referral("s-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-r")
+    displaced = referral("s-2", "m-b", at("2026-05-01T10:00:00Z"), referee="m-r")
+    late = activity("s-3", "m-b", at("2026-05-01T10:30:00Z"), name="review", reference="q-1")
+    bought = purchase("s-4", "m-b", at("2026-05-01T11:00:00Z"), order_id="o-1", total_minor=1000)
+    statuses = read(ledger, clock, [(displaced, 1), (bought, 0), (late, 0), (earliest, 0)])
+    assert statuses == ["applied"] * 4
+
+    # By hand, in time order: 09:00 m-a refers m-r (m-a +20, m-r +10); 10:00 m-b's referral
+    # of m-r is declined (m-r was referred); 10:30 m-b +15 (review), 11:00 m-b +10 ($10):
+    # m-b's year holds 25 < 30, Base. Read as above, m-b's bonus (20) and $10 reach Silver
+    # at 11:00 (30); the review read late reaches Gold at 10:30 (35), which supersedes
+    # that Silver; m-a's referral then takes the bonus back: Gold goes, and Silver at 11:00
+    # (25 without the bonus) must not come back.
+    assert state(ledger, "m-b") == (Balances(25, 0, 0), "base")
+    assert state(ledger, "m-a") == (Balances(20, 0, 0), "base")
+    assert state(ledger, "m-r") == (Balances(10, 0, 0), "base")
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+# Silver earns double; reviewed at the end of each calendar year (no grace).
+SILVER_X2 = program(
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_a_review_a_displaced_bonus_made_keep_a_tier_is_decided_again(open_fresh: Open) -> None:
+    ledger, clock = open_fresh(SILVER_X2, at("2025-06-01T00:00:00Z"))
+    first = purchase("v-1", "m-b", at("2025-06-01T09:00:00Z"), order_id="o-1", total_minor=4000)
+    earliest = referral("v-2", "m-a", at("2026-02-15T09:00:00Z"), referee="m-r")
+    displaced = referral("v-3", "m-b", at("2026-03-01T09:00:00Z"), referee="m-r")
+    second = purchase("v-4", "m-b", at("2026-04-01T09:00:00Z"), order_id="o-2", total_minor=1000)
+    third = purchase("v-5", "m-b", at("2027-02-01T09:00:00Z"), order_id="o-3", total_minor=1000)
+    statuses = read(
+        ledger, clock, [(first, 0), (displaced, 1), (second, 0), (third, 0), (earliest, 0)]
+    )
+    assert statuses == ["applied"] * 5
+
+    # By hand, in time order: 2025-06-01 m-b +40 ($40 at Base): Silver, held for 2025; at
+    # 2026-01-01 the year 2025 (40) keeps it for 2026. 2026-02-15 m-a refers m-r; m-b's
+    # referral of 03-01 is declined. 2026-04-01 $10 at Silver: +20. At 2027-01-01 the year
+    # 2026 holds 20 < 30: down to Base. 2027-02-01 $10 at Base: +10. m-b: 40 + 20 + 10 = 70.
+    # Read as above, the bonus (20) made 2026 hold 40 and kept Silver at 2027-01-01, so the
+    # last $10 earned 20; once the bonus is taken back, that review downgrades, and the
+    # last purchase earns 10.
+    assert state(ledger, "m-b") == (Balances(70, 0, 0), "base")
+    ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
