@@ -239,7 +239,7 @@ def ledger_state(
     found: dict[str, MemberState | None] = {}
     for member in members:
         account = ledger.app.find_account(member)
-        if account is None:
+        if account is None or not account.is_member:  # never enrolled, or enrolment undone
             found[member] = None
             continue
         lots = [lot for lot in account.lots.values() if lot.remaining or not holding_points_only]

@@ -3,6 +3,7 @@ order leaves them, with the figures worked out by hand.
 
 1. Tiers: an upgrade that the displaced bonus had superseded, or a period-end review it
    made keep a tier, is decided again without the bonus.
+2. A member whom only the displaced referral enrolled is no member again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from services.ledger.application.program_metrics import compute
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.domain.account import Balances
@@ -149,4 +151,74 @@ def test_a_review_a_displaced_bonus_made_keep_a_tier_is_decided_again(open_fresh
     # last purchase earns 10.
     assert state(ledger, "m-b") == (Balances(70, 0, 0), "base")
     ledger.projection.run()
+    assert verify(ledger.app, ledger.view).ok
+
+
+# ------------------------------------------------------------------- 2. no member again
+
+PLAIN = program(tiers=[{"id": "base", "name": "Base", "threshold": 0}])
+
+
+def members(ledger: Ledger) -> dict[str, tuple[int, str | None]]:
+    """Every member the read side shows: available points and tier."""
+    ledger.projection.run()
+    return {r.member_id: (r.available, r.tier) for r in ledger.view.all_balances()}
+
+
+@pytest.mark.parametrize("first_read", ["earliest", "latest"])
+def test_a_member_only_a_displaced_referral_enrolled_is_no_member(
+    open_fresh: Open, first_read: str
+) -> None:
+    ledger, clock = open_fresh(PLAIN, at("2026-05-01T00:00:00Z"))
+    earliest = (referral("n-1", "m-a", at("2026-05-01T10:00:00Z"), referee="m-r"), 0)
+    latest = (referral("n-2", "m-b", at("2026-05-01T11:00:00Z"), referee="m-r"), 1)
+    read(ledger, clock, [earliest, latest] if first_read == "earliest" else [latest, earliest])
+
+    # By hand, in time order: 10:00 m-a refers m-r (m-a +20, m-r +10); 11:00 m-b's referral
+    # of m-r is declined (parked until its deadline): m-b, who has no other event, is no
+    # member. Read the other way, m-b was enrolled by its referral; once it is displaced
+    # (its bonus taken back), m-b is no member either: no balance, not counted.
+    assert members(ledger) == {"m-a": (20, "base"), "m-r": (10, "base")}
+    assert ledger.balance("m-b") is None  # GET /v1/members/m-b/balance: 404
+    figures = compute(ledger.view.all_balances(), ledger.view.all_entries(), clock.now(), 30)
+    assert (figures.members, figures.per_tier, figures.active) == (2, {"base": 2}, 2)
+    assert verify(ledger.app, ledger.view).ok
+
+    # m-b's own first event, read next, enrols m-b as it would have in time order.
+    bought = purchase("n-3", "m-b", at("2026-05-01T12:00:00Z"), order_id="o-1", total_minor=500)
+    assert read(ledger, clock, [(bought, 0)]) == ["applied"]
+    assert members(ledger) == {"m-a": (20, "base"), "m-b": (5, "base"), "m-r": (10, "base")}
+    assert verify(ledger.app, ledger.view).ok
+
+
+# Gold from 40 here, and a survey earns 20.
+GOLD_40 = program(
+    activities={"survey": {"points": 20, "limit": "unlimited"}},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30},
+        {"id": "gold", "name": "Gold", "threshold": 40},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_an_upgrade_a_displaced_bonus_had_superseded_and_still_reached_is_in_force_again(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(GOLD_40, at("2026-05-01T00:00:00Z"))
+    earliest = referral("u-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-r")
+    displaced = referral("u-2", "m-b", at("2026-05-01T10:00:00Z"), referee="m-r")
+    late = activity("u-3", "m-b", at("2026-05-01T10:30:00Z"), name="survey", reference="q-1")
+    bought = purchase("u-4", "m-b", at("2026-05-01T11:00:00Z"), order_id="o-1", total_minor=1500)
+    statuses = read(ledger, clock, [(displaced, 1), (bought, 0), (late, 0), (earliest, 0)])
+    assert statuses == ["applied"] * 4
+
+    # By hand, in time order: m-b's referral (10:00) is declined; 10:30 m-b +20 (survey),
+    # 11:00 m-b +15 ($15): 35 >= 30, Silver from 11:00. Read as above, the bonus (20) and
+    # $15 reach Silver at 11:00 (35); the survey read late reaches Gold at 10:30 (40),
+    # superseding it; once the bonus is taken back, Gold goes (20 at 10:30) and Silver at
+    # 11:00 (35 without the bonus) holds again, on the ledger and on the read side.
+    assert state(ledger, "m-b") == (Balances(35, 0, 0), "silver")
+    assert members(ledger)["m-b"] == (35, "silver")
     assert verify(ledger.app, ledger.view).ok

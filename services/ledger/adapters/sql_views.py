@@ -185,6 +185,13 @@ class SqlLedgerView:
                     for _, hold in sorted(changes.holds.items())
                 ],
             )
+            # A member whose enrolment was undone (and not entered again since): no rows.
+            for table in ("balances", "tier_reviews"):
+                self._run_many(
+                    c,
+                    f"DELETE FROM {p}{table} WHERE member_id = ?",
+                    [(member,) for member in sorted(changes.removed)],
+                )
             reviews = sorted(changes.tier_reviews.items())
             self._run_many(
                 c,

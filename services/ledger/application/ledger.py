@@ -458,6 +458,9 @@ class LedgerApplication(Application[UUID]):
                     occurred_at=at,
                     provenance=prov,
                 )
+            # Its referrer, if it enrolled them and they have nothing else, is no member
+            # (in time order it was declined and enrolled nobody).
+            loser.undo_enrolment(program, undone=undone[1], occurred_at=at, provenance=prov)
 
     def _enrol(self, batch: _Batch, event: MemberEnrolled, prov: Provenance) -> None:
         """Enrol; after an auto-enrolment (the member's first event arrived first) this
@@ -488,8 +491,8 @@ class LedgerApplication(Application[UUID]):
         self, batch: _Batch, member_id: str, prov: Provenance, at: datetime, *, create: bool
     ) -> MemberAccount:
         account = self._load(batch, member_id)
-        if account is not None:
-            return account
+        if account is not None and (create or account.is_member):
+            return account  # one whose enrolment was undone is enrolled by its next entry
         if not create:
             raise Declined("unknown_member", f"{member_id} is not a member")
         if not self.program.auto_enrol:

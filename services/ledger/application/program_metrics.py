@@ -46,7 +46,9 @@ def compute(
 ) -> Figures:
     figures = Figures()
     tiers: Counter[str] = Counter()
+    members: set[str] = set()
     for row in balances:
+        members.add(row.member_id)
         figures.members += 1
         figures.outstanding += row.available + row.pending + row.held
         tiers[row.tier or "none"] += 1
@@ -73,6 +75,9 @@ def compute(
                 this.add(entry.member_id)
             elif now - 2 * period < entry.effective_at <= now - period:
                 last.add(entry.member_id)
+    # Members only: one whose enrolment was undone (its referral displaced) is none.
+    this &= members
+    last &= members
     figures.active = len(this)
     figures.retention_bp = bp(len(last & this), len(last))
     figures.per_day = {d: (v[0], v[1], v[2]) for d, v in sorted(days.items())}

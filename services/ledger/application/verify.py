@@ -76,13 +76,16 @@ def verify(
             report.violations.append(f"receipt {receipt.event_id}: applied but names no entry")
     if view is not None:
         holds = {}
+        no_members: set[str] = set()
         for member in folded:
             live = app.find_account(member)
+            if live is not None and not live.is_member:
+                no_members.add(member)  # enrolment undone: no row in the projection
             if live is not None:
                 holds[member] = {
                     h.hold_id: (h.status, h.points, h.captured) for h in live.holds.values()
                 }
-        _compare_view(view, folded, report, holds)
+        _compare_view(view, folded, report, holds, no_members)
     if replay:
         again = replay_check(app)
         report.replayed_events, report.replayed_operations = again.events, again.operations
@@ -222,6 +225,7 @@ def _compare_view(
     folded: dict[str, tuple[Balances, dict[str, Lot], str | None]],
     report: VerifyReport,
     holds: dict[str, dict[str, tuple[str, int, int]]] | None = None,
+    no_members: set[str] | frozenset[str] = frozenset(),
 ) -> None:
     rows = {row.member_id: row for row in view.all_balances()}
     view_lots: dict[str, dict[str, Lot]] = {}
@@ -229,6 +233,10 @@ def _compare_view(
         view_lots.setdefault(member, {})[lot.lot_id] = lot
     for member, (balances, lots, tier) in folded.items():
         row = rows.pop(member, None)
+        if member in no_members:
+            if row is not None:
+                report.violations.append(f"{member}: enrolment undone but in the projection")
+            continue
         if row is None:
             report.violations.append(f"{member}: missing from the balance projection")
             continue

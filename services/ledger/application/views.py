@@ -72,6 +72,7 @@ class ViewChanges:
     entries: list[EntryRow]
     holds: dict[str, HoldRow] = field(default_factory=dict)
     tier_reviews: dict[str, datetime | None] = field(default_factory=dict)  # None: none due
+    removed: set[str] = field(default_factory=set)  # members no more (enrolment undone)
 
 
 class LedgerView(Protocol):

@@ -358,6 +358,23 @@ class MemberAccount(Aggregate):
         def apply_specific(self, account: MemberAccount) -> None:
             account.auto_enrolled = False
 
+    class EnrolmentUndone(Entry):
+        """The automatic enrolment of a member whose only activity was the referral an
+        earlier one displaced (both its bonuses taken back): in time order that referral
+        was declined and enrolled nobody, so the member is no member again (no balance,
+        not counted) until their next entry, as if that had been their first event."""
+
+        undone: str  # the event id of the referral that enrolled the member
+
+        def apply_specific(self, account: MemberAccount) -> None:
+            account.__dict__["_no_member"] = True
+            # As new: the next entry records the entry tier at its own time.
+            account.tier_changes = []
+            account.tier = account.tier_until = None
+            account.tier_period_end = account.tier_held_until = None
+            account.tier_override_until = None
+            account.tier_locked = False
+
     class ReferralReversed(Entry):
         """A referral bonus taken back: an earlier referral won, of the same referee or
         between the same two members the other way round (circular).
@@ -665,16 +682,9 @@ class MemberAccount(Aggregate):
             changes = account.tier_changes
             if self.cause == "entry" and changes and _change_key(changes[0]) < _change_key(change):
                 return  # the member had a tier by then already (recorded late): moot
-            in_force = _effective(changes)[-1] if changes else None
             insort(changes, change, key=_change_key)
-            last = _effective(changes)[-1]
-            if last != change:
-                # An upgrade found late, dated before the tier in force: history only; but
-                # a retraction may bring back a later change that the upgrade it retracts
-                # had superseded: that one is in force again.
-                if in_force is not None and last != in_force:
-                    account._in_force(last)
-                return
+            if _effective(changes)[-1] != change:
+                return  # an upgrade found late, dated before the tier in force: history only
             account.tier = self.tier
             account.tier_until = self.until
             account.tier_locked = self.locked
@@ -716,16 +726,6 @@ class MemberAccount(Aggregate):
         # tier review): an event dated before it is late (see `_late_note`).
         self.worked_to: datetime | None = None
         del provenance  # recorded on the event; nothing to keep in state
-
-    def _in_force(self, change: TierChange) -> None:
-        """The tier `change` decided is the one in force (a retraction brought it back)."""
-        self.tier = change.tier
-        until = change.override_until
-        self.tier_until = until if until is not None else change.held_until
-        self.tier_locked = change.locked
-        self.tier_period_end = change.period_end
-        self.tier_held_until = change.held_until
-        self.tier_override_until = change.override_until
 
     @staticmethod
     def create_id(member_id: str) -> UUID:
@@ -788,6 +788,12 @@ class MemberAccount(Aggregate):
             self.__dict__["_lot_totals"] = found
         available, pending = found  # a snapshot gives a list back
         return available, pending
+
+    @property
+    def is_member(self) -> bool:
+        """False after `EnrolmentUndone` until the member's next entry (a private name, so
+        snapshots written before load without it)."""
+        return not self.__dict__.get("_no_member", False)
 
     @property
     def held_total(self) -> int:
@@ -1175,6 +1181,8 @@ class MemberAccount(Aggregate):
             return
         retracted = False
         checked: set[int] = set()
+        in_force = _effective(self.tier_changes)[-1] if self.tier_changes else None
+        first = self.version + 1  # the seq of the first retraction recorded below
         while True:
             # One at a time, in effective order: a retraction may bring back a later
             # upgrade that the one it retracts had superseded, which is checked in turn.
@@ -1217,6 +1225,19 @@ class MemberAccount(Aggregate):
                 provenance=replace(provenance, rule_id="tier"),
             )
             retracted = True
+        last = _effective(self.tier_changes)[-1] if retracted else None
+        if last is not None and last.seq < first and last != in_force:
+            # A change recorded before, which the retracted upgrade had superseded, is in
+            # force again (the window still reaches it): recorded as the tier from then on.
+            want = tier_policy.TierState(
+                self.member_id,
+                tier=last.tier,
+                period_end=last.period_end,
+                held_until=last.held_until,
+                override_until=last.override_until,
+                locked=last.locked,
+            )
+            self._record_reviewed(program, want, at=last.at, since=since, provenance=provenance)
         if retracted:
             self._top_up(program, since, provenance)
             self._upgrade_after_earn(program, since, provenance)
@@ -1792,6 +1813,48 @@ class MemberAccount(Aggregate):
         # reviews it decided.
         self._bonus_undone_tiers(program, earned_at, provenance)
         self.catch_up(program)
+
+    def undo_enrolment(
+        self, program: Program, *, undone: str, occurred_at: datetime, provenance: Provenance
+    ) -> bool:
+        """After its bonus of the displaced referral `undone` was taken back: a member whom
+        that referral enrolled automatically and who has nothing else (no other earn,
+        order, redemption, hold, adjustment, referral, override; nothing held, owed or
+        earned) is no member again, as in time order, where that referral was declined.
+        Returns whether it was undone."""
+        quiet = {"entry", "upgrade", "retracted", "reviewed", "kept", "downgrade"}
+        if not (
+            self.is_member
+            and self.auto_enrolled
+            and not self.orders
+            and not self.redemptions
+            and not self.holds
+            and not self.adjustment_requests
+            and not self.activity_counts
+            and not self.referees
+            and self.referred_by is None
+            and self.lifetime_earned == 0
+            and self.balance == Balances(0, 0, 0)
+            and not self.debt
+            and not self.tier_locked
+            and all(c.cause in quiet for c in self.tier_changes)
+            and all(
+                lot.source.startswith("referral ") and not lot.remaining
+                for lot in self.lots.values()
+            )
+        ):
+            return False
+        self._record(
+            self.EnrolmentUndone,
+            effective_at=occurred_at,
+            postings=(),
+            moves=(),
+            provenance=self._provenance(program, provenance, "referral:earliest_wins"),
+            note=f"enrolment undone: the referral {undone} that enrolled {self.member_id} "
+            "automatically was displaced by an earlier one; in time order it enrolled nobody",
+            undone=undone,
+        )
+        return True
 
     def _bonus_undone_tiers(
         self, program: Program, earned_at: datetime, provenance: Provenance
@@ -3189,6 +3252,7 @@ class MemberAccount(Aggregate):
         )
 
     def _apply_entry(self, entry: MemberAccount.Entry) -> None:
+        self.__dict__.pop("_no_member", None)  # any entry makes a member again
         if entry.lots_after:
             self.__dict__["_lot_totals"] = _totals_after(
                 self.lot_totals, self.lots, entry.lots_after
