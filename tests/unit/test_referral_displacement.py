@@ -27,6 +27,7 @@ from tests.support.histories import (
     apply_from_kafka,
     open_ledger,
     purchase,
+    redemption,
     referral,
 )
 
@@ -221,4 +222,33 @@ def test_an_upgrade_a_displaced_bonus_had_superseded_and_still_reached_is_in_for
     # 11:00 (35 without the bonus) holds again, on the ledger and on the read side.
     assert state(ledger, "m-b") == (Balances(35, 0, 0), "silver")
     assert members(ledger)["m-b"] == (35, "silver")
+    assert verify(ledger.app, ledger.view).ok
+
+
+# ------------------------------------------------------------ 3. a bonus that expired
+
+EXPIRING = program(expiry={"months_after_earn": 1})
+
+
+def test_a_displaced_bonus_that_expired_does_not_fund_a_redemption_dated_before_its_expiry(
+    open_fresh: Open,
+) -> None:
+    ledger, clock = open_fresh(EXPIRING, at("2026-05-01T00:00:00Z"))
+    earliest = referral("e-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-r")
+    displaced = referral("e-2", "m-b", at("2026-05-01T10:00:00Z"), referee="m-r")
+    first = purchase("e-3", "m-b", at("2026-05-15T09:00:00Z"), order_id="o-1", total_minor=1000)
+    spent = redemption("e-4", "m-b", at("2026-05-20T09:00:00Z"), redemption_id="x-1", points=25)
+    second = purchase("e-5", "m-b", at("2026-06-05T09:00:00Z"), order_id="o-2", total_minor=500)
+    read(ledger, clock, [(displaced, 1), (first, 0), (second, 0), (earliest, 0), (spent, 0)])
+
+    # By hand, in time order: m-b's referral (05-01 10:00) is declined (m-a referred m-r
+    # first); 05-15 m-b +10; the redemption of 25 on 05-20 finds 10: it waits and is
+    # declined at its deadline; 06-05 m-b +5: m-b holds 15. Read as above, m-b's bonus (20)
+    # expired on 06-01 before m-a's referral took it back (nothing left to take); the
+    # redemption read last, dated before that expiry, must not find those 20 points.
+    assert state(ledger, "m-b")[0] == Balances(15, 0, 0)
+    account = ledger.app.find_account("m-b")
+    assert account is not None
+    assert "x-1" not in account.redemptions or account.redemptions["x-1"].status != "redeemed"
+    ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok

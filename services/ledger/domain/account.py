@@ -423,6 +423,8 @@ class MemberAccount(Aggregate):
             account.lifetime_earned -= self.points + self.forgiven
             if self.earned_at is not None:
                 account._qualify(Qualifying(self.earned_at, -(self.points + self.forgiven), 0))
+                if self.forgiven:
+                    account._forget_expired(self.role, self.referee, self.earned_at, self.forgiven)
 
     class ReferralReassigned(Entry):
         """The referee's link moved to the referrer of an earlier referral (no points)."""
@@ -1813,6 +1815,22 @@ class MemberAccount(Aggregate):
         # reviews it decided.
         self._bonus_undone_tiers(program, earned_at, provenance)
         self.catch_up(program)
+
+    def _forget_expired(self, role: str, referee: str, earned_at: datetime, points: int) -> None:
+        """The expired points of a displaced bonus (forgiven by its reversal) were never
+        there in event time: no spend taken again as of before their expiry finds them."""
+        for lot in self.lots.values():
+            if (
+                lot.earned_at == earned_at
+                and (
+                    lot.source == f"referral of {referee}"
+                    if role == "referrer"
+                    else lot.source.startswith("referral by ")
+                )
+                and self.expired_by_lot.get(lot.lot_id, 0) >= points
+            ):
+                self.expired_by_lot[lot.lot_id] -= points
+                return
 
     def undo_enrolment(
         self, program: Program, *, undone: str, occurred_at: datetime, provenance: Provenance
