@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from services.ledger.application.commands import adjust
 from services.ledger.application.program_metrics import compute
 from services.ledger.application.service import Ledger
 from services.ledger.application.verify import verify
 from services.ledger.domain.account import Balances
 from services.ledger.domain.clock import FixedClock
+from services.ledger.domain.errors import Declined
 from services.ledger.domain.program import Program
 from tests.support.histories import (
     Event,
@@ -184,6 +186,9 @@ def test_a_member_only_a_displaced_referral_enrolled_is_no_member(
     figures = compute(ledger.view.all_balances(), ledger.view.all_entries(), clock.now(), 30)
     assert (figures.members, figures.per_tier, figures.active) == (2, {"base": 2}, 2)
     assert verify(ledger.app, ledger.view).ok
+    with pytest.raises(Declined) as declined:  # an operator's adjustment: no such member
+        adjust(ledger.app, "m-b", 5, reason="goodwill", actor="ops")
+    assert declined.value.reason == "unknown_member"
 
     # m-b's own first event, read next, enrols m-b as it would have in time order.
     bought = purchase("n-3", "m-b", at("2026-05-01T12:00:00Z"), order_id="o-1", total_minor=500)

@@ -909,7 +909,7 @@ class LedgerApplication(Application[UUID]):
             with self._writing:
                 self._begin([member_id])
                 account = self._account_for_write(member_id)
-                if account is None:
+                if account is None or not account.is_member:  # or its enrolment undone
                     raise missing or Declined("unknown_member", f"{member_id} is not a member")
                 try:
                     now = self.clock.now()
