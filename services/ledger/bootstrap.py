@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -36,12 +37,25 @@ class Settings(BaseSettings):
     )
 
 
+# Named, not imported: a SQLite store never loads psycopg.
+PG = "services.ledger.adapters.pg_recorder:LedgerPostgresProcessRecorder"
+
+
 def store_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing environment: SQLite file by default, PostgreSQL when configured."""
     if settings.persistence_module and settings.persistence_module != "eventsourcing.sqlite":
         return {"PERSISTENCE_MODULE": settings.persistence_module}
     settings.db.parent.mkdir(parents=True, exist_ok=True)
     return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(settings.db)}
+
+
+def with_recorder(env: dict[str, str]) -> dict[str, str]:
+    """On PostgreSQL, the library's recorder with an insert outside psycopg's pipeline mode,
+    which can hang on a large batch (adapters/pg_recorder.py)."""
+    module = env.get("PERSISTENCE_MODULE") or os.environ.get("PERSISTENCE_MODULE")
+    if module == "eventsourcing.postgres" and "PROCESS_RECORDER_TOPIC" not in env:
+        return {**env, "PROCESS_RECORDER_TOPIC": PG}
+    return env
 
 
 def build_ledger(
@@ -55,6 +69,7 @@ def build_ledger(
     program = program or load_program(settings.program)
     if clock is None:
         clock = FixedClock(settings.now) if settings.now else SystemClock()
-    app = LedgerApplication(program, clock, env if env is not None else store_env(settings))
+    store = with_recorder(env if env is not None else store_env(settings))
+    app = LedgerApplication(program, clock, store)
     view = construct_view(app.factory, active_prefix(app))
     return Ledger(app, view, lambda prefix: construct_view(app.factory, prefix))

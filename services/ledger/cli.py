@@ -492,7 +492,7 @@ def serve(
         typer.Option(
             envvar="LOYALTY_MAX_BATCH", min=1, max=100_000, help="Records fetched per poll."
         ),
-    ] = 500,
+    ] = 2000,
     metrics_port: Annotated[
         int,
         typer.Option(

@@ -38,10 +38,10 @@ from services.ledger.domain.provenance import Origin
 log = logging.getLogger(__name__)
 
 GROUP_ID = "loyalty-ledger"
-# Records applied per transaction, whatever the fetch size. A single eventsourcing insert of
-# more than about 4,000 stored events was seen to hang in psycopg's pipeline mode here
-# (docs/performance.md); 500 inbound events stay far below that.
-STORE_BATCH = 500
+# Records applied per transaction, whatever the fetch size (a bound on one transaction's
+# size and memory). The ledger's PostgreSQL recorder inserts outside psycopg's pipeline
+# mode, which hung on large inserts (adapters/pg_recorder.py), so this is no longer 500.
+STORE_BATCH = 2000
 
 
 def tracking_key(topic: str, partition: int) -> str:
@@ -67,7 +67,7 @@ class KafkaIngest:
         *,
         group_id: str = GROUP_ID,
         topics: Sequence[str] = tuple(sorted(LEDGER_INPUT_TOPICS)),
-        max_batch: int = 500,
+        max_batch: int = 2000,
         executor: ThreadPoolExecutor | None = None,
         project: bool = True,
         on_applied: Callable[[], None] | None = None,

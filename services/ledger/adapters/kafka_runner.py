@@ -28,7 +28,7 @@ async def serve(
     ingest: bool = True,
     relay: bool = True,
     group_id: str = GROUP_ID,
-    max_batch: int = 500,
+    max_batch: int = 2000,
     stop: asyncio.Event | None = None,
     project: bool | None = None,
     stop_grace: float = STOP_GRACE_S,
