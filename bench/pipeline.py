@@ -326,7 +326,7 @@ def naive_points(kind: str, data: dict[str, Any]) -> int:
     return {"referral.qualified": 20, "activity.completed": 5, "member.enrolled": 10}.get(kind, 0)
 
 
-def _conninfo(env: dict[str, str]) -> str:
+def conninfo(env: dict[str, str]) -> str:
     return (
         f"host={env['POSTGRES_HOST']} port={env['POSTGRES_PORT']} user={env['POSTGRES_USER']} "
         f"password={env['POSTGRES_PASSWORD']} dbname={env['POSTGRES_DBNAME']}"
@@ -337,7 +337,7 @@ async def naive(
     bootstrap: str, ends: dict[TopicPartition, int], env: dict[str, str]
 ) -> tuple[int, float]:
     """What many loyalty plugins do: per event, one transaction of UPDATE + INSERT."""
-    conn = psycopg.connect(_conninfo(env), autocommit=True)
+    conn = psycopg.connect(conninfo(env), autocommit=True)
     conn.execute(
         "CREATE TABLE IF NOT EXISTS naive_balance (member_id text PRIMARY KEY, points bigint)"
     )
@@ -385,7 +385,7 @@ async def naive(
 
 def copy_insert(messages: list[Message], env: dict[str, str], batch: int = 10000) -> float:
     """Raw limit: the same rows written with COPY, one transaction per `batch` rows."""
-    with psycopg.connect(_conninfo(env), autocommit=True) as conn:
+    with psycopg.connect(conninfo(env), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS raw_insert (event_id text, member_id text, "
             "points bigint, body jsonb)"
@@ -411,6 +411,82 @@ def _row(name: str, events: int, seconds: float, naive_rate: float | None) -> st
     return f"{name:<52} {events:>8,} {seconds:>9.1f} {rate:>10,.0f} {ratio}"
 
 
+def make_messages(events: int, members: int, run: str) -> tuple[Mix, list[Message]]:
+    """The deterministic mix and its first `events` messages; prints what they are."""
+    mix = Mix(members, run)
+    messages = [mix.next() for _ in range(events)]
+    kinds = Counter(json.loads(v)["type"] for _, _, v in messages)
+    print(
+        f"{events:,} events over {members:,} members: "
+        + ", ".join(f"{k} {n}" for k, n in kinds.most_common()),
+        flush=True,
+    )
+    return mix, messages
+
+
+def serve_env(pg: dict[str, str], max_batch: int) -> dict[str, str]:
+    return {**pg, "LOYALTY_DB": "/tmp/unused.sqlite", "LOYALTY_MAX_BATCH": str(max_batch)}
+
+
+def start_processes(
+    bootstrap: str, env: dict[str, str], group: str, log: Path, *, split: bool
+) -> list[subprocess.Popen[bytes]]:
+    """`loyalty serve`, or with `split` ingest and relay (with the views) as two processes."""
+    if split:
+        return [
+            start_serve(bootstrap, env, group, log, "--no-relay", "--no-project"),
+            start_serve(bootstrap, env, group, log, "--no-ingest"),
+        ]
+    return [start_serve(bootstrap, env, group, log)]
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(
+    done: Any, processes: list[subprocess.Popen[bytes]], began: float, timeout: float, log: Path
+) -> float:
+    """Poll `done()` every 0.25 s; the seconds since `began` once it holds."""
+    while not done():
+        if any(p.poll() is not None for p in processes):
+            raise SystemExit(f"loyalty serve exited; see {log}")
+        if time.perf_counter() - began > timeout:
+            raise SystemExit("timed out")
+        time.sleep(0.25)
+    return time.perf_counter() - began
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def latency_line(waits: list[float], offered_n: int, offered: float) -> str:
+    if len(waits) < 2:
+        return "latency: no entries seen"
+    ms = sorted(w * 1000 for w in waits)
+    return (
+        f"latency at {offered:,.0f} events/s offered ({offered_n:,} events, "
+        f"{len(ms):,} entries seen): p50 {statistics.median(ms):,.0f} ms, "
+        f"p99 {percentile(ms, 0.99):,.0f} ms, max {ms[-1]:,.0f} ms"
+    )
+
+
+def naive_ends(ends: dict[TopicPartition, int], limit: int) -> dict[TopicPartition, int]:
+    """The first `limit` inbound records (spread over the partitions); 0: all of them."""
+    if not limit:
+        return ends
+    return {tp: min(end, limit // len(ends) + 1) for tp, end in ends.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -430,14 +506,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     run = str(int(time.time()))
-    mix = Mix(args.members, run)
-    messages = [mix.next() for _ in range(args.events)]
-    kinds = Counter(json.loads(v)["type"] for _, _, v in messages)
-    print(
-        f"{args.events:,} events over {args.members:,} members: "
-        + ", ".join(f"{k} {n}" for k, n in kinds.most_common()),
-        flush=True,
-    )
+    mix, messages = make_messages(args.events, args.members, run)
     with servers.kafka() as bootstrap, servers.postgres(durable=not args.fast_pg) as pg:
         asyncio.run(create_topics(bootstrap, declared_topics()))
         produced = asyncio.run(produce(bootstrap, messages))
@@ -447,54 +516,26 @@ def main() -> None:
         consumed, consume_s = asyncio.run(consume_only(bootstrap, ends))
         print(_row("raw: aiokafka consume only", consumed, consume_s, None), flush=True)
 
-        env = {**pg, "LOYALTY_DB": "/tmp/unused.sqlite", "LOYALTY_MAX_BATCH": str(args.max_batch)}
+        env = serve_env(pg, args.max_batch)
         reader = build_ledger(Settings(), env=pg)
         log = Path(f"/tmp/loyalty-bench-serve-{run}.log")
         began = time.perf_counter()
-        if args.split:
-            processes = [
-                start_serve(bootstrap, env, f"bench-{run}", log, "--no-relay", "--no-project"),
-                start_serve(bootstrap, env, f"bench-{run}", log, "--no-ingest"),
-            ]
-        else:
-            processes = [start_serve(bootstrap, env, f"bench-{run}", log)]
+        processes = start_processes(bootstrap, env, f"bench-{run}", log, split=args.split)
         try:
-            while not caught_up(reader, ends):
-                if any(p.poll() is not None for p in processes):
-                    raise SystemExit(f"loyalty serve exited; see {log}")
-                if time.perf_counter() - began > args.timeout:
-                    raise SystemExit("timed out")
-                time.sleep(0.25)
-            ours_s = time.perf_counter() - began
+            ours_s = wait_for(lambda: caught_up(reader, ends), processes, began, args.timeout, log)
             print(
                 _row("loyalty serve, end to end (projection caught up)", total, ours_s, None),
                 flush=True,
             )
-            while not published(reader):
-                if time.perf_counter() - began > args.timeout:
-                    raise SystemExit("timed out")
-                time.sleep(0.25)
-            relay_s = time.perf_counter() - began
+            relay_s = wait_for(lambda: published(reader), processes, began, args.timeout, log)
             print(_row("loyalty serve, every entry published", total, relay_s, None), flush=True)
             waits, offered_n, offered = asyncio.run(
                 latency(bootstrap, mix, args.rate, args.seconds)
             )
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_processes(processes)
             reader.close()
-        naive_ends = ends
-        if args.naive_events:
-            naive_ends = {
-                tp: min(end, args.naive_events // len(ends) + 1) for tp, end in ends.items()
-            }
-        naive_n, naive_s = asyncio.run(naive(bootstrap, naive_ends, pg))
+        naive_n, naive_s = asyncio.run(naive(bootstrap, naive_ends(ends, args.naive_events), pg))
         copy_s = copy_insert(messages, pg)
     naive_rate = naive_n / naive_s
     print()
@@ -506,16 +547,7 @@ def main() -> None:
     print(_row("naive: 1 transaction/event, UPDATE + INSERT", naive_n, naive_s, naive_rate))
     print(_row("raw: aiokafka consume only", consumed, consume_s, naive_rate))
     print(_row("raw: PostgreSQL COPY, 10k rows/transaction", len(messages), copy_s, naive_rate))
-    if len(waits) >= 2:
-        ms = sorted(w * 1000 for w in waits)
-        p50 = statistics.median(ms)
-        p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-        print(
-            f"latency at {offered:,.0f} events/s offered ({offered_n:,} events, "
-            f"{len(ms):,} entries seen): p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {ms[-1]:,.0f} ms"
-        )
-    else:
-        print("latency: no entries seen")
+    print(latency_line(waits, offered_n, offered))
 
 
 if __name__ == "__main__":
