@@ -240,7 +240,10 @@ def start_serve(
 def caught_up(ledger: Any, ends: dict[TopicPartition, int]) -> bool:
     recorder = ledger.app.process_recorder
     for tp, end in ends.items():
-        if end and (recorder.max_tracking_id(tracking_key(tp.topic, tp.partition)) or -1) < end - 1:
+        if not end:
+            continue
+        position = recorder.max_tracking_id(tracking_key(tp.topic, tp.partition))
+        if position is None or position < end - 1:  # offset 0 is a position too
             return False
     # Caught up when no account entry is left past the projection's position.
     after = ledger.projection.position + 1
