@@ -314,7 +314,17 @@ def pipeline_section(bootstrap: str, pg: dict[str, str], sizes: Sizes, run: str)
         stored = pg_bytes(db)
         say(f"  serve's store: {stored:,} bytes for {total:,} inbound events")
         for rate in (200, 2000):  # the lower rate first: 2,000/s may leave a backlog
-            lat[rate] = asyncio.run(pipeline.latency(bootstrap, mix, rate, sizes.latency_seconds))
+            lat[rate] = asyncio.run(
+                pipeline.latency(
+                    bootstrap,
+                    mix,
+                    rate,
+                    sizes.latency_seconds,
+                    settled=lambda ends: (
+                        pipeline.caught_up(reader, ends) and pipeline.published(reader)
+                    ),
+                )
+            )
             say("  " + pipeline.latency_line(*lat[rate]))
     finally:
         pipeline.stop_processes(processes)
@@ -440,7 +450,7 @@ def storage_section(pg: dict[str, str] | None, sizes: Sizes, run: str, tmp: Path
                 KB,
                 "B",
                 short_each,
-                "growth of the store over 100 more purchases",
+                f"+{after_short - before:,} bytes over 100 more purchases",
             ),
             Row(
                 f"bytes per event, {name}, member with {long_n:,} entries",
@@ -448,7 +458,7 @@ def storage_section(pg: dict[str, str] | None, sizes: Sizes, run: str, tmp: Path
                 KB,
                 "B",
                 long_each,
-                "growth of the store over 100 more purchases",
+                f"+{after_long - after_short:,} bytes over 100 more purchases",
             ),
             Row(
                 f"{name}: long history / short, bytes per event",
