@@ -69,9 +69,9 @@ def verdict(row: Row) -> str:
         return "met"
     gap = abs(row.value - row.limit)
     if row.sense == ">=":
-        factor = f"{row.limit / row.value:,.1f}x short" if row.value > 0 else "nothing measured"
+        factor = f"{number(row.limit / row.value)}x short" if row.value > 0 else "nothing measured"
         return f"MISSED by {number(gap, row.unit)} ({factor})"
-    factor = f"{row.value / row.limit:,.1f}x the limit" if row.limit > 0 else "over"
+    factor = f"{number(row.value / row.limit)}x the limit" if row.limit > 0 else "over"
     return f"MISSED by {number(gap, row.unit)} ({factor})"
 
 

@@ -644,16 +644,21 @@ def load(
         f"({len(members)} members)"
     )
     cpu_before = _cpu_seconds(server_pid)
+    began = time.perf_counter()
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - began
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["server_cpu_share"] = (_cpu_seconds(server_pid) - cpu_before) / result["seconds"]
+    # Over the whole load process (its start and 20 warm-up requests too): an approximation.
+    server_cpu = _cpu_seconds(server_pid) - cpu_before
+    result["server_cpu_share"] = server_cpu / wall
+    result["server_cpu_ms"] = 1000 * server_cpu / (result["answered"] + 20)
     say(
         f"    {result['answered']:,} answered in {result['seconds']:.1f} s: "
         f"{result['per_second']:,.0f} req/s, p50 {result['p50_ms']:,.1f} ms, p99 "
         f"{result['p99_ms']:,.1f} ms; statuses {result['statuses']}"
         + (f", errors {result['errors']}" if result["errors"] else "")
-        + f"; load generator CPU {result['cpu_share']:.0%} of a core, "
-        f"loyalty api {result['server_cpu_share']:.0%}"
+        + f"; load generator CPU {result['cpu_share']:.0%} of a core; loyalty api CPU "
+        f"{result['server_cpu_share']:.0%} of a core, {result['server_cpu_ms']:.1f} ms a request"
     )
     return result
 
@@ -661,8 +666,9 @@ def load(
 def _load_note(result: dict[str, Any]) -> str:
     return (
         f"{result['answered']:,} requests, {result['concurrency']} at a time, statuses "
-        f"{result['statuses']}; load generator {result['cpu_share']:.0%} of a core, "
-        f"api {result['server_cpu_share']:.0%}"
+        f"{result['statuses']}; load generator {result['cpu_share']:.0%} of a core; api "
+        f"{result['server_cpu_share']:.0%} of a core, "
+        f"{result['server_cpu_ms']:.1f} ms CPU a request"
     )
 
 

@@ -14,9 +14,10 @@ def test_a_floor_met_and_missed_by_how_much() -> None:
 
 def test_a_ceiling_met_and_missed_by_how_much() -> None:
     assert verdict(Row("p99", "<", 10, "ms", 9.5)) == "met"
+    assert verdict(Row("p99", "<", 10, "ms", 10.4)) == "MISSED by 0.4 ms (1.04x the limit)"
     assert verdict(Row("p99", "<", 10, "ms", 10)).startswith("MISSED")
     assert verdict(Row("size", "<=", 1024, "B", 1024)) == "met"
-    assert verdict(Row("p99", "<", 250, "ms", 1_859)) == "MISSED by 1,609 ms (7.4x the limit)"
+    assert verdict(Row("p99", "<", 250, "ms", 1_859)) == "MISSED by 1,609 ms (7.44x the limit)"
 
 
 def test_ratios_and_reported_figures() -> None:
@@ -51,7 +52,12 @@ def test_the_table_has_a_row_per_target_and_counts_the_met_ones() -> None:
     lines = format_table(rows)
     assert lines[0].split() == ["what", "target", "measured", "verdict"]
     body = lines[2:6]
-    assert [line.split("  ")[0] for line in body] == ["end to end", "restart", "fraction", "latency"]
+    assert [line.split("  ")[0] for line in body] == [
+        "end to end",
+        "restart",
+        "fraction",
+        "latency",
+    ]
     assert "MISSED by 18,350 events/s (12.1x short)" in body[0]
     assert body[1].endswith("met")
     assert "end to end: 100,000 events" in "\n".join(lines)
