@@ -445,7 +445,7 @@ def storage_section(pg: dict[str, str] | None, sizes: Sizes, run: str, tmp: Path
                 f"`loyalty ingest` of {sizes.storage_events:,} mixed events: {mixed:,} bytes",
             ),
             Row(
-                f"bytes per event, {name}, member with 5 entries",
+                f"bytes per event, {name}, member with 5 purchases",
                 "<=",
                 KB,
                 "B",
@@ -453,7 +453,7 @@ def storage_section(pg: dict[str, str] | None, sizes: Sizes, run: str, tmp: Path
                 f"+{after_short - before:,} bytes over 100 more purchases",
             ),
             Row(
-                f"bytes per event, {name}, member with {long_n:,} entries",
+                f"bytes per event, {name}, member with {long_n:,} purchases",
                 "<=",
                 KB,
                 "B",
@@ -698,7 +698,7 @@ def http_section(pg: dict[str, str], sizes: Sizes, run: str, tmp: Path) -> list[
 
         p99: dict[tuple[str, str], float] = {}
         for kind in ("balance", "statement"):
-            for member, label in (("short", "5 entries"), ("long", f"{long_n:,} entries")):
+            for member, label in (("short", "5 purchases"), ("long", f"{long_n:,} purchases")):
                 result = one_at_a_time(kind, member)
                 p99[(kind, member)] = result["p99_ms"]
                 rows.append(
