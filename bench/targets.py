@@ -136,11 +136,16 @@ def write_mix(path: Path, events: int, members: int, run: str) -> list[str]:
     return mix.members
 
 
-def write_purchases(path: Path, member: str, count: int, run: str, start: datetime) -> None:
-    """`count` purchases of one member, a minute apart from `start`."""
+LONG_STEP = timedelta(minutes=40)  # 5,000 purchases over about 139 days: lots of 5 months
+
+
+def write_purchases(
+    path: Path, member: str, count: int, run: str, start: datetime, step: timedelta = LONG_STEP
+) -> None:
+    """`count` purchases of one member, `step` apart from `start`."""
     with path.open("w") as out:
         for i in range(count):
-            at = (start + timedelta(minutes=i)).isoformat().replace("+00:00", "Z")
+            at = (start + i * step).isoformat().replace("+00:00", "Z")
             body = {
                 "event_id": f"{run}-{member}-{i}",
                 "type": "purchase.completed",
@@ -419,12 +424,12 @@ def storage_section(pg: dict[str, str] | None, sizes: Sizes, run: str, tmp: Path
     write_mix(base, sizes.storage_events, max(10, sizes.storage_events // 10), f"{run}s")
     start = datetime.now(UTC) - timedelta(days=10)
     long_file, short_file = tmp / "storage-long.jsonl", tmp / "storage-short.jsonl"
-    write_purchases(long_file, "long", long_n, f"{run}s", start - timedelta(minutes=long_n))
+    write_purchases(long_file, "long", long_n, f"{run}s", start - long_n * LONG_STEP)
     write_purchases(short_file, "short", 5, f"{run}s", start)
     more_long, more_short = tmp / "storage-more-long.jsonl", tmp / "storage-more-short.jsonl"
     later = datetime.now(UTC) - timedelta(days=2)
-    write_purchases(more_long, "long", 100, f"{run}s-more", later)
-    write_purchases(more_short, "short", 100, f"{run}s-more", later)
+    write_purchases(more_long, "long", 100, f"{run}s-more", later, timedelta(minutes=1))
+    write_purchases(more_short, "short", 100, f"{run}s-more", later, timedelta(minutes=1))
 
     stores: list[tuple[str, dict[str, str], Callable[[], int]]] = []
     db = tmp / "storage.sqlite"
@@ -708,7 +713,7 @@ def http_section(pg: dict[str, str], sizes: Sizes, run: str, tmp: Path) -> list[
     members = write_mix(base, sizes.http_events, max(10, sizes.http_events // 10), f"{run}h")
     start = datetime.now(UTC) - timedelta(days=10)
     long_file, short_file = tmp / "http-long.jsonl", tmp / "http-short.jsonl"
-    write_purchases(long_file, "long", long_n, f"{run}h", start - timedelta(minutes=long_n))
+    write_purchases(long_file, "long", long_n, f"{run}h", start - long_n * LONG_STEP)
     write_purchases(short_file, "short", 5, f"{run}h", start)
     for path, count in ((base, sizes.http_events), (long_file, long_n), (short_file, 5)):
         ingest(path, env, count)
