@@ -561,7 +561,7 @@ def ops_section(sizes: Sizes, run: str, tmp: Path) -> list[Row]:
                 1.25,
                 "x",
                 big.max_rss_kb / small.max_rss_kb,
-                f"bounded memory: {small.max_rss_kb / KB:,.0f} MB at {half:,} events, "
+                f"{small.max_rss_kb / KB:,.0f} MB at {half:,} events, "
                 f"{big.max_rss_kb / KB:,.0f} MB at {n:,}; growing linearly that would be "
                 f"{_at_a_million(small.max_rss_kb, big.max_rss_kb, half, n) / KB:,.0f} MB "
                 "at 1,000,000",
