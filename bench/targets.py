@@ -789,6 +789,11 @@ def http_section(pg: dict[str, str], sizes: Sizes, run: str, tmp: Path) -> list[
 # ------------------------------------------------------------------------------ main
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -828,7 +833,10 @@ def main() -> None:
     )
     run = str(int(time.time()))
     say(f"bench.targets {'--quick ' if args.quick else ''}sections {','.join(chosen)}; {sizes}")
-    say(f"{os.cpu_count()} cores; PostgreSQL {'fsync off' if args.fast_pg else 'durable'}")
+    say(
+        f"{os.cpu_count()} cores, load average {_load()}; PostgreSQL "
+        f"{'fsync off' if args.fast_pg else 'durable'}"
+    )
     rows: list[Row] = []
     began = time.perf_counter()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="loyalty-targets-") as folder:
@@ -850,7 +858,10 @@ def main() -> None:
             rows += ops_section(sizes, run, tmp)
         if "http" in chosen and pg is not None:
             rows += http_section(pg, sizes, run, tmp)
-    say(f"\n== issue 11 targets ({time.perf_counter() - began:,.0f} s in all)\n")
+    say(
+        f"\n== issue 11 targets ({time.perf_counter() - began:,.0f} s in all; load average now "
+        f"{_load()} on {os.cpu_count()} cores: anything above the core count shares them)\n"
+    )
     for line in format_table(rows):
         print(line)
 
