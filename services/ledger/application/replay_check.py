@@ -18,13 +18,14 @@ advance first, so the result is the same.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.ledger.application.ledger import Inbound, LedgerApplication
+from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
 from services.ledger.application.what_if import (
     OPERATIONS,
     OVERRIDE,
@@ -150,10 +151,14 @@ def _replay(
     programs: dict[str, Program],
     report: ReplayReport,
 ) -> None:
-    def catch_up_ticks() -> None:
-        """The scheduler's work each replayed account has reached, at its place."""
-        for member, due in ticks.items():
-            account = sim.find_account(member) if due else None
+    def catch_up_ticks(members: Iterable[str] | None = None) -> None:
+        """The scheduler's work each replayed account has reached, at its place: of the
+        `members` an event touched (every member with work left when None)."""
+        for member in list(ticks) if members is None else members:
+            due = ticks.get(member)
+            if not due:
+                continue
+            account = sim.find_account(member)
             while account is not None and (account.version + 1) in due:
                 at = due.pop(account.version + 1)
                 clock.set(at)
@@ -161,16 +166,23 @@ def _replay(
                 account = sim.find_account(member)
 
     last_version = app.program.version
+    # Members whose accounts may have moved since their scheduler work was last looked for:
+    # after an inbound event, the members it touched (a cost per event that does not grow
+    # with the store); after anything else, every member with work left.
+    touched: list[str] | None = None
     for event in _log(app, (*_RECEIPTS, *OPERATIONS)):
-        catch_up_ticks()
+        catch_up_ticks(touched)
+        touched = None
         if isinstance(event, InboundReceipt.Recorded):
             if event.event_type == TIER_CHANGED or event.payload is None:
+                touched = []
                 continue  # 0.1's tiers input (declined since), or recorded without payload
             named = [versions[e] for e in event.entries if e in versions]
             last_version = named[0] if named else last_version
             sim.program = _program(app, programs, last_version)
             clock.set(event.received_at)
-            sim.apply_batch([Inbound(event.payload.encode(), event.origin)])
+            [outcome] = sim.apply_batch([Inbound(event.payload.encode(), event.origin)])
+            touched = _touched(event, outcome)
             report.events += 1
         elif isinstance(event, InboundReceipt.Reapplied):
             clock.set(event.at)
@@ -185,6 +197,19 @@ def _replay(
         else:
             _operate(sim, clock, event, report)
     catch_up_ticks()
+
+
+def _touched(event: InboundReceipt.Recorded, outcome: Outcome) -> list[str]:
+    """The members whose accounts an inbound event may have changed: its own, a referral's
+    referee, and every member it made entries for (a displaced referral's too)."""
+    members = dict.fromkeys(m for m in (event.member_id, outcome.member_id) if m)
+    if event.payload is not None and '"referee_member_id"' in event.payload:
+        referee = json.loads(event.payload).get("data", {}).get("referee_member_id")
+        if isinstance(referee, str):
+            members[referee] = None
+    for entry in outcome.entries:
+        members[entry.split("#", 1)[0]] = None
+    return list(members)
 
 
 def _receipt_event_id(app: LedgerApplication, event: InboundReceipt.Reapplied) -> str:
