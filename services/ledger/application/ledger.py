@@ -863,7 +863,11 @@ class LedgerApplication(Application[UUID]):
         self, aggregates: Iterable[Aggregate], tracking: Tracking | None
     ) -> None:
         processing = ProcessingEvent[UUID](tracking=tracking)
-        processing.collect_events(*aggregates)
+        # What `processing.collect_events` does, without its two runtime Protocol checks
+        # per aggregate (tens of microseconds each, on every event of the hot path).
+        for aggregate in aggregates:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
         if not processing.events and tracking is None:
             return
         recordings = self._record(processing)
