@@ -12,6 +12,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -144,8 +145,10 @@ class Qualifying:
 _JUST_BEFORE = timedelta(microseconds=1)
 
 
+@lru_cache(maxsize=65536)
 def account_id(member_id: str) -> UUID:
-    """The member account's id is derived from the member id, so it never needs a lookup."""
+    """The member account's id is derived from the member id, so it never needs a lookup
+    (kept for the members seen lately: it is asked for several times per event)."""
     return uuid5(LEDGER_NAMESPACE, f"member:{member_id}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -31,6 +32,7 @@ PARKABLE: dict[str, frozenset[str]] = {
 }
 
 
+@lru_cache(maxsize=65536)
 def parked_id(member_id: str) -> UUID:
     return uuid5(PARKING_NAMESPACE, f"parked:{member_id}")
 
