@@ -1950,3 +1950,43 @@ def test_an_account_snapshot_taken_before_the_latest_purchase_per_day_was_kept_f
             "2026-04-11": at("2026-04-11T08:00:00Z"),
         }
     )
+
+
+TOPPED = program(
+    expiry={"months_after_earn": 6},
+    activities={"signup": {"points": 10, "limit": "once"}},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "gold", "name": "Gold", "threshold": 50, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_a_purchase_topped_up_by_a_late_earn_is_spent_first_by_later_redemptions(
+    open_fresh: Open,
+) -> None:
+    """A late signup bonus brings Gold forward, which tops up o-2: in event time o-2 was
+    that much larger when x-1 spent, and being the sooner to expire it gave x-1 all of it
+    before o-3 gave anything."""
+    ledger, clock = open_fresh(TOPPED, READ_AT)
+    signup = activity("p-1", "m-1", at("2026-01-05T10:00:00Z"), name="signup")
+    one = purchase("p-2", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=4000)
+    two = purchase("p-3", "m-1", at("2026-02-10T10:00:00Z"), order_id="o-2", total_minor=1000)
+    three = purchase("p-4", "m-1", at("2026-03-10T10:00:00Z"), order_id="o-3", total_minor=3000)
+    spent = redemption("p-5", "m-1", at("2026-04-01T10:00:00Z"), redemption_id="x-1", points=70)
+    reads = [(one, 0), (two, 0), (three, 0), (spent, 1), (signup, 2)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order (6-month expiry: signup 07-05, o-1 07-10, o-2 08-10, o-3
+    # 09-10): signup 10; o-1 40 (50 in the window: Gold from the next earn); o-2 $10 x2 =
+    # 20; o-3 $30 x2 = 60; x-1 70 takes signup 10, o-1 40, o-2 20. Left: o-3's 60.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=60, pending=0, held=0)
+    assert holding(ledger, "m-1") == [("order o-3", 60, at("2026-03-10T10:00:00Z"))]
+    took = {account.lots[m.lot_id].source: -m.amount for m in account.redemptions["x-1"].moves}
+    assert took == {"signup": 10, "order o-1": 40, "order o-2": 20}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

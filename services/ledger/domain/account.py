@@ -1034,6 +1034,13 @@ class MemberAccount(Aggregate):
             in_day[recorded.day] = before + quote.points
             if respent is not None:
                 self.catch_up(program)  # points put back from expiry whose expiry has passed
+            elif net > 0 and self.lots[lot.lot_id].status == AVAILABLE:
+                # In event time its lot was that much larger when the spends dated after it
+                # took: they take again (a redemption soonest-expiring first), as after a
+                # late earn.
+                at = order.earned_at or since
+                if not self._spends_take_again(program, lot.lot_id, at, None, provenance):
+                    self._reallocate(program, lot.lot_id, at, provenance)
             topped = True
         return topped
 
