@@ -1990,3 +1990,38 @@ def test_a_purchase_topped_up_by_a_late_earn_is_spent_first_by_later_redemptions
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_waiting_redemption_funded_by_a_cancellation_before_its_deadline_is_redeemed(
+    open_fresh: Open,
+) -> None:
+    """x-2 waits (parked) for points that x-1 holds; x-1 is cancelled before x-2's deadline,
+    which in time order funds x-2 then. A refund dated after both is read first, so x-2's
+    retry on the cancellation takes again with a spend dated after it: the points the
+    cancellation gave back fund it there too."""
+    ledger, clock = open_fresh(ARRIVAL, READ_AT)
+    bought = purchase("w-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    first = redemption("w-2", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=50)
+    waits = redemption("w-3", "m-1", at("2026-01-16T10:00:00Z"), redemption_id="x-2", points=30)
+    undone = cancellation("w-4", "m-1", at("2026-01-17T10:00:00Z"), redemption_id="x-1")
+    refunded = refund(
+        "w-5", "m-1", at("2026-01-20T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=1000
+    )
+    reads = [(bought, 0), (first, 0), (refunded, 0), (waits, 0), (undone, 0)]
+    assert read(ledger, clock, reads) == ["applied", "applied", "applied", PARKED, "applied"]
+
+    # By hand, in time order: 01-10 o-1 earns 50; 01-15 x-1 takes the 50; 01-16 x-2 of 30
+    # finds 0 and waits (deadline 01-19 10:00, 72 hours); 01-17 x-1 is cancelled, its 50
+    # go back to o-1 and fund x-2 (o-1 20 left); 01-20 the refund of $10 takes back 10 of
+    # o-1. Balance 10, x-2 redeemed from o-1.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(10, 0, 0)
+    assert account.redemptions["x-2"].status == "redeemed"
+    took = {account.lots[m.lot_id].source: -m.amount for m in account.redemptions["x-2"].moves}
+    assert took == {"order o-1": 30}
+    assert holding(ledger, "m-1") == [("order o-1", 10, at("2026-01-10T10:00:00Z"))]
+    assert ledger.app.parked() == []
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

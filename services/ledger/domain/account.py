@@ -56,15 +56,17 @@ from services.ledger.domain.rules import (
     release_for,
 )
 from services.ledger.domain.spends import (
+    GiveBack,
     Spend,
     Taken,
     expired_again,
     expired_more,
-    funded_by,
+    funded_with_back,
     in_order,
     redeem_again,
     restored,
     take,
+    take_given_back,
 )
 
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://loyalty-ledger.invalid/member")
@@ -2360,7 +2362,7 @@ class MemberAccount(Aggregate):
             program, redemption_id, reward_id, points, what, occurred_at, provenance
         ):
             return
-        lots = self._funding(program, occurred_at, points)
+        lots, instant = self._funding_at(program, occurred_at, points)
         available = spendable_total(lots.values(), occurred_at) - self.debt
         if points > available:
             raise Declined(
@@ -2380,7 +2382,7 @@ class MemberAccount(Aggregate):
         # When it took effect in event time: its own time, or later when it waited (parked)
         # for points earned after it; an earlier-dated earn arriving after that may take
         # its place (see _reallocate).
-        spent_at = max([occurred_at, *(lots[m.lot_id].earned_at for m in moves)])
+        spent_at = max([instant, *(lots[m.lot_id].earned_at for m in moves)])
         record = RedemptionRecord(
             redemption_id,
             points,
@@ -2417,14 +2419,24 @@ class MemberAccount(Aggregate):
         In event time it waited (parked) for each later earn and was retried then, and was
         declined at the deadline; so a redemption that arrives after later earns never
         counts points earned after it stopped waiting, or after the earn that funded it."""
-        lots = self._lots_as_of(at)
-        if all(lot.earned_at <= at for lot in lots.values()):
-            return lots  # the usual case: nothing recorded was earned after it
+        return self._funding_at(program, at, points)[0]
+
+    def _funding_at(
+        self, program: Program, at: datetime, points: int
+    ) -> tuple[dict[str, Lot], datetime]:
+        """`_funding`, and the instant the redemption was funded at (a cancellation before
+        its deadline giving back points held at `at` funds it as an earn does)."""
+        back: list[GiveBack] = []
+        lots = self._lots_as_of(at, back)
         deadline = at + timedelta(hours=program.arrival.park_hours)
-        instant = funded_by(lots, at, points + self.debt, deadline)
-        if instant is None:  # never covered: what it had by its deadline, for the decline
-            return {k: v for k, v in lots.items() if v.earned_at < deadline}
-        return {k: v for k, v in lots.items() if v.earned_at <= instant}
+        back = [b for b in back if b.moves and b.at < deadline]
+        if not back and all(lot.earned_at <= at for lot in lots.values()):
+            return lots, at  # the usual case: nothing recorded was earned after it
+        funded = funded_with_back(lots, at, points + self.debt, deadline, back)
+        if funded is None:  # never covered: what it had by its deadline, for the decline
+            return {k: v for k, v in lots.items() if v.earned_at < deadline}, at
+        instant, lots = funded
+        return {k: v for k, v in lots.items() if v.earned_at <= instant}, instant
 
     # ------------------------------------------------------------ spends in time order
 
@@ -2584,7 +2596,10 @@ class MemberAccount(Aggregate):
                     spend.expired - was_expired[spend.key]
                 )
             if spend.kind == "redemption":
-                again = redeem_again(lots, spend)
+                back = [
+                    GiveBack(t.spend.cancelled_at, t.moves) for t in holding if t.spend.cancelled_at
+                ]
+                again = redeem_again(lots, spend, back)
                 if again is not None and spend.cancelled_at is not None:
                     holding.append(again)
                 if again is None and spend.cancelled_at is not None:
@@ -2688,11 +2703,20 @@ class MemberAccount(Aggregate):
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
         deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
-        instant = funded_by(lots, occurred_at, points, deadline)
-        if instant is None:
+        # Cancellations dated after it give back what they held: they may fund it too.
+        back = [
+            GiveBack(s.cancelled_at, s.moves) for s in later if s.kind == "held" if s.cancelled_at
+        ]
+        funded = funded_with_back(lots, occurred_at, points, deadline, back)
+        if funded is None:
             return False  # the usual path declines it (it may wait)
-        mine = take(
-            lots, Spend("redemption", occurred_at, redemption_id, points), occurred_at, instant
+        instant, work = funded
+        mine = take_given_back(
+            lots,
+            work,
+            Spend("redemption", occurred_at, redemption_id, points),
+            occurred_at,
+            instant,
         )
         again = self._taken_again(lots, later, occurred_at)
         if again is None:
@@ -2852,12 +2876,12 @@ class MemberAccount(Aggregate):
             note,
         )
 
-    def _lots_as_of(self, at: datetime) -> dict[str, Lot]:
+    def _lots_as_of(self, at: datetime, back: list[GiveBack] | None = None) -> dict[str, Lot]:
         """The lots as they stood at `at` for spending: as they are, except for an event
         dated before work already recorded (late), where points that expired after `at`
         count as still there, lots released after `at` as still pending, and the points a
         redemption cancelled after `at` held then (a cancellation is a spend: it moves
-        `last_spend_at`) as not there."""
+        `last_spend_at`) as not there (added to `back`: what each gives back then)."""
         late = self.worked_to is not None and at < self.worked_to
         held = self.last_spend_at is not None and at < self.last_spend_at
         if not late and not held:
@@ -2869,19 +2893,34 @@ class MemberAccount(Aggregate):
             expired = self.expired_by_lot.get(lot_id, 0)
             if expired and lot.expires_at is not None and lot.expires_at > at:
                 lots[lot_id] = replace(lots[lot_id], remaining=lot.remaining + expired)
-        for r in self.redemptions.values() if held else ():
+        if held:
+            given = self._held_then(lots, at)
+            if back is not None:
+                back += given
+        return lots
+
+    def _held_then(self, lots: dict[str, Lot], at: datetime) -> list[GiveBack]:
+        """The points redemptions cancelled after `at` held then, taken out of `lots` (in
+        place); what each gives back at its cancellation."""
+        back: list[GiveBack] = []
+        for r in self.redemptions.values():
             if (
                 r.status == "cancelled"
                 and r.cancelled_at is not None
                 and r.at is not None
                 and r.at <= at < r.cancelled_at
             ):
+                out: list[LotMove] = []
                 for move in r.moves:
                     lot = lots[move.lot_id]
                     if lot.expires_at is not None and lot.expires_at <= at:
                         continue  # expired by then: nothing of it is spendable anyway
-                    lots[move.lot_id] = replace(lot, remaining=max(0, lot.remaining + move.amount))
-        return lots
+                    held = min(lot.remaining, -move.amount)
+                    lots[move.lot_id] = replace(lot, remaining=lot.remaining - held)
+                    if held:
+                        out.append(LotMove(move.lot_id, -held))
+                back.append(GiveBack(r.cancelled_at, tuple(out)))
+        return back
 
     def cancel_redemption(
         self,

@@ -100,6 +100,54 @@ def funded_by(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """Points a cancelled redemption held at a spend's time and gave back to their lots
+    when it was cancelled (`moves`: what it held there, negative amounts)."""
+
+    at: datetime
+    moves: tuple[LotMove, ...]
+
+
+def funded_with_back(
+    lots: Mapping[str, Lot],
+    at: datetime,
+    points: int,
+    deadline: datetime,
+    back: Iterable[GiveBack],
+) -> tuple[datetime, dict[str, Lot]] | None:
+    """As `funded_by`, where the points in `back` come back at their cancellation: a
+    cancellation before `deadline` funds a redemption that waited (parked) for points as an
+    earn does. The instant, and the lots with what was given back by then (None: never)."""
+    work = dict(lots)
+    given: datetime | None = None
+    backs = sorted((b for b in back if at < b.at < deadline), key=lambda b: b.at)
+    for i in range(len(backs) + 1):
+        bound = backs[i].at if i < len(backs) else deadline
+        instant = funded_by(work, at, points, bound)
+        if instant is not None:
+            return (instant if given is None else max(instant, given)), work
+        if i < len(backs):
+            for move in backs[i].moves:
+                lot = work[move.lot_id]
+                work[move.lot_id] = replace(lot, remaining=lot.remaining - move.amount)
+            given = backs[i].at
+    return None
+
+
+def take_given_back(
+    lots: dict[str, Lot], work: Mapping[str, Lot], spend: Spend, at: datetime, instant: datetime
+) -> Taken:
+    """`spend` decided at `at` on `work` (the lots with the points cancellations gave back
+    by `instant`, see `funded_with_back`), taken from `lots` in place: a lot whose points
+    come back later in `lots` stays below zero until then (nothing else can take them)."""
+    taken = take(dict(work), spend, at, instant)
+    for move in taken.moves:
+        lot = lots[move.lot_id]
+        lots[move.lot_id] = replace(lot, remaining=lot.remaining + move.amount)
+    return taken
+
+
 def take(
     lots: dict[str, Lot], spend: Spend, at: datetime, earned_by: datetime | None = None
 ) -> Taken:
@@ -129,16 +177,20 @@ def take(
     return Taken(spend, merge_moves(moves), spend.wanted - left, owed, earned_by or at)
 
 
-def redeem_again(lots: dict[str, Lot], spend: Spend) -> Taken | None:
+def redeem_again(lots: dict[str, Lot], spend: Spend, back: Iterable[GiveBack] = ()) -> Taken | None:
     """A redemption decided again: funded as of its own time by the first instant before
-    its deadline that covers it (as when it waited), else None: in event time it was never
-    funded (`lots` are left as they were)."""
+    its deadline that covers it (as when it waited; an earn, or a cancellation giving back
+    points in `back`), else None: in event time it was never funded (`lots` are left as
+    they were)."""
     dated = spend.dated or spend.at
     deadline = spend.deadline or spend.at
-    instant = funded_by(lots, dated, spend.wanted, max(deadline, dated))
-    if instant is None:
+    funded = funded_with_back(lots, dated, spend.wanted, max(deadline, dated), back)
+    if funded is None:
         return None
-    return take(lots, spend, dated, instant)
+    instant, work = funded
+    if work == lots:
+        return take(lots, spend, dated, instant)
+    return take_given_back(lots, work, spend, dated, instant)
 
 
 def expired_again(lots: Mapping[str, Lot], spend: Spend, credited: int) -> Spend:
