@@ -2025,3 +2025,60 @@ def test_a_waiting_redemption_funded_by_a_cancellation_before_its_deadline_is_re
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+# Points-based tiers: Silver (x2) from 30 points in 3 rolling months, held 3 months from
+# the last qualifying earn; a signup bonus and reviews.
+TIERED_ROLLING = program(
+    expiry={"months_after_earn": 6},
+    activities={"signup": {"points": 10, "limit": "once"}, "review": {"points": 5}},
+    referral={"referrer_points": 20, "referee_points": 10},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30, "earn_multiplier": "2"},
+    ],
+    tier_qualification={"basis": "points", "window": "rolling_months", "months": 3},
+)
+
+
+def test_a_refund_read_last_retracts_an_upgrade_dated_before_the_event_that_opened_the_account(
+    open_fresh: Open,
+) -> None:
+    """m-a's account is opened by a referral read first (dated 03-31); earlier-dated earns
+    read after it reach Silver at 03-08, decided again at the referral's instant; the
+    refund of the purchase (03-04), read last, retracts the upgrade, and the tier decided
+    again at 03-31 goes with it (there is no tier change at or before the refund's time to
+    walk the tier policy from: the walk starts at the first one)."""
+    ledger, clock = open_fresh(TIERED_ROLLING, READ_AT)
+    referred = (referral("g-1", "m-b", at("2026-03-31T10:00:00Z"), referee="m-a"), 1)
+    signup = (activity("g-2", "m-a", at("2026-03-08T10:00:00Z"), name="signup"), 0)
+    bought = (
+        purchase("g-3", "m-a", at("2026-03-03T10:00:00Z"), order_id="o-1", total_minor=2500),
+        0,
+    )
+    refunded = (
+        refund(
+            "g-4",
+            "m-a",
+            at("2026-03-04T10:00:00Z"),
+            order_id="o-1",
+            refund_id="r-1",
+            amount_minor=2500,
+        ),
+        0,
+    )
+    reviewed = (activity("g-5", "m-a", at("2026-03-20T10:00:00Z"), name="review"), 0)
+    reads = [referred, signup, bought, reviewed, refunded]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: 03-03 o-1 earns 25 (Base x1); 03-04 the refund takes the 25
+    # back; 03-08 signup 10; 03-20 review 5; 03-31 m-b's referral gives m-a 10: the last
+    # 3 months hold 25 (< 30), Base all along. Balance 25. (Read in this order, the
+    # upgrade at 03-08 is recorded, and decided again at 03-31 when the review is read.)
+    account = ledger.app.find_account("m-a")
+    assert account is not None
+    assert account.balance == Balances(25, 0, 0)
+    assert account.tier == "base"
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

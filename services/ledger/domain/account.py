@@ -1283,9 +1283,9 @@ class MemberAccount(Aggregate):
         changes = _effective(self.tier_changes)
         if (not changes or changes[-1].at <= since) and all(q.at <= since for q in self.qualifying):
             return False  # the usual case: nothing recorded after it, at no cost
-        index = bisect_right(changes, (since, _MAX_SEQ), key=_change_key)
-        if not index:
-            return False
+        # With no change by `since` (the account was opened by a later-dated event read
+        # first), the walk starts at the first change recorded.
+        index = max(1, bisect_right(changes, (since, _MAX_SEQ), key=_change_key))
         anchor, later = changes[index - 1], changes[index:]
         if any(c.cause in _NOT_REVIEWED_AGAIN for c in (anchor, *later)):
             return False  # 0.1's tiers service decided there: left as recorded
