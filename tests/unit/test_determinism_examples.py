@@ -2082,3 +2082,43 @@ def test_a_refund_read_last_retracts_an_upgrade_dated_before_the_event_that_open
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+UNLIMITED = program(expiry={"months_after_earn": 6}, returns={"policy": "unlimited"})
+
+
+@pytest.mark.parametrize("settled", ["no later earn", "a later earn"])
+def test_a_redemption_read_after_a_refund_dated_later_leaves_it_owing_in_event_time(
+    open_fresh: Open, settled: str
+) -> None:
+    """Under the unlimited policy: the refund read first found its order's points; x-1,
+    dated before it, read last, spends them first in event time, so the refund finds too
+    few points and owes the rest (the balance below zero); a purchase dated after the
+    refund settles that debt first."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("u-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    o2 = purchase("u-2", "m-1", at("2026-01-11T10:00:00Z"), order_id="o-2", total_minor=3000)
+    spent = redemption("u-3", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=70)
+    refunded = refund(
+        "u-4", "m-1", at("2026-01-20T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    o3 = purchase("u-5", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-3", total_minor=2500)
+    purchases = [o1, o2, refunded] + ([o3] if settled == "a later earn" else [])
+    reads = [(event, 0) for event in purchases] + [(spent, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * len(reads)
+
+    # By hand, in time order (soonest expiry first): 01-10 o-1 50; 01-11 o-2 30; 01-15 x-1
+    # of 70 takes o-1's 50 and 20 of o-2 (10 left); 01-20 the refund of all of o-1 (50)
+    # finds o-1 empty, takes o-2's 10 and owes 40: balance -40; 01-25 o-3 earns 25, which
+    # settle 25 of the 40 first: balance -15, o-3's lot empty.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    took = {account.lots[m.lot_id].source: -m.amount for m in account.redemptions["x-1"].moves}
+    assert took == {"order o-1": 50, "order o-2": 20}
+    want = -40 if settled == "no later earn" else -15
+    assert account.balance == Balances(want, 0, 0)
+    assert holding(ledger, "m-1") == []
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

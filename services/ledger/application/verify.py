@@ -161,11 +161,14 @@ def _fold(
         if after != event.balance_after:
             report.violations.append(f"{where}: balance_after {event.balance_after} != {after}")
         if available < 0 and available < before_available:
-            # Only an adjustment that allows it, a clawback under the unlimited policy, or a
+            # Only an adjustment that allows it, a clawback under the unlimited policy (also
+            # one taken again in event-time order after a late event: `respent`), or a
             # referral bonus taken back after it was spent (owed: later earnings settle it).
-            allowed = isinstance(
-                event, MemberAccount.PointsAdjusted | MemberAccount.ReferralReversed
-            ) or (isinstance(event, MemberAccount.PointsReversed) and policy_unlimited)
+            allowed = (
+                isinstance(event, MemberAccount.PointsAdjusted | MemberAccount.ReferralReversed)
+                or (isinstance(event, MemberAccount.PointsReversed) and policy_unlimited)
+                or (getattr(event, "respent", None) is not None and policy_unlimited)
+            )
             if not allowed:
                 report.violations.append(f"{where}: took the balance below zero ({available})")
         if isinstance(event, MemberAccount.TierAssigned):

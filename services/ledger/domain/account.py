@@ -65,6 +65,7 @@ from services.ledger.domain.spends import (
     in_order,
     redeem_again,
     restored,
+    spendable_at,
     take,
     take_given_back,
 )
@@ -2554,9 +2555,16 @@ class MemberAccount(Aggregate):
         later: list[Spend],
         since: datetime | None = None,
         records: Mapping[str, OrderRecord] | None = None,
+        owed: int = 0,
     ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
-        """Each later spend takes again from `lots` (in place), in event-time order. None
-        when one of them would leave points owed: those cases keep the recorded spends.
+        """Each later spend takes again from `lots` (in place), in event-time order. A
+        refund that finds too few points under the unlimited policy owes the rest (the
+        balance goes below zero), and the points that come after it in event time (earned,
+        released, given back by a cancellation) settle that debt first, as in time order
+        (`_settle_again`). None when a redemption would be decided while points are owed,
+        or a later spend had left points owed when recorded (the earnings that settled them
+        are not known): those cases keep the recorded spends. `owed`: what the late spend
+        itself left owed at `since`.
 
         `since` is the late event's time (default: the earliest later spend's): a refund
         whose order's lot expires after it, and that counted points of that lot as already
@@ -2573,9 +2581,19 @@ class MemberAccount(Aggregate):
             since = min((s.dated or s.at for s in later if s.kind != "held"), default=None)
         credited: dict[str, int] = {}  # expired points counted by the refunds taken again
         was_expired: dict[str, int] = {}  # by spend key, as recorded
+        was_owed: dict[str, int] = {}  # by spend key: what it left owed, as recorded
+        for s in later:
+            if s.kind == "refund" and s.owes:
+                was_owed[s.key] = s.wanted + sum(m.amount for m in s.moves)
+        if any(was_owed.values()):
+            return None  # the earnings that settled it are not known here
+        debt = _Debt(owed, since if owed else None)
         for recorded in in_order(s for s in later if s.kind != "held"):
             spend = recorded
             _give_back(lots, holding, spend.dated or spend.at)
+            _settle_again(lots, debt, spend.dated or spend.at)
+            if debt.owed and spend.kind == "redemption":
+                return None  # decided against a balance below zero: kept as recorded
             own = lots.get(spend.own_lot) if spend.own_lot else None
             if (
                 spend.kind == "refund"
@@ -2629,9 +2647,13 @@ class MemberAccount(Aggregate):
                 continue
             taken = take(lots, spend, spend.at)
             if taken.owed:
-                return None
+                debt.since = debt.since if debt.owed else spend.at
+                debt.owed += taken.owed
             done.append(taken)
         _give_back(lots, holding, None)
+        _settle_again(lots, debt, None)
+        if debt.owed and any(v.remaining > 0 for v in lots.values() if v.status == AVAILABLE):
+            return None  # points left that did not settle it (expired before): as recorded
         for t in done:
             spend = t.spend
             if spend.kind == "redemption":
@@ -2645,7 +2667,7 @@ class MemberAccount(Aggregate):
             if set(t.moves) == set(spend.moves) and spend.expired == expired_before:
                 continue
             order_id, refund_id = spend.key.split("/", 1)
-            before = -sum(m.amount for m in spend.moves)
+            before = -sum(m.amount for m in spend.moves) + was_owed.get(spend.key, 0)
             order = orders.get(order_id) or (records or {}).get(order_id) or self.orders[order_id]
             steps = tuple(
                 replace(st, taken_from=t.moves, wanted=spend.wanted, expired=spend.expired)
@@ -2658,13 +2680,14 @@ class MemberAccount(Aggregate):
                 refunds=steps,
                 expired_credited=order.expired_credited + spend.expired - expired_before,
             )
-            if t.taken > before:
-                postings += transfer(acc.AVAILABLE, acc.ISSUED, t.taken - before)
-            elif t.taken < before:
-                postings += transfer(acc.ISSUED, acc.AVAILABLE, before - t.taken)
+            if t.taken + t.owed > before:
+                postings += transfer(acc.AVAILABLE, acc.ISSUED, t.taken + t.owed - before)
+            elif t.taken + t.owed < before:
+                postings += transfer(acc.ISSUED, acc.AVAILABLE, before - t.taken - t.owed)
             notes.append(
-                f"refund {refund_id} of order {order_id} now takes back {t.taken} "
-                f"(was {before}; {t.short} kept by the member"
+                f"refund {refund_id} of order {order_id} now takes back {t.taken + t.owed} "
+                + (f"({t.owed} of them owed) " if t.owed else "")
+                + f"(was {before}; {t.short} kept by the member"
                 + (
                     f"; {spend.expired} had expired, was {expired_before})"
                     if spend.expired != expired_before
@@ -2852,13 +2875,11 @@ class MemberAccount(Aggregate):
             left -= already_expired
         spend = Spend("refund", at, "", left, (), order.lot_id, policy is ReturnPolicy.UNLIMITED)
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
-        if mine.owed:
-            return None
-        again = self._taken_again(lots, later, at)
+        again = self._taken_again(lots, later, at, owed=mine.owed)
         if again is None:
             return None
         redemptions, orders, again_postings, note = again
-        postings += transfer(acc.AVAILABLE, acc.ISSUED, mine.taken)
+        postings += transfer(acc.AVAILABLE, acc.ISSUED, mine.taken + mine.owed)
         postings = [
             *transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values())),
             *postings,
@@ -3331,6 +3352,48 @@ class MemberAccount(Aggregate):
             self.worked_to is None or entry.effective_at > self.worked_to
         ):
             self.worked_to = entry.effective_at
+
+
+@dataclass
+class _Debt:
+    """Points owed in a re-take (the balance below zero), since when."""
+
+    owed: int
+    since: datetime | None
+
+
+def _settle_again(lots: dict[str, Lot], debt: _Debt, by: datetime | None) -> None:
+    """Points owed since `debt.since` are settled first by the points that came after in
+    event time, by `by` (all when None), in the order they came: lots earned or released
+    since, and lots spendable at `by` (points a cancellation gave back), as an earn, a
+    release or a cancellation settles a balance below zero (`lots` and `debt` in place)."""
+    owed, since = debt.owed, debt.since
+    if not owed or since is None:
+        return
+
+    def came(lot: Lot) -> datetime:
+        return max(lot.earned_at, lot.release_at or lot.earned_at)
+
+    found = [
+        v
+        for v in lots.values()
+        if v.status == AVAILABLE
+        and v.remaining > 0
+        and (
+            (came(v) > since and (by is None or came(v) <= by))
+            or (by is not None and spendable_at(v, by))
+            or (by is None and (v.expires_at is None or v.expires_at > since))
+        )
+    ]
+    for lot in sorted(found, key=lambda v: (came(v), spend_order_key(v))):
+        amount = min(owed, lot.remaining)
+        lots[lot.lot_id] = lot.moved(-amount)
+        owed -= amount
+        if not owed:
+            break
+    debt.owed = owed
+    if not owed:
+        debt.since = None
 
 
 def _give_back(lots: dict[str, Lot], holding: list[Taken], by: datetime | None) -> None:
