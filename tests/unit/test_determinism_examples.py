@@ -2122,3 +2122,30 @@ def test_a_redemption_read_after_a_refund_dated_later_leaves_it_owing_in_event_t
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_refund_owing_points_read_after_a_later_earn_has_that_earn_settle_the_debt(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy, a refund that owes points is read after a purchase
+    dated after it: in time order that purchase's points settled the debt first."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("s-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    spent = redemption("s-2", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=40)
+    refunded = refund(
+        "s-3", "m-1", at("2026-01-20T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    o2 = purchase("s-4", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-2", total_minor=3000)
+    reads = [(o1, 0), (spent, 0), (o2, 0), (refunded, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 4
+
+    # By hand, in time order: 01-10 o-1 50; 01-15 x-1 takes 40 (10 left); 01-20 the refund
+    # of all of o-1 (50) takes the 10 and owes 40: balance -40; 01-25 o-2 earns 30, which
+    # settle 30 of the 40: balance -10, o-2's lot empty.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(-10, 0, 0)
+    assert holding(ledger, "m-1") == []
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

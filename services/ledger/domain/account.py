@@ -2851,7 +2851,14 @@ class MemberAccount(Aggregate):
         unexpired = self._unexpired(at) if later or late else {}
         # Its own points expired after its time: in event time it took them back first.
         own_expired_since = order.lot_id is not None and order.lot_id in unexpired
-        if (not later and not own_expired_since) or self.debt:
+        # Late under the unlimited policy: what it owes is settled first by the points that
+        # came after its time (earned, released), as in time order.
+        owes_late = policy is ReturnPolicy.UNLIMITED and any(
+            max(v.earned_at, v.release_at or v.earned_at) > at
+            for v in self.lots.values()
+            if v.status == AVAILABLE and v.remaining > 0
+        )
+        if (not later and not own_expired_since and not owes_late) or self.debt:
             return None
         lots = restored(self.lots, unexpired, later)
         postings: list[Posting] = []
@@ -2875,6 +2882,8 @@ class MemberAccount(Aggregate):
             left -= already_expired
         spend = Spend("refund", at, "", left, (), order.lot_id, policy is ReturnPolicy.UNLIMITED)
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
+        if not later and not own_expired_since and not mine.owed:
+            return None  # nothing owed, nothing to take again: the usual clawback
         again = self._taken_again(lots, later, at, owed=mine.owed)
         if again is None:
             return None
