@@ -2149,3 +2149,36 @@ def test_a_refund_owing_points_read_after_a_later_earn_has_that_earn_settle_the_
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_redemption_read_while_a_refund_dated_after_it_leaves_the_balance_below_zero(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy the balance is below zero when x-1 is read, all of it
+    owed by a refund dated after x-1 (nothing came since to settle it): in event time x-1
+    found its points, and the refund owes more."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("z-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=10000)
+    first = redemption("z-2", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-0", points=50)
+    late = redemption("z-3", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=30)
+    refunded = refund(
+        "z-4",
+        "m-1",
+        at("2026-01-20T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    reads = [(o1, 0), (refunded, 0), (first, 1), (late, 1)]
+    assert read(ledger, clock, reads) == ["applied"] * 4
+
+    # By hand, in time order: 01-10 o-1 100; 01-12 x-0 takes 50; 01-15 x-1 takes 30 (20
+    # left); 01-20 the refund of all of o-1 (100) takes the 20 and owes 80: balance -80.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert account.balance == Balances(-80, 0, 0)
+    assert holding(ledger, "m-1") == []
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

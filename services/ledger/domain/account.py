@@ -2521,6 +2521,33 @@ class MemberAccount(Aggregate):
                     )
         return found
 
+    def _owed_by(self, later: list[Spend], since: datetime | None) -> bool:
+        """Whether what the member owes now (a balance below zero) is all owed by refunds
+        in `later` and nothing settled any of it since (no points came after `since` or
+        the first of them: no lot earned or released, no cancellation; so nothing was owed
+        at `since` either): a re-take then decides those debts again from none. True when
+        nothing is owed."""
+        if not self.debt:
+            return True
+        owing = [
+            s
+            for s in later
+            if s.kind == "refund" and s.owes and s.wanted + sum(m.amount for m in s.moves)
+        ]
+        owed = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
+        if not owing or owed != self.debt:
+            return False
+        first = min([s.at for s in owing] + ([since] if since is not None else []))
+        if any(
+            max(v.earned_at, v.release_at or v.earned_at) > first
+            for v in self.lots.values()
+            if v.status == AVAILABLE
+        ):
+            return False
+        return not any(
+            r.cancelled_at is not None and r.cancelled_at > first for r in self.redemptions.values()
+        )
+
     def _waited_past(self, program: Program, at: datetime) -> list[Spend]:
         """Redemptions dated before `at` but funded after it: they waited (parked) for
         points, so an earn dated `at`, read late, would have funded them from its time.
@@ -2585,7 +2612,7 @@ class MemberAccount(Aggregate):
         for s in later:
             if s.kind == "refund" and s.owes:
                 was_owed[s.key] = s.wanted + sum(m.amount for m in s.moves)
-        if any(was_owed.values()):
+        if any(was_owed.values()) and not (self.debt and self._owed_by(later, since)):
             return None  # the earnings that settled it are not known here
         debt = _Debt(owed, since if owed else None)
         for recorded in in_order(s for s in later if s.kind != "held"):
@@ -2721,7 +2748,7 @@ class MemberAccount(Aggregate):
         its own time, and each later spend takes again after it (domain/spends.py).
         False when there is nothing later, or when a later spend would be left owing."""
         later = self._later_spends(program, occurred_at)
-        if not later or self.debt:
+        if not later or not self._owed_by(later, occurred_at):
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
@@ -2792,7 +2819,7 @@ class MemberAccount(Aggregate):
             for s in self._later_spends(program, occurred_at)
             if not (s.kind == "redemption" and s.key == rid)
         ]
-        if not later or self.debt:
+        if not later or not self._owed_by(later, occurred_at):
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
@@ -2858,7 +2885,7 @@ class MemberAccount(Aggregate):
             for v in self.lots.values()
             if v.status == AVAILABLE and v.remaining > 0
         )
-        if (not later and not own_expired_since and not owes_late) or self.debt:
+        if (not later and not own_expired_since and not owes_late) or not self._owed_by(later, at):
             return None
         lots = restored(self.lots, unexpired, later)
         postings: list[Posting] = []
