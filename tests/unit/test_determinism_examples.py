@@ -2182,3 +2182,39 @@ def test_a_redemption_read_while_a_refund_dated_after_it_leaves_the_balance_belo
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_redemption_read_after_a_later_earn_settled_part_of_a_later_refunds_debt(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: the refund left points owed, a purchase dated after it
+    settled part of that debt, then x-1, dated before the refund, is read. In event time
+    x-1 found its points, the refund owes more, and the purchase settles what it can of
+    that."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("y-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=10000)
+    first = redemption("y-2", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-0", points=50)
+    late = redemption("y-3", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=30)
+    refunded = refund(
+        "y-4",
+        "m-1",
+        at("2026-01-20T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    o2 = purchase("y-5", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-2", total_minor=2000)
+    reads = [(o1, 0), (first, 0), (refunded, 0), (o2, 0), (late, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: 01-10 o-1 100; 01-12 x-0 takes 50; 01-15 x-1 takes 30 (20
+    # left); 01-20 the refund of all of o-1 (100) takes the 20 and owes 80: balance -80;
+    # 01-25 o-2 earns 20, which settle 20 of the 80: balance -60, every lot empty.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert account.balance == Balances(-60, 0, 0)
+    assert holding(ledger, "m-1") == []
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2521,32 +2521,49 @@ class MemberAccount(Aggregate):
                     )
         return found
 
-    def _owed_by(self, later: list[Spend], since: datetime | None) -> bool:
-        """Whether what the member owes now (a balance below zero) is all owed by refunds
-        in `later` and nothing settled any of it since (no points came after `since` or
-        the first of them: no lot earned or released, no cancellation; so nothing was owed
-        at `since` either): a re-take then decides those debts again from none. True when
-        nothing is owed."""
-        if not self.debt:
-            return True
+    def _settled_since(
+        self, later: list[Spend], since: datetime, lots: Mapping[str, Lot]
+    ) -> dict[str, int] | None:
+        """What the points that came after `since` settled of the debts the refunds in
+        `later` left when recorded, by lot, so a re-take can give it back and settle again
+        in event-time order (`lots`: the copy, those spends given back). Which points
+        settled a debt is not kept; it is known when the points that came since (lots
+        earned or released, as available now) are short in the copy of just the points
+        settled: what those refunds owed less what is owed now. None when not (then the
+        re-take keeps the recorded spends); {} when nothing was owed."""
         owing = [
             s
             for s in later
             if s.kind == "refund" and s.owes and s.wanted + sum(m.amount for m in s.moves)
         ]
-        owed = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
-        if not owing or owed != self.debt:
-            return False
-        first = min([s.at for s in owing] + ([since] if since is not None else []))
+        if not owing:
+            return None if self.debt else {}
+        settled = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing) - self.debt
+        first = min([since, *(s.at for s in owing)])
+        gaps = {
+            lot_id: lot.amount - lot.remaining
+            for lot_id, lot in lots.items()
+            if lot.status == AVAILABLE
+            and max(lot.earned_at, lot.release_at or lot.earned_at) > first
+            and lot.amount != lot.remaining
+        }
+        if settled < 0 or sum(gaps.values()) != settled:
+            return None
         if any(
-            max(v.earned_at, v.release_at or v.earned_at) > first
-            for v in self.lots.values()
-            if v.status == AVAILABLE
-        ):
-            return False
-        return not any(
             r.cancelled_at is not None and r.cancelled_at > first for r in self.redemptions.values()
-        )
+        ):
+            return None  # a cancellation may have settled some of it
+        return gaps
+
+    def _unsettled(self, later: list[Spend], since: datetime, lots: dict[str, Lot]) -> bool:
+        """`lots` (the copy) with what points that came after `since` settled of the debts
+        of the refunds in `later` given back (`_settled_since`); False when not known."""
+        settled = self._settled_since(later, since, lots)
+        if settled is None:
+            return False
+        for lot_id, points in settled.items():
+            lots[lot_id] = replace(lots[lot_id], remaining=lots[lot_id].remaining + points)
+        return True
 
     def _waited_past(self, program: Program, at: datetime) -> list[Spend]:
         """Redemptions dated before `at` but funded after it: they waited (parked) for
@@ -2583,6 +2600,7 @@ class MemberAccount(Aggregate):
         since: datetime | None = None,
         records: Mapping[str, OrderRecord] | None = None,
         owed: int = 0,
+        unsettled: bool = False,
     ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
         """Each later spend takes again from `lots` (in place), in event-time order. A
         refund that finds too few points under the unlimited policy owes the rest (the
@@ -2590,7 +2608,8 @@ class MemberAccount(Aggregate):
         released, given back by a cancellation) settle that debt first, as in time order
         (`_settle_again`). None when a redemption would be decided while points are owed,
         or a later spend had left points owed when recorded (the earnings that settled them
-        are not known): those cases keep the recorded spends. `owed`: what the late spend
+        are not known, unless `unsettled`: `lots` have what they settled back, see
+        `_unsettled`): those cases keep the recorded spends. `owed`: what the late spend
         itself left owed at `since`.
 
         `since` is the late event's time (default: the earliest later spend's): a refund
@@ -2612,7 +2631,7 @@ class MemberAccount(Aggregate):
         for s in later:
             if s.kind == "refund" and s.owes:
                 was_owed[s.key] = s.wanted + sum(m.amount for m in s.moves)
-        if any(was_owed.values()) and not (self.debt and self._owed_by(later, since)):
+        if any(was_owed.values()) and not unsettled:
             return None  # the earnings that settled it are not known here
         debt = _Debt(owed, since if owed else None)
         for recorded in in_order(s for s in later if s.kind != "held"):
@@ -2748,10 +2767,12 @@ class MemberAccount(Aggregate):
         its own time, and each later spend takes again after it (domain/spends.py).
         False when there is nothing later, or when a later spend would be left owing."""
         later = self._later_spends(program, occurred_at)
-        if not later or not self._owed_by(later, occurred_at):
+        if not later:
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
+        if not self._unsettled(later, occurred_at, lots):
+            return False
         deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
         # Cancellations dated after it give back what they held: they may fund it too.
         back = [
@@ -2768,7 +2789,7 @@ class MemberAccount(Aggregate):
             occurred_at,
             instant,
         )
-        again = self._taken_again(lots, later, occurred_at)
+        again = self._taken_again(lots, later, occurred_at, unsettled=True)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2819,15 +2840,17 @@ class MemberAccount(Aggregate):
             for s in self._later_spends(program, occurred_at)
             if not (s.kind == "redemption" and s.key == rid)
         ]
-        if not later or not self._owed_by(later, occurred_at):
+        if not later:
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
+        if not self._unsettled(later, occurred_at, lots):
+            return False
         for move in record.moves:
             lots[move.lot_id] = replace(
                 lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
             )
-        again = self._taken_again(lots, later, occurred_at)
+        again = self._taken_again(lots, later, occurred_at, unsettled=True)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2885,9 +2908,11 @@ class MemberAccount(Aggregate):
             for v in self.lots.values()
             if v.status == AVAILABLE and v.remaining > 0
         )
-        if (not later and not own_expired_since and not owes_late) or not self._owed_by(later, at):
+        if not later and not own_expired_since and not owes_late:
             return None
         lots = restored(self.lots, unexpired, later)
+        if not self._unsettled(later, at, lots):
+            return None
         postings: list[Posting] = []
         left = amount
         own = lots.get(order.lot_id) if order.lot_id else None
@@ -2911,7 +2936,7 @@ class MemberAccount(Aggregate):
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
         if not later and not own_expired_since and not mine.owed:
             return None  # nothing owed, nothing to take again: the usual clawback
-        again = self._taken_again(lots, later, at, owed=mine.owed)
+        again = self._taken_again(lots, later, at, owed=mine.owed, unsettled=True)
         if again is None:
             return None
         redemptions, orders, again_postings, note = again
