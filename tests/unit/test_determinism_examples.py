@@ -2218,3 +2218,42 @@ def test_a_redemption_read_after_a_later_earn_settled_part_of_a_later_refunds_de
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+UNLIMITED_SIGNUP = program(
+    expiry={"months_after_earn": 6},
+    returns={"policy": "unlimited"},
+    activities={"signup": {"points": 10, "limit": "once"}},
+)
+
+
+@pytest.mark.parametrize(("later_minor", "left"), [(3000, 20), (1500, 5)])
+def test_a_late_earn_before_a_refund_that_owed_points_has_it_owe_less_in_event_time(
+    open_fresh: Open, later_minor: int, left: int
+) -> None:
+    """Under the unlimited policy the refund owed 20 when recorded, and o-2 (dated after
+    it) settled them (all, or 15 with the signup bonus settling the rest when read). The
+    signup bonus, dated before the redemption, is read last: in event time the refund
+    took it and owed only 10, which o-2 settled."""
+    ledger, clock = open_fresh(UNLIMITED_SIGNUP, READ_AT)
+    o1 = purchase("q-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    signup = activity("q-2", "m-1", at("2026-01-12T10:00:00Z"), name="signup")
+    spent = redemption("q-3", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-1", points=40)
+    refunded = refund(
+        "q-4", "m-1", at("2026-01-20T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=3000
+    )
+    o2 = purchase("q-5", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-2", total_minor=later_minor)
+    reads = [(o1, 0), (spent, 0), (refunded, 0), (o2, 0), (signup, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order (soonest expiry first: o-1 07-10, signup 07-12): 01-10 o-1 50;
+    # 01-12 signup 10; 01-15 x-1 takes 40 of o-1 (o-1 10, signup 10 left); 01-20 the
+    # refund of $30 (30) takes o-1's 10, the signup's 10 and owes 10: balance -10; 01-25
+    # o-2 earns 30 (or 15), which settles the 10 first: o-2 holds 20 (or 5).
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(left, 0, 0)
+    assert holding(ledger, "m-1") == [("order o-2", left, at("2026-01-25T10:00:00Z"))]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

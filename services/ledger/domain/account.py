@@ -1557,7 +1557,7 @@ class MemberAccount(Aggregate):
         passed when it arrived): a redemption soonest-expiring first, a refund that was
         short of points takes them. False when nothing is recorded after it (the usual
         case, at no cost) or a later spend would be left owing: `_reallocate` applies."""
-        if self.last_spend_at is None or self.last_spend_at <= since or self.debt:
+        if self.last_spend_at is None or self.last_spend_at <= since:
             return False
         later = self._later_spends(program, since) + self._waited_past(program, since)
         if not later:
@@ -1566,7 +1566,9 @@ class MemberAccount(Aggregate):
         lots = restored(self.lots, unexpired, later)
         if released_at is not None and lots[lot_id].release_at is None:
             lots[lot_id] = replace(lots[lot_id], release_at=released_at)
-        again = self._taken_again(lots, later, since)
+        if not self._unsettled(later, since, lots):
+            return False
+        again = self._taken_again(lots, later, since, unsettled=True)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2544,7 +2546,7 @@ class MemberAccount(Aggregate):
             lot_id: lot.amount - lot.remaining
             for lot_id, lot in lots.items()
             if lot.status == AVAILABLE
-            and max(lot.earned_at, lot.release_at or lot.earned_at) > first
+            and max(lot.earned_at, lot.release_at or lot.earned_at) >= first
             and lot.amount != lot.remaining
         }
         if settled < 0 or sum(gaps.values()) != settled:
