@@ -90,7 +90,7 @@ def _ledger(program: Path | None, db: Path | None) -> Iterator[Ledger]:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     try:
-        ledger.projection.run()
+        ledger.catch_up()
         yield ledger
     finally:
         ledger.close()
@@ -324,7 +324,7 @@ def adjust(
         except Declined as exc:
             typer.echo(f"declined ({exc.reason}): {exc.detail}", err=True)
             raise typer.Exit(1) from None
-        ledger.projection.run()
+        ledger.catch_up()
     typer.echo(f"recorded {', '.join(entries)}")
 
 
@@ -358,7 +358,7 @@ def tier_assign(
         except Declined as exc:
             typer.echo(f"declined ({exc.reason}): {exc.detail}", err=True)
             raise typer.Exit(1) from None
-        ledger.projection.run()
+        ledger.catch_up()
     typer.echo(f"recorded {', '.join(entries)}")
 
 
@@ -435,7 +435,7 @@ def redrive(
     funds them. Each is applied at most once; invalid input is never re-driven."""
     with _ledger(program, db) as ledger:
         results = ledger.app.redrive(actor=actor, reasons=reason or (), event_ids=event_id or ())
-        ledger.projection.run()
+        ledger.catch_up()
     for r in results:
         typer.echo(printable(f"{r.event_id or r.rejection_id}: {r.outcome} ({r.detail})"))
     applied = sum(1 for r in results if r.outcome == "applied")

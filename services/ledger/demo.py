@@ -198,7 +198,7 @@ def run_demo(
         for number, (what, at, step) in enumerate(SCRIPT, start=1):
             clock.set(datetime.fromisoformat(at))
             if isinstance(step, str):
-                ledger.projection.run()
+                ledger.catch_up()
                 balance = ledger.balance(step)
                 assert balance is not None
                 echo(f"{at[:10]}  {what}:\n            {format_balance(balance)}")
@@ -214,7 +214,7 @@ def run_demo(
             first = (ledger.app.recorder.max_notification_id() or 0) + 1
             outcomes = ledger.app.apply_batch(items) if items else []
             made = ledger.tick()  # releases, expiries, hold TTLs and tier reviews due
-            ledger.projection.run()
+            ledger.catch_up()
             changes = _tier_changes(ledger, first)
             results = ", ".join(o.status + (f" ({o.reason})" if o.reason else "") for o in outcomes)
             echo(

@@ -264,6 +264,52 @@ class TierProgressCache:
         return _fields(self.app, progress(self.app.program, state, now))
 
 
+class TierStateCache:
+    """Each member's tier state as of its last projected entry, for balance reads (the
+    API): kept up to date by the projection (`follow`, called with each entry it projects,
+    in order), seeded from the member's account on the first read of a member (a snapshot
+    and at most an interval of events), so a balance never replays the member's history.
+    A state is used only when it is numbered with the entry (seq) the balance row counts;
+    a gap (entries this process did not project) drops the member, to be seeded again."""
+
+    MAX_MEMBERS = 100_000  # more: start afresh (each is seeded again on its next read)
+
+    def __init__(self, app: LedgerApplication) -> None:
+        self.app = app
+        self.states: dict[str, TierState] = {}
+
+    def follow(self, entry: LedgerEntry) -> None:
+        """Follow one projected entry (entries of a member come in seq order)."""
+        state = self.states.get(entry.member_id)
+        if state is None:
+            return  # never read here: nothing to keep up to date
+        if state.last_position != entry.seq - 1:
+            self.states.pop(entry.member_id, None)  # a gap: seed again when read
+            return
+        self.states[entry.member_id] = follow(
+            self.app.program, state, entry.model_copy(update={"position": entry.seq})
+        )
+
+    def fields(
+        self, member_id: str, now: datetime, seq: int
+    ) -> tuple[datetime | None, TierProgressOut | None]:
+        """(held until, progress) of a balance that counts the member's entries up to `seq`;
+        the same as `balance_tier_fields(app, member_id, now, seq)`."""
+        if not self.app.program.tiers or seq == 0:
+            return None, None
+        state = self.states.get(member_id)
+        if state is None or state.last_position != seq:
+            state = account_tier_state(self.app, member_id, seq)
+            if state is None:
+                return None, None
+            if len(self.states) >= self.MAX_MEMBERS:
+                self.states.clear()
+            current = self.states.get(member_id)
+            if current is None or current.last_position < seq:
+                self.states[member_id] = state
+        return _fields(self.app, progress(self.app.program, state, now))
+
+
 def _fields(
     app: LedgerApplication, shown: Progress | None
 ) -> tuple[datetime | None, TierProgressOut | None]:

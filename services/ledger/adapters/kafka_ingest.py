@@ -194,7 +194,7 @@ class KafkaIngest:
             self.on_applied()
         if self.project:
             try:
-                await self._in_store(self.ledger.projection.run)
+                await self._in_store(self.ledger.catch_up)
             except Exception:
                 # The batch is applied and its position recorded; the views catch up from
                 # their own position after the next batch (or in the relay's process).

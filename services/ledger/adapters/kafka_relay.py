@@ -103,7 +103,7 @@ class OutboxRelay:
         )
         if not notifications:
             return 0, []
-        self.ledger.projection.run()  # the view must hold these entries
+        self.ledger.catch_up(notifications[-1].id)  # the view must hold these entries
         view = self.ledger.view
         written = {
             position: (member, entry_type, body)

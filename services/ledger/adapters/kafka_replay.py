@@ -97,5 +97,5 @@ async def replay(
                     pending.discard(tp)
     finally:
         await consumer.stop()
-    ledger.projection.run()
+    ledger.catch_up()
     return report

@@ -60,6 +60,10 @@ async def serve(
         project=(not relay) if project is None else project,
         on_applied=outbox.wake if relay else None,
     )
+    if relay or consumer.project:
+        # The process's one projection runner: it follows the notification log, woken by
+        # ingest's and the relay's catch_up, which wait for it to pass their positions.
+        ledger.runner.start()
     tasks = []
     if ingest:
         tasks.append(asyncio.create_task(consumer.run(stop), name="ingest"))
@@ -80,6 +84,7 @@ async def serve(
         await _finish(tasks, stop_grace)
         executor.shutdown(wait=True)
         relay_executor.shutdown(wait=True)
+        ledger.runner.stop()
 
 
 async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:

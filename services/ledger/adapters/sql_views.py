@@ -251,6 +251,24 @@ class SqlLedgerView:
             )
             return {r["member_id"]: self._balance(r) for r in c.fetchall()}
 
+    _binary: ClassVar[str] = ""  # how to compare ids by code point (PostgreSQL: COLLATE "C")
+
+    def find_members(self, prefix: str, limit: int) -> list[BalanceRow]:
+        """The first `limit` members whose id starts with `prefix`, by id (code point
+        order): a range read of the primary key, not every row. Ids with the prefix are
+        the first ones at or after it in that order, so the rows read past the last match
+        are at most `limit`."""
+        b = self._binary
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT * FROM {self.prefix}balances WHERE member_id{b} >= ? "
+                f"ORDER BY member_id{b} LIMIT ?",
+                (prefix, limit),
+            )
+            rows = [self._balance(r) for r in c.fetchall()]
+        return [r for r in rows if r.member_id.startswith(prefix)]
+
     def all_balances(self) -> list[BalanceRow]:
         with self._tx(commit=False) as c:
             self._run(c, f"SELECT * FROM {self.prefix}balances ORDER BY member_id")
@@ -458,9 +476,16 @@ class SQLiteLedgerView(SqlLedgerView, SQLiteTrackingRecorder):
 
 
 class PostgresLedgerView(SqlLedgerView, PostgresTrackingRecorder):
+    _binary = ' COLLATE "C"'
+
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
-        for statement in _table_statements(self.prefix):
+        p = self.prefix
+        for statement in [
+            *_table_statements(p),
+            # Member search by id prefix (find_members): ids in code point order.
+            f'CREATE INDEX IF NOT EXISTS {p}balances_id_c ON {p}balances (member_id COLLATE "C")',
+        ]:
             self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
 
     def _q(self, sql: str) -> Any:

@@ -29,6 +29,7 @@ from services.ledger.api.routes import (
 from services.ledger.application.service import Ledger
 from services.ledger.application.what_if_jobs import WhatIfJobs
 from services.notifier.bootstrap import Notifier
+from services.tiers.rebuild import TierStateCache
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Swagger UI's own build, as shipped in the swagger-ui-py package (no CDN needed).
@@ -87,12 +88,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ledger.runner.start()  # the process's one projection runner
         ticker.start()
         try:
             yield
         finally:
             ticker.stop()
             jobs.close()
+            ledger.runner.stop()
 
     app = FastAPI(
         title="Loyalty ledger API",
@@ -107,6 +110,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.ledger = ledger
+    # Balances show tier progress from states the projection keeps up to date.
+    app.state.tier_states = TierStateCache(ledger.app)
+    ledger.observers.append(app.state.tier_states.follow)
     app.state.keys = keys
     app.state.bootstrap = bootstrap
     app.state.what_if_jobs = jobs

@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader
 from services.ledger.api.auth import KeyStore, Principal
 from services.ledger.api.errors import ApiError
 from services.ledger.application.service import Ledger
+from services.tiers.rebuild import TierStateCache
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 
@@ -24,7 +25,15 @@ def get_keys(request: Request) -> KeyStore:
     return keys
 
 
+def get_tier_states(request: Request) -> TierStateCache:
+    found: TierStateCache | None = getattr(request.app.state, "tier_states", None)
+    if found is None:  # an app made without one: seeded on each read
+        found = request.app.state.tier_states = TierStateCache(get_ledger(request).app)
+    return found
+
+
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+TierStatesDep = Annotated[TierStateCache, Depends(get_tier_states)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 
 

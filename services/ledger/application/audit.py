@@ -36,7 +36,6 @@ class Audit:
 
 
 def audit(ledger: Ledger, member_id: str) -> Audit | None:
-    ledger.projection.run()
     balance = ledger.balance(member_id)
     row = ledger.view.balance(member_id)
     if balance is None or row is None:

@@ -6,12 +6,16 @@ notification, in one transaction, so a crash never applies an entry twice or ski
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
+from schemas.outbound import LedgerEntry
 from services.ledger.application.entries import entry_message, lifetime_change
 from services.ledger.application.views import (
     BalanceRow,
@@ -23,6 +27,8 @@ from services.ledger.application.views import (
 from services.ledger.domain.account import MemberAccount
 from services.ledger.domain.holds import HoldRecord
 
+log = logging.getLogger(__name__)
+
 
 def account_topics() -> list[str]:
     """Topics of every MemberAccount event class (the notifications the view follows)."""
@@ -31,11 +37,18 @@ def account_topics() -> list[str]:
 
 
 class LedgerProjection:
-    def __init__(self, recorder: ProcessRecorder, mapper: Mapper[UUID], view: LedgerView) -> None:
+    def __init__(
+        self,
+        recorder: ProcessRecorder,
+        mapper: Mapper[UUID],
+        view: LedgerView,
+        observers: Sequence[Callable[[LedgerEntry], None]] = (),
+    ) -> None:
         self.recorder = recorder
         self.mapper = mapper
         self.view = view
         self.topics = account_topics()
+        self.observers = observers  # told each entry this projection wrote, in order
 
     @property
     def position(self) -> int:
@@ -55,20 +68,24 @@ class LedgerProjection:
             events = [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
             members = sorted({e.member_id for _, e in events})  # type: ignore[attr-defined]
             current = self.view.balances(members)
-            for position, event in events:
-                self._apply(event, position, current, changes)
+            messages = [
+                self._apply(event, position, current, changes) for position, event in events
+            ]
             try:
                 self.view.apply_changes(
                     changes, Tracking(self.view.tracking_key, notifications[-1].id)
                 )
             except IntegrityError:
                 continue  # another process projected these first: carry on from there
+            for observe in self.observers:
+                for message in messages:
+                    observe(message)
             done += len(events)
 
     @staticmethod
     def _apply(
         event: object, position: int, current: dict[str, BalanceRow], changes: ViewChanges
-    ) -> None:
+    ) -> LedgerEntry:
         message = entry_message(event, position)
         member = message.member_id
         row = current.get(member)
@@ -138,3 +155,114 @@ class LedgerProjection:
                 body=message.model_dump(mode="json"),
             )
         )
+        return message
+
+
+class ProjectionRunner:
+    """The one projection runner of a process: a thread that follows the notification log
+    (woken after each write in this process, else every `poll_seconds` for what other
+    processes wrote), and the way a writer waits until the views hold its own writes.
+
+    Projection runs never overlap within a process (one lock). `catch_up` gives
+    read-your-writes: once it returns, every notification recorded before it was called is
+    in the views. With the thread running, the writer wakes it and waits for it to pass
+    that point (concurrent writers share one run); without it (a one-shot CLI command, a
+    test), or if the thread fails to get there in time, the caller runs the projection
+    itself under the same lock."""
+
+    def __init__(
+        self,
+        projection: Callable[[], LedgerProjection],
+        recorder: ProcessRecorder,
+        *,
+        poll_seconds: float = 0.5,
+        wait_seconds: float = 10.0,
+    ) -> None:
+        self._projection = projection
+        self.recorder = recorder
+        self.poll_seconds = poll_seconds
+        self.wait_seconds = wait_seconds
+        self._run_lock = threading.Lock()
+        self._passed = threading.Condition()
+        self._through = 0  # every notification up to this id is in the views
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed = False
+
+    @property
+    def through(self) -> int:
+        return self._through
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, name="projection", daemon=True)
+        self._wake.set()  # catch up at once
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def switch(self, change: Callable[[], None]) -> None:
+        """Change the views (a rebuild switched table sets) between two runs; nothing is
+        then known to be projected into the new ones."""
+        with self._run_lock:
+            change()
+            with self._passed:
+                self._through = 0
+
+    def step(self) -> int:
+        """Project everything recorded so far; returns how many entries were projected."""
+        with self._run_lock:
+            target = self.recorder.max_notification_id() or 0
+            done = self._projection().run()
+            with self._passed:
+                self._through = max(self._through, target)
+                self._failed = False
+                self._passed.notify_all()
+            return done
+
+    def catch_up(self, target: int | None = None) -> None:
+        """Return once every notification up to `target` (default: every one recorded
+        before this call) is in the views."""
+        if target is None:
+            target = self.recorder.max_notification_id() or 0
+        if self._through >= target:
+            return
+        if self.running:
+            self._wake.set()
+            with self._passed:
+                passed = self._passed.wait_for(
+                    lambda: self._through >= target or self._failed, self.wait_seconds
+                )
+            if passed and self._through >= target:
+                return
+        self.step()  # no runner, or it failed or is stuck: project here (errors surface)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.step()
+            except Exception:
+                log.exception("projection run failed; trying again")
+                with self._passed:
+                    self._failed = True
+                    self._passed.notify_all()
+                self._stop.wait(self.poll_seconds)

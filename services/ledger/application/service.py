@@ -7,11 +7,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from schemas.outbound import LedgerEntry
 from services.ledger.application import commands
 from services.ledger.application.commands import Done
 from services.ledger.application.entries import lifetime_change
 from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
-from services.ledger.application.projection import LedgerProjection
+from services.ledger.application.projection import LedgerProjection, ProjectionRunner
 from services.ledger.application.view_switch import active_prefix, other_prefix, record_switch
 from services.ledger.application.views import (
     BalanceRow,
@@ -190,9 +191,20 @@ class Ledger:
     ) -> None:
         self.app = app
         self.view = view
-        self.projection = LedgerProjection(app.process_recorder, app.mapper, view)
+        #: Told each entry the process's projection writes, in order (caches of reads).
+        self.observers: list[Callable[[LedgerEntry], None]] = []
+        self.projection = LedgerProjection(
+            app.process_recorder, app.mapper, view, observers=self.observers
+        )
         self.view_factory = view_factory
         self._parked_checked: datetime | None = None
+        #: The process's one projection runner: `loyalty api` and `serve` start its thread.
+        self.runner = ProjectionRunner(lambda: self.projection, app.process_recorder)
+
+    def catch_up(self, target: int | None = None) -> None:
+        """Return once the views hold every entry recorded before this call (or up to the
+        notification id `target`): a writer's read-your-writes."""
+        self.runner.catch_up(target)
 
     # ------------------------------------------------------------ projections
 
@@ -203,8 +215,15 @@ class Ledger:
         prefix = active_prefix(self.app)
         if self.view.tracking_key == f"{prefix}ledger":
             return False
-        self.view = self.view_factory(prefix)
-        self.projection = LedgerProjection(self.app.process_recorder, self.app.mapper, self.view)
+        view = self.view_factory(prefix)
+
+        def change() -> None:
+            self.view = view
+            self.projection = LedgerProjection(
+                self.app.process_recorder, self.app.mapper, view, observers=self.observers
+            )
+
+        self.runner.switch(change)
         return True
 
     def rebuild(self) -> tuple[str, int]:
@@ -221,6 +240,7 @@ class Ledger:
         return target, count
 
     def close(self) -> None:
+        self.runner.stop()
         self.app.close()
 
     # ----------------------------------------------------------------- ingest
@@ -241,7 +261,7 @@ class Ledger:
                     parked.append((line, outcome))
                 else:
                     rejected.append((line, outcome))
-            self.projection.run()
+            self.catch_up()
         # What a later line made possible was applied then: only the ones still waiting.
         waiting = {item.event_id for _, item in self.app.parked()} if parked else set()
         still = [(line, o) for line, o in parked if o.event_id in waiting]
@@ -255,13 +275,13 @@ class Ledger:
         """Do the time-driven work due at `now` (release, expiry, hold TTL, tier reviews)
         and decline parked events past their deadline; idempotent for an instant."""
         at = now or self.app.clock.now()
-        self.projection.run()
+        self.catch_up()
         made = self.app.advance_members(self.view.members_due(at), at)
         # Parked events wait hours: their deadlines are checked at most once a minute.
         if self._parked_checked is None or not at - PARKED_CHECK < self._parked_checked <= at:
             made += self.app.expire_parked(at)
             self._parked_checked = at
-        self.projection.run()
+        self.catch_up()
         return made
 
     # ------------------------------------------------------------------ reads
@@ -310,7 +330,7 @@ class Ledger:
             actor=actor,
             request_id=request_id,
         )
-        self.projection.run()
+        self.catch_up()
         return done
 
     def capture_hold(
@@ -319,14 +339,14 @@ class Ledger:
         done = commands.capture_hold(
             self.app, hold, points=points, actor=actor, request_id=request_id
         )
-        self.projection.run()
+        self.catch_up()
         return done
 
     def void_hold(
         self, hold: str, *, reason: str | None, actor: str, request_id: str | None = None
     ) -> Done[HoldRecord]:
         done = commands.void_hold(self.app, hold, reason=reason, actor=actor, request_id=request_id)
-        self.projection.run()
+        self.catch_up()
         return done
 
     def hold(self, hold: str) -> tuple[str, HoldRecord] | None:
@@ -351,7 +371,7 @@ class Ledger:
             allow_negative=allow_negative,
             request_id=request_id,
         )
-        self.projection.run()
+        self.catch_up()
         return done
 
 

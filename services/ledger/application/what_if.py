@@ -164,7 +164,7 @@ def what_if(
     progress: Progress = _nothing,
 ) -> WhatIfReport:
     app = ledger.app
-    ledger.projection.run()
+    ledger.catch_up()
     now = app.clock.now()
     position = app.recorder.max_notification_id() or 0
     report = WhatIfReport(
@@ -337,4 +337,4 @@ def _post(ledger: Ledger, report: WhatIfReport, actor: str) -> None:
         # The adjustment is the command's last entry; any before it is scheduled work that
         # was due anyway (a pending release, say), not part of what was posted.
         report.posted.extend(done.entries[-1:])
-    ledger.projection.run()
+    ledger.catch_up()

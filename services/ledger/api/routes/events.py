@@ -76,7 +76,7 @@ def _apply(ledger: LedgerDep, item: Inbound) -> Outcome:
             (outcome,) = ledger.app.apply_batch([item])
         except IntegrityError:
             continue  # another writer saved the same account first: apply again
-        ledger.projection.run()
+        ledger.catch_up()  # read-your-writes: a GET after this answer shows it
         return outcome
     raise ApiError(409, "busy", "the member's account is being written by others; retry")
 

@@ -13,7 +13,13 @@ from schemas.limits import ID_PATTERN, MAX_ID_LENGTH
 from schemas.outbound import LedgerEntry
 from schemas.text import NO_CONTROL_PATTERN
 from services.ledger.api import convert
-from services.ledger.api.deps import EventsWriter, LedgerDep, MembersReader, OpsWriter
+from services.ledger.api.deps import (
+    EventsWriter,
+    LedgerDep,
+    MembersReader,
+    OpsWriter,
+    TierStatesDep,
+)
 from services.ledger.api.errors import ApiError, ErrorBody
 from services.ledger.api.models import (
     AdjustmentRequest,
@@ -26,7 +32,7 @@ from services.ledger.api.models import (
     Statement,
 )
 from services.ledger.application.service import Ledger
-from services.tiers.rebuild import balance_tier_fields
+from services.tiers.rebuild import TierStateCache, balance_tier_fields
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -62,14 +68,26 @@ RequestId = Annotated[
 ]
 
 
-def _balance(ledger: Ledger, member_id: str, as_of: datetime | None = None) -> Balance:
-    ledger.projection.run()
+def _balance(
+    ledger: Ledger, tiers: TierStateCache, member_id: str, as_of: datetime | None = None
+) -> Balance:
+    """From the views as projected (no projection here: the process's runner keeps them up
+    to date, and a write in this process answers once they hold it)."""
     found = ledger.balance(member_id, as_of)  # Declined invalid_input for an unusable as_of
     if found is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")
-    through = None if as_of is None else found.entries  # as of then: its entries so far
-    held_until, progress = balance_tier_fields(ledger.app, member_id, found.as_of, through)
+    if as_of is None:  # the tier state the projection keeps, as of the entries counted
+        held_until, progress = tiers.fields(member_id, found.as_of, found.entries)
+    else:  # as of then: its entries so far
+        held_until, progress = balance_tier_fields(
+            ledger.app, member_id, found.as_of, found.entries
+        )
     return convert.balance(found, held_until, progress)
+
+
+def _known(ledger: Ledger, member_id: str) -> None:
+    if ledger.view.balance(member_id) is None:
+        raise ApiError(404, "unknown_member", f"{member_id} is not a member")
 
 
 @router.get("", operation_id="find_members", response_model=list[MemberSummary], responses=ERRORS)
@@ -79,9 +97,8 @@ def find_members(
     prefix: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> list[MemberSummary]:
-    """Members whose id starts with `prefix` (support's search box)."""
-    ledger.projection.run()
-    rows = [r for r in ledger.view.all_balances() if r.member_id.startswith(prefix)]
+    """Members whose id starts with `prefix` (support's search box), by id."""
+    rows = ledger.view.find_members(prefix, limit)
     return [
         MemberSummary(
             member_id=r.member_id,
@@ -90,7 +107,7 @@ def find_members(
             held=r.held,
             tier=r.tier,
         )
-        for r in rows[:limit]
+        for r in rows
     ]
 
 
@@ -103,6 +120,7 @@ def find_members(
 def get_balance(
     member_id: MemberId,
     ledger: LedgerDep,
+    tiers: TierStatesDep,
     _: MembersReader,
     as_of: Annotated[
         AwareDatetime | None,
@@ -116,7 +134,7 @@ def get_balance(
 
     With `as_of`, the balance as the ledger stood at that instant: the member's entries in
     the order they were recorded, up to the first one effective after it."""
-    return _balance(ledger, member_id, as_of)
+    return _balance(ledger, tiers, member_id, as_of)
 
 
 @router.get(
@@ -133,7 +151,7 @@ def get_statement(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Statement:
     """Every entry, newest first, with its provenance; page with `next_cursor`."""
-    _balance(ledger, member_id)
+    _known(ledger, member_id)
     before = int(cursor) if cursor else None
     rows = ledger.statement(member_id, before_seq=before, limit=limit)
     entries = [LedgerEntry.model_validate(r.body) for r in rows]
@@ -151,7 +169,7 @@ def get_statement(
 )
 def get_lots(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[LotView]:
     """What each earn left, and when it is released and expires."""
-    _balance(ledger, member_id)
+    _known(ledger, member_id)
     return [convert.lot(x) for x in ledger.lots(member_id)]
 
 
@@ -169,7 +187,7 @@ def list_holds(
 ) -> list[Hold]:
     """The member's newest `limit` holds, newest first (as projected; GET /v1/holds/{id} is
     authoritative)."""
-    _balance(ledger, member_id)
+    _known(ledger, member_id)
     return [
         Hold(
             hold_id=h.hold_id,
@@ -235,6 +253,7 @@ def adjust(
     body: AdjustmentRequest,
     response: Response,
     ledger: LedgerDep,
+    tiers: TierStatesDep,
     caller: OpsWriter,
     request_id: RequestId = None,
 ) -> AdjustmentResult:
@@ -262,5 +281,5 @@ def adjust(
         member_id=member_id,
         entries=entries,
         actor=caller.name,
-        balance=_balance(ledger, member_id),
+        balance=_balance(ledger, tiers, member_id),
     )

@@ -198,7 +198,7 @@ def parked_events(
 @router.get("/v1/ops/verify", operation_id="verify", response_model=VerifyResult, responses=ERRORS)
 def verify_ledger(ledger: LedgerDep, _: OpsWriter) -> VerifyResult:
     """Every invariant, and every projection against a fresh fold of the ledger."""
-    ledger.projection.run()
+    ledger.catch_up()  # compare what was recorded up to now
     report = verify(ledger.app, ledger.view)
     INVARIANT_VIOLATIONS.set(len(report.violations))
     VERIFIED_AT.set_to_current_time()
