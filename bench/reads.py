@@ -94,7 +94,8 @@ def build(db: Path, entries: int, members: int) -> datetime:
         ledger.projection.run()
         big = ledger.view.balance("big")
         small = ledger.view.balance("small")
-        assert big is not None and small is not None
+        assert big is not None
+        assert small is not None
         print(f"store: big {big.entries} entries, small {small.entries}, {members} members")
     finally:
         ledger.close()

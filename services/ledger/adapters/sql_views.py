@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import InfrastructureFactory, Tracking
@@ -13,6 +13,7 @@ from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteFactory, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
+from services.ledger.application.program_metrics import Summary, SummaryChanges, day_of
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.views import (
     BalanceRow,
@@ -68,6 +69,19 @@ def _table_statements(p: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {p}tier_reviews ("
         "member_id TEXT PRIMARY KEY, due_at TEXT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {p}tier_reviews_due ON {p}tier_reviews (due_at)",
+        # The program summary GET /v1/program/metrics reads (program_metrics.Summary), kept
+        # up to date with each batch: figures per day, members and outstanding per tier, and
+        # each member's first and last activity per day. `summary_state` says it is filled
+        # (a store of an earlier release is backfilled once from its entries).
+        f"CREATE TABLE IF NOT EXISTS {p}summary_days (day TEXT PRIMARY KEY, "
+        "issued BIGINT NOT NULL, redeemed BIGINT NOT NULL, expired BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {p}summary_tiers (tier TEXT PRIMARY KEY, "
+        "members BIGINT NOT NULL, outstanding BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {p}summary_activity (member_id TEXT NOT NULL, "
+        "day TEXT NOT NULL, first_at TEXT NOT NULL, last_at TEXT NOT NULL, "
+        "PRIMARY KEY (member_id, day))",
+        f"CREATE INDEX IF NOT EXISTS {p}summary_activity_day ON {p}summary_activity (day)",
+        f"CREATE TABLE IF NOT EXISTS {p}summary_state (name TEXT PRIMARY KEY)",
     ]
 
 
@@ -204,6 +218,100 @@ class SqlLedgerView:
                 f"DELETE FROM {p}tier_reviews WHERE member_id = ?",
                 [(member,) for member, due in reviews if due is None],
             )
+            self._write_summary(c, changes.summary)
+
+    def _write_summary(self, c: Any, summary: SummaryChanges) -> None:
+        """Add one batch's changes to the program summary (in the batch's transaction)."""
+        p = self.prefix
+        self._run_many(
+            c,
+            f"INSERT INTO {p}summary_days VALUES (?, ?, ?, ?) ON CONFLICT (day) DO UPDATE SET "
+            f"issued = {p}summary_days.issued + excluded.issued, "
+            f"redeemed = {p}summary_days.redeemed + excluded.redeemed, "
+            f"expired = {p}summary_days.expired + excluded.expired",
+            [(day, *figures) for day, figures in sorted(summary.days.items())],
+        )
+        self._run_many(
+            c,
+            f"INSERT INTO {p}summary_tiers VALUES (?, ?, ?) ON CONFLICT (tier) DO UPDATE SET "
+            f"members = {p}summary_tiers.members + excluded.members, "
+            f"outstanding = {p}summary_tiers.outstanding + excluded.outstanding",
+            [(tier, *figures) for tier, figures in sorted(summary.tiers.items())],
+        )
+        t = f"{p}summary_activity"
+        self._run_many(
+            c,
+            f"INSERT INTO {t} VALUES (?, ?, ?, ?) ON CONFLICT (member_id, day) DO UPDATE SET "
+            f"first_at = CASE WHEN excluded.first_at < {t}.first_at "
+            f"THEN excluded.first_at ELSE {t}.first_at END, "
+            f"last_at = CASE WHEN excluded.last_at > {t}.last_at "
+            f"THEN excluded.last_at ELSE {t}.last_at END",
+            [
+                (member, day, _ts(first), _ts(last))
+                for (member, day), (first, last) in sorted(summary.activity.items())
+            ],
+        )
+
+    def _lock_summary(self, cursor: Any) -> None:
+        """Keep batches from adding to the summary while it is filled (PostgreSQL)."""
+
+    def fill_summary(self) -> bool:
+        """Fill the program summary from the balances and entries, once: for a store an
+        earlier release wrote (the summary tables are new). True when it filled it."""
+        p = self.prefix
+        with self._tx(commit=True) as c:
+            self._lock_summary(c)
+            self._run(c, f"SELECT name FROM {p}summary_state WHERE name = ?", ("filled",))
+            if c.fetchall():
+                return False
+            changes = SummaryChanges()
+            self._run(c, f"SELECT * FROM {p}balances")
+            for r in c.fetchall():
+                changes.balance(None, self._balance(r))
+            self._run(c, f"SELECT * FROM {p}entries")
+            for entry in self._entry_rows(c.fetchall()):
+                changes.entry(entry)
+            for table in ("summary_days", "summary_tiers", "summary_activity"):
+                self._run(c, f"DELETE FROM {p}{table}")
+            self._write_summary(c, changes)
+            self._run(c, f"INSERT INTO {p}summary_state VALUES (?)", ("filled",))
+            return True
+
+    def summary(self, now: datetime, period_days: int) -> Summary:
+        """The program summary as of `now`: active members in the period ending then and
+        in the one before, read from the days those periods span (an index range)."""
+        p = self.prefix
+        period = timedelta(days=period_days)
+        t = f"{p}summary_activity"
+
+        def active(start: datetime, end: datetime) -> tuple[str, list[Any]]:
+            # Active in (start, end]: on a day the window spans, first <= end and last >
+            # start (a day is shorter than a window, so one of them is then inside it).
+            return (
+                f"SELECT member_id FROM {t} WHERE day >= ? AND day <= ? "
+                "AND last_at > ? AND first_at <= ?",
+                [day_of(start), day_of(end), _ts(start), _ts(end)],
+            )
+
+        this, this_args = active(now - period, now)
+        last, last_args = active(now - 2 * period, now - period)
+        with self._tx(commit=False) as c:
+            self._snapshot(c)
+            self._run(c, f"SELECT * FROM {p}summary_days")
+            days = {r["day"]: (r["issued"], r["redeemed"], r["expired"]) for r in c.fetchall()}
+            self._run(c, f"SELECT * FROM {p}summary_tiers")
+            tiers = {r["tier"]: (r["members"], r["outstanding"]) for r in c.fetchall()}
+            counts = []
+            for sql, args in (
+                (f"SELECT COUNT(DISTINCT member_id) AS n FROM ({this}) x", this_args),
+                (f"SELECT COUNT(DISTINCT member_id) AS n FROM ({last}) x", last_args),
+                (f"SELECT COUNT(*) AS n FROM ({this} INTERSECT {last}) x", this_args + last_args),
+            ):
+                self._run(c, sql, args)
+                counts.append(int(c.fetchall()[0]["n"]))
+        return Summary(
+            days=days, tiers=tiers, active=counts[0], active_before=counts[1], retained=counts[2]
+        )
 
     @staticmethod
     def _balance(row: Any) -> BalanceRow:
@@ -451,8 +559,19 @@ class SqlLedgerView:
     def reset(self) -> None:
         p = self.prefix
         with self._tx(commit=True) as c:
-            for table in ("balances", "lots", "entries", "holds", "tier_reviews"):
+            for table in (
+                "balances",
+                "lots",
+                "entries",
+                "holds",
+                "tier_reviews",
+                "summary_days",
+                "summary_tiers",
+                "summary_activity",
+                "summary_state",
+            ):
                 self._run(c, f"DELETE FROM {p}{table}")
+            self._run(c, f"INSERT INTO {p}summary_state VALUES (?)", ("filled",))  # empty
             self._reset_tracking(c)
 
     def _reset_tracking(self, cursor: Any) -> None:
@@ -491,6 +610,15 @@ class PostgresLedgerView(SqlLedgerView, PostgresTrackingRecorder):
     def _q(self, sql: str) -> Any:
         return SQL(sql.replace("?", "%s"))
 
+    def _lock_summary(self, cursor: Any) -> None:
+        # A batch committing meanwhile waits here, then adds its changes to the filled summary.
+        tables = ("summary_days", "summary_tiers", "summary_activity")
+        cursor.execute(
+            SQL("LOCK TABLE {0} IN EXCLUSIVE MODE").format(
+                SQL(", ").join(Identifier(f"{self.prefix}{t}") for t in tables)
+            )
+        )
+
     def _snapshot(self, cursor: Any) -> None:
         # READ COMMITTED (the default) would let each statement see a later commit.
         cursor.execute(SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
@@ -527,4 +655,5 @@ def construct_view(factory: InfrastructureFactory[Any], prefix: str = "view_") -
     )
     view = created_concurrently(lambda: factory.tracking_recorder(cls))
     assert isinstance(view, SqlLedgerView)
+    view.fill_summary()  # a store an earlier release wrote: once
     return view  # type: ignore[return-value]

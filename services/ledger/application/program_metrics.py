@@ -6,12 +6,15 @@ Ratios are integer basis points (1/100 of a percent), rounded down: no floats.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from services.ledger.application.views import BalanceRow, EntryRow
 from services.ledger.domain import postings as acc
+
+if TYPE_CHECKING:
+    from services.ledger.application.views import BalanceRow, EntryRow
 
 ACTIVE_TYPES = frozenset({"points_earned", "points_redeemed", "hold_captured"})
 
@@ -41,9 +44,87 @@ def bp(part: int, whole: int) -> int:
     return part * 10_000 // whole if whole > 0 else 0
 
 
+def entry_figures(body: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(issued, redeemed, expired) by one entry, from its postings."""
+    moved = Counter[str]()
+    for posting in body["postings"]:
+        moved[posting["account"]] += posting["amount"]
+    return -moved[acc.ISSUED], moved[acc.REDEEMED], moved[acc.EXPIRED]
+
+
+def day_of(at: datetime) -> str:
+    """The (UTC) day an entry's figures are counted on."""
+    return at.astimezone(UTC).date().isoformat()
+
+
+@dataclass
+class SummaryChanges:
+    """What one projection batch adds to the program summary the metrics are read from:
+    figures per day, members and points outstanding per tier, and each member's first and
+    last activity per day (for the active and retention counts)."""
+
+    days: dict[str, list[int]] = field(default_factory=dict)  # day -> [issued, redeemed, expired]
+    tiers: dict[str, list[int]] = field(default_factory=dict)  # tier -> [members, outstanding]
+    activity: dict[tuple[str, str], tuple[datetime, datetime]] = field(default_factory=dict)
+
+    def entry(self, row: EntryRow) -> None:
+        issued, redeemed, expired = entry_figures(row.body)
+        if issued or redeemed or expired:
+            day = self.days.setdefault(day_of(row.effective_at), [0, 0, 0])
+            day[0] += issued
+            day[1] += redeemed
+            day[2] += expired
+        if row.entry_type in ACTIVE_TYPES:
+            key = (row.member_id, day_of(row.effective_at))
+            at = row.effective_at
+            first, last = self.activity.get(key, (at, at))
+            self.activity[key] = (min(first, at), max(last, at))
+
+    def balance(self, before: BalanceRow | None, after: BalanceRow) -> None:
+        if before is not None:
+            tier = self.tiers.setdefault(before.tier or "none", [0, 0])
+            tier[0] -= 1
+            tier[1] -= before.available + before.pending + before.held
+        tier = self.tiers.setdefault(after.tier or "none", [0, 0])
+        tier[0] += 1
+        tier[1] += after.available + after.pending + after.held
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The program summary as stored: what `from_summary` makes the figures of."""
+
+    days: dict[str, tuple[int, int, int]]
+    tiers: dict[str, tuple[int, int]]  # tier -> (members, outstanding)
+    active: int  # members active in the period ending now
+    retained: int  # of those active in the period before, how many are active in this one
+    active_before: int  # members active in the period before
+
+
+def from_summary(summary: Summary) -> Figures:
+    """The figures `compute` gives, from the summary the projection keeps."""
+    figures = Figures()
+    for tier, (members, outstanding) in summary.tiers.items():
+        figures.members += members
+        figures.outstanding += outstanding
+        if members:
+            figures.per_tier[tier] = members
+    figures.per_tier = dict(sorted(figures.per_tier.items()))
+    days = dict(sorted(summary.days.items()))
+    for issued, redeemed, expired in days.values():
+        figures.issued += issued
+        figures.redeemed += redeemed
+        figures.expired += expired
+    figures.per_day = days
+    figures.active = summary.active
+    figures.retention_bp = bp(summary.retained, summary.active_before)
+    return figures
+
+
 def compute(
     balances: Iterable[BalanceRow], entries: Iterable[EntryRow], now: datetime, period_days: int
 ) -> Figures:
+    """The figures from every balance and entry (the oracle of the summary's figures)."""
     figures = Figures()
     tiers: Counter[str] = Counter()
     members: set[str] = set()
@@ -58,10 +139,7 @@ def compute(
     last: set[str] = set()
     days: dict[str, list[int]] = {}
     for entry in entries:
-        moved = Counter[str]()
-        for posting in entry.body["postings"]:
-            moved[posting["account"]] += posting["amount"]
-        issued, redeemed, expired = -moved[acc.ISSUED], moved[acc.REDEEMED], moved[acc.EXPIRED]
+        issued, redeemed, expired = entry_figures(entry.body)
         figures.issued += issued
         figures.redeemed += redeemed
         figures.expired += expired

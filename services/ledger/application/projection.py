@@ -68,9 +68,14 @@ class LedgerProjection:
             events = [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
             members = sorted({e.member_id for _, e in events})  # type: ignore[attr-defined]
             current = self.view.balances(members)
+            before = dict(current)
             messages = [
                 self._apply(event, position, current, changes) for position, event in events
             ]
+            for member, row in changes.balances.items():  # the program summary's changes
+                changes.summary.balance(before.get(member), row)
+            for entry in changes.entries:
+                changes.summary.entry(entry)
             try:
                 self.view.apply_changes(
                     changes, Tracking(self.view.tracking_key, notifications[-1].id)

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from eventsourcing.persistence import Tracking
 
+from services.ledger.application.program_metrics import Summary, SummaryChanges
 from services.ledger.domain.lots import Lot
 
 
@@ -73,6 +74,7 @@ class ViewChanges:
     holds: dict[str, HoldRow] = field(default_factory=dict)
     tier_reviews: dict[str, datetime | None] = field(default_factory=dict)  # None: none due
     removed: set[str] = field(default_factory=set)  # members no more (enrolment undone)
+    summary: SummaryChanges = field(default_factory=SummaryChanges)  # program metrics
 
 
 class LedgerView(Protocol):
@@ -91,6 +93,8 @@ class LedgerView(Protocol):
     def balances(self, member_ids: list[str]) -> dict[str, BalanceRow]: ...
 
     def find_members(self, prefix: str, limit: int) -> list[BalanceRow]: ...
+
+    def summary(self, now: datetime, period_days: int) -> Summary: ...
 
     def all_balances(self) -> list[BalanceRow]: ...
 

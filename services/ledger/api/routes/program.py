@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from services.ledger.api.deps import LedgerDep, MembersReader
 from services.ledger.api.models import DayFigures, ProgramMetrics
 from services.ledger.api.routes.members import ERRORS
-from services.ledger.application.program_metrics import compute
+from services.ledger.application.program_metrics import from_summary
 
 router = APIRouter(prefix="/v1/program", tags=["program"])
 
@@ -26,10 +26,9 @@ def program_metrics(
 
     Ratios are integer basis points (10000 = 100 %), rounded down.
     """
-    ledger.projection.run()
-    f = compute(
-        ledger.view.all_balances(), ledger.view.all_entries(), ledger.app.clock.now(), period_days
-    )
+    # From the summary the projection keeps (program_metrics.from_summary gives what
+    # `compute` gives over every balance and entry), not from the whole history.
+    f = from_summary(ledger.view.summary(ledger.app.clock.now(), period_days))
     return ProgramMetrics(
         program_version=ledger.app.program.version,
         members=f.members,
