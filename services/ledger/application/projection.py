@@ -240,9 +240,12 @@ class ProjectionRunner:
                 self._passed.notify_all()
             return done
 
-    def catch_up(self, target: int | None = None) -> None:
+    def catch_up(self, target: int | None = None, *, read: bool = False) -> None:
         """Return once every notification up to `target` (default: every one recorded
-        before this call) is in the views."""
+        before this call) is in the views.
+
+        A `read` (a GET) never projects while the thread runs: it waits for the thread, at
+        most `wait_seconds`, then answers from the views as they are."""
         if target is None:
             target = self.recorder.max_notification_id() or 0
         if self._through >= target:
@@ -253,7 +256,7 @@ class ProjectionRunner:
                 passed = self._passed.wait_for(
                     lambda: self._through >= target or self._failed, self.wait_seconds
                 )
-            if passed and self._through >= target:
+            if read or (passed and self._through >= target):
                 return
         self.step()  # no runner, or it failed or is stuck: project here (errors surface)
 

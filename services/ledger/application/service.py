@@ -206,6 +206,12 @@ class Ledger:
         notification id `target`): a writer's read-your-writes."""
         self.runner.catch_up(target)
 
+    def fresh(self) -> None:
+        """Before a read: wait (briefly, bounded) until the runner has projected what was
+        recorded up to now, by any process; one cheap query when it has. A read never
+        projects while the runner's thread runs (without it: one-shot use, it does)."""
+        self.runner.catch_up(read=True)
+
     # ------------------------------------------------------------ projections
 
     def use_active_view(self) -> bool:

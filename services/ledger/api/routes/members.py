@@ -71,8 +71,10 @@ RequestId = Annotated[
 def _balance(
     ledger: Ledger, tiers: TierStateCache, member_id: str, as_of: datetime | None = None
 ) -> Balance:
-    """From the views as projected (no projection here: the process's runner keeps them up
-    to date, and a write in this process answers once they hold it)."""
+    """From the views (no projection here: the process's runner keeps them up to date; a
+    write answers once they hold it, and a read waits for the runner to pass what was
+    recorded before it, by this process or another)."""
+    ledger.fresh()
     found = ledger.balance(member_id, as_of)  # Declined invalid_input for an unusable as_of
     if found is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")
@@ -86,6 +88,7 @@ def _balance(
 
 
 def _known(ledger: Ledger, member_id: str) -> None:
+    ledger.fresh()
     if ledger.view.balance(member_id) is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")
 
@@ -98,6 +101,7 @@ def find_members(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> list[MemberSummary]:
     """Members whose id starts with `prefix` (support's search box), by id."""
+    ledger.fresh()
     rows = ledger.view.find_members(prefix, limit)
     return [
         MemberSummary(

@@ -38,6 +38,7 @@ NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 
 
 def _member(ledger: LedgerDep, member_id: str) -> None:
+    ledger.fresh()
     if ledger.view.balance(member_id) is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")
 

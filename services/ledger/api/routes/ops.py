@@ -45,6 +45,7 @@ router = APIRouter(tags=["ops"])
 )
 def audit_member(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> AuditReport:
     """Every entry, oldest first, with provenance, the source event and the lots touched."""
+    ledger.fresh()
     found = audit(ledger, member_id)
     if found is None:
         raise ApiError(404, "unknown_member", f"{member_id} is not a member")

@@ -28,6 +28,7 @@ def program_metrics(
     """
     # From the summary the projection keeps (program_metrics.from_summary gives what
     # `compute` gives over every balance and entry), not from the whole history.
+    ledger.fresh()
     f = from_summary(ledger.view.summary(ledger.app.clock.now(), period_days))
     return ProgramMetrics(
         program_version=ledger.app.program.version,
