@@ -18,7 +18,7 @@ from services.ledger.api import convert
 from services.ledger.api.app import create_app
 from services.ledger.application.ledger import Inbound
 from services.ledger.application.program_metrics import compute, from_summary
-from services.ledger.application.service import Ledger
+from services.ledger.application.service import Ledger, balance_as_of
 from services.ledger.bootstrap import EXAMPLES, build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
@@ -97,7 +97,7 @@ def test_the_api_starts_one_runner_and_a_write_answers_once_the_views_hold_it(
     balance = client.get("/v1/members/m-1/balance", headers=READER).json()
     assert (balance["available"], balance["pending"]) == (5, 12)
     statement = client.get("/v1/members/m-1/statement", headers=READER).json()
-    assert [e["entry_type"] for e in statement["entries"]][0] == "points_adjusted"
+    assert statement["entries"][0]["entry_type"] == "points_adjusted"
 
 
 def test_a_read_waits_for_the_runner_to_pass_what_another_writer_recorded(
@@ -146,10 +146,9 @@ def test_balance_tier_fields_from_the_state_the_projection_keeps(
     tiers = client.app.state.tier_states  # type: ignore[attr-defined]
     member = "t-1"
     at = T0
-    for n, (kind, cents) in enumerate(
-        [("buy", 1200), ("buy", 2500), ("buy", 900), ("refund", 500), ("buy", 4000)]
-        + [("redeem", 0), ("buy", 3000), ("buy", 700)]
-    ):
+    steps = [("buy", 1200), ("buy", 2500), ("buy", 900), ("refund", 500), ("buy", 4000)]
+    steps += [("redeem", 0), ("buy", 3000), ("buy", 700)]
+    for n, (kind, cents) in enumerate(steps):
         if kind == "buy":
             event = _purchase(f"t-{n}", member, cents, at)
         elif kind == "refund":
@@ -192,9 +191,7 @@ IDS = ["m", "m-1", "m-10", "m-1a", "m-2", "m.1", "m-1\u00e9", "M-1", "n-1", "m-1
 def test_member_search_reads_a_bounded_range_with_the_old_answers(
     client: TestClient, ledger: Ledger
 ) -> None:
-    ledger.app.apply_batch(
-        [_inbound(_purchase(f"s-{i}", m, 100, T0)) for i, m in enumerate(IDS)]
-    )
+    ledger.app.apply_batch([_inbound(_purchase(f"s-{i}", m, 100, T0)) for i, m in enumerate(IDS)])
     ledger.catch_up()
     every = sorted(ledger.view.all_balances(), key=lambda r: r.member_id)
     for prefix in ["", "m", "m-", "m-1", "m-1\u00e9", "M", "n", "x", "m-10", "m-1-"]:
@@ -308,3 +305,31 @@ def test_program_metrics_route_reads_the_summary(client: TestClient, ledger: Led
         full.outstanding,
     )
     assert body["members"] == 2
+
+
+def test_lots_shows_the_open_ones_and_every_one_on_request(
+    client: TestClient, ledger: Ledger, clock: FixedClock
+) -> None:
+    """GET lots reads the lots with points left or pending (not the member's whole
+    history); `spent=true` gives every lot, as before. The balance, read from the open lots
+    only, is the one worked out from every lot."""
+    at = T0
+    for n in range(4):
+        client.post("/v1/events", json=_purchase(f"l-{n}", "l-1", 3000, at), headers=CHECKOUT)
+        at += timedelta(days=3)
+        clock.set(at)
+    redeem = _event("l-r", "redemption.requested", "l-1", at, redemption_id="l-r", points=70)
+    assert client.post("/v1/events", json=redeem, headers=CHECKOUT).status_code == 201
+    client.post("/v1/events", json=_purchase("l-9", "l-1", 1000, at), headers=CHECKOUT)
+    every = client.get("/v1/members/l-1/lots?spent=true", headers=READER).json()
+    shown = client.get("/v1/members/l-1/lots", headers=READER).json()
+    assert shown == [x for x in every if x["remaining"] > 0 or x["status"] == "pending"]
+    assert len(shown) < len(every)  # some were spent
+    assert [x["lot_id"] for x in every] == sorted(x["lot_id"] for x in every)
+    row = ledger.view.balance("l-1")
+    assert row is not None
+    for later in (timedelta(0), timedelta(days=3), timedelta(days=200)):
+        now = clock.now() + later
+        assert balance_as_of(row, ledger.view.open_lots("l-1"), now) == balance_as_of(
+            row, ledger.view.lots("l-1"), now
+        )

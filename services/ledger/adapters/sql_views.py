@@ -49,6 +49,10 @@ def _table_statements(p: str) -> list[str]:
         "WHERE status = 'pending'",
         f"CREATE INDEX IF NOT EXISTS {p}lots_due_expiry ON {p}lots (expires_at) "
         "WHERE remaining > 0",
+        # A member's open lots (open_lots): what a balance and GET lots read, however many
+        # lots the member's history spent or expired.
+        f"CREATE INDEX IF NOT EXISTS {p}lots_open ON {p}lots (member_id, lot_id) "
+        "WHERE remaining > 0 OR status = 'pending'",
         f"CREATE TABLE IF NOT EXISTS {p}entries ("
         "position BIGINT PRIMARY KEY, member_id TEXT NOT NULL, seq BIGINT NOT NULL, "
         "entry_type TEXT NOT NULL, effective_at TEXT NOT NULL, body TEXT NOT NULL)",
@@ -387,6 +391,17 @@ class SqlLedgerView:
             self._run(
                 c,
                 f"SELECT * FROM {self.prefix}lots WHERE member_id = ? ORDER BY lot_id",
+                (member_id,),
+            )
+            return [self._lot(r) for r in c.fetchall()]
+
+    def open_lots(self, member_id: str) -> list[Lot]:
+        """The member's lots with points left or still pending (an index range)."""
+        with self._tx(commit=False) as c:
+            self._run(
+                c,
+                f"SELECT * FROM {self.prefix}lots WHERE member_id = ? "
+                "AND (remaining > 0 OR status = 'pending') ORDER BY lot_id",
                 (member_id,),
             )
             return [self._lot(r) for r in c.fetchall()]

@@ -299,7 +299,8 @@ class Ledger:
             row = self.view.balance(member_id)
             if row is None:
                 return None
-            return balance_as_of(row, self.view.lots(member_id), self.app.clock.now())
+            # Spent and expired lots change nothing due: only the open ones are read.
+            return balance_as_of(row, self.view.open_lots(member_id), self.app.clock.now())
         check_as_of(now)
         sources = self.view.balance_sources(member_id, now)
         return None if sources is None else balance_then(sources, now)
@@ -309,8 +310,9 @@ class Ledger:
     ) -> list[EntryRow]:
         return self.view.entries(member_id, before_seq=before_seq, limit=limit)
 
-    def lots(self, member_id: str) -> list[Lot]:
-        return self.view.lots(member_id)
+    def lots(self, member_id: str, *, spent: bool = False) -> list[Lot]:
+        """The member's open lots (points left, or pending); with `spent`, every lot."""
+        return self.view.lots(member_id) if spent else self.view.open_lots(member_id)
 
     def holds(self, member_id: str) -> list[HoldRow]:
         return self.view.holds(member_id)

@@ -171,10 +171,19 @@ def get_statement(
     response_model=list[LotView],
     responses=ERRORS,
 )
-def get_lots(member_id: MemberId, ledger: LedgerDep, _: MembersReader) -> list[LotView]:
-    """What each earn left, and when it is released and expires."""
+def get_lots(
+    member_id: MemberId,
+    ledger: LedgerDep,
+    _: MembersReader,
+    spent: Annotated[
+        bool,
+        Query(description="also the lots spent or expired to nothing (every lot ever made)"),
+    ] = False,
+) -> list[LotView]:
+    """What each earn left, and when it is released and expires: the lots with points left
+    or still pending, by lot id (with `spent=true`, every lot of the member's history)."""
     _known(ledger, member_id)
-    return [convert.lot(x) for x in ledger.lots(member_id)]
+    return [convert.lot(x) for x in ledger.lots(member_id, spent=spent)]
 
 
 @router.get(
