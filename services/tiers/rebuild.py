@@ -26,7 +26,14 @@ from services.ledger.domain.account import (
     account_id,
 )
 from services.ledger.domain.program import Program
-from services.ledger.domain.tier_policy import Progress, TierState, advance, progress, upgrade
+from services.ledger.domain.tier_policy import (
+    Progress,
+    TierState,
+    advance,
+    progress,
+    prune,
+    upgrade,
+)
 from services.tiers.facts import follow, tier_entry
 from services.tiers.history import ledger_entries
 
@@ -302,6 +309,9 @@ class TierStateCache:
             state = account_tier_state(self.app, member_id, seq)
             if state is None:
                 return None, None
+            if state.contributions:  # as `follow` keeps them: what a window can still count
+                latest = max(c.at for c in state.contributions)
+                state = replace(state, contributions=prune(self.app.program, state, latest))
             if len(self.states) >= self.MAX_MEMBERS:
                 self.states.clear()
             current = self.states.get(member_id)

@@ -22,7 +22,7 @@ from services.ledger.application.service import Ledger, balance_as_of
 from services.ledger.bootstrap import EXAMPLES, build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
-from services.tiers.rebuild import balance_tier_fields
+from services.tiers.rebuild import TierStateCache, balance_tier_fields
 from tests.unit.test_api import CHECKOUT, READER, SUPPORT, key_store
 
 COFFEE = load_program(EXAMPLES / "coffee.yaml")  # tiers, expiry, pending days
@@ -177,9 +177,21 @@ def test_balance_tier_fields_from_the_state_the_projection_keeps(
             found, *balance_tier_fields(ledger.app, member, found.as_of, None)
         ).model_dump(mode="json")
         assert shown == expected
-        at += timedelta(days=3)
+        at += timedelta(days=400 if n == 3 else 3)  # and into another qualifying year
         clock.set(at)
     assert shown["tier"] == "gold"
+    # Seeded afresh from the account (as after a restart), with what no window counts
+    # dropped: the same fields.
+    fresh = TierStateCache(ledger.app)
+    row = ledger.view.balance(member)
+    assert row is not None
+    for later in (timedelta(0), timedelta(days=30), timedelta(days=500)):
+        now = clock.now() + later
+        assert fresh.fields(member, now, row.entries) == balance_tier_fields(
+            ledger.app, member, now, row.entries
+        )
+    state = fresh.states[member]
+    assert len(state.contributions) < len(ledger.app.find_account(member).qualifying)  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------ member search
