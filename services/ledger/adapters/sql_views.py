@@ -596,6 +596,12 @@ class SqlLedgerView:
 class SQLiteLedgerView(SqlLedgerView, SQLiteTrackingRecorder):
     # A SQLite transaction reads one snapshot already (BEGIN, then the first read).
 
+    def _lock_summary(self, cursor: Any) -> None:
+        # A write first takes the database's write lock (waiting for a batch committing in
+        # another process), so the reads after it see every batch and none can commit
+        # before this transaction does.
+        cursor.execute(f"DELETE FROM {self.prefix}summary_state WHERE name = ?", ("-",))
+
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_table_statements(self.prefix)]
 
