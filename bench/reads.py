@@ -212,6 +212,53 @@ def _digest(key: str) -> str:
     return digest(key)
 
 
+def summary_at_scale(folder: Path, member_days: int) -> None:
+    """Program metrics from the summary of a store the size of `member_days` activity rows
+    (at most one per event: a 1,000,000-event store has at most 1,000,000), written
+    directly: 3,000 days, 100 members active a day on average, 4 tiers."""
+    from typing import Any
+
+    db = folder / "summary.sqlite"
+    ledger = build_ledger(
+        Settings(program=EXAMPLES / "coffee.yaml", db=db), env=store_env(Settings(db=db))
+    )
+    view: Any = ledger.view
+    days = 3000
+    first = datetime(2018, 1, 1, tzinfo=UTC)
+    per_day = max(1, member_days // days)
+    with view._tx(commit=True) as c:
+        p = view.prefix
+        c.executemany(
+            f"INSERT INTO {p}summary_days VALUES (?, 5000, 2000, 300)",
+            [((first + timedelta(days=d)).date().isoformat(),) for d in range(days)],
+        )
+        c.executemany(
+            f"INSERT INTO {p}summary_tiers VALUES (?, 2500, 1000000)",
+            [(t,) for t in ("none", "green", "gold", "platinum")],
+        )
+        rows = []
+        for d in range(days):
+            day = first + timedelta(days=d)
+            at = day.isoformat(timespec="microseconds")
+            for m in range(per_day):
+                rows.append(
+                    (f"m-{(d * 37 + m * 101) % 10_000:05d}", day.date().isoformat(), at, at)
+                )
+        c.executemany(f"INSERT OR IGNORE INTO {p}summary_activity VALUES (?, ?, ?, ?)", rows)
+    now = first + timedelta(days=days)
+    for period in (30, 366):
+        samples = []
+        for _ in range(20):
+            began = time.perf_counter()
+            view.summary(now, period)
+            samples.append(time.perf_counter() - began)
+        print(
+            f"summary of {len(rows):,} member-days, {days:,} days, period {period} days: "
+            f"{_percentiles(samples)}"
+        )
+    ledger.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=5000)
@@ -219,6 +266,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--http", action="store_true", help="also over HTTP (loyalty api)")
     parser.add_argument("--db", type=Path, help="keep the store here (built if missing)")
+    parser.add_argument(
+        "--summary-rows",
+        type=int,
+        default=0,
+        help="also time the program summary's read over this many member-day rows",
+    )
     args = parser.parse_args()
     os.environ["LOYALTY_API_RATE_LIMIT"] = "0"  # a load test, not a caller to limit
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -229,6 +282,8 @@ def main() -> None:
         if not db.exists():
             now = build(db, args.entries, args.members)
             print(f"built in {time.perf_counter() - began:.1f} s")
+        if args.summary_rows:
+            summary_at_scale(Path(tmp), args.summary_rows)
         in_process(db, now, args.calls)
         if args.http:
             over_http(db, now, args.calls)

@@ -84,7 +84,8 @@ def _table_statements(p: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {p}summary_activity (member_id TEXT NOT NULL, "
         "day TEXT NOT NULL, first_at TEXT NOT NULL, last_at TEXT NOT NULL, "
         "PRIMARY KEY (member_id, day))",
-        f"CREATE INDEX IF NOT EXISTS {p}summary_activity_day ON {p}summary_activity (day)",
+        f"CREATE INDEX IF NOT EXISTS {p}summary_activity_day "
+        f"ON {p}summary_activity (day, member_id, first_at, last_at)",
         f"CREATE TABLE IF NOT EXISTS {p}summary_state (name TEXT PRIMARY KEY)",
     ]
 
@@ -286,35 +287,41 @@ class SqlLedgerView:
         in the one before, read from the days those periods span (an index range)."""
         p = self.prefix
         period = timedelta(days=period_days)
-        t = f"{p}summary_activity"
-
-        def active(start: datetime, end: datetime) -> tuple[str, list[Any]]:
-            # Active in (start, end]: on a day the window spans, first <= end and last >
-            # start (a day is shorter than a window, so one of them is then inside it).
-            return (
-                f"SELECT member_id FROM {t} WHERE day >= ? AND day <= ? "
-                "AND last_at > ? AND first_at <= ?",
-                [day_of(start), day_of(end), _ts(start), _ts(end)],
-            )
-
-        this, this_args = active(now - period, now)
-        last, last_args = active(now - 2 * period, now - period)
+        start, middle = now - period, now - 2 * period
         with self._tx(commit=False) as c:
             self._snapshot(c)
             self._run(c, f"SELECT * FROM {p}summary_days")
             days = {r["day"]: (r["issued"], r["redeemed"], r["expired"]) for r in c.fetchall()}
             self._run(c, f"SELECT * FROM {p}summary_tiers")
             tiers = {r["tier"]: (r["members"], r["outstanding"]) for r in c.fetchall()}
-            counts = []
-            for sql, args in (
-                (f"SELECT COUNT(DISTINCT member_id) AS n FROM ({this}) x", this_args),
-                (f"SELECT COUNT(DISTINCT member_id) AS n FROM ({last}) x", last_args),
-                (f"SELECT COUNT(*) AS n FROM ({this} INTERSECT {last}) x", this_args + last_args),
-            ):
-                self._run(c, sql, args)
-                counts.append(int(c.fetchall()[0]["n"]))
+            # One pass over the member-days the two periods span (a range of the covering
+            # index on day): per member, active in this period (t) and in the one before (l).
+            # A day is shorter than a period, so a member-day with its first activity by a
+            # period's end and its last after its start has an activity inside it.
+            self._run(
+                c,
+                "SELECT COUNT(*) AS members, COALESCE(SUM(t), 0) AS active, "
+                "COALESCE(SUM(l), 0) AS earlier, COALESCE(SUM(t * l), 0) AS retained FROM ("
+                "SELECT member_id, "
+                "MAX(CASE WHEN last_at > ? AND first_at <= ? THEN 1 ELSE 0 END) AS t, "
+                "MAX(CASE WHEN last_at > ? AND first_at <= ? THEN 1 ELSE 0 END) AS l "
+                f"FROM {p}summary_activity WHERE day >= ? AND day <= ? GROUP BY member_id) x",
+                (
+                    _ts(start),
+                    _ts(now),
+                    _ts(middle),
+                    _ts(start),
+                    day_of(middle),
+                    day_of(now),
+                ),
+            )
+            counts = c.fetchall()[0]
         return Summary(
-            days=days, tiers=tiers, active=counts[0], active_before=counts[1], retained=counts[2]
+            days=days,
+            tiers=tiers,
+            active=int(counts["active"]),
+            active_before=int(counts["earlier"]),
+            retained=int(counts["retained"]),
         )
 
     @staticmethod
