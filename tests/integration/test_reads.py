@@ -19,6 +19,7 @@ from services.ledger.api.app import create_app
 from services.ledger.application.ledger import Inbound
 from services.ledger.application.program_metrics import compute, from_summary
 from services.ledger.application.service import Ledger, balance_as_of
+from services.ledger.application.verify import verify
 from services.ledger.bootstrap import EXAMPLES, build_ledger
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
@@ -345,3 +346,13 @@ def test_lots_shows_the_open_ones_and_every_one_on_request(
         assert balance_as_of(row, ledger.view.open_lots("l-1"), now) == balance_as_of(
             row, ledger.view.lots("l-1"), now
         )
+
+
+def test_verify_catches_a_program_summary_that_drifted(ledger: Ledger, clock: FixedClock) -> None:
+    _random_history(ledger, clock, 7)
+    assert not [v for v in verify(ledger.app, ledger.view).violations if "summary" in v]
+    view: Any = ledger.view
+    with view._tx(commit=True) as c:
+        view._run(c, f"UPDATE {view.prefix}summary_tiers SET members = members + 1")
+    found = verify(ledger.app, ledger.view).violations
+    assert [v for v in found if "program summary differs" in v]

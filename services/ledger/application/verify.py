@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from uuid import UUID
 
 from services.ledger.application.ledger import LedgerApplication
+from services.ledger.application.program_metrics import compute, from_summary
 from services.ledger.application.replay_check import replay_check
 from services.ledger.application.views import LedgerView
 from services.ledger.domain import postings as acc
@@ -86,6 +88,7 @@ def verify(
                     h.hold_id: (h.status, h.points, h.captured) for h in live.holds.values()
                 }
         _compare_view(view, folded, report, holds, no_members)
+        _compare_summary(view, app.clock.now(), report)
     if replay:
         again = replay_check(app)
         report.replayed_events, report.replayed_operations = again.events, again.operations
@@ -221,6 +224,21 @@ def _fold(
         lots,
         tier,
     )
+
+
+SUMMARY_PERIODS = (30, 366)
+
+
+def _compare_summary(view: LedgerView, now: datetime, report: VerifyReport) -> None:
+    """The program summary the metrics are read from against the full computation over the
+    balance and statement projections."""
+    balances, entries = view.all_balances(), view.all_entries()
+    for days in SUMMARY_PERIODS:
+        if from_summary(view.summary(now, days)) != compute(balances, entries, now, days):
+            report.violations.append(
+                f"the program summary differs from the projections' figures ({days}-day periods)"
+            )
+            return
 
 
 def _compare_view(
