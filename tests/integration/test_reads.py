@@ -318,6 +318,10 @@ def test_program_metrics_route_reads_the_summary(client: TestClient, ledger: Led
         full.outstanding,
     )
     assert body["members"] == 2
+    held = sum(r.available + r.pending + r.held for r in ledger.view.all_balances())
+    assert ledger.view.outstanding() == held > 0
+    metrics = client.get("/metrics").text
+    assert f"loyalty_outstanding_points {float(held)}" in metrics
 
 
 def test_lots_shows_the_open_ones_and_every_one_on_request(

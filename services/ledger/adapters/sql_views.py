@@ -282,6 +282,14 @@ class SqlLedgerView:
             self._run(c, f"INSERT INTO {p}summary_state VALUES (?)", ("filled",))
             return True
 
+    def outstanding(self) -> int:
+        """Points members hold (available + pending + held), from the program summary."""
+        with self._tx(commit=False) as c:
+            self._run(
+                c, f"SELECT COALESCE(SUM(outstanding), 0) AS n FROM {self.prefix}summary_tiers"
+            )
+            return int(c.fetchall()[0]["n"])
+
     def summary(self, now: datetime, period_days: int) -> Summary:
         """The program summary as of `now`: active members in the period ending then and
         in the one before, read from the days those periods span (an index range)."""
