@@ -260,7 +260,7 @@ def statement(
 def lots(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
     """A member's lots: what each earn left, and when it is released and expires."""
     with _ledger(program, db) as ledger:
-        found = ledger.lots(member, spent=True)
+        found = ledger.lots(member)
     for lot in found:
         typer.echo(
             f"{lot.lot_id:<6} {lot.source:<28} {lot.remaining:>6}/{lot.amount:<6} {lot.status:<9} "

@@ -60,7 +60,7 @@ def audit(ledger: Ledger, member_id: str) -> Audit | None:
         member_id=member_id,
         balance=balance,
         lines=lines,
-        lots=ledger.lots(member_id, spent=True),
+        lots=ledger.lots(member_id),
         entries_total=sum(line.entry.points for line in lines),
         recorded_total=row.available + row.pending + row.held,
     )

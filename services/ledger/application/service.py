@@ -310,8 +310,9 @@ class Ledger:
     ) -> list[EntryRow]:
         return self.view.entries(member_id, before_seq=before_seq, limit=limit)
 
-    def lots(self, member_id: str, *, spent: bool = False) -> list[Lot]:
-        """The member's open lots (points left, or pending); with `spent`, every lot."""
+    def lots(self, member_id: str, *, spent: bool = True) -> list[Lot]:
+        """Every lot of the member; without `spent`, the open ones (points left, or
+        pending: what GET lots shows)."""
         return self.view.lots(member_id) if spent else self.view.open_lots(member_id)
 
     def holds(self, member_id: str) -> list[HoldRow]:
