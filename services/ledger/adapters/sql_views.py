@@ -313,7 +313,9 @@ class SqlLedgerView:
                 "SELECT member_id, "
                 "MAX(CASE WHEN last_at > ? AND first_at <= ? THEN 1 ELSE 0 END) AS t, "
                 "MAX(CASE WHEN last_at > ? AND first_at <= ? THEN 1 ELSE 0 END) AS l "
-                f"FROM {p}summary_activity WHERE day >= ? AND day <= ? GROUP BY member_id) x",
+                f"FROM {p}summary_activity WHERE day >= ? AND day <= ? "
+                # Members only (an undone enrolment's member has no balance row).
+                f"AND member_id IN (SELECT member_id FROM {p}balances) GROUP BY member_id) x",
                 (
                     _ts(start),
                     _ts(now),

@@ -80,11 +80,14 @@ class SummaryChanges:
             first, last = self.activity.get(key, (at, at))
             self.activity[key] = (min(first, at), max(last, at))
 
-    def balance(self, before: BalanceRow | None, after: BalanceRow) -> None:
+    def balance(self, before: BalanceRow | None, after: BalanceRow | None) -> None:
+        """A member's balance row changed (`after` None: it went, an enrolment undone)."""
         if before is not None:
             tier = self.tiers.setdefault(before.tier or "none", [0, 0])
             tier[0] -= 1
             tier[1] -= before.available + before.pending + before.held
+        if after is None:
+            return
         tier = self.tiers.setdefault(after.tier or "none", [0, 0])
         tier[0] += 1
         tier[1] += after.available + after.pending + after.held

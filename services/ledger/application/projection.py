@@ -74,6 +74,8 @@ class LedgerProjection:
             ]
             for member, row in changes.balances.items():  # the program summary's changes
                 changes.summary.balance(before.get(member), row)
+            for member in changes.removed:  # no member any more: its row went
+                changes.summary.balance(before.get(member), None)
             for entry in changes.entries:
                 changes.summary.entry(entry)
             try:
@@ -121,7 +123,7 @@ class LedgerProjection:
                     body=message.model_dump(mode="json"),
                 )
             )
-            return
+            return message
         updated: datetime = message.recorded_at
         current[member] = changes.balances[member] = BalanceRow(
             member_id=member,
