@@ -268,9 +268,12 @@ def test_one_members_run_agrees_with_the_all_members_run(
             m: {r.body["entry_type"] for r in built.statement(m, limit=50)} for m in ("m-3", "m-4")
         }
         assert "referral_reversed" in kinds["m-3"]
+        # Only the displaced referral had enrolled m-3: no member any more, as in time order.
+        assert "enrolment_undone" in kinds["m-3"]
         assert "points_redeemed" in kinds["m-4"], kinds
         everyone = {d.member_id: d for d in what_if(built, double).members}
-        assert set(everyone) == {"m-1", "m-2", "m-3", "m-4"}
+        assert set(everyone) == {"m-1", "m-2", "m-4"}
+        assert what_if(built, double, member="m-3").members == []
         assert any(d.difference != 0 for d in everyone.values())
         for member, diff in everyone.items():
             assert what_if(built, double, member=member).members == [diff], member
