@@ -98,6 +98,7 @@ class Rules:
     entry_multiplier: str
     daily_cap: int | None = None
     double_weekday: str | None = None
+    returns: Literal["within_balance", "unlimited"] = "within_balance"
 
 
 def build_program(rules: Rules) -> Program:
@@ -126,7 +127,7 @@ def build_program(rules: Rules) -> Program:
             "small": {"name": "Small", "points": 50},
             "big": {"name": "Big", "points": 250},
         },
-        "returns": {"policy": "within_balance"},
+        "returns": {"policy": rules.returns},
     }
     if rules.tiers:
         document["tiers"] = [
@@ -167,6 +168,8 @@ def rules_strategy(
         entry_multiplier=st.sampled_from(["1", "2"]),
         daily_cap=st.sampled_from([None, None, 30, 120]),
         double_weekday=st.sampled_from([None, "monday", "tuesday"]),
+        # 1 in 4 under the unlimited policy: a refund may leave the balance below zero.
+        returns=st.sampled_from(["within_balance"] * 3 + ["unlimited"]),
     )
 
 

@@ -2257,3 +2257,36 @@ def test_a_late_earn_before_a_refund_that_owed_points_has_it_owe_less_in_event_t
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_settles_the_whole_debt_before_points_that_came_after_it(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy the refund owed 40; the signup bonus (dated 01-25) was read
+    first and settled 10 of it. o-2, dated 01-20, is read last, with no spend dated after
+    it: in event time o-2 settled the whole debt first and the signup bonus was untouched."""
+    ledger, clock = open_fresh(UNLIMITED_SIGNUP, READ_AT)
+    o1 = purchase("w-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    spent = redemption("w-2", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-1", points=40)
+    refunded = refund(
+        "w-3", "m-1", at("2026-01-15T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    o2 = purchase("w-4", "m-1", at("2026-01-20T10:00:00Z"), order_id="o-2", total_minor=6000)
+    signup = activity("w-5", "m-1", at("2026-01-25T10:00:00Z"), name="signup")
+    reads = [(o1, 0), (spent, 0), (refunded, 0), (signup, 0), (o2, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: 01-10 o-1 50; 01-12 x-1 takes 40 (10 left); 01-15 the refund
+    # of all of o-1 (50) takes the 10 and owes 40: balance -40; 01-20 o-2 earns 60, which
+    # settle the 40 first: o-2 holds 20; 01-25 the signup bonus 10, untouched. Balance 30.
+    # (As read, the signup bonus settled 10 and o-2 only the 30 left: o-2 30, signup 0.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(30, 0, 0)
+    assert holding(ledger, "m-1") == [
+        ("order o-2", 20, at("2026-01-20T10:00:00Z")),
+        ("signup", 10, at("2026-01-25T10:00:00Z")),
+    ]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2084,9 +2084,12 @@ class MemberAccount(Aggregate):
                 note += f"; pending until {release_at.isoformat()}"
             else:
                 postings = transfer(acc.ISSUED, acc.AVAILABLE, points)
-                moves = self._settle_moves(lot_id, points)
-                if moves:
+                came_at = (release_for(program, occurred_at) if pending else None) or occurred_at
+                moves = self._settle_late(lot_id, points, came_at, now)
+                if moves and moves[0].lot_id == lot_id:
                     note += f"; {-moves[0].amount} settled the negative balance"
+                if len(moves) > 1:
+                    note += " first (points that came after it settle again after it)"
         renewal = self._renewal(
             program, Qualifying(occurred_at, points, order.total_minor if order else 0)
         )
@@ -3335,6 +3338,50 @@ class MemberAccount(Aggregate):
     def _settle_moves(self, lot_id: str, credit: int) -> tuple[LotMove, ...]:
         settle = min(self.debt, credit)
         return (LotMove(lot_id, -settle),) if settle else ()
+
+    def _settle_late(
+        self, lot_id: str, credit: int, came_at: datetime, now: datetime
+    ) -> tuple[LotMove, ...]:
+        """An earn's settle of a balance below zero, also when it came (in event time,
+        `came_at`) before points that already settled it: with no spend dated after it,
+        what a lot that came since lost is exactly what it settled (a spend takes only the
+        lots there at its own time), so those lots give it back, the earn settles the
+        whole debt first, and they settle again in the order they came. The earn's own
+        move first. The plain settle when a spend, a cancellation or a hold may have
+        taken from those lots, or some of their points expired."""
+        plain = self._settle_moves(lot_id, credit)
+        if self.last_spend_at is not None and self.last_spend_at > came_at:
+            return plain
+
+        def came(lot: Lot) -> datetime:
+            return max(lot.earned_at, lot.release_at or lot.earned_at)
+
+        later = sorted(
+            (v for v in self.lots.values() if v.status == AVAILABLE and came(v) > came_at),
+            key=lambda v: (came(v), spend_order_key(v)),
+        )
+        settled = {v.lot_id: v.amount - v.remaining for v in later if v.remaining != v.amount}
+        if not settled:
+            return plain
+        held = {m.lot_id for h in self.holds.values() for m in h.moves}
+        if any(
+            v.lot_id in held
+            or self.expired_by_lot.get(v.lot_id, 0)
+            or (v.expires_at is not None and v.expires_at <= now)
+            for v in later
+        ):
+            return plain
+        owed = self.debt + sum(settled.values())
+        own = min(owed, credit)
+        moves = [LotMove(lot_id, -own)] if own else []
+        owed -= own
+        for v in later:
+            has = v.remaining + settled.get(v.lot_id, 0)
+            take = min(owed, has)
+            owed -= take
+            if has - take != v.remaining:
+                moves.append(LotMove(v.lot_id, has - take - v.remaining))
+        return tuple(moves)
 
     def _prune_daily(self, today: str) -> None:
         horizon = (datetime.fromisoformat(today) - timedelta(days=DAILY_WINDOW_DAYS)).date()
