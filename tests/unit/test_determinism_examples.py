@@ -2290,3 +2290,40 @@ def test_a_late_earn_settles_the_whole_debt_before_points_that_came_after_it(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_before_a_refund_settles_an_older_debt_first_in_event_time(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy r-1 owed 40 (dated before o-0), which o-2 settled when
+    read; r-2 then found too few points and owed 10, which o-0, read last, settled. In
+    event time o-0 settled the older debt first, o-2 kept more of its own points for r-2,
+    and r-2 left o-3 points."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("v-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    spent = redemption("v-2", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-1", points=40)
+    r1 = refund(
+        "v-3", "m-1", at("2026-01-15T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    o0 = purchase("v-4", "m-1", at("2026-01-20T10:00:00Z"), order_id="o-0", total_minor=2500)
+    o2 = purchase("v-5", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-2", total_minor=6000)
+    o3 = purchase("v-6", "m-1", at("2026-02-05T10:00:00Z"), order_id="o-3", total_minor=3000)
+    r2 = refund(
+        "v-7", "m-1", at("2026-02-10T10:00:00Z"), order_id="o-2", refund_id="r-2", amount_minor=6000
+    )
+    reads = [(o1, 0), (spent, 0), (r1, 0), (o2, 0), (o3, 0), (r2, 0), (o0, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 7
+
+    # By hand, in time order: 01-10 o-1 50; 01-12 x-1 takes 40 (10 left); 01-15 r-1, all
+    # of o-1 (50), takes the 10 and owes 40: balance -40; 01-20 o-0 earns 25, all settling
+    # the debt: -15; 01-25 o-2 earns 60, 15 settle the rest: o-2 45; 02-05 o-3 30; 02-10
+    # r-2, all of o-2 (60), takes o-2's 45, then 15 of o-3: o-3 holds 15, balance 15.
+    # (As read, o-2 settled the 40 and kept 20; r-2 took those 20, o-3's 30 and owed 10,
+    # which o-0 settled: o-0 15, o-3 0.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(15, 0, 0)
+    assert holding(ledger, "m-1") == [("order o-3", 15, at("2026-02-05T10:00:00Z"))]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

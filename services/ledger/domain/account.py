@@ -1566,15 +1566,16 @@ class MemberAccount(Aggregate):
         lots = restored(self.lots, unexpired, later)
         if released_at is not None and lots[lot_id].release_at is None:
             lots[lot_id] = replace(lots[lot_id], release_at=released_at)
-        if not self._unsettled(later, since, lots):
+        owed_then = self._unsettled(later, since, lots)
+        if owed_then is None:
             return False
-        again = self._taken_again(lots, later, since, unsettled=True)
+        again = self._taken_again(lots, later, since, owed=owed_then, unsettled=True)
         if again is None:
             return False
         redemptions, orders, postings, note = again
-        if not redemptions and not orders:
-            return True  # the spends stand as time order has them
         lots[lot_id] = replace(lots[lot_id], release_at=self.lots[lot_id].release_at)
+        if not redemptions and not orders and not self._settled_again(lots, since, unexpired):
+            return True  # the spends stand as time order has them
         self._record(
             self.LotsReallocated,
             effective_at=since,
@@ -2528,22 +2529,26 @@ class MemberAccount(Aggregate):
 
     def _settled_since(
         self, later: list[Spend], since: datetime, lots: Mapping[str, Lot]
-    ) -> dict[str, int] | None:
-        """What the points that came after `since` settled of the debts the refunds in
-        `later` left when recorded, by lot, so a re-take can give it back and settle again
-        in event-time order (`lots`: the copy, those spends given back). Which points
-        settled a debt is not kept; it is known when the points that came since (lots
-        earned or released, as available now) are short in the copy of just the points
-        settled: what those refunds owed less what is owed now. None when not (then the
-        re-take keeps the recorded spends); {} when nothing was owed."""
+    ) -> tuple[dict[str, int], int] | None:
+        """What the points that came at or after `since` (lots earned or released) settled
+        of a balance below zero, by lot, and what was owed at `since` in event time, so a
+        re-take can give it back and settle again in event-time order (`lots`: the copy,
+        the spends in `later` and the points expired since given back). A spend takes only
+        the lots there at its own time, so what such a lot is short in the copy is what it
+        settled (also of a debt older than `since`); what was owed at `since` is what they
+        settled, plus what is owed now, less what the refunds in `later` owed when
+        recorded. None when not known (a cancellation or a hold since, which may have
+        settled some of it or taken from those lots; a refunded order's lot, whose pending
+        points the refund may have taken, with points owed at `since`; or the figures do
+        not add up): then the re-take keeps the recorded spends."""
         owing = [
             s
             for s in later
             if s.kind == "refund" and s.owes and s.wanted + sum(m.amount for m in s.moves)
         ]
-        if not owing:
-            return None if self.debt else {}
-        settled = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing) - self.debt
+        owed_later = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
+        if not owed_later and not self.debt:
+            return {}, 0  # nothing owed when recorded, nothing now: nothing settled
         first = min([since, *(s.at for s in owing)])
         gaps = {
             lot_id: lot.amount - lot.remaining
@@ -2552,23 +2557,52 @@ class MemberAccount(Aggregate):
             and max(lot.earned_at, lot.release_at or lot.earned_at) >= first
             and lot.amount != lot.remaining
         }
-        if settled < 0 or sum(gaps.values()) != settled:
+        owed_then = sum(gaps.values()) + self.debt - owed_later
+        if owed_then < 0 or any(points < 0 for points in gaps.values()):
             return None
+        refunded = {
+            o.lot_id
+            for o in self.orders.values()
+            if o.lot_id in gaps
+            and any(
+                (release := self.lots[o.lot_id].release_at) is not None and release > st.at
+                for st in o.refunds
+            )
+        }
+        if owed_then and refunded:
+            return None  # a refund may have taken its order's points while pending
         if any(
             r.cancelled_at is not None and r.cancelled_at > first for r in self.redemptions.values()
         ):
             return None  # a cancellation may have settled some of it
-        return gaps
+        held = {m.lot_id for h in self.holds.values() for m in h.moves}
+        if any(lot_id in held or self.expired_by_lot.get(lot_id, 0) for lot_id in gaps):
+            return None  # a hold took from them, or some of their points expired
+        return gaps, owed_then
 
-    def _unsettled(self, later: list[Spend], since: datetime, lots: dict[str, Lot]) -> bool:
-        """`lots` (the copy) with what points that came after `since` settled of the debts
-        of the refunds in `later` given back (`_settled_since`); False when not known."""
+    def _unsettled(self, later: list[Spend], since: datetime, lots: dict[str, Lot]) -> int | None:
+        """`lots` (the copy) with what points that came at or after `since` settled given
+        back (`_settled_since`); what was owed at `since` (to settle again first), None
+        when not known."""
         settled = self._settled_since(later, since, lots)
         if settled is None:
-            return False
-        for lot_id, points in settled.items():
+            return None
+        gaps, owed_then = settled
+        for lot_id, points in gaps.items():
             lots[lot_id] = replace(lots[lot_id], remaining=lots[lot_id].remaining + points)
-        return True
+        return owed_then
+
+    def _settled_again(
+        self, lots: Mapping[str, Lot], since: datetime, unexpired: Mapping[str, int]
+    ) -> bool:
+        """Whether a lot that came at or after `since` holds other points in the re-take's
+        copy `lots` than now (points expired since, put back in the copy, left aside)."""
+        return any(
+            lot.remaining - unexpired.get(lot_id, 0) != self.lots[lot_id].remaining
+            for lot_id, lot in lots.items()
+            if lot.status == AVAILABLE
+            and max(lot.earned_at, lot.release_at or lot.earned_at) >= since
+        )
 
     def _waited_past(self, program: Program, at: datetime) -> list[Spend]:
         """Redemptions dated before `at` but funded after it: they waited (parked) for
@@ -2776,8 +2810,8 @@ class MemberAccount(Aggregate):
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
-        if not self._unsettled(later, occurred_at, lots):
-            return False
+        if self._unsettled(later, occurred_at, lots) != 0:
+            return False  # not known, or decided while points are owed: the usual path
         deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
         # Cancellations dated after it give back what they held: they may fund it too.
         back = [
@@ -2849,8 +2883,8 @@ class MemberAccount(Aggregate):
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
-        if not self._unsettled(later, occurred_at, lots):
-            return False
+        if self._unsettled(later, occurred_at, lots) != 0:
+            return False  # not known, or points owed at its time: the usual path
         for move in record.moves:
             lots[move.lot_id] = replace(
                 lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
@@ -2916,7 +2950,8 @@ class MemberAccount(Aggregate):
         if not later and not own_expired_since and not owes_late:
             return None
         lots = restored(self.lots, unexpired, later)
-        if not self._unsettled(later, at, lots):
+        owed_then = self._unsettled(later, at, lots)
+        if owed_then is None:
             return None
         postings: list[Posting] = []
         left = amount
@@ -2941,7 +2976,7 @@ class MemberAccount(Aggregate):
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
         if not later and not own_expired_since and not mine.owed:
             return None  # nothing owed, nothing to take again: the usual clawback
-        again = self._taken_again(lots, later, at, owed=mine.owed, unsettled=True)
+        again = self._taken_again(lots, later, at, owed=owed_then + mine.owed, unsettled=True)
         if again is None:
             return None
         redemptions, orders, again_postings, note = again
