@@ -2327,3 +2327,33 @@ def test_a_late_earn_before_a_refund_settles_an_older_debt_first_in_event_time(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_redemption_before_an_expiry_has_a_refund_after_it_owe_in_event_time(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy r-1, dated after o-1's lot expired, was read when all of
+    it had expired: it counted its 30 points as expired, owing nothing. x-1, dated before
+    the expiry, is read last: in event time it spent 80, only 20 expired, and r-1 owes the
+    other 10."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("t-1", "m-1", at("2025-01-10T10:00:00Z"), order_id="o-1", total_minor=10000)
+    spent = redemption("t-2", "m-1", at("2025-06-01T10:00:00Z"), redemption_id="x-1", points=80)
+    refunded = refund(
+        "t-3", "m-1", at("2025-08-01T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=3000
+    )
+    reads = [(o1, 0), (refunded, 0), (spent, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 3
+
+    # By hand, in time order (2025): 01-10 o-1 100 (expires 07-10); 06-01 x-1 takes 80 (20 left);
+    # 07-10 the 20 expire; 08-01 r-1 of $30 (30): 20 of them had expired, it owes the other
+    # 10: balance -10, o-1's lot empty, 20 expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert account.balance == Balances(-10, 0, 0)
+    assert holding(ledger, "m-1") == []
+    assert sum(account.expired_by_lot.values()) == 20
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

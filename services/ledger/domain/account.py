@@ -1569,7 +1569,9 @@ class MemberAccount(Aggregate):
         owed_then = self._unsettled(later, since, lots)
         if owed_then is None:
             return False
-        again = self._taken_again(lots, later, since, owed=owed_then, unsettled=True)
+        again = self._taken_again(
+            lots, later, since, owed=owed_then, unsettled=True, unexpired=unexpired
+        )
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2640,6 +2642,7 @@ class MemberAccount(Aggregate):
         records: Mapping[str, OrderRecord] | None = None,
         owed: int = 0,
         unsettled: bool = False,
+        unexpired: dict[str, int] | None = None,
     ) -> tuple[list[RedemptionRecord], dict[str, OrderRecord], list[Posting], str] | None:
         """Each later spend takes again from `lots` (in place), in event-time order. A
         refund that finds too few points under the unlimited policy owes the rest (the
@@ -2654,7 +2657,10 @@ class MemberAccount(Aggregate):
         `since` is the late event's time (default: the earliest later spend's): a refund
         whose order's lot expires after it, and that counted points of that lot as already
         expired, counts again what the lot held at its expiry (spends.expired_again).
-        `records`: order records to start from instead of the account's (changed since)."""
+        `records`: order records to start from instead of the account's (changed since).
+        `unexpired`: the points put back in `lots` from expiry (the caller's, in place):
+        those left in a lot that expired before points were owed stay expired (they could
+        not settle the debt)."""
         redemptions: list[RedemptionRecord] = []
         orders: dict[str, OrderRecord] = {}
         postings: list[Posting] = []
@@ -2737,6 +2743,8 @@ class MemberAccount(Aggregate):
             done.append(taken)
         _give_back(lots, holding, None)
         _settle_again(lots, debt, None)
+        if debt.owed and unexpired is not None and debt.since is not None:
+            _expired_again(lots, unexpired, debt.since)
         if debt.owed and any(v.remaining > 0 for v in lots.values() if v.status == AVAILABLE):
             return None  # points left that did not settle it (expired before): as recorded
         for t in done:
@@ -2828,7 +2836,7 @@ class MemberAccount(Aggregate):
             occurred_at,
             instant,
         )
-        again = self._taken_again(lots, later, occurred_at, unsettled=True)
+        again = self._taken_again(lots, later, occurred_at, unsettled=True, unexpired=unexpired)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2889,7 +2897,7 @@ class MemberAccount(Aggregate):
             lots[move.lot_id] = replace(
                 lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
             )
-        again = self._taken_again(lots, later, occurred_at, unsettled=True)
+        again = self._taken_again(lots, later, occurred_at, unsettled=True, unexpired=unexpired)
         if again is None:
             return False
         redemptions, orders, postings, note = again
@@ -2976,7 +2984,9 @@ class MemberAccount(Aggregate):
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
         if not later and not own_expired_since and not mine.owed:
             return None  # nothing owed, nothing to take again: the usual clawback
-        again = self._taken_again(lots, later, at, owed=owed_then + mine.owed, unsettled=True)
+        again = self._taken_again(
+            lots, later, at, owed=owed_then + mine.owed, unsettled=True, unexpired=unexpired
+        )
         if again is None:
             return None
         redemptions, orders, again_postings, note = again
@@ -3539,6 +3549,17 @@ def _settle_again(lots: dict[str, Lot], debt: _Debt, by: datetime | None) -> Non
     debt.owed = owed
     if not owed:
         debt.since = None
+
+
+def _expired_again(lots: dict[str, Lot], unexpired: dict[str, int], owed_since: datetime) -> None:
+    """Points put back from expiry (`unexpired`) that a re-take left in a lot expired
+    before points were owed (`owed_since`) expire again: they stay expired (both in place)."""
+    for lot_id, points in list(unexpired.items()):
+        lot = lots[lot_id]
+        if lot.expires_at is not None and lot.expires_at <= owed_since and lot.remaining:
+            again = min(points, lot.remaining)
+            lots[lot_id] = lot.moved(-again)
+            unexpired[lot_id] = points - again
 
 
 def _give_back(lots: dict[str, Lot], holding: list[Taken], by: datetime | None) -> None:
