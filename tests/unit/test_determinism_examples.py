@@ -2357,3 +2357,46 @@ def test_a_late_redemption_before_an_expiry_has_a_refund_after_it_owe_in_event_t
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+UNLIMITED_PENDING = program(
+    expiry={"months_after_earn": 6},
+    returns={"policy": "unlimited"},
+    earn={"pending_days": 5},
+    activities={"signup": {"points": 10, "limit": "once"}},
+)
+
+
+def test_a_release_settles_the_whole_debt_before_points_that_came_after_it(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy r-1 owed 40; the signup bonus (02-08) was read first and
+    settled 10 of it. o-2's points, pending until 02-06, are released after: in event time
+    their release settled the whole debt first and the signup bonus was untouched."""
+    ledger, clock = open_fresh(UNLIMITED_PENDING, READ_AT)
+    o1 = purchase("p-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    spent = redemption("p-2", "m-1", at("2026-01-20T10:00:00Z"), redemption_id="x-1", points=40)
+    refunded = refund(
+        "p-3", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    o2 = purchase("p-4", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=6000)
+    signup = activity("p-5", "m-1", at("2026-02-08T10:00:00Z"), name="signup")
+    reads = [(o1, 0), (spent, 0), (refunded, 0), (signup, 0), (o2, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+    ledger.app.advance_members(["m-1"], at("2026-02-10T10:00:00Z"))
+
+    # By hand, in time order: 01-10 o-1 50, pending until 01-15; 01-20 x-1 takes 40 (10
+    # left); 01-25 r-1, all of o-1 (50), takes the 10 and owes 40: balance -40; 02-01 o-2
+    # earns 60, pending until 02-06, when they settle the 40 first: o-2 holds 20; 02-08 the
+    # signup bonus 10, untouched. Balance 30. (As read, the signup bonus settled 10 and the
+    # release only the 30 left: o-2 30, signup 0.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(30, 0, 0)
+    assert holding(ledger, "m-1") == [
+        ("order o-2", 20, at("2026-02-01T10:00:00Z")),
+        ("signup", 10, at("2026-02-08T10:00:00Z")),
+    ]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

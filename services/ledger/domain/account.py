@@ -1451,14 +1451,16 @@ class MemberAccount(Aggregate):
 
     def _release(self, lot: Lot, at: datetime, prov: Provenance) -> None:
         amount = lot.remaining
-        moves = self._settle_moves(lot.lot_id, amount)
+        moves = self._settle_late(lot.lot_id, amount, at, at)
         note = (
             f"{amount} pending points from {lot.source} are now available"
             if amount
             else f"nothing left to release from {lot.source} (refunded)"
         )
-        if moves:
+        if moves and moves[0].lot_id == lot.lot_id:
             note += f"; {-moves[0].amount} settled the negative balance"
+        if len(moves) > 1:
+            note += " first (points that came after it settle again after it)"
         self._record(
             self.PendingReleased,
             effective_at=at,
@@ -3387,8 +3389,9 @@ class MemberAccount(Aggregate):
     def _settle_late(
         self, lot_id: str, credit: int, came_at: datetime, now: datetime
     ) -> tuple[LotMove, ...]:
-        """An earn's settle of a balance below zero, also when it came (in event time,
-        `came_at`) before points that already settled it: with no spend dated after it,
+        """An earn's or a release's settle of a balance below zero, also when its points
+        came (in event time, `came_at`) before points that already settled it (read
+        earlier, or released by the scheduler after them): with no spend dated after it,
         what a lot that came since lost is exactly what it settled (a spend takes only the
         lots there at its own time), so those lots give it back, the earn settles the
         whole debt first, and they settle again in the order they came. The earn's own
