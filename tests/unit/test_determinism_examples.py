@@ -2400,3 +2400,29 @@ def test_a_release_settles_the_whole_debt_before_points_that_came_after_it(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_leaves_what_a_refund_took_of_pending_points_taken(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy r-1 took back o-1's points while they were pending (not a
+    settle of a debt): the signup bonus, dated before o-1 and read last, keeps its points."""
+    ledger, clock = open_fresh(UNLIMITED_PENDING, READ_AT)
+    o1 = purchase("n-1", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    refunded = refund(
+        "n-2", "m-1", at("2026-01-12T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    signup = activity("n-3", "m-1", at("2026-01-05T10:00:00Z"), name="signup")
+    assert read(ledger, clock, [(o1, 0), (refunded, 0)]) == ["applied"] * 2
+    ledger.app.advance_members(["m-1"], at("2026-01-20T10:00:00Z"))
+    assert read(ledger, clock, [(signup, 0)]) == ["applied"]
+
+    # By hand: 01-05 signup 10; 01-10 o-1 50, pending until 01-15; 01-12 r-1 takes the 50
+    # pending points back. Balance 10, all of it the signup bonus's.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(10, 0, 0)
+    assert holding(ledger, "m-1") == [("signup", 10, at("2026-01-05T10:00:00Z"))]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

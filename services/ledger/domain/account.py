@@ -2564,16 +2564,7 @@ class MemberAccount(Aggregate):
         owed_then = sum(gaps.values()) + self.debt - owed_later
         if owed_then < 0 or any(points < 0 for points in gaps.values()):
             return None
-        refunded = {
-            o.lot_id
-            for o in self.orders.values()
-            if o.lot_id in gaps
-            and any(
-                (release := self.lots[o.lot_id].release_at) is not None and release > st.at
-                for st in o.refunds
-            )
-        }
-        if owed_then and refunded:
+        if owed_then and self._refunded_pending(gaps):
             return None  # a refund may have taken its order's points while pending
         if any(
             r.cancelled_at is not None and r.cancelled_at > first for r in self.redemptions.values()
@@ -2583,6 +2574,19 @@ class MemberAccount(Aggregate):
         if any(lot_id in held or self.expired_by_lot.get(lot_id, 0) for lot_id in gaps):
             return None  # a hold took from them, or some of their points expired
         return gaps, owed_then
+
+    def _refunded_pending(self, lot_ids: Iterable[str]) -> bool:
+        """Whether a refund took points of one of these lots, its order's, while they were
+        pending (not a spend: those points are not what the lot settled)."""
+        ids = set(lot_ids)
+        return any(
+            o.lot_id in ids
+            and any(
+                (release := self.lots[o.lot_id].release_at) is not None and release > st.at
+                for st in o.refunds
+            )
+            for o in self.orders.values()
+        )
 
     def _unsettled(self, later: list[Spend], since: datetime, lots: dict[str, Lot]) -> int | None:
         """`lots` (the copy) with what points that came at or after `since` settled given
@@ -3396,7 +3400,8 @@ class MemberAccount(Aggregate):
         lots there at its own time), so those lots give it back, the earn settles the
         whole debt first, and they settle again in the order they came. The earn's own
         move first. The plain settle when a spend, a cancellation or a hold may have
-        taken from those lots, or some of their points expired."""
+        taken from those lots, a refund took their pending points, or some of their points
+        expired."""
         plain = self._settle_moves(lot_id, credit)
         if self.last_spend_at is not None and self.last_spend_at > came_at:
             return plain
@@ -3412,7 +3417,7 @@ class MemberAccount(Aggregate):
         if not settled:
             return plain
         held = {m.lot_id for h in self.holds.values() for m in h.moves}
-        if any(
+        if self._refunded_pending(settled) or any(
             v.lot_id in held
             or self.expired_by_lot.get(v.lot_id, 0)
             or (v.expires_at is not None and v.expires_at <= now)
