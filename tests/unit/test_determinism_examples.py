@@ -2426,3 +2426,39 @@ def test_a_late_earn_leaves_what_a_refund_took_of_pending_points_taken(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_settles_the_whole_debt_before_points_that_came_after_it(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy r-1 owed 40; the signup bonus (01-25) was read first and
+    settled 10 of it. x-1's cancellation, dated 01-20, is read last: in event time the 40
+    points it gave back settled the whole debt first and the signup bonus was untouched."""
+    ledger, clock = open_fresh(UNLIMITED_SIGNUP, READ_AT)
+    o1 = purchase("m-01", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    spent = redemption("m-02", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-1", points=40)
+    refunded = refund(
+        "m-03",
+        "m-1",
+        at("2026-01-15T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=5000,
+    )
+    undo = cancellation("m-04", "m-1", at("2026-01-20T10:00:00Z"), redemption_id="x-1")
+    signup = activity("m-05", "m-1", at("2026-01-25T10:00:00Z"), name="signup")
+    reads = [(o1, 0), (spent, 0), (refunded, 0), (signup, 0), (undo, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 5
+
+    # By hand, in time order: 01-10 o-1 50; 01-12 x-1 takes 40 (10 left); 01-15 r-1, all
+    # of o-1 (50), takes the 10 and owes 40: balance -40; 01-20 x-1 cancelled: its 40
+    # points go back to o-1's lot and settle the 40: balance 0, o-1's lot empty; 01-25 the
+    # signup bonus 10, untouched. (As read, the signup bonus settled 10, and the
+    # cancellation only the 30 left: o-1 10, signup 0.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(10, 0, 0)
+    assert holding(ledger, "m-1") == [("signup", 10, at("2026-01-25T10:00:00Z"))]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

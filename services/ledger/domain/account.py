@@ -1451,7 +1451,7 @@ class MemberAccount(Aggregate):
 
     def _release(self, lot: Lot, at: datetime, prov: Provenance) -> None:
         amount = lot.remaining
-        moves = self._settle_late(lot.lot_id, amount, at, at)
+        moves = self._settle_late((LotMove(lot.lot_id, amount),), at, at)
         note = (
             f"{amount} pending points from {lot.source} are now available"
             if amount
@@ -2090,7 +2090,7 @@ class MemberAccount(Aggregate):
             else:
                 postings = transfer(acc.ISSUED, acc.AVAILABLE, points)
                 came_at = (release_for(program, occurred_at) if pending else None) or occurred_at
-                moves = self._settle_late(lot_id, points, came_at, now)
+                moves = self._settle_late((LotMove(lot_id, points),), came_at, now)
                 if moves and moves[0].lot_id == lot_id:
                     note += f"; {-moves[0].amount} settled the negative balance"
                 if len(moves) > 1:
@@ -3087,20 +3087,15 @@ class MemberAccount(Aggregate):
         if self._cancel_respent(program, record, reason, occurred_at, provenance):
             return
         restore = tuple(LotMove(m.lot_id, -m.amount) for m in record.moves)
-        settle: list[LotMove] = []
-        debt = self.debt
-        for move in restore:
-            if debt <= 0:
-                break
-            take = min(debt, move.amount)
-            settle.append(LotMove(move.lot_id, -take))
-            debt -= take
+        # What it gives back settles a balance below zero first, before points that came
+        # after its time in event time (`_settle_late`).
+        settle = self._settle_late(restore, occurred_at, now)
         note = f"redemption {redemption_id} cancelled: {record.points} points back to their lots"
         self._record(
             self.RedemptionCancelled,
             effective_at=occurred_at,
             postings=transfer(acc.REDEEMED, acc.AVAILABLE, record.points),
-            moves=restore + tuple(settle),
+            moves=restore + settle,
             provenance=replace(
                 provenance,
                 rule_id="redeem:cancel",
@@ -3391,20 +3386,43 @@ class MemberAccount(Aggregate):
         return (LotMove(lot_id, -settle),) if settle else ()
 
     def _settle_late(
-        self, lot_id: str, credit: int, came_at: datetime, now: datetime
+        self, credits: Sequence[LotMove], came_at: datetime, now: datetime
     ) -> tuple[LotMove, ...]:
-        """An earn's or a release's settle of a balance below zero, also when its points
-        came (in event time, `came_at`) before points that already settled it (read
-        earlier, or released by the scheduler after them): with no spend dated after it,
-        what a lot that came since lost is exactly what it settled (a spend takes only the
-        lots there at its own time), so those lots give it back, the earn settles the
-        whole debt first, and they settle again in the order they came. The earn's own
-        move first. The plain settle when a spend, a cancellation or a hold may have
-        taken from those lots, a refund took their pending points, or some of their points
-        expired."""
-        plain = self._settle_moves(lot_id, credit)
+        """The settle of a balance below zero by points coming in (`credits`, in order: an
+        earn, a release, or a cancellation giving points back), also when they came (in
+        event time, `came_at`) before points that already settled it (read earlier, or
+        released by the scheduler after them): with no spend dated after them, what a lot
+        that came since lost is exactly what it settled (a spend takes only the lots there
+        at its own time), so those lots give it back, the incoming points settle the whole
+        debt first, and those lots settle again in the order they came. The plain settle
+        when a spend, a cancellation or a hold may have taken from those lots, a refund
+        took their pending points, or some of their points expired."""
+        later = self._came_after(came_at, now, {c.lot_id for c in credits})
+        settled = dict(later or ())
+        owed = self.debt + sum(settled.values())
+        moves: list[LotMove] = []
+        for credit in credits:
+            take = min(owed, credit.amount)
+            if take:
+                moves.append(LotMove(credit.lot_id, -take))
+            owed -= take
+        for lot_id, points in later or ():
+            lot = self.lots[lot_id]
+            has = lot.remaining + points
+            take = min(owed, has)
+            owed -= take
+            if has - take != lot.remaining:
+                moves.append(LotMove(lot_id, has - take - lot.remaining))
+        return tuple(moves)
+
+    def _came_after(
+        self, came_at: datetime, now: datetime, incoming: set[str]
+    ) -> list[tuple[str, int]] | None:
+        """The available lots that came after `came_at` in the order they came, each with
+        what it settled of a balance below zero (`_settle_late`); None when none settled
+        anything or it is not known."""
         if self.last_spend_at is not None and self.last_spend_at > came_at:
-            return plain
+            return None
 
         def came(lot: Lot) -> datetime:
             return max(lot.earned_at, lot.release_at or lot.earned_at)
@@ -3415,26 +3433,17 @@ class MemberAccount(Aggregate):
         )
         settled = {v.lot_id: v.amount - v.remaining for v in later if v.remaining != v.amount}
         if not settled:
-            return plain
+            return None
         held = {m.lot_id for h in self.holds.values() for m in h.moves}
         if self._refunded_pending(settled) or any(
             v.lot_id in held
+            or v.lot_id in incoming
             or self.expired_by_lot.get(v.lot_id, 0)
             or (v.expires_at is not None and v.expires_at <= now)
             for v in later
         ):
-            return plain
-        owed = self.debt + sum(settled.values())
-        own = min(owed, credit)
-        moves = [LotMove(lot_id, -own)] if own else []
-        owed -= own
-        for v in later:
-            has = v.remaining + settled.get(v.lot_id, 0)
-            take = min(owed, has)
-            owed -= take
-            if has - take != v.remaining:
-                moves.append(LotMove(v.lot_id, has - take - v.remaining))
-        return tuple(moves)
+            return None
+        return [(v.lot_id, settled.get(v.lot_id, 0)) for v in later]
 
     def _prune_daily(self, today: str) -> None:
         horizon = (datetime.fromisoformat(today) - timedelta(days=DAILY_WINDOW_DAYS)).date()
