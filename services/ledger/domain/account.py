@@ -2551,8 +2551,8 @@ class MemberAccount(Aggregate):
             if s.kind == "refund" and s.owes and s.wanted + sum(m.amount for m in s.moves)
         ]
         owed_later = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
-        if not owed_later and not self.debt:
-            return {}, 0  # nothing owed when recorded, nothing now: nothing settled
+        if not owed_later and not self.debt and not self._may_have_owed():
+            return {}, 0  # nothing was ever owed: nothing settled
         first = min([since, *(s.at for s in owing)])
         gaps = {
             lot_id: lot.amount - lot.remaining
@@ -2574,6 +2574,12 @@ class MemberAccount(Aggregate):
         if any(lot_id in held or self.expired_by_lot.get(lot_id, 0) for lot_id in gaps):
             return None  # a hold took from them, or some of their points expired
         return gaps, owed_then
+
+    def _may_have_owed(self) -> bool:
+        """Whether a refund was recorded under the unlimited return policy (one that may
+        have left points owed): else points short in a lot are no settle (a refund's share
+        of a top-up, say)."""
+        return any(step.owes for order in self.orders.values() for step in order.refunds)
 
     def _refunded_pending(self, lot_ids: Iterable[str]) -> bool:
         """Whether a refund took points of one of these lots, its order's, while they were
@@ -3423,6 +3429,8 @@ class MemberAccount(Aggregate):
         anything or it is not known."""
         if self.last_spend_at is not None and self.last_spend_at > came_at:
             return None
+        if not self.debt and not self._may_have_owed():
+            return None  # nothing was ever owed: nothing settled
 
         def came(lot: Lot) -> datetime:
             return max(lot.earned_at, lot.release_at or lot.earned_at)
