@@ -2496,3 +2496,54 @@ def test_a_late_earn_before_a_redemption_settles_a_debt_already_settled_first(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_while_points_were_owed_settles_them_first_in_event_time(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy r-1 owed 40, o-3 settled 20 of it and r-2 (dated after
+    the cancellation) owed 10 more when read. x-1's cancellation, dated while the 40 were
+    owed, is read last: in event time its points settled the 40 first, o-3 kept its
+    points, and r-2 found its order's own points."""
+    ledger, clock = open_fresh(UNLIMITED_SIGNUP, READ_AT)
+    o1 = purchase("k-01", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=5000)
+    o2 = purchase("k-02", "m-1", at("2026-01-11T10:00:00Z"), order_id="o-2", total_minor=3000)
+    x1 = redemption("k-03", "m-1", at("2026-01-12T10:00:00Z"), redemption_id="x-1", points=70)
+    r1 = refund(
+        "k-04",
+        "m-1",
+        at("2026-01-15T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=5000,
+    )
+    undo = cancellation("k-05", "m-1", at("2026-01-20T10:00:00Z"), redemption_id="x-1")
+    o3 = purchase("k-06", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-3", total_minor=2000)
+    r2 = refund(
+        "k-07",
+        "m-1",
+        at("2026-02-01T10:00:00Z"),
+        order_id="o-2",
+        refund_id="r-2",
+        amount_minor=1000,
+    )
+    reads = [(o1, 0), (o2, 0), (x1, 0), (r1, 0), (o3, 0), (r2, 0), (undo, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 7
+
+    # By hand, in time order: 01-10 o-1 50; 01-11 o-2 30; 01-12 x-1 takes o-1's 50 and 20
+    # of o-2 (10 left); 01-15 r-1, all of o-1 (50), takes o-2's 10 and owes 40: balance
+    # -40; 01-20 x-1 cancelled: 50 back to o-1, 20 to o-2, and o-1's settle the 40: o-1
+    # 10, o-2 20, balance 30; 01-25 o-3 20; 02-01 r-2 of $10 (10) takes them from o-2's
+    # own lot: o-1 10, o-2 10, o-3 20, balance 40. (As read, o-3 settled 20 and r-2 owed
+    # 10; the cancellation settled the 30 left: o-1 20, o-2 20, o-3 0.)
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(40, 0, 0)
+    assert holding(ledger, "m-1") == [
+        ("order o-1", 10, at("2026-01-10T10:00:00Z")),
+        ("order o-2", 10, at("2026-01-11T10:00:00Z")),
+        ("order o-3", 20, at("2026-01-25T10:00:00Z")),
+    ]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

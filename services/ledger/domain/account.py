@@ -2903,13 +2903,16 @@ class MemberAccount(Aggregate):
             return False
         unexpired = self._unexpired(occurred_at)
         lots = restored(self.lots, unexpired, later)
-        if self._unsettled(later, occurred_at, lots) != 0:
-            return False  # not known, or points owed at its time: the usual path
+        owed_then = self._unsettled(later, occurred_at, lots)
+        if owed_then is None:
+            return False  # not known: the usual path
         for move in record.moves:
             lots[move.lot_id] = replace(
                 lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
             )
-        again = self._taken_again(lots, later, occurred_at, unsettled=True, unexpired=unexpired)
+        again = self._taken_again(
+            lots, later, occurred_at, owed=owed_then, unsettled=True, unexpired=unexpired
+        )
         if again is None:
             return False
         redemptions, orders, postings, note = again
