@@ -2464,40 +2464,6 @@ def test_a_late_cancellation_settles_the_whole_debt_before_points_that_came_afte
     assert report.ok, report.violations
 
 
-def test_a_late_earn_before_a_redemption_settles_a_debt_already_settled_first(
-    open_fresh: Open,
-) -> None:
-    """Under the unlimited policy r-1 owed 40, which o-2's release settled when read; x-2
-    took 10 of o-2. The signup bonus, dated before o-2's release and x-2, is read last,
-    with nothing owed any more: in event time it settled 10 of the debt first, o-2 only
-    30, and x-2 took from o-2."""
-    ledger, clock = open_fresh(UNLIMITED_PENDING, READ_AT)
-    o1 = purchase("l-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=5000)
-    x1 = redemption("l-2", "m-1", at("2026-01-08T10:00:00Z"), redemption_id="x-1", points=40)
-    r1 = refund(
-        "l-3", "m-1", at("2026-01-12T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
-    )
-    o2 = purchase("l-4", "m-1", at("2026-01-18T10:00:00Z"), order_id="o-2", total_minor=6000)
-    signup = activity("l-5", "m-1", at("2026-01-20T10:00:00Z"), name="signup")
-    x2 = redemption("l-6", "m-1", at("2026-02-01T10:00:00Z"), redemption_id="x-2", points=10)
-    reads = [(o1, 0), (x1, 0), (r1, 0), (o2, 0), (x2, 0), (signup, 0)]
-    assert read(ledger, clock, reads) == ["applied"] * 6
-
-    # By hand, in time order: 01-01 o-1 50, pending until 01-06; 01-08 x-1 takes 40 (10
-    # left); 01-12 r-1, all of o-1 (50), takes the 10 and owes 40: balance -40; 01-18 o-2
-    # earns 60, pending until 01-23 (expires 07-18); 01-20 the signup bonus 10 (expires
-    # 07-20) settles 10: -30; 01-23 o-2's release settles the 30: o-2 30; 02-01 x-2 takes
-    # 10 of o-2 (soonest expiry): o-2 20, signup 0, balance 20. (As read, o-2 settled the
-    # 40 and x-2 took 10 of it: o-2 10, and the signup bonus kept its 10.)
-    account = ledger.app.find_account("m-1")
-    assert account is not None
-    assert account.balance == Balances(20, 0, 0)
-    assert holding(ledger, "m-1") == [("order o-2", 20, at("2026-01-18T10:00:00Z"))]
-    ledger.projection.run()
-    report = verify(ledger.app, ledger.view)
-    assert report.ok, report.violations
-
-
 def test_a_late_cancellation_while_points_were_owed_settles_them_first_in_event_time(
     open_fresh: Open,
 ) -> None:

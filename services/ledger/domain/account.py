@@ -2551,8 +2551,10 @@ class MemberAccount(Aggregate):
             if s.kind == "refund" and s.owes and s.wanted + sum(m.amount for m in s.moves)
         ]
         owed_later = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
-        if not owed_later and not self.debt and not self._may_have_owed():
-            return {}, 0  # nothing was ever owed: nothing settled
+        if not owed_later and not self.debt:
+            # Nothing owed when recorded nor now: points short in a lot may be a refund's
+            # share of a top-up, say, not a settle; kept as recorded.
+            return {}, 0
         first = min([since, *(s.at for s in owing)])
         gaps = {
             lot_id: lot.amount - lot.remaining
