@@ -2513,3 +2513,50 @@ def test_a_late_cancellation_while_points_were_owed_settles_them_first_in_event_
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+SHORT_LIVED = program(
+    expiry={"months_after_earn": 2},
+    referral={"referrer_points": 20, "referee_points": 10},
+)
+
+
+def test_a_displaced_bonus_a_cancelled_redemption_held_past_its_expiry_is_taken_out_of_it(
+    open_fresh: Open,
+) -> None:
+    """m-1's referral of m-0 is read first and pays m-0 a welcome bonus; x-1 takes from it
+    and is cancelled after it expired. m-0's earlier referral of m-1, read last, displaces
+    that referral (circular): in event time the welcome bonus never existed, x-1 held o-1's
+    points instead, and x-2 found too few (the cab-6 case of the unlimited catalogue)."""
+    ledger, clock = open_fresh(SHORT_LIVED, READ_AT)
+    first = (referral("d-1", "m-0", at("2026-01-06T10:00:00Z"), referee="m-1"), 1)
+    circular = (referral("d-2", "m-1", at("2026-01-07T10:00:00Z"), referee="m-0"), 0)
+    bought = (
+        purchase("d-3", "m-0", at("2026-01-10T10:00:00Z"), order_id="o-1", total_minor=10000),
+        0,
+    )
+    held = (redemption("d-4", "m-0", at("2026-01-14T10:00:00Z"), redemption_id="x-1", points=50), 0)
+    later = (
+        redemption("d-5", "m-0", at("2026-02-01T10:00:00Z"), redemption_id="x-2", points=75),
+        0,
+    )
+    undone = (cancellation("d-6", "m-0", at("2026-03-20T10:00:00Z"), redemption_id="x-1"), 0)
+    statuses = read(ledger, clock, [circular, bought, held, later, undone, first])
+    assert statuses == ["applied", "applied", "applied", PARKED, "applied", "applied"]
+
+    # By hand, in time order (expiry 2 months after earn): 01-06 m-0 refers m-1: m-0 earns
+    # 20 (expires 03-06); 01-07 m-1's referral of m-0 is circular and does not count; 01-10
+    # o-1 earns 100 (expires 03-10); 01-14 x-1 takes the bonus's 20 and 30 of o-1 (70 left);
+    # 02-01 x-2 of 75 finds 70: it waits until its deadline (02-04) and is declined. Read
+    # in this order, x-1 had taken m-0's 10-point welcome bonus and 40 of o-1; with the
+    # late bonus taken again it took 20 + 10 + 20, and o-1's 80 funded x-2.
+    account = ledger.app.find_account("m-0")
+    assert account is not None
+    took = {account.lots[m.lot_id].source: -m.amount for m in account.redemptions["x-1"].moves}
+    assert took == {"referral of m-1": 20, "order o-1": 30}
+    assert "x-2" not in account.redemptions or account.redemptions["x-2"].status != "redeemed"
+    ledger.tick(READ_AT)  # past x-2's deadline: declined
+    assert "d-5" in [r.event_id for r in ledger.app.rejections()]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

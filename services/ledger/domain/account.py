@@ -1932,10 +1932,18 @@ class MemberAccount(Aggregate):
         expired, or a spend would be left owing: the bonus is taken back from what is
         available then (`reverse_referral`)."""
         earned_at = undone[0]
-        if own.remaining == own.amount or self.expired_by_lot.get(own.lot_id, 0) or self.debt:
+        if own.remaining == own.amount or self.debt:
             return False
         # A redemption dated before the bonus that waited past it took from it too.
         later = self._later_spends(program, earned_at) + self._waited_past(program, earned_at)
+        if self.expired_by_lot.get(own.lot_id, 0) and not any(
+            s.cancelled_at is not None and any(m.lot_id == own.lot_id for m in s.moves)
+            for s in later
+        ):
+            # Part of it expired: taken back from what is there then (`reverse_referral`),
+            # unless those points came back from a redemption cancelled since, which held
+            # them meanwhile: in event time it held other points then, and takes again.
+            return False
         unexpired = self._unexpired(earned_at)
         lots = restored(self.lots, unexpired, later)
         if lots[own.lot_id].remaining != own.amount:
