@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,11 @@ from services.ledger.domain.program import Program
 from services.ledger.domain.provenance import Origin
 
 PARKED = "parked"  # the outcome of an event whose prerequisite has not arrived yet
+
+
+def at(text: str) -> datetime:
+    """An RFC 3339 instant as an aware UTC datetime (figures worked by hand name instants so)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def ts(at: datetime) -> str:

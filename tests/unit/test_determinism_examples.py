@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -38,34 +36,17 @@ from tests.support.histories import (
     activity,
     apply_at,
     apply_from_kafka,
+    at,
     cancellation,
     enrolment,
     file_item,
     lot_content,
-    open_ledger,
     purchase,
     redemption,
     referral,
     refund,
 )
-
-Open = Callable[[Program, datetime], tuple[Ledger, FixedClock]]
-
-
-@pytest.fixture
-def open_fresh(tmp_path: Path) -> Iterator[Open]:
-    """Opens a ledger on a fresh SQLite file with a fixed wall clock; closes it afterwards."""
-    opened: list[Ledger] = []
-
-    def make(program: Program, now: datetime) -> tuple[Ledger, FixedClock]:
-        clock = FixedClock(now)
-        ledger = open_ledger(tmp_path / f"store-{len(opened)}", program, clock)
-        opened.append(ledger)
-        return ledger, clock
-
-    yield make
-    for ledger in opened:
-        ledger.close()
+from tests.unit.conftest import Open
 
 
 def program(**document: Any) -> Program:
@@ -76,10 +57,6 @@ def program(**document: Any) -> Program:
         "currencies": {"USD": {"minor_units": 2, "points_per_unit": "1"}},
     }
     return Program.model_validate(base | document)
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def dollars(amount: int) -> int:

@@ -4,7 +4,6 @@ what time order gives, whichever topic is read first. Figures are worked out by 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,12 @@ from tests.support.histories import (
     Event,
     activity,
     apply_from_kafka,
+    at,
     enrolment,
     open_ledger,
     purchase,
     refund,
 )
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def program(window: dict[str, Any]) -> Program:

@@ -8,9 +8,6 @@ order leaves them, with the figures worked out by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,29 +24,12 @@ from tests.support.histories import (
     Event,
     activity,
     apply_from_kafka,
-    open_ledger,
+    at,
     purchase,
     redemption,
     referral,
 )
-
-Open = Callable[[Program, datetime], tuple[Ledger, FixedClock]]
-
-
-@pytest.fixture
-def open_fresh(tmp_path: Path) -> Iterator[Open]:
-    """Opens a ledger on a fresh SQLite file with a fixed wall clock; closes it afterwards."""
-    opened: list[Ledger] = []
-
-    def make(program: Program, now: datetime) -> tuple[Ledger, FixedClock]:
-        clock = FixedClock(now)
-        ledger = open_ledger(tmp_path / f"store-{len(opened)}", program, clock)
-        opened.append(ledger)
-        return ledger, clock
-
-    yield make
-    for ledger in opened:
-        ledger.close()
+from tests.unit.conftest import Open
 
 
 def program(**document: Any) -> Program:
@@ -61,10 +41,6 @@ def program(**document: Any) -> Program:
         "referral": {"referrer_points": 20, "referee_points": 10},
     }
     return Program.model_validate(base | document)
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def read(ledger: Ledger, clock: FixedClock, events: list[tuple[Event, int]]) -> list[str]:

@@ -106,6 +106,16 @@ class LedgerProjection:
             changes.tier_reviews[member] = review if event.period_end or event.locked else None
         elif isinstance(event, MemberAccount.PointsEarned) and event.tier_held_until:
             changes.tier_reviews[member] = event.tier_held_until  # held longer
+        changes.entries.append(
+            EntryRow(
+                position=position,
+                member_id=member,
+                seq=message.seq,
+                entry_type=message.entry_type,
+                effective_at=message.effective_at,
+                body=message.model_dump(mode="json"),
+            )
+        )
         changes.removed.discard(member)  # any entry after an undone enrolment enrols
         if isinstance(event, MemberAccount.EnrolmentUndone):
             # No member: its balance row goes (its entries and emptied lots stay).
@@ -113,16 +123,6 @@ class LedgerProjection:
             current.pop(member, None)
             changes.balances.pop(member, None)
             changes.tier_reviews.pop(member, None)
-            changes.entries.append(
-                EntryRow(
-                    position=position,
-                    member_id=member,
-                    seq=message.seq,
-                    entry_type=message.entry_type,
-                    effective_at=message.effective_at,
-                    body=message.model_dump(mode="json"),
-                )
-            )
             return message
         updated: datetime = message.recorded_at
         current[member] = changes.balances[member] = BalanceRow(
@@ -152,16 +152,6 @@ class LedgerProjection:
                 expires_at=hold.expires_at,
                 resolved_at=hold.resolved_at,
             )
-        changes.entries.append(
-            EntryRow(
-                position=position,
-                member_id=member,
-                seq=message.seq,
-                entry_type=message.entry_type,
-                effective_at=message.effective_at,
-                body=message.model_dump(mode="json"),
-            )
-        )
         return message
 
 
