@@ -233,3 +233,47 @@ def test_a_displaced_bonus_that_expired_does_not_fund_a_redemption_dated_before_
     assert "x-1" not in account.redemptions or account.redemptions["x-1"].status != "redeemed"
     ledger.projection.run()
     assert verify(ledger.app, ledger.view).ok
+
+
+def test_a_displaced_bonus_spent_in_part_and_expired_in_part_is_taken_out_of_the_spend(
+    open_fresh: Open,
+) -> None:
+    """A redemption took part of a displaced bonus and the rest expired before the earlier
+    referral was read: in event time the bonus was never there, so the redemption took
+    other points then; nothing is taken from what the member holds now (the CI case of
+    issue 10: a referral cycle read after a month of purchases)."""
+    ledger, clock = open_fresh(EXPIRING, at("2026-05-01T00:00:00Z"))
+    earliest = referral("f-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-r")
+    displaced = referral("f-2", "m-b", at("2026-05-01T10:00:00Z"), referee="m-r")
+    first = purchase("f-3", "m-b", at("2026-05-01T11:00:00Z"), order_id="o-1", total_minor=1000)
+    spent = redemption("f-4", "m-b", at("2026-05-10T09:00:00Z"), redemption_id="x-1", points=8)
+    second = purchase("f-5", "m-b", at("2026-05-20T09:00:00Z"), order_id="o-2", total_minor=1000)
+    read(
+        ledger,
+        clock,
+        [(displaced, 1), (first, 0), (spent, 0), (second, 0)],
+    )
+    ledger.tick(at("2026-06-05T00:00:00Z"))
+    # Read so far (expiry one month after earn): the bonus (20, expires 06-01 10:00) is
+    # spent first: x-1 takes 8 of it, its other 12 expire on 06-01, and o-1's 10 expire at
+    # 11:00; o-2's 10 are left.
+    assert state(ledger, "m-b")[0] == Balances(10, 0, 0)
+    read(ledger, clock, [(earliest, 0)])
+
+    # By hand, in time order: m-b's referral (05-01 10:00) is declined, m-a referred m-r
+    # first; o-1 +10 (expires 06-01 11:00); 05-10 x-1 takes 8 of o-1; its other 2 expire on
+    # 06-01; o-2 +10: m-b holds 10. Taken back from what m-b holds now (8 of o-2), the
+    # balance would be 2.
+    assert state(ledger, "m-b")[0] == Balances(10, 0, 0)
+    account = ledger.app.find_account("m-b")
+    assert account is not None
+    took = {account.lots[m.lot_id].source: -m.amount for m in account.redemptions["x-1"].moves}
+    assert took == {"order o-1": 8}
+    assert {lot.source: lot.remaining for lot in account.lots.values()} == {
+        "referral of m-r": 0,
+        "order o-1": 0,
+        "order o-2": 10,
+    }
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

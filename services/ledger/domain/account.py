@@ -1927,23 +1927,16 @@ class MemberAccount(Aggregate):
         """A displaced bonus that spends dated after it took from: in event time it was
         never there, so those spends take again, in event-time order, without it (a
         redemption it alone funded is withdrawn and waits again; a refund takes what is
-        there). False when nothing was spent from it, or what took from it is not all
-        such a spend (a hold), or part of it
-        expired, or a spend would be left owing: the bonus is taken back from what is
+        there). What expired from it expired from points it never had: that expiry is
+        undone, and the points those spends took instead expire at their own times. False
+        when nothing was spent from it, or what took from it is not all such a spend (a
+        hold), or a spend would be left owing: the bonus is taken back from what is
         available then (`reverse_referral`)."""
         earned_at = undone[0]
         if own.remaining == own.amount or self.debt:
             return False
         # A redemption dated before the bonus that waited past it took from it too.
         later = self._later_spends(program, earned_at) + self._waited_past(program, earned_at)
-        if self.expired_by_lot.get(own.lot_id, 0) and not any(
-            s.cancelled_at is not None and any(m.lot_id == own.lot_id for m in s.moves)
-            for s in later
-        ):
-            # Part of it expired: taken back from what is there then (`reverse_referral`),
-            # unless those points came back from a redemption cancelled since, which held
-            # them meanwhile: in event time it held other points then, and takes again.
-            return False
         unexpired = self._unexpired(earned_at)
         lots = restored(self.lots, unexpired, later)
         if lots[own.lot_id].remaining != own.amount:
