@@ -28,6 +28,7 @@ from tests.support.histories import (
     purchase,
     redemption,
     referral,
+    refund,
 )
 from tests.unit.conftest import Open
 
@@ -274,6 +275,41 @@ def test_a_displaced_bonus_spent_in_part_and_expired_in_part_is_taken_out_of_the
         "order o-1": 0,
         "order o-2": 10,
     }
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+UNLIMITED = program(returns={"policy": "unlimited"})
+
+
+def test_a_late_earn_does_not_settle_into_a_bonus_taken_back(open_fresh: Open) -> None:
+    """Under the unlimited policy a late earn settles what was owed first, and gives back
+    what the lots that came after it settled. A displaced bonus (20, taken back in full)
+    lost its points to its reversal, not to a settle: the late earn keeps its point (the
+    CI case of the unlimited policy)."""
+    ledger, clock = open_fresh(UNLIMITED, at("2026-05-01T00:00:00Z"))
+    bought = purchase("g-1", "m-0", at("2026-05-01T09:00:00Z"), order_id="o-1", total_minor=500)
+    returned = refund(
+        "g-2", "m-0", at("2026-05-01T09:10:00Z"), order_id="o-1", refund_id="r-1", amount_minor=100
+    )
+    earliest = referral("g-3", "m-1", at("2026-05-01T09:20:00Z"), referee="m-0")
+    late = purchase("g-4", "m-0", at("2026-05-01T09:25:00Z"), order_id="o-2", total_minor=100)
+    circular = referral("g-5", "m-0", at("2026-05-01T09:30:00Z"), referee="m-1")
+    statuses = read(
+        ledger, clock, [(circular, 1), (bought, 0), (returned, 0), (earliest, 0), (late, 1)]
+    )
+    assert statuses == ["applied"] * 5
+
+    # By hand, in time order: o-1 +5; r-1 takes 1 of them back (4 left; nothing owed);
+    # 09:20 m-1 refers m-0: m-0's welcome bonus 10; o-2 +1; 09:30 m-0's referral of m-1 is
+    # circular and does not count. m-0 holds 4 + 10 + 1 = 15, each lot what it earned.
+    assert state(ledger, "m-0")[0] == Balances(15, 0, 0)
+    account = ledger.app.find_account("m-0")
+    assert account is not None
+    assert account.debt == 0
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 4, "referral by m-1": 10, "order o-2": 1}
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations

@@ -3452,12 +3452,23 @@ class MemberAccount(Aggregate):
         if self._refunded_pending(settled) or any(
             v.lot_id in held
             or v.lot_id in incoming
+            or self._taken_back(v)
             or self.expired_by_lot.get(v.lot_id, 0)
             or (v.expires_at is not None and v.expires_at <= now)
             for v in later
         ):
             return None
         return [(v.lot_id, settled.get(v.lot_id, 0)) for v in later]
+
+    def _taken_back(self, lot: Lot) -> bool:
+        """Whether `lot` is the bonus of a referral taken back since (displaced by an earlier
+        one): what it lost went back to the program, not to settle a balance below zero."""
+        if lot.source.startswith("referral of "):
+            return lot.source.removeprefix("referral of ") not in self.referees
+        if lot.source.startswith("referral by "):
+            claim = self.referral_claim
+            return claim is None or claim[0] != lot.earned_at
+        return False
 
     def _prune_daily(self, today: str) -> None:
         horizon = (datetime.fromisoformat(today) - timedelta(days=DAILY_WINDOW_DAYS)).date()
