@@ -2537,3 +2537,48 @@ def test_a_displaced_bonus_a_cancelled_redemption_held_past_its_expiry_is_taken_
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+@pytest.mark.parametrize("policy", ["unlimited", "within_balance"])
+def test_a_late_refund_takes_points_that_expired_since_as_of_its_own_time(
+    open_fresh: Open, policy: str
+) -> None:
+    """A refund of an order whose points a redemption spent takes what else was there at
+    its own time. Read after those points expired (and after a later earn), it takes them
+    as of then: they expire one fewer, and nothing is owed or kept (the CI case of the
+    arrival-order property, which under the unlimited policy broke the lots' invariant)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": policy},
+    )
+    ledger, clock = open_fresh(rules, at("2026-05-01T00:00:00Z"))
+    o1 = purchase("v-1", "m-1", at("2026-05-01T10:00:00Z"), order_id="o-1", total_minor=100)
+    o2 = purchase("v-2", "m-1", at("2026-05-10T10:00:00Z"), order_id="o-2", total_minor=5200)
+    spent = redemption("v-3", "m-1", at("2026-05-20T10:00:00Z"), redemption_id="x-1", points=11)
+    refunded = refund(
+        "v-4", "m-1", at("2026-06-05T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=100
+    )
+    signup = activity("v-5", "m-1", at("2026-07-20T10:00:00Z"), name="signup")
+    # Read in this order, each at the wall clock of the latest event read so far: the
+    # refund last, after o-2's points expired and the signup earned.
+    statuses, offsets, wall = [], {}, o1.occurred_at
+    for event in [o1, o2, spent, signup, refunded]:
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 5
+
+    # By hand, in time order (expiry two months after earn): 05-01 o-1 +1; 05-10 o-2 +52;
+    # 05-20 x-1 of 11 takes o-1's 1 and 10 of o-2 (42 left); 06-05 r-1 finds o-1 empty and
+    # takes 1 of o-2 (41 left); 07-10 o-2's 41 expire; 07-20 signup +10. m-1 holds 10,
+    # 41 expired, nothing owed.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(10, 0, 0)
+    assert account.debt == 0
+    assert sum(account.expired_by_lot.values()) == 41
+    assert account.orders["o-1"].refunds[-1].taken_from != ()
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

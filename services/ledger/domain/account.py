@@ -2973,7 +2973,7 @@ class MemberAccount(Aggregate):
             for v in self.lots.values()
             if v.status == AVAILABLE and v.remaining > 0
         )
-        if not later and not own_expired_since and not owes_late:
+        if not later and not own_expired_since and not owes_late and not unexpired:
             return None
         lots = restored(self.lots, unexpired, later)
         owed_then = self._unsettled(later, at, lots)
@@ -3000,8 +3000,15 @@ class MemberAccount(Aggregate):
             left -= already_expired
         spend = Spend("refund", at, "", left, (), order.lot_id, policy is ReturnPolicy.UNLIMITED)
         mine = take(lots, spend, at) if left else Taken(spend, (), 0, 0)
-        if not later and not own_expired_since and not mine.owed:
-            return None  # nothing owed, nothing to take again: the usual clawback
+        if (
+            not later
+            and not own_expired_since
+            and not mine.owed
+            and not any(m.lot_id in unexpired for m in mine.moves)
+        ):
+            # Nothing owed, nothing to take again, nothing taken of points that expired
+            # since (the lots as they are no longer hold them): the usual clawback.
+            return None
         again = self._taken_again(
             lots, later, at, owed=owed_then + mine.owed, unsettled=True, unexpired=unexpired
         )
