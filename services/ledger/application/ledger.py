@@ -263,10 +263,9 @@ class LedgerApplication(Application[UUID]):
                 payload=payload,
             )
             return outcome
-        self._repark_withdrawn(batch, entries, now)
-        for member in dict.fromkeys(e.split("#", 1)[0] for e in entries):  # in entry order
-            self._retry_parked(batch, member, now)
-        batch.receipts[event.event_id] = InboundReceipt(
+        # Its receipt first: an event retried below may withdraw this very redemption (it
+        # waits again, as in event time).
+        receipt = batch.receipts[event.event_id] = InboundReceipt(
             event_id=event.event_id,
             digest=digest,
             event_type=event.type,
@@ -279,6 +278,18 @@ class LedgerApplication(Application[UUID]):
             received_at=now,
             payload=payload,
         )
+        self._repark_withdrawn(batch, entries, now)
+        for member in dict.fromkeys(e.split("#", 1)[0] for e in entries):  # in entry order
+            self._retry_parked(batch, member, now)
+        if receipt.outcome == PARKED:
+            return Outcome(
+                PARKED_STATUS,
+                event.event_id,
+                event.member_id,
+                receipt.reason,
+                receipt.detail,
+                entries=entries,
+            )
         return Outcome(APPLIED_STATUS, event.event_id, event.member_id, entries=entries)
 
     def _run_event(
