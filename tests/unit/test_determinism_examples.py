@@ -2562,7 +2562,9 @@ def test_a_late_refund_takes_points_that_expired_since_as_of_its_own_time(
     signup = activity("v-5", "m-1", at("2026-07-20T10:00:00Z"), name="signup")
     # Read in this order, each at the wall clock of the latest event read so far: the
     # refund last, after o-2's points expired and the signup earned.
-    statuses, offsets, wall = [], {}, o1.occurred_at
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
     for event in [o1, o2, spent, signup, refunded]:
         offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
         wall = max(wall, event.occurred_at)
