@@ -27,6 +27,9 @@ class LotOut(_Out):
     expires_at: datetime | None
     source: str
     program_version: str | None = None
+    settled: int = Field(
+        0, description="what of it settled a balance below zero (unlimited return policy)"
+    )
 
 
 class LotMoveOut(_Out):

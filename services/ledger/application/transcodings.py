@@ -43,6 +43,9 @@ VALUE_TYPES: tuple[type[Any], ...] = (
 )
 
 
+_OMITTED_AT_DEFAULT = frozenset({"settled"})
+
+
 def _tuples(value: Any) -> Any:
     """JSON has no tuples: value objects hold tuples, so lists come back as tuples."""
     if isinstance(value, list):
@@ -55,9 +58,20 @@ class DataclassAsDict(Transcoding):
         self.type = cls
         self.name = cls.__name__
         self.fields = tuple(f.name for f in dataclasses.fields(cls))  # once, not per object
+        # A field added later with a default (e.g. Lot.settled) is left out while it holds
+        # that default: stored values stay as before, and decoding fills it in.
+        self.defaults = {
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING and f.name in _OMITTED_AT_DEFAULT
+        }
 
     def encode(self, obj: Any) -> dict[str, Any]:
-        return {name: getattr(obj, name) for name in self.fields}
+        out = {name: getattr(obj, name) for name in self.fields}
+        for name, default in self.defaults.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     def decode(self, data: Any) -> Any:
         assert isinstance(data, dict)

@@ -978,6 +978,7 @@ class MemberAccount(Aggregate):
             grown = replace(lot, amount=lot.amount + diff, remaining=lot.remaining + net)
             pending = lot.status == PENDING
             moves = () if pending or net < 0 else self._settle_moves(lot.lot_id, net)
+            settles = _settles_of(moves)
             postings = transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, net)
             respent: Respent | None = None
             if tier != order.tier:
@@ -998,6 +999,7 @@ class MemberAccount(Aggregate):
                 postings = transfer(acc.ISSUED, acc.AVAILABLE, onto_lot)
                 # Moves after the cut (verify grows the lot by `points` first, then moves).
                 cut_moves = {m.lot_id: m.amount for m in self._net_moves(lots)}
+                settles = self._net_settles(lots)
                 cut_moves[lot.lot_id] = cut_moves.get(lot.lot_id, 0) - net
                 moves = tuple(LotMove(k, v) for k, v in cut_moves.items() if v)
                 unexpired = sum(m.amount for m in respent.unexpired)
@@ -1012,6 +1014,7 @@ class MemberAccount(Aggregate):
                 effective_at=order.earned_at or since,
                 postings=postings,
                 moves=moves,
+                settles=settles,
                 replaced_lots=(grown,),
                 provenance=replace(
                     provenance,
@@ -1466,6 +1469,7 @@ class MemberAccount(Aggregate):
             effective_at=at,
             postings=transfer(acc.PENDING, acc.AVAILABLE, amount),
             moves=moves,
+            settles=_settles_of(moves),
             released=(lot.lot_id,),
             provenance=prov,
             note=note,
@@ -1586,6 +1590,7 @@ class MemberAccount(Aggregate):
             postings=transfer(acc.EXPIRED, acc.AVAILABLE, sum(unexpired.values()))
             + tuple(postings),
             moves=self._net_moves(lots),
+            settles=self._net_settles(lots),
             provenance=self._provenance(program, provenance, "spend:event_time_order"),
             note=f"{self.lots[lot_id].source} was there for the spends dated after it (it "
             "arrived after them)" + note,
@@ -1816,6 +1821,8 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=transfer(acc.AVAILABLE, acc.ISSUED, taken),
             moves=merge_moves(moves),
+            # What it settled is owed again (taken as spent above): it never settled it.
+            settles=(LotMove(own.lot_id, -own.settled),) if own is not None and own.settled else (),
             provenance=self._provenance(program, provenance, "referral:earliest_wins"),
             note=f"{what} taken back ({taken} points"
             + (f", {owed} of them spent already and owed" if owed else "")
@@ -1960,6 +1967,7 @@ class MemberAccount(Aggregate):
             + tuple(postings)
             + transfer(acc.AVAILABLE, acc.ISSUED, own.amount),
             moves=self._net_moves(lots),
+            settles=self._net_settles(lots),
             provenance=self._provenance(program, provenance, "referral:earliest_wins"),
             note=f"{what} taken back ({own.amount} points; the spends dated after it take "
             f"again without it): {why}" + note,
@@ -2106,6 +2114,7 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=postings,
             moves=moves,
+            settles=_settles_of(moves),
             new_lots=new_lots,
             provenance=prov,
             note=f"{points} points: {note}",
@@ -2203,8 +2212,10 @@ class MemberAccount(Aggregate):
         respent: Respent | None = None
         respent_note = ""
         late = self._respend_refund(program, order, to_reverse, occurred_at)
+        settles: tuple[LotMove, ...] = ()
         if late is not None:
-            moves, postings, forgiven, already_expired, spend, respent, respent_note = late
+            moves, postings, forgiven, already_expired, spend, respent, respent_note = late[:7]
+            settles = late[7]
         else:
             moves, postings, forgiven, already_expired, spend = self._clawback(
                 program, order, to_reverse, now
@@ -2253,6 +2264,7 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=postings,
             moves=moves,
+            settles=settles,
             provenance=replace(
                 provenance,
                 rule_id=f"returns:{policy}",
@@ -2536,39 +2548,33 @@ class MemberAccount(Aggregate):
         self, later: list[Spend], since: datetime, lots: Mapping[str, Lot]
     ) -> tuple[dict[str, int], int] | None:
         """What the points that came at or after `since` (lots earned or released) settled
-        of a balance below zero, by lot, and what was owed at `since` in event time, so a
-        re-take can give it back and settle again in event-time order (`lots`: the copy,
-        the spends in `later` and the points expired since given back). A spend takes only
-        the lots there at its own time, so what such a lot is short in the copy is what it
-        settled (also of a debt older than `since`); what was owed at `since` is what they
-        settled, plus what is owed now, less what the refunds in `later` owed when
-        recorded. None when not known (a cancellation or a hold since, which may have
-        settled some of it or taken from those lots; a refunded order's lot, whose pending
-        points the refund may have taken, with points owed at `since`; or the figures do
-        not add up): then the re-take keeps the recorded spends."""
+        of a balance below zero, by lot (`Lot.settled`), and what was owed at `since` in
+        event time, so a re-take can give it back and settle again in event-time order
+        (`lots`: the copy, the spends in `later` and the points expired since given back).
+        What was owed at `since` is what they settled (also of a debt older than `since`),
+        plus what is owed now, less what the refunds in `later` owed when recorded. None
+        when not known (a cancellation or a hold since, which may have settled some of it
+        with points of a lot that came before; some of their points expired; or the
+        figures do not add up): then the re-take keeps the recorded spends."""
         owing = [
             s
             for s in later
             if s.kind == "refund" and s.owes and s.wanted + sum(m.amount for m in s.moves)
         ]
         owed_later = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
-        if not owed_later and not self.debt:
-            # Nothing owed when recorded nor now: points short in a lot may be a refund's
-            # share of a top-up, say, not a settle; kept as recorded.
-            return {}, 0
         first = min([since, *(s.at for s in owing)])
         gaps = {
-            lot_id: lot.amount - lot.remaining
+            lot_id: lot.settled
             for lot_id, lot in lots.items()
-            if lot.status == AVAILABLE
+            if lot.settled
+            and lot.status == AVAILABLE
             and max(lot.earned_at, lot.release_at or lot.earned_at) >= first
-            and lot.amount != lot.remaining
         }
+        if not owed_later and not self.debt and not gaps:
+            return {}, 0
         owed_then = sum(gaps.values()) + self.debt - owed_later
-        if owed_then < 0 or any(points < 0 for points in gaps.values()):
+        if owed_then < 0:
             return None
-        if owed_then and self._refunded_pending(gaps):
-            return None  # a refund may have taken its order's points while pending
         if any(
             r.cancelled_at is not None and r.cancelled_at > first for r in self.redemptions.values()
         ):
@@ -2577,25 +2583,6 @@ class MemberAccount(Aggregate):
         if any(lot_id in held or self.expired_by_lot.get(lot_id, 0) for lot_id in gaps):
             return None  # a hold took from them, or some of their points expired
         return gaps, owed_then
-
-    def _may_have_owed(self) -> bool:
-        """Whether a refund was recorded under the unlimited return policy (one that may
-        have left points owed): else points short in a lot are no settle (a refund's share
-        of a top-up, say)."""
-        return any(step.owes for order in self.orders.values() for step in order.refunds)
-
-    def _refunded_pending(self, lot_ids: Iterable[str]) -> bool:
-        """Whether a refund took points of one of these lots, its order's, while they were
-        pending (not a spend: those points are not what the lot settled)."""
-        ids = set(lot_ids)
-        return any(
-            o.lot_id in ids
-            and any(
-                (release := self.lots[o.lot_id].release_at) is not None and release > st.at
-                for st in o.refunds
-            )
-            for o in self.orders.values()
-        )
 
     def _unsettled(self, later: list[Spend], since: datetime, lots: dict[str, Lot]) -> int | None:
         """`lots` (the copy) with what points that came at or after `since` settled given
@@ -2606,7 +2593,8 @@ class MemberAccount(Aggregate):
             return None
         gaps, owed_then = settled
         for lot_id, points in gaps.items():
-            lots[lot_id] = replace(lots[lot_id], remaining=lots[lot_id].remaining + points)
+            lot = lots[lot_id]
+            lots[lot_id] = replace(lot, remaining=lot.remaining + points).settling(-points)
         return owed_then
 
     def _settled_again(
@@ -2872,6 +2860,7 @@ class MemberAccount(Aggregate):
             + tuple(postings)
             + transfer(acc.AVAILABLE, acc.REDEEMED, points),
             moves=self._net_moves(lots),
+            settles=self._net_settles(lots),
             provenance=replace(
                 provenance,
                 rule_id=f"reward:{reward_id}" if reward_id else "redeem:points",
@@ -2926,6 +2915,7 @@ class MemberAccount(Aggregate):
             + tuple(postings)
             + transfer(acc.REDEEMED, acc.AVAILABLE, record.points),
             moves=self._net_moves(lots),
+            settles=self._net_settles(lots),
             provenance=replace(
                 provenance, rule_id="redeem:cancel", program_version=program.version, tier=self.tier
             ),
@@ -2951,6 +2941,7 @@ class MemberAccount(Aggregate):
             Spend | None,
             Respent,
             str,
+            tuple[LotMove, ...],
         ]
         | None
     ):
@@ -3031,6 +3022,7 @@ class MemberAccount(Aggregate):
             spent,
             respent,
             note,
+            self._net_settles(lots),
         )
 
     def _lots_as_of(self, at: datetime, back: list[GiveBack] | None = None) -> dict[str, Lot]:
@@ -3115,6 +3107,7 @@ class MemberAccount(Aggregate):
             effective_at=occurred_at,
             postings=transfer(acc.REDEEMED, acc.AVAILABLE, record.points),
             moves=restore + settle,
+            settles=_settles_of(settle),
             provenance=replace(
                 provenance,
                 rule_id="redeem:cancel",
@@ -3207,7 +3200,8 @@ class MemberAccount(Aggregate):
             effective_at=now,
             postings=transfer(acc.HELD, acc.REDEEMED, captured)
             + transfer(acc.HELD, acc.AVAILABLE, released),
-            moves=self._settled(back),
+            moves=merge_moves((*back, *self._settle_back(back))),
+            settles=_settles_of(self._settle_back(back)),
             provenance=self._provenance(program, provenance, "hold:capture"),
             note=note,
             holds_after={**self.holds, hold: done},
@@ -3235,7 +3229,8 @@ class MemberAccount(Aggregate):
             self.HoldVoided,
             effective_at=now,
             postings=transfer(acc.HELD, acc.AVAILABLE, record.points),
-            moves=self._settled(_returned(record)),
+            moves=merge_moves((*_returned(record), *self._settle_back(_returned(record)))),
+            settles=_settles_of(self._settle_back(_returned(record))),
             provenance=self._provenance(program, provenance, "hold:void"),
             note=f"hold for {record.reference} voided: {record.points} points back to "
             "their lots with their original expiry" + (f" ({reason})" if reason else ""),
@@ -3269,7 +3264,8 @@ class MemberAccount(Aggregate):
             self.HoldExpired,
             effective_at=at,
             postings=transfer(acc.HELD, acc.AVAILABLE, record.points),
-            moves=self._settled(_returned(record)),
+            moves=merge_moves((*_returned(record), *self._settle_back(_returned(record)))),
+            settles=_settles_of(self._settle_back(_returned(record))),
             provenance=prov,
             note=f"hold for {record.reference} expired: {record.points} points back to "
             "their lots with their original expiry",
@@ -3279,8 +3275,9 @@ class MemberAccount(Aggregate):
             hold=done,
         )
 
-    def _settled(self, back: tuple[LotMove, ...]) -> tuple[LotMove, ...]:
-        """Points going back to lots settle a negative balance first (as later earnings do)."""
+    def _settle_back(self, back: tuple[LotMove, ...]) -> tuple[LotMove, ...]:
+        """What of the points going back to lots settles a negative balance first (as later
+        earnings do): moves taking them again."""
         settle: list[LotMove] = []
         debt = self.debt
         for move in back:
@@ -3289,7 +3286,7 @@ class MemberAccount(Aggregate):
             take = min(debt, move.amount)
             settle.append(LotMove(move.lot_id, -take))
             debt -= take
-        return merge_moves((*back, *settle))
+        return tuple(settle)
 
     def _provenance(self, program: Program, provenance: Provenance, rule: str) -> Provenance:
         """The command's provenance with its rule, the program version and the tier."""
@@ -3344,6 +3341,7 @@ class MemberAccount(Aggregate):
                 ),
             )
             moves = self._settle_moves(lot_id, points)
+            settles = _settles_of(moves)
         else:
             wanted = -points
             available = max(0, self.spendable(now))
@@ -3354,6 +3352,7 @@ class MemberAccount(Aggregate):
                     "(allow a negative balance to remove more)",
                 )
             moves = allocate(self.lots.values(), min(wanted, available), now)
+            settles = ()
         self._record(
             self.PointsAdjusted,
             effective_at=now,
@@ -3361,6 +3360,7 @@ class MemberAccount(Aggregate):
             if points > 0
             else transfer(acc.AVAILABLE, acc.ADJUSTMENTS, -points),
             moves=moves,
+            settles=settles,
             new_lots=new_lots,
             provenance=prov,
             note=f"adjusted by {points:+d} points by {actor}: {reason}",
@@ -3399,6 +3399,14 @@ class MemberAccount(Aggregate):
 
     def _next_lot_id(self) -> str:
         return f"L{self.version + 1}"
+
+    def _net_settles(self, lots: Mapping[str, Lot]) -> tuple[LotMove, ...]:
+        """What each lot of a re-take's copy settles more (or less) than now."""
+        return tuple(
+            LotMove(lot_id, lot.settled - self.lots[lot_id].settled)
+            for lot_id, lot in lots.items()
+            if lot_id in self.lots and lot.settled != self.lots[lot_id].settled
+        )
 
     def _settle_moves(self, lot_id: str, credit: int) -> tuple[LotMove, ...]:
         settle = min(self.debt, credit)
@@ -3442,8 +3450,6 @@ class MemberAccount(Aggregate):
         anything or it is not known."""
         if self.last_spend_at is not None and self.last_spend_at > came_at:
             return None
-        if not self.debt and not self._may_have_owed():
-            return None  # nothing was ever owed: nothing settled
 
         def came(lot: Lot) -> datetime:
             return max(lot.earned_at, lot.release_at or lot.earned_at)
@@ -3452,30 +3458,19 @@ class MemberAccount(Aggregate):
             (v for v in self.lots.values() if v.status == AVAILABLE and came(v) > came_at),
             key=lambda v: (came(v), spend_order_key(v)),
         )
-        settled = {v.lot_id: v.amount - v.remaining for v in later if v.remaining != v.amount}
+        settled = {v.lot_id: v.settled for v in later if v.settled}
         if not settled:
             return None
         held = {m.lot_id for h in self.holds.values() for m in h.moves}
-        if self._refunded_pending(settled) or any(
+        if any(
             v.lot_id in held
             or v.lot_id in incoming
-            or self._taken_back(v)
             or self.expired_by_lot.get(v.lot_id, 0)
             or (v.expires_at is not None and v.expires_at <= now)
             for v in later
         ):
             return None
         return [(v.lot_id, settled.get(v.lot_id, 0)) for v in later]
-
-    def _taken_back(self, lot: Lot) -> bool:
-        """Whether `lot` is the bonus of a referral taken back since (displaced by an earlier
-        one): what it lost went back to the program, not to settle a balance below zero."""
-        if lot.source.startswith("referral of "):
-            return lot.source.removeprefix("referral of ") not in self.referees
-        if lot.source.startswith("referral by "):
-            claim = self.referral_claim
-            return claim is None or claim[0] != lot.earned_at
-        return False
 
     def _prune_daily(self, today: str) -> None:
         horizon = (datetime.fromisoformat(today) - timedelta(days=DAILY_WINDOW_DAYS)).date()
@@ -3496,9 +3491,12 @@ class MemberAccount(Aggregate):
         released: Iterable[str] = (),
         replaced_lots: Iterable[Lot] = (),
         holds_after: Mapping[str, HoldRecord] | None = None,
+        settles: Iterable[LotMove] = (),
         **specific: Any,
     ) -> None:
-        """Check an entry against every invariant, then trigger it."""
+        """Check an entry against every invariant, then trigger it. `settles`: what more
+        (or, negative, less) of each lot settles a balance below zero (`Lot.settled`); the
+        points themselves move in `moves`."""
         postings = tuple(postings)
         moves = tuple(moves)
         check_balanced(postings)
@@ -3517,6 +3515,10 @@ class MemberAccount(Aggregate):
             touched[move.lot_id] = (touched.get(move.lot_id) or self.lots[move.lot_id]).moved(
                 move.amount
             )
+        for settle in merge_moves(settles):
+            touched[settle.lot_id] = (
+                touched.get(settle.lot_id) or self.lots[settle.lot_id]
+            ).settling(settle.amount)
         balances = apply_postings(self.balances, postings)
         _check_lots_match(balances, _totals_after(self.lot_totals, self.lots, touched.values()))
         _check_holds_match(balances, self.holds if holds_after is None else holds_after)
@@ -3591,7 +3593,7 @@ def _settle_again(lots: dict[str, Lot], debt: _Debt, by: datetime | None) -> Non
     ]
     for lot in sorted(found, key=lambda v: (came(v), spend_order_key(v))):
         amount = min(owed, lot.remaining)
-        lots[lot.lot_id] = lot.moved(-amount)
+        lots[lot.lot_id] = lot.moved(-amount).settling(amount)
         owed -= amount
         if not owed:
             break
@@ -3693,3 +3695,9 @@ def _label(kind: str, reference: str) -> str:
     if reference.startswith("referred-by:"):
         return "referral by " + reference.removeprefix("referred-by:")
     return reference.removeprefix("activity:").replace(":", " ")
+
+
+def _settles_of(moves: Iterable[LotMove]) -> tuple[LotMove, ...]:
+    """The settles of moves that only settle a balance below zero (an earn's, a release's:
+    a lot's points taken to settle are that much more settled; given back, less)."""
+    return tuple(LotMove(m.lot_id, -m.amount) for m in moves)

@@ -27,6 +27,10 @@ class Lot:
     expires_at: datetime | None
     source: str
     program_version: str | None = None
+    # What of it settled a balance below zero (unlimited return policy): points a lot
+    # lost to a settle, kept apart from what it lost to spends, refunds and expiry, so a
+    # late event can give them back and settle again in event-time order.
+    settled: int = 0
 
     def moved(self, delta: int) -> Lot:
         remaining = self.remaining + delta
@@ -35,6 +39,14 @@ class Lot:
         if remaining > self.amount:
             raise InvariantViolation(f"lot {self.lot_id} would hold more than it earned")
         return replace(self, remaining=remaining)
+
+    def settling(self, delta: int) -> Lot:
+        """`delta` more of its points settled a balance below zero (negative: given back
+        by a re-take, to settle again in event-time order); `remaining` moves apart."""
+        settled = self.settled + delta
+        if settled < 0 or settled > self.amount:
+            raise InvariantViolation(f"lot {self.lot_id} would have settled {settled}")
+        return replace(self, settled=settled)
 
     def released(self) -> Lot:
         return replace(self, status=AVAILABLE)
