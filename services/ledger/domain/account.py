@@ -2554,8 +2554,9 @@ class MemberAccount(Aggregate):
         What was owed at `since` is what they settled (also of a debt older than `since`),
         plus what is owed now, less what the refunds in `later` owed when recorded. None
         when not known (a cancellation or a hold since, which may have settled some of it
-        with points of a lot that came before; some of their points expired; or the
-        figures do not add up): then the re-take keeps the recorded spends."""
+        with points of a lot that came before; some of their points expired before
+        `since`; or the figures do not add up): then the re-take keeps the recorded
+        spends."""
         owing = [
             s
             for s in later
@@ -2580,8 +2581,18 @@ class MemberAccount(Aggregate):
         ):
             return None  # a cancellation may have settled some of it
         held = {m.lot_id for h in self.holds.values() for m in h.moves}
-        if any(lot_id in held or self.expired_by_lot.get(lot_id, 0) for lot_id in gaps):
-            return None  # a hold took from them, or some of their points expired
+        if any(
+            lot_id in held
+            or (
+                self.expired_by_lot.get(lot_id, 0)
+                and (exp := lots[lot_id].expires_at) is not None
+                and exp <= since
+            )
+            for lot_id in gaps
+        ):
+            # A hold took from them, or some of their points expired before `since` (those
+            # expired since are back in `lots`, and expire again after the re-take).
+            return None
         return gaps, owed_then
 
     def _unsettled(self, later: list[Spend], since: datetime, lots: dict[str, Lot]) -> int | None:
