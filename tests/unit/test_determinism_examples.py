@@ -2584,3 +2584,44 @@ def test_a_late_refund_takes_points_that_expired_since_as_of_its_own_time(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_that_expired_before_the_balance_went_below_zero_settles_nothing(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy a refund leaves the balance below zero; an earn dated
+    before it, read after it, whose points expired before that refund, settles nothing:
+    in event time those points were gone before anything was owed. They expire at once
+    (before, they settled 10 of the 50 owed)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("w-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=5000)
+    spent = redemption("w-2", "m-1", at("2026-01-02T10:00:00Z"), redemption_id="x-1", points=50)
+    signup = activity("w-3", "m-1", at("2026-01-05T10:00:00Z"), name="signup")
+    refunded = refund(
+        "w-4", "m-1", at("2026-04-01T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
+    )
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, spent, refunded, signup]:  # the signup last, after the refund
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 4
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +50; 01-02 x-1
+    # takes them all; 01-05 signup +10 (expires 03-05); 03-05 those 10 expire; 04-01 r-1
+    # takes back o-1's 50: all spent, so all owed: balance -50, 10 expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(-50, 0, 0)
+    assert sum(account.expired_by_lot.values()) == 10
+    assert all(lot.remaining == 0 for lot in account.lots.values())
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

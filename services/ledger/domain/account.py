@@ -324,15 +324,28 @@ class MemberAccount(Aggregate):
         # Version 2: the tier held longer because this earn qualified again (else None).
         tier_period_end: datetime | None
         tier_held_until: datetime | None
+        # Version 3: points of its lot that expired at once (the first lot of `lots_after`):
+        # read late, after its expiry, with the balance below zero since after that expiry,
+        # they settled nothing in event time (0 for entries written before).
+        expired: int
 
-        class_version = 2
+        class_version = 3
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state["tier_period_end"] = None
             state["tier_held_until"] = None
 
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["expired"] = 0
+
         def apply_specific(self, account: MemberAccount) -> None:
+            if self.expired:
+                lot_id = self.lots_after[0].lot_id
+                account.expired_by_lot[lot_id] = (
+                    account.expired_by_lot.get(lot_id, 0) + self.expired
+                )
             spend = self.order.total_minor if self.order is not None else 0
             account._qualify(Qualifying(self.effective_at, self.points, spend))
             if self.tier_held_until is not None:
@@ -733,6 +746,10 @@ class MemberAccount(Aggregate):
         # The latest instant of time-driven work recorded (release, expiry, hold expiry,
         # tier review): an event dated before it is late (see `_late_note`).
         self.worked_to: datetime | None = None
+        # Since when the balance is below zero (the effective time of the entry that took
+        # it there; None when it is not, or when it is not known: an account loaded from
+        # a snapshot written before this was kept).
+        self.owed_since: datetime | None = None
         del provenance  # recorded on the event; nothing to keep in state
 
     @staticmethod
@@ -2078,6 +2095,7 @@ class MemberAccount(Aggregate):
         new_lots: tuple[Lot, ...] = ()
         moves: tuple[LotMove, ...] = ()
         postings: tuple[Posting, ...] = ()
+        expired = 0
         note = quote.explanation
         if points:
             lot_id = order.lot_id if order and order.lot_id else self._next_lot_id()
@@ -2099,11 +2117,22 @@ class MemberAccount(Aggregate):
             else:
                 postings = transfer(acc.ISSUED, acc.AVAILABLE, points)
                 came_at = (release_for(program, occurred_at) if pending else None) or occurred_at
-                moves = self._settle_late((LotMove(lot_id, points),), came_at, now)
+                moves = self._settle_late(
+                    (LotMove(lot_id, points),), came_at, now, {lot_id: lot.expires_at}
+                )
                 if moves and moves[0].lot_id == lot_id:
                     note += f"; {-moves[0].amount} settled the negative balance"
                 if len(moves) > 1:
                     note += " first (points that came after it settle again after it)"
+                if self.debt and not self._there_when_owed(lot_id, {lot_id: lot.expires_at}):
+                    # Read after its expiry, while the balance is below zero since after
+                    # it: in event time these points expired before anything was owed.
+                    expired = points
+                    postings += transfer(acc.AVAILABLE, acc.EXPIRED, points)
+                    note += (
+                        f"; expired {lot.expires_at.isoformat()}, before the balance went "
+                        "below zero: they settle nothing"
+                    )
         renewal = self._renewal(
             program, Qualifying(occurred_at, points, order.total_minor if order else 0)
         )
@@ -2113,7 +2142,7 @@ class MemberAccount(Aggregate):
             self.PointsEarned,
             effective_at=occurred_at,
             postings=postings,
-            moves=moves,
+            moves=(*moves, LotMove(new_lots[0].lot_id, -expired)) if expired else moves,
             settles=_settles_of(moves),
             new_lots=new_lots,
             provenance=prov,
@@ -2126,6 +2155,7 @@ class MemberAccount(Aggregate):
             day=day,
             tier_period_end=renewal[0] if renewal else None,
             tier_held_until=renewal[1] if renewal else None,
+            expired=expired,
         )
         if new_lots and new_lots[0].status == AVAILABLE:
             released_at = release_for(program, occurred_at) if pending else None
@@ -3424,7 +3454,11 @@ class MemberAccount(Aggregate):
         return (LotMove(lot_id, -settle),) if settle else ()
 
     def _settle_late(
-        self, credits: Sequence[LotMove], came_at: datetime, now: datetime
+        self,
+        credits: Sequence[LotMove],
+        came_at: datetime,
+        now: datetime,
+        expiries: Mapping[str, datetime | None] | None = None,
     ) -> tuple[LotMove, ...]:
         """The settle of a balance below zero by points coming in (`credits`, in order: an
         earn, a release, or a cancellation giving points back), also when they came (in
@@ -3434,7 +3468,12 @@ class MemberAccount(Aggregate):
         at its own time), so those lots give it back, the incoming points settle the whole
         debt first, and those lots settle again in the order they came. The plain settle
         when a spend, a cancellation or a hold may have taken from those lots, a refund
-        took their pending points, or some of their points expired."""
+        took their pending points, or some of their points expired.
+
+        Incoming points of a lot that expired before the balance went below zero (read
+        late) settle nothing: in event time they were gone by then (`expiries`: of the
+        credited lots not recorded yet)."""
+        credits = [c for c in credits if self._there_when_owed(c.lot_id, expiries)]
         later = self._came_after(came_at, now, {c.lot_id for c in credits})
         settled = dict(later or ())
         owed = self.debt + sum(settled.values())
@@ -3452,6 +3491,18 @@ class MemberAccount(Aggregate):
             if has - take != lot.remaining:
                 moves.append(LotMove(lot_id, has - take - lot.remaining))
         return tuple(moves)
+
+    def _there_when_owed(
+        self, lot_id: str, expiries: Mapping[str, datetime | None] | None = None
+    ) -> bool:
+        """Whether points of `lot_id` were still there (unexpired) when the balance went
+        below zero, so they may settle it (true when that time is not known)."""
+        since = self.__dict__.get("owed_since")
+        if since is None:
+            return True
+        lot = self.lots.get(lot_id)
+        expires = lot.expires_at if lot is not None else (expiries or {}).get(lot_id)
+        return expires is None or expires > since
 
     def _came_after(
         self, came_at: datetime, now: datetime, incoming: set[str]
@@ -3564,7 +3615,17 @@ class MemberAccount(Aggregate):
             )
         for lot in entry.lots_after:
             self.lots[lot.lot_id] = lot
+        before = self.balances[acc.AVAILABLE]
         self.balances = apply_postings(self.balances, entry.postings)
+        after = self.balances[acc.AVAILABLE]
+        if after >= 0:
+            self.owed_since = None
+        elif before >= 0 or (
+            after < before
+            and (owed_since := self.__dict__.get("owed_since")) is not None
+            and entry.effective_at < owed_since
+        ):
+            self.owed_since = entry.effective_at
         if entry.provenance.origin.channel == SCHEDULER.channel and (
             self.worked_to is None or entry.effective_at > self.worked_to
         ):
