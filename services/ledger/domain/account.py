@@ -2124,7 +2124,11 @@ class MemberAccount(Aggregate):
                     note += f"; {-moves[0].amount} settled the negative balance"
                 if len(moves) > 1:
                     note += " first (points that came after it settle again after it)"
-                if self.debt and not self._there_when_owed(lot_id, {lot_id: lot.expires_at}):
+                if (
+                    self.debt
+                    and lot.expires_at is not None
+                    and not self._there_when_owed(lot_id, {lot_id: lot.expires_at})
+                ):
                     # Read after its expiry, while the balance is below zero since after
                     # it: in event time these points expired before anything was owed.
                     expired = points
