@@ -2625,3 +2625,63 @@ def test_a_late_earn_that_expired_before_the_balance_went_below_zero_settles_not
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_settles_what_was_owed_at_its_time_before_later_earns(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a refund leaves points owed; the cancellation of the
+    redemption that spent them, read after later spends and earns, gives its points back
+    as of its own time, where they settle what was owed first; the later earn keeps its
+    points (before, the later earn had settled half of it and the cancellation's points
+    that were left expired)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("y-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    spent = redemption("y-2", "m-1", at("2026-01-05T10:00:00Z"), redemption_id="x-1", points=50)
+    r1 = refund(
+        "y-3",
+        "m-1",
+        at("2026-01-10T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    undone = cancellation("y-4", "m-1", at("2026-01-20T10:00:00Z"), redemption_id="x-1")
+    o2 = purchase("y-5", "m-1", at("2026-01-25T10:00:00Z"), order_id="o-2", total_minor=3000)
+    r2 = refund(
+        "y-6", "m-1", at("2026-04-01T10:00:00Z"), order_id="o-2", refund_id="r-2", amount_minor=3000
+    )
+    signup = activity("y-7", "m-1", at("2026-04-15T10:00:00Z"), name="signup")
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, r1, o2, r2, signup, spent, undone]:  # the redemptions topic last
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 7
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +100; 01-05 x-1
+    # takes 50 of them; 01-10 r-1 takes back 100: 50 there, 50 owed (balance -50); 01-20
+    # x-1 cancelled: its 50 go back to o-1 and settle the 50 owed (balance 0); 01-25 o-2
+    # +30; 03-25 they expire; 04-01 r-2 finds them expired already (takes nothing); 04-15
+    # signup +10. m-1 holds 10, all of them the signup's; o-2's 30 expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(10, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"signup": 10}
+    assert {lot.source: lot.settled for lot in account.lots.values() if lot.settled} == {
+        "order o-1": 50
+    }
+    assert {account.lots[k].source: v for k, v in account.expired_by_lot.items() if v} == {
+        "order o-2": 30
+    }
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2947,6 +2947,13 @@ class MemberAccount(Aggregate):
             lots[move.lot_id] = replace(
                 lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
             )
+        # What it gives back settles what was owed at its time first, as a cancellation
+        # read in time settles a balance below zero (`_settle_late`).
+        for move in record.moves:
+            take = min(owed_then, -move.amount)
+            if take:
+                lots[move.lot_id] = lots[move.lot_id].moved(-take).settling(take)
+                owed_then -= take
         again = self._taken_again(
             lots, later, occurred_at, owed=owed_then, unsettled=True, unexpired=unexpired
         )
