@@ -2685,3 +2685,40 @@ def test_a_late_cancellation_settles_what_was_owed_at_its_time_before_later_earn
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_redemption_dated_while_a_late_refund_left_points_owed_waits_again(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy a refund read after a redemption dated after it leaves
+    points owed at that redemption's time: in event time the redemption found nothing (the
+    balance was below zero), so it is withdrawn and waits for points again; the refund
+    owes only what was spent before it (before, the redemption stayed funded and the
+    refund owed its points too)."""
+    ledger, clock = open_fresh(UNLIMITED, READ_AT)
+    o1 = purchase("z-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    x1 = redemption("z-2", "m-1", at("2026-01-05T10:00:00Z"), redemption_id="x-1", points=80)
+    r1 = refund(
+        "z-3",
+        "m-1",
+        at("2026-01-10T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    x2 = redemption("z-4", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-2", points=20)
+    statuses = read(ledger, clock, [(o1, 0), (x1, 0), (x2, 0), (r1, 0)])
+    assert statuses == ["applied"] * 4
+
+    # By hand, in time order: 01-01 o-1 +100; 01-05 x-1 takes 80 (20 left); 01-10 r-1
+    # takes back 100: 20 there, 80 owed (balance -80); 01-15 x-2 of 20 finds nothing (the
+    # balance is below zero): it waits for points.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(-80, 0, 0)
+    assert account.redemptions["x-1"].status == "redeemed"
+    assert account.redemptions["x-2"].status == "withdrawn"
+    assert ("m-1", "z-4") in [(m, p.event_id) for m, p in ledger.app.parked()]
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2696,8 +2696,9 @@ class MemberAccount(Aggregate):
         refund that finds too few points under the unlimited policy owes the rest (the
         balance goes below zero), and the points that come after it in event time (earned,
         released, given back by a cancellation) settle that debt first, as in time order
-        (`_settle_again`). None when a redemption would be decided while points are owed,
-        or a later spend had left points owed when recorded (the earnings that settled them
+        (`_settle_again`); a redemption decided while points are still owed finds none
+        (withdrawn: it waits again). None when a later spend had left points owed when
+        recorded (the earnings that settled them
         are not known, unless `unsettled`: `lots` have what they settled back, see
         `_unsettled`): those cases keep the recorded spends. `owed`: what the late spend
         itself left owed at `since`.
@@ -2731,8 +2732,6 @@ class MemberAccount(Aggregate):
             spend = recorded
             _give_back(lots, holding, spend.dated or spend.at)
             _settle_again(lots, debt, spend.dated or spend.at)
-            if debt.owed and spend.kind == "redemption":
-                return None  # decided against a balance below zero: kept as recorded
             own = lots.get(spend.own_lot) if spend.own_lot else None
             if (
                 spend.kind == "refund"
@@ -2756,7 +2755,9 @@ class MemberAccount(Aggregate):
                 back = [
                     GiveBack(t.spend.cancelled_at, t.moves) for t in holding if t.spend.cancelled_at
                 ]
-                again = redeem_again(lots, spend, back)
+                # With points still owed at its time, every point there then went to settle
+                # them (`_settle_again`): it finds none, as a redemption read in time does.
+                again = None if debt.owed else redeem_again(lots, spend, back)
                 if again is not None and spend.cancelled_at is not None:
                     holding.append(again)
                 if again is None and spend.cancelled_at is not None:
