@@ -2722,3 +2722,45 @@ def test_a_redemption_dated_while_a_late_refund_left_points_owed_waits_again(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_that_expired_before_a_refund_a_late_redemption_left_owing_settles_nothing(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy a redemption read late makes a refund recorded before it
+    owe points; the balance is below zero from the refund's time, not the redemption's. An
+    earn dated before both, read last, whose points expired between the two, settles
+    nothing (before, the debt counted from the redemption's time and the earn settled 10
+    of it)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("q-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    signup = activity("q-2", "m-1", at("2026-01-10T10:00:00Z"), name="signup")
+    x1 = redemption("q-3", "m-1", at("2026-02-01T10:00:00Z"), redemption_id="x-1", points=80)
+    r1 = refund(
+        "q-4", "m-1", at("2026-04-01T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=6000
+    )
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, r1, x1, signup]:
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 4
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +100 (expires
+    # 03-01); 01-10 signup +10 (expires 03-10); 02-01 x-1 takes 80 of o-1 (soonest to
+    # expire); 03-01 o-1's other 20 expire; 03-10 the signup's 10 expire; 04-01 r-1 takes
+    # back 60 of o-1's points: 20 had expired, 40 are owed. Balance -40; 30 expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(-40, 0, 0)
+    assert sum(account.expired_by_lot.values()) == 30
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

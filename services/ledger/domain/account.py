@@ -3632,12 +3632,22 @@ class MemberAccount(Aggregate):
         after = self.balances[acc.AVAILABLE]
         if after >= 0:
             self.owed_since = None
-        elif before >= 0 or (
-            after < before
-            and (owed_since := self.__dict__.get("owed_since")) is not None
-            and entry.effective_at < owed_since
-        ):
-            self.owed_since = entry.effective_at
+        else:
+            # A re-take that leaves a refund owing owes from that refund's time.
+            respent = getattr(entry, "respent", None)
+            owing = [
+                step.at
+                for order in (respent.orders if isinstance(respent, Respent) else ())
+                for step in order.refunds
+                if step.owes and step.wanted + sum(m.amount for m in step.taken_from or ()) > 0
+            ]
+            at = min(owing) if owing else entry.effective_at
+            if before >= 0 or (
+                after < before
+                and (owed_since := self.__dict__.get("owed_since")) is not None
+                and at < owed_since
+            ):
+                self.owed_since = at
         if entry.provenance.origin.channel == SCHEDULER.channel and (
             self.worked_to is None or entry.effective_at > self.worked_to
         ):
