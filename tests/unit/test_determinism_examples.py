@@ -2764,3 +2764,45 @@ def test_a_late_earn_that_expired_before_a_refund_a_late_redemption_left_owing_s
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_while_points_are_owed_settles_them_with_points_past_expiry(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a cancellation read after a refund that owes points gives
+    its points back to a lot whose expiry has passed; they settle what is owed first, as a
+    cancellation read in time does, and the rest expire at once (the property's case: the
+    lots' invariant broke when those points were left out of the settle)."""
+    rules = program(expiry={"months_after_earn": 2}, returns={"policy": "unlimited"})
+    ledger, clock = open_fresh(rules, at("2026-08-01T00:00:00Z"))
+    o1 = purchase("c-1", "m-1", at("2026-08-03T09:10:00Z"), order_id="o-1", total_minor=17500)
+    x1 = redemption("c-2", "m-1", at("2026-08-03T09:20:00Z"), redemption_id="x-1", points=132)
+    r1 = refund(
+        "c-3",
+        "m-1",
+        at("2026-10-05T11:46:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10500,
+    )
+    undone = cancellation("c-4", "m-1", at("2026-10-05T11:54:00Z"), redemption_id="x-1")
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, r1, x1, undone]:  # the redemptions topic after the purchases topic
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 4
+
+    # By hand, in time order (expiry two months after earn): 08-03 o-1 +175 (expires
+    # 10-03); x-1 takes 132 (43 left); 10-03 those 43 expire; 10-05 r-1 takes back 105:
+    # 43 had expired, 62 are owed (balance -62); x-1 cancelled: its 132 go back to o-1,
+    # settle the 62 owed, and the other 70 expire at once (o-1 expired on 10-03).
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(0, 0, 0)
+    assert sum(account.expired_by_lot.values()) == 43 + 70
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -3482,10 +3482,11 @@ class MemberAccount(Aggregate):
         when a spend, a cancellation or a hold may have taken from those lots, a refund
         took their pending points, or some of their points expired.
 
-        Incoming points of a lot that expired before the balance went below zero (read
-        late) settle nothing: in event time they were gone by then (`expiries`: of the
-        credited lots not recorded yet)."""
-        credits = [c for c in credits if self._there_when_owed(c.lot_id, expiries)]
+        An earn's points (`expiries` given: of its lot, not recorded yet) that expired
+        before the balance went below zero (read late) settle nothing: in event time they
+        were gone by then."""
+        if expiries is not None:  # an earn (a cancellation's points settle as they come)
+            credits = [c for c in credits if self._there_when_owed(c.lot_id, expiries)]
         later = self._came_after(came_at, now, {c.lot_id for c in credits})
         settled = dict(later or ())
         owed = self.debt + sum(settled.values())
