@@ -2806,3 +2806,53 @@ def test_a_late_cancellation_while_points_are_owed_settles_them_with_points_past
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_before_spends_settles_what_was_owed_at_its_time_though_expired_since(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: an earn dated while points were owed, read after a
+    later purchase settled them and a later redemption spent the rest, settles first at
+    its own time, though its points have expired since; the purchase settles less and
+    keeps more (before, the earn's points expired unused and the purchase kept 10 fewer)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("s-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    x1 = redemption("s-2", "m-1", at("2026-01-02T10:00:00Z"), redemption_id="x-1", points=100)
+    r1 = refund(
+        "s-3",
+        "m-1",
+        at("2026-01-05T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    signup = activity("s-4", "m-1", at("2026-01-10T10:00:00Z"), name="signup")
+    o2 = purchase("s-5", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=15000)
+    x2 = redemption("s-6", "m-1", at("2026-03-15T10:00:00Z"), redemption_id="x-2", points=50)
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, x1, r1, o2, x2, signup]:  # the activities topic last
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 6
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +100; 01-02 x-1
+    # takes them; 01-05 r-1 takes back 100, all owed (balance -100); 01-10 signup +10
+    # settles 10 (90 owed); 02-01 o-2 +150 settles 90 (60 left); 03-10 nothing left of the
+    # signup to expire; 03-15 x-2 takes 50 of o-2. m-1 holds o-2's last 10.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(10, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-2": 10}
+    assert sum(account.expired_by_lot.values()) == 0
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

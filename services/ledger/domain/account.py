@@ -3681,7 +3681,7 @@ def _settle_again(lots: dict[str, Lot], debt: _Debt, by: datetime | None) -> Non
         if v.status == AVAILABLE
         and v.remaining > 0
         and (
-            (came(v) > since and (by is None or came(v) <= by))
+            (came(v) >= since and (by is None or came(v) <= by))
             or (by is not None and spendable_at(v, by))
             or (by is None and (v.expires_at is None or v.expires_at > since))
         )
