@@ -2856,3 +2856,60 @@ def test_a_late_earn_before_spends_settles_what_was_owed_at_its_time_though_expi
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_settles_an_older_debt_though_it_expired_before_the_current_one(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: an earn read late came while an older debt was owed
+    (settled since by a later purchase) and expired before the balance went below zero
+    again. In event time it settled 10 of the older debt, the purchase settled 10 fewer and
+    a refund of that purchase found those 10, not its points expired unused (the history
+    kept in tests/property/histories/arrival_order.txt adds a cancellation to this)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("t-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    x1 = redemption("t-2", "m-1", at("2026-01-02T10:00:00Z"), redemption_id="x-1", points=100)
+    r1 = refund(
+        "t-3",
+        "m-1",
+        at("2026-01-05T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    signup = activity("t-4", "m-1", at("2026-01-10T10:00:00Z"), name="signup")
+    o2 = purchase("t-5", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=15000)
+    x2 = redemption("t-6", "m-1", at("2026-02-15T10:00:00Z"), redemption_id="x-2", points=50)
+    r2 = refund(
+        "t-7",
+        "m-1",
+        at("2026-03-20T10:00:00Z"),
+        order_id="o-2",
+        refund_id="r-2",
+        amount_minor=15000,
+    )
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, x1, r1, o2, x2, r2, signup]:  # the activities topic last
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 7
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +100; 01-02 x-1
+    # takes them; 01-05 r-1 takes back 100, all owed (balance -100); 01-10 signup +10
+    # settles 10 (90 owed); 02-01 o-2 +150 settles 90 (60 left); 02-15 x-2 takes 50 (10
+    # left); 03-20 r-2 takes back 150: 10 there, 140 owed. Balance -140; nothing expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(-140, 0, 0)
+    assert sum(account.expired_by_lot.values()) == 0
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2117,18 +2117,14 @@ class MemberAccount(Aggregate):
             else:
                 postings = transfer(acc.ISSUED, acc.AVAILABLE, points)
                 came_at = (release_for(program, occurred_at) if pending else None) or occurred_at
-                moves = self._settle_late(
-                    (LotMove(lot_id, points),), came_at, now, {lot_id: lot.expires_at}
-                )
+                dead = self._expired_unowed(program, lot, came_at)
+                if not dead:
+                    moves = self._settle_late((LotMove(lot_id, points),), came_at, now)
                 if moves and moves[0].lot_id == lot_id:
                     note += f"; {-moves[0].amount} settled the negative balance"
                 if len(moves) > 1:
                     note += " first (points that came after it settle again after it)"
-                if (
-                    self.debt
-                    and lot.expires_at is not None
-                    and not self._there_when_owed(lot_id, {lot_id: lot.expires_at})
-                ):
+                if dead and lot.expires_at is not None:
                     # Read after its expiry, while the balance is below zero since after
                     # it: in event time these points expired before anything was owed.
                     expired = points
@@ -3466,11 +3462,7 @@ class MemberAccount(Aggregate):
         return (LotMove(lot_id, -settle),) if settle else ()
 
     def _settle_late(
-        self,
-        credits: Sequence[LotMove],
-        came_at: datetime,
-        now: datetime,
-        expiries: Mapping[str, datetime | None] | None = None,
+        self, credits: Sequence[LotMove], came_at: datetime, now: datetime
     ) -> tuple[LotMove, ...]:
         """The settle of a balance below zero by points coming in (`credits`, in order: an
         earn, a release, or a cancellation giving points back), also when they came (in
@@ -3480,13 +3472,7 @@ class MemberAccount(Aggregate):
         at its own time), so those lots give it back, the incoming points settle the whole
         debt first, and those lots settle again in the order they came. The plain settle
         when a spend, a cancellation or a hold may have taken from those lots, a refund
-        took their pending points, or some of their points expired.
-
-        An earn's points (`expiries` given: of its lot, not recorded yet) that expired
-        before the balance went below zero (read late) settle nothing: in event time they
-        were gone by then."""
-        if expiries is not None:  # an earn (a cancellation's points settle as they come)
-            credits = [c for c in credits if self._there_when_owed(c.lot_id, expiries)]
+        took their pending points, or some of their points expired."""
         later = self._came_after(came_at, now, {c.lot_id for c in credits})
         settled = dict(later or ())
         owed = self.debt + sum(settled.values())
@@ -3505,17 +3491,18 @@ class MemberAccount(Aggregate):
                 moves.append(LotMove(lot_id, has - take - lot.remaining))
         return tuple(moves)
 
-    def _there_when_owed(
-        self, lot_id: str, expiries: Mapping[str, datetime | None] | None = None
-    ) -> bool:
-        """Whether points of `lot_id` were still there (unexpired) when the balance went
-        below zero, so they may settle it (true when that time is not known)."""
+    def _expired_unowed(self, program: Program, lot: Lot, came_at: datetime) -> bool:
+        """Whether the points of `lot`, an earn read late while the balance is below zero,
+        expired unused before that: nothing was owed when they came (what the lots that
+        came since settled, plus what is owed now, less what the refunds dated since owed,
+        is 0: `_settled_since`) and the balance went below zero only after their expiry.
+        Then in event time they settled nothing and expired; else they settle as they
+        come and the spends dated after them take again (`_spends_take_again`)."""
         since = self.__dict__.get("owed_since")
-        if since is None:
-            return True
-        lot = self.lots.get(lot_id)
-        expires = lot.expires_at if lot is not None else (expiries or {}).get(lot_id)
-        return expires is None or expires > since
+        if not self.debt or since is None or lot.expires_at is None or lot.expires_at > since:
+            return False
+        settled = self._settled_since(self._later_spends(program, came_at), came_at, self.lots)
+        return settled is not None and settled[1] == 0
 
     def _came_after(
         self, came_at: datetime, now: datetime, incoming: set[str]
