@@ -2913,3 +2913,55 @@ def test_a_late_earn_settles_an_older_debt_though_it_expired_before_the_current_
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_settles_first_though_a_redemption_after_it_was_cancelled_since(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: an earn dated while points were owed, read after a later
+    purchase settled them and a redemption of that purchase's points was cancelled, settles
+    first at its own time; the purchase gives back what it settled in its place (before,
+    the cancellation since made the late earn keep the arrival order)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("u-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    x1 = redemption("u-2", "m-1", at("2026-01-02T10:00:00Z"), redemption_id="x-1", points=100)
+    r1 = refund(
+        "u-3",
+        "m-1",
+        at("2026-01-05T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=10000,
+    )
+    signup = activity("u-4", "m-1", at("2026-01-10T10:00:00Z"), name="signup")
+    o2 = purchase("u-5", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=15000)
+    x2 = redemption("u-6", "m-1", at("2026-02-05T10:00:00Z"), redemption_id="x-2", points=40)
+    undone = cancellation("u-7", "m-1", at("2026-02-10T10:00:00Z"), redemption_id="x-2")
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, x1, r1, o2, x2, undone, signup]:  # the activities topic last
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 7
+
+    # By hand, in time order: 01-01 o-1 +100; 01-02 x-1 takes them; 01-05 r-1 takes back
+    # 100, all owed (balance -100); 01-10 signup +10 settles 10 (90 owed); 02-01 o-2 +150
+    # settles 90 (60 left); 02-05 x-2 takes 40 (20 left); 02-10 x-2 cancelled: its 40 go
+    # back (60 left). m-1 holds 60, all of them o-2's; the signup settled its 10.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(60, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-2": 60}
+    settled = {lot.source: lot.settled for lot in account.lots.values() if lot.settled}
+    assert settled == {"signup": 10, "order o-2": 90}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2606,10 +2606,20 @@ class MemberAccount(Aggregate):
         owed_then = sum(gaps.values()) + self.debt - owed_later
         if owed_then < 0:
             return None
+
+        def came(lot_id: str) -> datetime:
+            lot = lots[lot_id]
+            return max(lot.earned_at, lot.release_at or lot.earned_at)
+
         if any(
-            r.cancelled_at is not None and r.cancelled_at > first for r in self.redemptions.values()
+            r.cancelled_at is not None
+            and r.cancelled_at > first
+            and any(lots[m.lot_id].settled and came(m.lot_id) < first for m in r.moves)
+            for r in self.redemptions.values()
         ):
-            return None  # a cancellation may have settled some of it
+            # A cancellation since may have settled some of it with points it gave back to
+            # a lot that came before (what that lot settled then is not told apart).
+            return None
         held = {m.lot_id for h in self.holds.values() for m in h.moves}
         if any(
             lot_id in held
