@@ -30,6 +30,7 @@ from eventsourcing.persistence import (
     ProcessRecorder,
     Tracking,
 )
+from eventsourcing.utils import get_topic
 
 from schemas import (
     ActivityCompleted,
@@ -48,7 +49,7 @@ from schemas import (
 )
 from services.ledger.application.batch_reads import select_events_after, select_events_of
 from services.ledger.application.tables import created_concurrently
-from services.ledger.application.transcodings import register_value_types
+from services.ledger.application.transcodings import LedgerTranscoder, register_value_types
 from services.ledger.domain.account import (
     MemberAccount,
     RedemptionRecord,
@@ -128,6 +129,9 @@ class LedgerApplication(Application[UUID]):
     """Member accounts, receipts and rejections in one event store."""
 
     name = "ledger"
+    # The library's setting for the transcoder: the same stored format as its JSONTranscoder,
+    # written with orjson (transcodings.py). TRANSCODER_TOPIC in the environment overrides it.
+    env: ClassVar[dict[str, str]] = {"TRANSCODER_TOPIC": get_topic(LedgerTranscoder)}
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {MemberAccount: 100}
 
     def __init__(self, program: Program, clock: Clock, env: dict[str, str] | None = None) -> None:
