@@ -54,12 +54,11 @@ def _registered(transcoder: JSONTranscoder) -> JSONTranscoder:
 
 
 class _AsPreviously(Transcoding):
-    """A value object as the releases before this codec stored it: every field, except
-    `Lot.settled` while it is 0."""
+    """A value object as the releases before this codec stored and loaded it: every field,
+    except `Lot.settled` while it is 0."""
 
     def __init__(self, cls: type[Any]) -> None:
         self.type, self.name = cls, cls.__name__
-        self._decoding = DataclassAsDict(cls)
 
     def encode(self, obj: Any) -> dict[str, Any]:
         out = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
@@ -67,8 +66,15 @@ class _AsPreviously(Transcoding):
             del out["settled"]
         return out
 
-    def decode(self, data: Any) -> Any:
-        return self._decoding.decode(data)
+    def decode(self, data: Any) -> Any:  # as those releases decoded: every list a tuple
+        assert isinstance(data, dict)
+        return self.type(**{k: _tuples(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 class PreviousTranscoder(JSONTranscoder):

@@ -59,6 +59,18 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+_SCALARS = frozenset({"str", "int", "bool", "None", "datetime"})
+
+
+def _scalar(annotation: Any) -> bool:
+    """Whether a field annotated so never holds a list once decoded: str, int, bool, None,
+    datetime or a value object, or a union of those. Anything else is converted."""
+    if not isinstance(annotation, str):
+        return False
+    names = {cls.__name__ for cls in VALUE_TYPES}
+    return all(part in _SCALARS or part in names for part in annotation.split(" | "))
+
+
 def omitted_defaults(cls: type[Any]) -> dict[str, Any]:
     """The fields of `cls` left out of the stored value while they hold their default.
 
@@ -79,13 +91,19 @@ class DataclassAsDict(Transcoding):
         self.fields = tuple(f.name for f in dataclasses.fields(cls))  # once, not per object
         self.defaults = omitted_defaults(cls)
         self.as_dict = _compile(cls, self.fields, self.defaults)
+        # Fields that may hold a sequence: JSON gives lists, the value objects hold tuples.
+        self.sequences = tuple(f.name for f in dataclasses.fields(cls) if not _scalar(f.type))
 
     def encode(self, obj: Any) -> dict[str, Any]:
         return self.as_dict(obj)
 
     def decode(self, data: Any) -> Any:
         assert isinstance(data, dict)
-        return self.type(**{k: _tuples(v) if isinstance(v, list) else v for k, v in data.items()})
+        for name in self.sequences:  # in place: `data` is the decoder's own, fresh dict
+            value = data.get(name)
+            if type(value) is list:
+                data[name] = _tuples(value)
+        return self.type(**data)
 
 
 def _compile(
