@@ -246,6 +246,36 @@ def test_a_uuid_is_stored_as_the_librarys_object_not_as_orjsons_text() -> None:
     assert new.decode(new.encode(looks_like_one)) == looks_like_one
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda u: {"origin": Origin(u)},  # in a value object (against its type, but still)
+        lambda u: {"ids": ["a", (1, u)]},
+        lambda u: {"by": {"k": {"j": [u]}}},
+    ],
+    ids=["value object", "list", "nested dict"],
+)
+def test_a_uuid_anywhere_is_stored_as_the_librarys_object(where: Any) -> None:
+    new, plain = _registered(LedgerTranscoder()), _registered(JSONTranscoder())
+    state = where(uuid4())
+    assert new.encode(state) == plain.encode(state)
+    assert b'"uuid_hex"' in new.encode(state)
+
+
+def test_ids_that_are_uuid_text_do_not_send_events_through_the_slow_encoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    new = _registered(LedgerTranscoder())
+    member, event = str(uuid4()), str(uuid4())
+    state = {"member_id": member, "origin": Origin("http", request_id=event), "n": [event]}
+
+    def refuse(self: JSONTranscoder, obj: Any) -> bytes:
+        raise AssertionError("the library's encoder was used")
+
+    monkeypatch.setattr(JSONTranscoder, "encode", refuse)
+    assert new.decode(new.encode(state)) == state
+
+
 def test_what_the_library_refuses_is_refused_the_same_way() -> None:
     new = _registered(LedgerTranscoder())
 

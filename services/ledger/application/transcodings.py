@@ -12,9 +12,16 @@ import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Transcoding
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Transcoding,
+    UUIDAsHex,
+)
 
 from services.ledger.domain.account import (
     Balances,
@@ -149,9 +156,9 @@ def register_value_types(transcoder: JSONTranscoder) -> None:
 
 # orjson writes a `uuid.UUID` itself, as its canonical text, and cannot be asked to hand it
 # to `default`: such a value would load as a string. The ledger stores no UUID values (ids
-# are the rows' own columns), but any text in the output that looks like one sends the
-# object through the standard library's encoder instead, which writes the library's
-# `uuid_hex` object. Text that merely looks like a UUID (an event id, say) costs only time.
+# are the rows' own columns). When the output has text that looks like one (an id that is a
+# UUID's text, say), the object is searched for a real UUID (`_holds_uuid`, a few µs); only
+# if it holds one does it go through the library's encoder, which writes `uuid_hex`.
 _UUID_TEXT = re.compile(rb'"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"')
 
 # Value objects and datetimes go to `default` (the library's envelope), not orjson's own form.
@@ -166,27 +173,56 @@ class LedgerTranscoder(JSONTranscoder):
     cannot write as the standard library would (integers beyond 64 bits, keys that are not
     strings, unregistered types, UUIDs: see `_UUID_TEXT`) goes through
     `JSONTranscoder.encode`, which writes it or raises as before. Decoding is the library's.
+    (One difference in what is refused: orjson writes a plain `Enum` member's value where
+    the library refuses it. The ledger stores none: it could not until now.)
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._encoders: dict[type, Callable[[Any], dict[str, Any]]] = {}
+        # What `_holds_uuid` looks into, by type: a value object's fields; for any other
+        # registered type but the library's own scalars, what its transcoding encodes.
+        self._parts: dict[type, Callable[[Any], Any]] = {}
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
         self._encoders[transcoding.type] = _envelope(transcoding)
+        if type(transcoding) is DataclassAsDict:
+            names = transcoding.fields
+            self._parts[transcoding.type] = lambda obj: [getattr(obj, n) for n in names]
+        elif type(transcoding) not in (DatetimeAsISO, DecimalAsStr, UUIDAsHex):
+            self._parts[transcoding.type] = lambda obj: [transcoding.encode(obj)]
 
     def encode(self, obj: Any) -> bytes:
         try:
             data = orjson.dumps(obj, default=self._default, option=_OPTIONS)
         except orjson.JSONEncodeError:
             return super().encode(obj)
-        if _UUID_TEXT.search(data) is not None:
+        if _UUID_TEXT.search(data) is not None and self._holds_uuid(obj):
             return super().encode(obj)
         return data
 
     def _default(self, obj: Any) -> dict[str, Any]:
         return self._encoders[type(obj)](obj)  # KeyError: orjson raises, encode falls back
+
+    def _holds_uuid(self, obj: Any) -> bool:
+        """Whether `obj` holds a UUID anywhere orjson would write it."""
+        parts = self._parts
+        stack = [obj]
+        while stack:
+            item = stack.pop()
+            kind = type(item)
+            if kind is str or kind is int or item is None or kind is bool:
+                continue
+            if isinstance(item, UUID):
+                return True
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+            elif kind in parts:
+                stack.extend(parts[kind](item))
+        return False
 
 
 def _envelope(transcoding: Transcoding) -> Callable[[Any], dict[str, Any]]:
