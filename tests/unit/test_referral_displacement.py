@@ -313,3 +313,35 @@ def test_a_late_earn_does_not_settle_into_a_bonus_taken_back(open_fresh: Open) -
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_displaced_bonus_spent_while_points_are_owed_is_taken_out_of_the_spend(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a redemption spent a displaced bonus, and a refund after
+    it left points owed; when the earlier referral arrives, the redemption takes again
+    without the bonus (too few points then: it waits again) and the refund finds its
+    order's points. Before, the spent bonus was owed on top of the refund's debt."""
+    ledger, clock = open_fresh(UNLIMITED, at("2026-05-01T00:00:00Z"))
+    earliest = referral("h-1", "m-a", at("2026-05-01T09:00:00Z"), referee="m-r")
+    displaced = referral("h-2", "m-b", at("2026-05-01T10:00:00Z"), referee="m-r")
+    bought = purchase("h-3", "m-b", at("2026-05-02T09:00:00Z"), order_id="o-1", total_minor=3000)
+    spent = redemption("h-4", "m-b", at("2026-05-05T09:00:00Z"), redemption_id="x-1", points=50)
+    returned = refund(
+        "h-5", "m-b", at("2026-05-10T09:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=3000
+    )
+    statuses = read(
+        ledger, clock, [(displaced, 1), (bought, 0), (spent, 0), (returned, 0), (earliest, 0)]
+    )
+    assert statuses == ["applied"] * 5
+
+    # By hand, in time order: m-b's referral (05-01 10:00) is declined (m-a referred m-r
+    # first); 05-02 o-1 +30; 05-05 x-1 of 50 finds 30: it waits; 05-10 r-1 takes back
+    # o-1's 30. m-b holds 0, owes nothing; x-1 still waits (declined at its deadline).
+    assert state(ledger, "m-b")[0] == Balances(0, 0, 0)
+    account = ledger.app.find_account("m-b")
+    assert account is not None
+    assert account.redemptions["x-1"].status == "withdrawn"
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

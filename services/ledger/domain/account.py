@@ -1957,16 +1957,21 @@ class MemberAccount(Aggregate):
         hold), or a spend would be left owing: the bonus is taken back from what is
         available then (`reverse_referral`)."""
         earned_at = undone[0]
-        if own.remaining == own.amount or self.debt:
+        if own.remaining == own.amount:
             return False
         # A redemption dated before the bonus that waited past it took from it too.
         later = self._later_spends(program, earned_at) + self._waited_past(program, earned_at)
         unexpired = self._unexpired(earned_at)
         lots = restored(self.lots, unexpired, later)
-        if lots[own.lot_id].remaining != own.amount:
+        # Under the unlimited policy: what the lots that came since settled goes back, and
+        # what was owed at the bonus's time is settled again in event-time order.
+        owed_then = self._unsettled(later, earned_at, lots)
+        if owed_then is None or lots[own.lot_id].remaining != own.amount:
             return False
-        lots[own.lot_id] = replace(own, remaining=0)
-        again = self._taken_again(lots, later)
+        lots[own.lot_id] = replace(lots[own.lot_id], remaining=0)
+        again = self._taken_again(
+            lots, later, earned_at, owed=owed_then, unsettled=True, unexpired=unexpired
+        )
         if again is None:
             return False
         redemptions, orders, postings, note = again
