@@ -2965,3 +2965,50 @@ def test_a_late_earn_settles_first_though_a_redemption_after_it_was_cancelled_si
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_refund_before_a_cancellation_is_settled_by_its_points_though_expired(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a refund read after the cancellation of a redemption
+    dated before it owes what that redemption held; in event time the cancellation's points
+    settle that debt first, in the redemption's order, those given back to a lot already
+    expired included (before, they were left out and expired, and the purchase still held
+    settled the whole debt)."""
+    rules = program(expiry={"months_after_earn": 2}, returns={"policy": "unlimited"})
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("k-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=5000)
+    o2 = purchase("k-2", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=12000)
+    x1 = redemption("k-3", "m-1", at("2026-02-10T10:00:00Z"), redemption_id="x-1", points=140)
+    r2 = refund(
+        "k-4",
+        "m-1",
+        at("2026-03-10T10:00:00Z"),
+        order_id="o-2",
+        refund_id="r-2",
+        amount_minor=12000,
+    )
+    undone = cancellation("k-5", "m-1", at("2026-03-20T10:00:00Z"), redemption_id="x-1")
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, o2, x1, undone, r2]:  # the refund last
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 5
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +50 (expires
+    # 03-01); 02-01 o-2 +120 (expires 04-01); 02-10 x-1 takes o-1's 50 and 90 of o-2 (30
+    # left); 03-10 r-2 takes back 120: 30 there, 90 owed (balance -90); 03-20 x-1 is
+    # cancelled: its 50 back to o-1 and 90 back to o-2 settle the 90 owed in that order
+    # (o-1's 50, then 40 of o-2): o-2 holds 50, balance 50, nothing expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(50, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-2": 50}
+    assert sum(account.expired_by_lot.values()) == 0
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -1112,7 +1112,7 @@ class MemberAccount(Aggregate):
             replace(sp, wanted=sized[sp.key]) if sp.kind == "refund" and sp.key in sized else sp
             for sp in later
         ]
-        unexpired = self._unexpired(order.earned_at)
+        unexpired = self._unexpired(order.earned_at, later)
         lots = restored(self.lots, unexpired, later)
         own = lots[lot.lot_id]
         onto_lot = diff - on_lot
@@ -1585,7 +1585,7 @@ class MemberAccount(Aggregate):
         later = self._later_spends(program, since) + self._waited_past(program, since)
         if not later:
             return False
-        unexpired = self._unexpired(since)
+        unexpired = self._unexpired(since, later)
         lots = restored(self.lots, unexpired, later)
         if released_at is not None and lots[lot_id].release_at is None:
             lots[lot_id] = replace(lots[lot_id], release_at=released_at)
@@ -1961,7 +1961,7 @@ class MemberAccount(Aggregate):
             return False
         # A redemption dated before the bonus that waited past it took from it too.
         later = self._later_spends(program, earned_at) + self._waited_past(program, earned_at)
-        unexpired = self._unexpired(earned_at)
+        unexpired = self._unexpired(earned_at, later)
         lots = restored(self.lots, unexpired, later)
         # Under the unlimited policy: what the lots that came since settled goes back, and
         # what was owed at the bonus's time is settled again in event-time order.
@@ -2685,13 +2685,27 @@ class MemberAccount(Aggregate):
             if r.dated <= at <= r.at and r.dated < r.at
         ]
 
-    def _unexpired(self, at: datetime) -> dict[str, int]:
-        """The points that expired after `at`, by lot: spends dated before could use them."""
-        return {
+    def _unexpired(self, at: datetime, later: Iterable[Spend] = ()) -> dict[str, int]:
+        """The points that expired after `at`, by lot: spends dated before could use them.
+        Also those a redemption cancelled after `at` (in `later`, held then) gave back to
+        a lot whose expiry had passed: they expired at once, after its cancellation."""
+        out = {
             lot_id: points
             for lot_id, points in self.expired_by_lot.items()
             if points and (exp := self.lots[lot_id].expires_at) is not None and exp > at
         }
+        for spend in later:
+            if spend.kind != "held" or spend.cancelled_at is None:
+                continue
+            for move in merge_moves(spend.moves):
+                lot = self.lots[move.lot_id]
+                if lot.expires_at is None or lot.expires_at > at:
+                    continue
+                room = self.expired_by_lot.get(move.lot_id, 0) - out.get(move.lot_id, 0)
+                back = min(-move.amount, room)
+                if back > 0:
+                    out[move.lot_id] = out.get(move.lot_id, 0) + back
+        return out
 
     def _taken_again(
         self,
@@ -2741,7 +2755,7 @@ class MemberAccount(Aggregate):
         debt = _Debt(owed, since if owed else None)
         for recorded in in_order(s for s in later if s.kind != "held"):
             spend = recorded
-            _give_back(lots, holding, spend.dated or spend.at)
+            _give_back(lots, holding, spend.dated or spend.at, debt)
             _settle_again(lots, debt, spend.dated or spend.at)
             own = lots.get(spend.own_lot) if spend.own_lot else None
             if (
@@ -2801,7 +2815,7 @@ class MemberAccount(Aggregate):
                 debt.since = debt.since if debt.owed else spend.at
                 debt.owed += taken.owed
             done.append(taken)
-        _give_back(lots, holding, None)
+        _give_back(lots, holding, None, debt)
         _settle_again(lots, debt, None)
         if debt.owed and unexpired is not None and debt.since is not None:
             _expired_again(lots, unexpired, debt.since)
@@ -2876,7 +2890,7 @@ class MemberAccount(Aggregate):
         later = self._later_spends(program, occurred_at)
         if not later:
             return False
-        unexpired = self._unexpired(occurred_at)
+        unexpired = self._unexpired(occurred_at, later)
         lots = restored(self.lots, unexpired, later)
         if self._unsettled(later, occurred_at, lots) != 0:
             return False  # not known, or decided while points are owed: the usual path
@@ -2950,7 +2964,7 @@ class MemberAccount(Aggregate):
         ]
         if not later:
             return False
-        unexpired = self._unexpired(occurred_at)
+        unexpired = self._unexpired(occurred_at, later)
         lots = restored(self.lots, unexpired, later)
         owed_then = self._unsettled(later, occurred_at, lots)
         if owed_then is None:
@@ -3018,9 +3032,9 @@ class MemberAccount(Aggregate):
             return None
         later = self._later_spends(program, at)
         late = self.worked_to is not None and at < self.worked_to
-        unexpired = self._unexpired(at) if later or late else {}
+        unexpired = self._unexpired(at, later) if later or late else {}
         # Its own points expired after its time: in event time it took them back first.
-        own_expired_since = order.lot_id is not None and order.lot_id in unexpired
+        own_expired_since = order.lot_id is not None and order.lot_id in self._unexpired(at)
         # Late under the unlimited policy: what it owes is settled first by the points that
         # came after its time (earned, released), as in time order.
         owes_late = policy is ReturnPolicy.UNLIMITED and any(
@@ -3710,15 +3724,35 @@ def _expired_again(lots: dict[str, Lot], unexpired: dict[str, int], owed_since: 
             unexpired[lot_id] = points - again
 
 
-def _give_back(lots: dict[str, Lot], holding: list[Taken], by: datetime | None) -> None:
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _give_back(
+    lots: dict[str, Lot], holding: list[Taken], by: datetime | None, debt: _Debt | None = None
+) -> None:
     """The cancelled redemptions in `holding` cancelled by `by` (all when None) give their
-    points back to the lots they took (in place): spends after that find them."""
-    for t in list(holding):
-        cancelled_at = t.spend.cancelled_at
-        if by is None or (cancelled_at is not None and cancelled_at <= by):
-            for move in t.moves:
-                lots[move.lot_id] = lots[move.lot_id].moved(-move.amount)
-            holding.remove(t)
+    points back to the lots they took (in place): spends after that find them. What is
+    owed then (`debt`) is settled first by the points given back, in the order of the
+    redemption's moves, as a cancellation read in time settles (`_settle_late`)."""
+    due = [
+        t
+        for t in holding
+        if by is None or (t.spend.cancelled_at is not None and t.spend.cancelled_at <= by)
+    ]
+    for t in sorted(due, key=lambda t: t.spend.cancelled_at or _LAST):
+        for move in t.moves:
+            lots[move.lot_id] = lots[move.lot_id].moved(-move.amount)
+        for move in merge_moves(t.moves):
+            if debt is None or not debt.owed:
+                break
+            settle = min(debt.owed, -move.amount, lots[move.lot_id].remaining)
+            if settle <= 0:
+                continue
+            lots[move.lot_id] = lots[move.lot_id].moved(-settle).settling(settle)
+            debt.owed -= settle
+        if debt is not None and not debt.owed:
+            debt.since = None
+        holding.remove(t)
 
 
 def _stopped_waiting(
