@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,7 @@ from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteFactory, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
+from services.ledger.adapters import entry_body
 from services.ledger.application.program_metrics import Summary, SummaryChanges, day_of
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.views import (
@@ -178,10 +178,18 @@ class SqlLedgerView:
                         entry.member_id,
                         entry.seq,
                         entry.entry_type,
-                        _ts(entry.effective_at),
-                        json.dumps(entry.body, sort_keys=True),
+                        effective,
+                        entry_body.encode(
+                            entry.body,
+                            position=entry.position,
+                            member_id=entry.member_id,
+                            seq=entry.seq,
+                            entry_type=entry.entry_type,
+                            effective_at=effective,
+                        ),
                     )
                     for entry in sorted(changes.entries, key=lambda e: e.position)
+                    for effective in (_ts(entry.effective_at) or "",)
                 ],
             )
             self._run_many(
@@ -493,12 +501,25 @@ class SqlLedgerView:
         with self._tx(commit=False) as c:
             self._run(
                 c,
-                f"SELECT position, member_id, entry_type, body FROM {self.prefix}entries "
+                f"SELECT * FROM {self.prefix}entries "
                 "WHERE position >= ? AND position <= ? ORDER BY position",
                 (first, last),
             )
             return [
-                (r["position"], r["member_id"], r["entry_type"], r["body"]) for r in c.fetchall()
+                (
+                    r["position"],
+                    r["member_id"],
+                    r["entry_type"],
+                    entry_body.published(
+                        r["body"],
+                        position=r["position"],
+                        member_id=r["member_id"],
+                        seq=r["seq"],
+                        entry_type=r["entry_type"],
+                        effective_at=r["effective_at"],
+                    ),
+                )
+                for r in c.fetchall()
             ]
 
     def all_lots(self) -> list[tuple[str, Lot]]:
@@ -539,7 +560,14 @@ class SqlLedgerView:
                     seq=r["seq"],
                     entry_type=r["entry_type"],
                     effective_at=effective,
-                    body=json.loads(r["body"]),
+                    body=entry_body.expand(
+                        r["body"],
+                        position=r["position"],
+                        member_id=r["member_id"],
+                        seq=r["seq"],
+                        entry_type=r["entry_type"],
+                        effective_at=r["effective_at"],
+                    ),
                 )
             )
         return result
