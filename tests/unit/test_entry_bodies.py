@@ -305,7 +305,7 @@ def _body(**changes: Any) -> dict[str, Any]:
     return body
 
 
-COLUMNS = {
+COLUMNS: dict[str, Any] = {
     "position": 41,
     "member_id": "m-cy",
     "seq": 3,
