@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -253,6 +254,19 @@ def _fields(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(sorted(model.model_fields))
 
 
+def test_the_detail_key_sets_are_sorted_and_known_once() -> None:
+    keys = entry_body.DETAIL_KEYS
+    assert all(list(k) == sorted(k) for k in keys)
+    assert len(set(keys)) == len(keys)
+
+
+def test_the_entries_details_are_stored_by_number(fed: Ledger) -> None:
+    """Every entry kind's details (of the ledger made today) has its key set listed."""
+    stored = _stored(fed)
+    by_number = [orjson.loads(text)[9] for text in stored.values()]
+    assert all(type(d) is list or d == {} for d in by_number)
+
+
 def test_the_key_lists_are_the_outbound_schemas() -> None:
     """A compact body lists values by these keys: a field added to the message must be
     added here (and a new format number given), or its bodies are stored in full."""
@@ -326,6 +340,18 @@ COLUMNS: dict[str, Any] = {
         ({"member_id": "m-other", "entry_type": "other"}, True),
         ({"details": {"b": "é ✓", "a": -(2**63)}}, True),
         ({"lots_after": [], "postings": [], "moves": []}, True),
+        # Details of a known key set (by number), with nulls at their end.
+        ({"details": {"referrer": "m-fay", "previous": "m-ben"}}, True),
+        ({"details": {"points": None, "lot_id": None}}, True),
+        ({"details": {"lot_id": "L1", "points": 0, "respent": None}}, True),
+        ({"details": {}}, True),
+        # A lot's program version the provenance's (SAME), or not; an earned_at not the
+        # effective time.
+        ({"provenance": {**_body()["provenance"], "program_version": "p@1"}}, True),
+        ({"provenance": {**_body()["provenance"], "program_version": "p@2"}}, True),
+        ({"lots_after": [{**_body()["lots_after"][0], "earned_at": "2026-01-01T00:00:00Z"}]}, True),
+        ({"lots_after": [{**_body()["lots_after"][0], "program_version": None}]}, True),
+        ({"lots_after": [{**_body()["lots_after"][0], "program_version": 1}]}, False),
         # Bodies a compact one cannot hold: stored in full.
         ({"details": {"n": 2**64}}, False),  # beyond 64 bits
         ({"note": "\ud800"}, False),  # a lone surrogate

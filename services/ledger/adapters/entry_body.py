@@ -10,6 +10,9 @@ object spelled out. A compact body is a JSON array (orjson) instead:
 - postings and moves are flat lists (`[account, amount, ...]`, `[amount, lot_id, ...]`);
 - a lot, the balance, the provenance and its origin are lists of their values in the order
   of their keys sorted, without trailing nulls;
+- `details` with one of the key sets in `DETAIL_KEYS` is `[its number, values...]`;
+- in a lot, an `earned_at` that is the entry's effective time and a `program_version` that
+  is the provenance's are `SAME` (1);
 - `extra` (left out when empty) holds the fields the columns hold whose body value is not
   what the columns give back (e.g. an effective time written with another offset).
 
@@ -66,6 +69,71 @@ ORIGIN_KEYS = ("actor", "channel", "file", "line", "offset", "partition", "reque
 POSTING_KEYS = ("account", "amount")
 MOVE_KEYS = ("amount", "lot_id")
 
+# The key sets of `details` the entries have (each sorted): such details are stored as
+# `[number, values...]`, their number the place in this list. Append only: stored bodies
+# name them by place. Details with other keys are stored as they are (an object).
+DETAIL_KEYS: tuple[tuple[str, ...], ...] = (
+    (
+        "day",
+        "expired",
+        "kind",
+        "order_total_minor",
+        "points",
+        "reference",
+        "tier_held_until",
+        "tier_period_end",
+    ),
+    (
+        "day",
+        "expired",
+        "kind",
+        "order",
+        "points",
+        "reference",
+        "tier_held_until",
+        "tier_period_end",
+    ),
+    (
+        "cause",
+        "held_until",
+        "locked",
+        "override_until",
+        "period_end",
+        "previous",
+        "rank",
+        "reason",
+        "retracts",
+        "tier",
+        "until",
+    ),
+    ("auto",),
+    (
+        "already_expired",
+        "forgiven",
+        "order_id",
+        "order_refunded_minor",
+        "points",
+        "refund_id",
+        "respent",
+    ),
+    ("respent",),
+    ("points", "reason", "redemption_id", "respent"),
+    ("lot_id", "points"),
+    ("lot_id", "points", "respent"),
+    ("lot_id",),
+    ("hold_id", "points", "reference"),
+    ("hold_id", "points", "returned"),
+    ("hold_id", "points", "reason"),
+    ("hold_id", "points"),
+    ("actor", "points", "reason"),
+    ("earned_at", "forgiven", "points", "referee", "respent", "role", "undone", "winner"),
+    ("undone",),
+    ("previous", "referrer"),
+)
+_DETAILS = {keys: number for number, keys in enumerate(DETAIL_KEYS)}
+SAME = 1  # in a lot, for its earned_at the entry's effective time, for its program_version
+# the provenance's (neither is ever an integer)
+
 _TOP = frozenset(TOP_KEYS)
 _LOT = frozenset(LOT_KEYS)
 _PROVENANCE = frozenset(PROVENANCE_KEYS)
@@ -121,16 +189,39 @@ def _compact(body: dict[str, Any], columns: dict[str, Any]) -> list[Any]:
         body["points"],
         _flat(body["postings"], POSTING_KEYS, _POSTING),
         _flat(body["moves"], MOVE_KEYS, _MOVE),
-        [_values(lot, LOT_KEYS, _LOT) for lot in body["lots_after"]],
+        [_lot(lot, body["effective_at"], provenance) for lot in body["lots_after"]],
         _values(body["balance_after"], BALANCE_KEYS, _BALANCE),
         provenance,
         body["note"],
-        body["details"],
+        _details(body["details"]),
     ]
     extra = {k: body[k] for k in COLUMN_KEYS if body[k] != columns[k] or _typed(body[k], k)}
     if extra:
         compact.append(extra)
     return compact
+
+
+def _details(details: dict[str, Any]) -> Any:
+    number = _DETAILS.get(tuple(sorted(details)))
+    if number is None:
+        return details
+    values = [number, *(details[k] for k in DETAIL_KEYS[number])]
+    while values[-1] is None:
+        values.pop()
+    return values
+
+
+def _lot(lot: Any, effective_at: Any, provenance: list[Any]) -> list[Any]:
+    values = _values(lot, LOT_KEYS, _LOT)
+    if len(values) < len(LOT_KEYS) or type(values[1]) is not str:
+        raise _Misfit
+    if type(values[4]) is int:  # would read as SAME
+        raise _Misfit
+    if values[1] == effective_at:
+        values[1] = SAME
+    if type(values[4]) is str and len(provenance) > 3 and values[4] == provenance[3]:
+        values[4] = SAME
+    return values
 
 
 def _typed(value: Any, key: str) -> bool:
@@ -165,6 +256,15 @@ def _dict(keys: tuple[str, ...], values: list[Any]) -> dict[str, Any]:
     return {k: values[i] if i < len(values) else None for i, k in enumerate(keys)}
 
 
+def _lot_dict(values: list[Any], effective: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    lot = _dict(LOT_KEYS, values)
+    if lot["earned_at"] == SAME and type(lot["earned_at"]) is int:
+        lot["earned_at"] = effective
+    if lot["program_version"] == SAME and type(lot["program_version"]) is int:
+        lot["program_version"] = provenance["program_version"]
+    return lot
+
+
 def expand(
     text: str,
     *,
@@ -183,12 +283,13 @@ def expand(
     provenance = _dict(PROVENANCE_KEYS, c[7])
     provenance["origin"] = _dict(ORIGIN_KEYS, provenance["origin"])
     postings, moves = c[3], c[4]
+    effective = extra.get("effective_at") or effective_text(effective_at)
     return {
         "balance_after": _dict(BALANCE_KEYS, c[6]),
-        "details": c[9],
-        "effective_at": extra.get("effective_at") or effective_text(effective_at),
+        "details": _dict(DETAIL_KEYS[c[9][0]], c[9][1:]) if type(c[9]) is list else c[9],
+        "effective_at": effective,
         "entry_type": extra.get("entry_type", entry_type),
-        "lots_after": [_dict(LOT_KEYS, lot) for lot in c[5]],
+        "lots_after": [_lot_dict(lot, effective, provenance) for lot in c[5]],
         "member_id": extra.get("member_id", member_id),
         "moves": [{"amount": moves[i], "lot_id": moves[i + 1]} for i in range(0, len(moves), 2)],
         "note": c[8],
