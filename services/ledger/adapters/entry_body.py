@@ -324,4 +324,4 @@ def published(
         entry_type=entry_type,
         effective_at=effective_at,
     )
-    return json.dumps(body, sort_keys=True)
+    return json.dumps(body)  # its keys are in sorted order already (`expand`)
