@@ -359,6 +359,7 @@ COLUMNS: dict[str, Any] = {
         ({"balance_after": {"available": 1, "pending": 0, "held": 0, "more": 1}}, False),
         ({"moves": [{"lot_id": "L1"}]}, False),
         ({"lots_after": "no"}, False),
+        ({"provenance": {**_body()["provenance"], "origin": None}}, False),
     ],
 )
 def test_a_body_of_every_shape_round_trips(changes: dict[str, Any], compact: bool) -> None:

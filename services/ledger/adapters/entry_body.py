@@ -151,7 +151,8 @@ def effective_text(column: str) -> str:
     """The effective time as the body writes it, from the column (UTC, microseconds):
     pydantic writes UTC as `Z` and leaves out a zero fraction."""
     when = datetime.fromisoformat(column)
-    if when.utcoffset() is None or when.utcoffset().total_seconds() != 0:  # type: ignore[union-attr]
+    offset = when.utcoffset()
+    if offset is None or offset:
         return column
     return when.replace(tzinfo=None).isoformat() + "Z"
 
@@ -248,7 +249,7 @@ def encode(
     }
     try:
         return orjson.dumps(_compact(body, columns), option=orjson.OPT_SORT_KEYS).decode()
-    except (_Misfit, KeyError, TypeError):  # orjson.JSONEncodeError is a TypeError
+    except (_Misfit, KeyError, IndexError, TypeError):  # orjson.JSONEncodeError is a TypeError
         return json.dumps(body, sort_keys=True)
 
 
