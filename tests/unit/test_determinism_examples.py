@@ -3012,3 +3012,54 @@ def test_a_late_refund_before_a_cancellation_is_settled_by_its_points_though_exp
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_refund_owes_until_an_earn_then_a_cancellation_settle_it_in_that_order(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a refund read last, dated before an earn and a
+    cancellation, owes what the cancelled redemption held; in event time the earn settles
+    first, then the cancellation's points (before, the cancellation settled it all and the
+    earn kept its points)."""
+    rules = program(
+        expiry={"months_after_earn": 2},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("n-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    o2 = purchase("n-2", "m-1", at("2026-01-05T10:00:00Z"), order_id="o-2", total_minor=12000)
+    x1 = redemption("n-3", "m-1", at("2026-01-10T10:00:00Z"), redemption_id="x-1", points=200)
+    r2 = refund(
+        "n-4",
+        "m-1",
+        at("2026-02-01T10:00:00Z"),
+        order_id="o-2",
+        refund_id="r-2",
+        amount_minor=12000,
+    )
+    signup = activity("n-5", "m-1", at("2026-02-10T10:00:00Z"), name="signup")
+    undone = cancellation("n-6", "m-1", at("2026-02-20T10:00:00Z"), redemption_id="x-1")
+    statuses: list[str] = []
+    offsets: dict[str, int] = {}
+    wall = o1.occurred_at
+    for event in [o1, o2, x1, signup, undone, r2]:  # the refund last
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    assert statuses == ["applied"] * 6
+
+    # By hand, in time order: 01-01 o-1 +100; 01-05 o-2 +120; 01-10 x-1 takes o-1's 100
+    # and 100 of o-2 (20 left); 02-01 r-2 takes back 120: 20 there, 100 owed; 02-10 signup
+    # +10 settles 10 (90 owed); 02-20 x-1 cancelled: its 100 back to o-1 and 100 to o-2
+    # settle the 90 owed from o-1 first: o-1 holds 10, o-2 100. Balance 110.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(110, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 10, "order o-2": 100}
+    settled = {lot.source: lot.settled for lot in account.lots.values() if lot.settled}
+    assert settled == {"signup": 10, "order o-1": 90}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -3740,6 +3740,9 @@ def _give_back(
         if by is None or (t.spend.cancelled_at is not None and t.spend.cancelled_at <= by)
     ]
     for t in sorted(due, key=lambda t: t.spend.cancelled_at or _LAST):
+        if debt is not None and debt.owed and t.spend.cancelled_at is not None:
+            # The points that came before the cancellation settled first.
+            _settle_again(lots, debt, t.spend.cancelled_at)
         for move in t.moves:
             lots[move.lot_id] = lots[move.lot_id].moved(-move.amount)
         for move in merge_moves(t.moves):
