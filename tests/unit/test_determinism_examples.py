@@ -364,6 +364,19 @@ def read(ledger: Ledger, clock: FixedClock, events: list[tuple[Event, int]]) -> 
     return statuses
 
 
+def read_as_it_comes(ledger: Ledger, clock: FixedClock, events: list[Event]) -> list[str]:
+    """Kafka records, one per batch in this order, each on partition 0 of its topic, with
+    the wall clock at the latest event read so far (time-driven work runs up to it)."""
+    offsets: dict[str, int] = {}
+    statuses = []
+    wall = events[0].occurred_at
+    for event in events:
+        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
+        wall = max(wall, event.occurred_at)
+        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
+    return statuses
+
+
 def test_a_redemption_read_before_the_purchase_funding_it_is_applied_when_it_arrives(
     open_fresh: Open,
 ) -> None:
@@ -2562,14 +2575,7 @@ def test_a_late_refund_takes_points_that_expired_since_as_of_its_own_time(
     signup = activity("v-5", "m-1", at("2026-07-20T10:00:00Z"), name="signup")
     # Read in this order, each at the wall clock of the latest event read so far: the
     # refund last, after o-2's points expired and the signup earned.
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, o2, spent, signup, refunded]:
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 5
+    assert read_as_it_comes(ledger, clock, [o1, o2, spent, signup, refunded]) == ["applied"] * 5
 
     # By hand, in time order (expiry two months after earn): 05-01 o-1 +1; 05-10 o-2 +52;
     # 05-20 x-1 of 11 takes o-1's 1 and 10 of o-2 (42 left); 06-05 r-1 finds o-1 empty and
@@ -2605,14 +2611,8 @@ def test_a_late_earn_that_expired_before_the_balance_went_below_zero_settles_not
     refunded = refund(
         "w-4", "m-1", at("2026-04-01T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=5000
     )
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, spent, refunded, signup]:  # the signup last, after the refund
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 4
+    # the signup last, after the refund
+    assert read_as_it_comes(ledger, clock, [o1, spent, refunded, signup]) == ["applied"] * 4
 
     # By hand, in time order (expiry two months after earn): 01-01 o-1 +50; 01-02 x-1
     # takes them all; 01-05 signup +10 (expires 03-05); 03-05 those 10 expire; 04-01 r-1
@@ -2657,14 +2657,10 @@ def test_a_late_cancellation_settles_what_was_owed_at_its_time_before_later_earn
         "y-6", "m-1", at("2026-04-01T10:00:00Z"), order_id="o-2", refund_id="r-2", amount_minor=3000
     )
     signup = activity("y-7", "m-1", at("2026-04-15T10:00:00Z"), name="signup")
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, r1, o2, r2, signup, spent, undone]:  # the redemptions topic last
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 7
+    # the redemptions topic last
+    assert (
+        read_as_it_comes(ledger, clock, [o1, r1, o2, r2, signup, spent, undone]) == ["applied"] * 7
+    )
 
     # By hand, in time order (expiry two months after earn): 01-01 o-1 +100; 01-05 x-1
     # takes 50 of them; 01-10 r-1 takes back 100: 50 there, 50 owed (balance -50); 01-20
@@ -2744,14 +2740,7 @@ def test_a_late_earn_that_expired_before_a_refund_a_late_redemption_left_owing_s
     r1 = refund(
         "q-4", "m-1", at("2026-04-01T10:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=6000
     )
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, r1, x1, signup]:
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 4
+    assert read_as_it_comes(ledger, clock, [o1, r1, x1, signup]) == ["applied"] * 4
 
     # By hand, in time order (expiry two months after earn): 01-01 o-1 +100 (expires
     # 03-01); 01-10 signup +10 (expires 03-10); 02-01 x-1 takes 80 of o-1 (soonest to
@@ -2786,14 +2775,8 @@ def test_a_late_cancellation_while_points_are_owed_settles_them_with_points_past
         amount_minor=10500,
     )
     undone = cancellation("c-4", "m-1", at("2026-10-05T11:54:00Z"), redemption_id="x-1")
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, r1, x1, undone]:  # the redemptions topic after the purchases topic
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 4
+    # the redemptions topic after the purchases topic
+    assert read_as_it_comes(ledger, clock, [o1, r1, x1, undone]) == ["applied"] * 4
 
     # By hand, in time order (expiry two months after earn): 08-03 o-1 +175 (expires
     # 10-03); x-1 takes 132 (43 left); 10-03 those 43 expire; 10-05 r-1 takes back 105:
@@ -2834,14 +2817,8 @@ def test_a_late_earn_before_spends_settles_what_was_owed_at_its_time_though_expi
     signup = activity("s-4", "m-1", at("2026-01-10T10:00:00Z"), name="signup")
     o2 = purchase("s-5", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=15000)
     x2 = redemption("s-6", "m-1", at("2026-03-15T10:00:00Z"), redemption_id="x-2", points=50)
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, x1, r1, o2, x2, signup]:  # the activities topic last
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 6
+    # the activities topic last
+    assert read_as_it_comes(ledger, clock, [o1, x1, r1, o2, x2, signup]) == ["applied"] * 6
 
     # By hand, in time order (expiry two months after earn): 01-01 o-1 +100; 01-02 x-1
     # takes them; 01-05 r-1 takes back 100, all owed (balance -100); 01-10 signup +10
@@ -2893,14 +2870,8 @@ def test_a_late_earn_settles_an_older_debt_though_it_expired_before_the_current_
         refund_id="r-2",
         amount_minor=15000,
     )
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, x1, r1, o2, x2, r2, signup]:  # the activities topic last
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 7
+    # the activities topic last
+    assert read_as_it_comes(ledger, clock, [o1, x1, r1, o2, x2, r2, signup]) == ["applied"] * 7
 
     # By hand, in time order (expiry two months after earn): 01-01 o-1 +100; 01-02 x-1
     # takes them; 01-05 r-1 takes back 100, all owed (balance -100); 01-10 signup +10
@@ -2942,14 +2913,8 @@ def test_a_late_earn_settles_first_though_a_redemption_after_it_was_cancelled_si
     o2 = purchase("u-5", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=15000)
     x2 = redemption("u-6", "m-1", at("2026-02-05T10:00:00Z"), redemption_id="x-2", points=40)
     undone = cancellation("u-7", "m-1", at("2026-02-10T10:00:00Z"), redemption_id="x-2")
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, x1, r1, o2, x2, undone, signup]:  # the activities topic last
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 7
+    # the activities topic last
+    assert read_as_it_comes(ledger, clock, [o1, x1, r1, o2, x2, undone, signup]) == ["applied"] * 7
 
     # By hand, in time order: 01-01 o-1 +100; 01-02 x-1 takes them; 01-05 r-1 takes back
     # 100, all owed (balance -100); 01-10 signup +10 settles 10 (90 owed); 02-01 o-2 +150
@@ -2989,14 +2954,8 @@ def test_a_late_refund_before_a_cancellation_is_settled_by_its_points_though_exp
         amount_minor=12000,
     )
     undone = cancellation("k-5", "m-1", at("2026-03-20T10:00:00Z"), redemption_id="x-1")
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, o2, x1, undone, r2]:  # the refund last
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 5
+    # the refund last
+    assert read_as_it_comes(ledger, clock, [o1, o2, x1, undone, r2]) == ["applied"] * 5
 
     # By hand, in time order (expiry two months after earn): 01-01 o-1 +50 (expires
     # 03-01); 02-01 o-2 +120 (expires 04-01); 02-10 x-1 takes o-1's 50 and 90 of o-2 (30
@@ -3040,14 +2999,8 @@ def test_a_late_refund_owes_until_an_earn_then_a_cancellation_settle_it_in_that_
     )
     signup = activity("n-5", "m-1", at("2026-02-10T10:00:00Z"), name="signup")
     undone = cancellation("n-6", "m-1", at("2026-02-20T10:00:00Z"), redemption_id="x-1")
-    statuses: list[str] = []
-    offsets: dict[str, int] = {}
-    wall = o1.occurred_at
-    for event in [o1, o2, x1, signup, undone, r2]:  # the refund last
-        offset = offsets[event.topic] = offsets.get(event.topic, -1) + 1
-        wall = max(wall, event.occurred_at)
-        statuses.append(apply_from_kafka(ledger, clock, wall, event, 0, offset).status)
-    assert statuses == ["applied"] * 6
+    # the refund last
+    assert read_as_it_comes(ledger, clock, [o1, o2, x1, signup, undone, r2]) == ["applied"] * 6
 
     # By hand, in time order: 01-01 o-1 +100; 01-05 o-2 +120; 01-10 x-1 takes o-1's 100
     # and 100 of o-2 (20 left); 02-01 r-2 takes back 120: 20 there, 100 owed; 02-10 signup
