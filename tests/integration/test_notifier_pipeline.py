@@ -52,7 +52,6 @@ from tests.support.receivers import Mailbox, smtp_server
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
 
 MEMBERS = 30
-NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
 
 
@@ -84,14 +83,16 @@ class World:
     changes: list[TierChanged]
 
 
-def _make_history(tmp_path: Path, run: str, bootstrap: str) -> World:
-    """A real ledger's entries for MEMBERS members, published by the real relay."""
+def _make_history(tmp_path: Path, run: str, bootstrap: str, now: datetime) -> World:
+    """A real ledger's entries for MEMBERS members, published by the real relay, as of
+    `now`: taken when the test starts, not when the module is imported, so that a suite
+    running across a month's end does not put "last month" in the month before."""
     path = _program_file(tmp_path)
     program = load_program(path)
     members = [f"m{i}-{run}" for i in range(MEMBERS)]
     earn = datetime.fromisoformat(buy_at(170).replace("Z", "+00:00"))
     # In the program's time zone (monthly statements follow its months, not UTC's).
-    local = NOW.astimezone(ZoneInfo(program.timezone))
+    local = now.astimezone(ZoneInfo(program.timezone))
     last_month = (local.replace(day=1) - timedelta(days=12)).replace(hour=15).astimezone(UTC)
     first: list[bytes] = []  # applied at the time of the purchases: their points are pending
     events: list[bytes] = []
@@ -135,8 +136,8 @@ def _make_history(tmp_path: Path, run: str, bootstrap: str) -> World:
                 [Inbound(e, Origin("file", file="test", line=n)) for n, e in enumerate(batch)]
             )
             assert {o.status for o in outcomes} == {"applied"}, [o.reason for o in outcomes]
-            clock.set(NOW)
-        ledger.tick(NOW)
+            clock.set(now)
+        ledger.tick(now)
         entries = [e for e in ledger_entries(ledger) if e.member_id in set(members)]
 
         async def publish() -> None:
@@ -157,7 +158,7 @@ def _make_history(tmp_path: Path, run: str, bootstrap: str) -> World:
                 relay.close()
 
         changes = [
-            tier_changed(m, "bean", "gold", "upgrade", NOW - DAY * 100, NOW + DAY * 10)
+            tier_changed(m, "bean", "gold", "upgrade", now - DAY * 100, now + DAY * 10)
             for m in members
         ]
         asyncio.run(publish())
@@ -234,7 +235,7 @@ def test_killed_mid_batch_and_restarted_it_sends_nothing_twice_and_misses_nothin
     created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
     assert created.exit_code == 0, created.output
     run = uuid.uuid4().hex[:8]
-    world = _make_history(tmp_path, run, kafka_bootstrap)
+    world = _make_history(tmp_path, run, kafka_bootstrap, datetime.now(UTC).replace(microsecond=0))
     expected = _expected(world, datetime.now(UTC))
     kinds = {key.split("|")[1] for key in expected}
     assert kinds == {
