@@ -3016,3 +3016,42 @@ def test_a_late_refund_owes_until_an_earn_then_a_cancellation_settle_it_in_that_
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_before_a_debt_settles_nothing_with_points_expired_by_then(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a cancellation read after a refund dated later that owes
+    points gives its points back to a lot that expired before that refund; in event time
+    they expired before anything was owed and settle nothing (before, they settled 50 of
+    the debt)."""
+    rules = program(expiry={"months_after_earn": 2}, returns={"policy": "unlimited"})
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("e-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=10000)
+    x1 = redemption("e-2", "m-1", at("2026-01-05T10:00:00Z"), redemption_id="x-1", points=100)
+    o2 = purchase("e-3", "m-1", at("2026-01-10T10:00:00Z"), order_id="o-2", total_minor=15000)
+    x2 = redemption("e-4", "m-1", at("2026-01-15T10:00:00Z"), redemption_id="x-2", points=50)
+    undone = cancellation("e-5", "m-1", at("2026-02-01T10:00:00Z"), redemption_id="x-1")
+    r2 = refund(
+        "e-6",
+        "m-1",
+        at("2026-04-01T10:00:00Z"),
+        order_id="o-2",
+        refund_id="r-2",
+        amount_minor=15000,
+    )
+    statuses = read_as_it_comes(ledger, clock, [o1, x1, o2, x2, r2, undone])
+    assert statuses == ["applied"] * 6
+
+    # By hand, in time order (expiry two months after earn): 01-01 o-1 +100 (expires
+    # 03-01); 01-05 x-1 takes them; 01-10 o-2 +150 (expires 03-10); 01-15 x-2 takes 50 of
+    # them; 02-01 x-1 cancelled: o-1 holds 100 again; 03-01 they expire; 03-10 o-2's 100
+    # expire; 04-01 r-2 takes back 150: 100 had expired, 50 were spent: owed. Balance -50;
+    # 200 expired.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(-50, 0, 0)
+    assert sum(account.expired_by_lot.values()) == 200
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2509,7 +2509,7 @@ class MemberAccount(Aggregate):
         for order in respent.orders:
             self.orders[order.order_id] = order
         for move in respent.unexpired:
-            self.expired_by_lot[move.lot_id] -= move.amount
+            self.expired_by_lot[move.lot_id] = self.expired_by_lot.get(move.lot_id, 0) - move.amount
 
     def _later_spends(self, program: Program, at: datetime) -> list[Spend]:
         """The spends of available points recorded with an event time after `at`: none in
@@ -3714,14 +3714,16 @@ def _settle_again(lots: dict[str, Lot], debt: _Debt, by: datetime | None) -> Non
 
 
 def _expired_again(lots: dict[str, Lot], unexpired: dict[str, int], owed_since: datetime) -> None:
-    """Points put back from expiry (`unexpired`) that a re-take left in a lot expired
-    before points were owed (`owed_since`) expire again: they stay expired (both in place)."""
-    for lot_id, points in list(unexpired.items()):
-        lot = lots[lot_id]
+    """Points a re-take left in a lot that expired before points were owed (`owed_since`)
+    expire: they could not settle them. Those put back from expiry (`unexpired`) stay
+    expired; others (given back by a cancellation read late) expire in the re-take's entry
+    (`unexpired` goes below zero for them). Both in place."""
+    for lot_id, lot in list(lots.items()):
         if lot.expires_at is not None and lot.expires_at <= owed_since and lot.remaining:
-            again = min(points, lot.remaining)
-            lots[lot_id] = lot.moved(-again)
-            unexpired[lot_id] = points - again
+            if lot.status != AVAILABLE:
+                continue
+            lots[lot_id] = lot.moved(-lot.remaining)
+            unexpired[lot_id] = unexpired.get(lot_id, 0) - lot.remaining
 
 
 _LAST = datetime.max.replace(tzinfo=UTC)
