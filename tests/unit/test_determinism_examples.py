@@ -3055,3 +3055,46 @@ def test_a_late_cancellation_before_a_debt_settles_nothing_with_points_expired_b
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+DOUBLE_ENTRY = program(
+    earn={"caps": {"per_member_per_day": 100}},
+    activities={"signup": {"points": 10, "limit": "once"}},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0, "earn_multiplier": "2"},
+        {"id": "plus", "name": "Plus", "threshold": 50, "earn_multiplier": "1"},
+    ],
+    tier_qualification={"basis": "points", "window": "calendar_year"},
+)
+
+
+def test_a_purchase_the_cap_left_with_nothing_earns_when_a_late_upgrade_frees_room(
+    open_fresh: Open,
+) -> None:
+    """The entry tier earns double and the next one single. Read before the signup bonus
+    that brings the upgrade forward, o-2 earned double and filled the day's cap, so o-3
+    earned nothing and got no lot; repriced single, o-2 leaves room for o-3, which gets
+    its points and a lot (before, a purchase without a lot was never topped up)."""
+    ledger, clock = open_fresh(DOUBLE_ENTRY, READ_AT)
+    joined = enrolment("d-1", "m-1", at("2026-04-19T00:30:00Z"))
+    one = purchase("d-2", "m-1", at("2026-04-19T01:00:00Z"), order_id="o-1", total_minor=2000)
+    two = purchase("d-3", "m-1", at("2026-04-19T02:00:00Z"), order_id="o-2", total_minor=5000)
+    three = purchase("d-4", "m-1", at("2026-04-19T03:00:00Z"), order_id="o-3", total_minor=1000)
+    reads = [(one, 0), (two, 0), (three, 0), (joined, 1)]
+    assert read(ledger, clock, reads) == ["applied"] * 4
+
+    # By hand, in time order: signup 10; o-1 $20 at Base x2 = 40 (50 in the window: Plus
+    # from the next earn); o-2 $50 at Plus = 50; o-3 $10 at Plus = 10, and the day's
+    # purchases leave 100 - 40 - 50 = 10 of the cap: 10. Total 110.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert {o.order_id: o.points for o in account.orders.values()} == {
+        "o-1": 40,
+        "o-2": 50,
+        "o-3": 10,
+    }
+    assert account.balance == Balances(available=110, pending=0, held=0)
+    assert "order o-3" in {lot.source for lot in account.lots.values()}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

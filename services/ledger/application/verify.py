@@ -125,12 +125,17 @@ def _fold(
             balances[posting.account] += posting.amount
         # Re-derive the lots from the moves alone and compare with what the entry recorded.
         expected = {lot.lot_id: lot for lot in event.lots_after}
+        fresh = {lot_id for lot_id in expected if lot_id not in lots}
         for lot_id, lot in expected.items():
             if lot_id not in lots:
                 lots[lot_id] = replace(lot, remaining=lot.amount)
             elif lots[lot_id].status != lot.status:
                 lots[lot_id] = lots[lot_id].released()
-        if isinstance(event, MemberAccount.PointsToppedUp) and event.lot_id in lots:
+        if (
+            isinstance(event, MemberAccount.PointsToppedUp)
+            and event.lot_id in lots
+            and event.lot_id not in fresh  # a purchase capped to nothing gets its first lot
+        ):
             grown = lots[event.lot_id]  # a late tier's difference grows the order's own lot
             taken = sum(points for _, points in event.taken_back)  # its refunds' share
             lots[event.lot_id] = replace(

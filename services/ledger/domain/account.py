@@ -947,10 +947,14 @@ class MemberAccount(Aggregate):
             before = in_day.get(order.day, 0)
             in_day[order.day] = before + order.points  # as recorded, unless repriced below
             tier = self.tier_at(order.earned_at or since, order.seq or _MAX_SEQ)
-            if not order.lot_id or order.lot_id not in self.lots:
+            if order.lot_id and order.lot_id not in self.lots:
                 continue
             if tier == order.tier and (
-                cap is None or self.lots[order.lot_id].program_version != program.version
+                cap is None
+                or (
+                    order.lot_id is not None
+                    and self.lots[order.lot_id].program_version != program.version
+                )
             ):
                 continue  # nothing to reprice (or a purchase earned under another version)
             if len(order.refunds) != len(order.refund_ids):
@@ -968,6 +972,13 @@ class MemberAccount(Aggregate):
                 quote = cap_quote(quote, max(0, cap - before), f"capped at {cap} per day")
             diff = quote.points - order.points
             if diff == 0:
+                continue
+            if not order.lot_id:
+                # Capped to nothing when recorded (no lot): what it earns now gets a lot.
+                if diff > 0 and not order.refunds and order.earned_at is not None:
+                    self._top_up_lotless(program, order, quote, tier, provenance)
+                    in_day[recorded.day] = before + quote.points
+                    topped = True
                 continue
             # Each refund recorded already takes back its share of the difference, as of
             # its own time: the order ends as if it had earned at this tier all along.
@@ -1066,6 +1077,66 @@ class MemberAccount(Aggregate):
                     self._reallocate(program, lot.lot_id, at, provenance)
             topped = True
         return topped
+
+    def _top_up_lotless(
+        self,
+        program: Program,
+        order: OrderRecord,
+        quote: Any,
+        tier: str | None,
+        provenance: Provenance,
+    ) -> None:
+        """A purchase the daily cap left with nothing (no lot) earns `quote` now that the
+        day's earlier purchases, repriced, leave room: a lot of its own, as at its time."""
+        earned_at = order.earned_at
+        assert earned_at is not None
+        release_at = release_for(program, earned_at)
+        if release_at is not None and self.worked_to is not None and release_at <= self.worked_to:
+            release_at = None  # its return window has passed: available at once
+        lot = Lot(
+            lot_id=self._next_lot_id(),
+            amount=quote.points,
+            remaining=quote.points,
+            status=PENDING if release_at else AVAILABLE,
+            earned_at=earned_at,
+            release_at=release_at,
+            expires_at=expiry_for(program, earned_at),
+            source=order.source or _label("purchase", f"order:{order.order_id}"),
+            program_version=program.version,
+        )
+        moves = () if release_at else self._settle_moves(lot.lot_id, quote.points)
+        self._record(
+            self.PointsToppedUp,
+            effective_at=earned_at,
+            postings=transfer(
+                acc.ISSUED, acc.PENDING if release_at else acc.AVAILABLE, quote.points
+            ),
+            moves=moves,
+            settles=_settles_of(moves),
+            new_lots=(lot,),
+            provenance=replace(
+                provenance,
+                rule_id="cap:per_member_per_day",
+                program_version=program.version,
+                tier=tier,
+            ),
+            note=f"{quote.points:+d} points: order {order.order_id} gets what the daily cap "
+            f"leaves after the purchases of {order.day} dated before it, in event time (it "
+            "earned nothing when recorded)",
+            order=replace(
+                order, points=quote.points, lines=quote.lines, tier=tier, lot_id=lot.lot_id
+            ),
+            points=quote.points,
+            lot_id=lot.lot_id,
+            taken_back=(),
+            respent=None,
+        )
+        if (
+            not release_at
+            and self.lots[lot.lot_id].remaining
+            and not self._spends_take_again(program, lot.lot_id, earned_at, None, provenance)
+        ):
+            self._reallocate(program, lot.lot_id, earned_at, provenance)
 
     def _day_points_until(self, until: datetime, days: set[str]) -> dict[str, int]:
         """Points the purchases of `days` dated at or before `until` earned, by day."""
