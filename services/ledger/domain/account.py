@@ -815,6 +815,18 @@ class MemberAccount(Aggregate):
         return available, pending
 
     @property
+    def settled_lots(self) -> dict[str, int]:
+        """The lots with points that settled a balance below zero (`Lot.settled`), kept entry
+        by entry so a late credit finds them without reading every lot; counted from the
+        lots for a snapshot taken before it was kept."""
+        found = self.__dict__.get("_settled_lots")
+        if found is None:
+            found = {lot_id: lot.settled for lot_id, lot in self.lots.items() if lot.settled}
+            self.__dict__["_settled_lots"] = found
+        settled: dict[str, int] = found
+        return settled
+
+    @property
     def is_member(self) -> bool:
         """False after `EnrolmentUndone` until the member's next entry (a private name, so
         snapshots written before load without it)."""
@@ -1082,7 +1094,7 @@ class MemberAccount(Aggregate):
         self,
         program: Program,
         order: OrderRecord,
-        quote: Any,
+        quote: EarnQuote,
         tier: str | None,
         provenance: Provenance,
     ) -> None:
@@ -2672,8 +2684,8 @@ class MemberAccount(Aggregate):
         first = min([since, *(s.at for s in owing)])
         gaps = {
             lot_id: lot.settled
-            for lot_id, lot in lots.items()
-            if lot.settled
+            for lot_id in self.settled_lots
+            if (lot := lots[lot_id]).settled
             and lot.status == AVAILABLE
             and max(lot.earned_at, lot.release_at or lot.earned_at) >= first
         }
@@ -3612,6 +3624,8 @@ class MemberAccount(Aggregate):
         anything or it is not known."""
         if self.last_spend_at is not None and self.last_spend_at > came_at:
             return None
+        if not self.settled_lots:
+            return None  # nothing settled: nothing to give back (no scan of the lots)
 
         def came(lot: Lot) -> datetime:
             return max(lot.earned_at, lot.release_at or lot.earned_at)
@@ -3713,8 +3727,14 @@ class MemberAccount(Aggregate):
             self.__dict__["_lot_totals"] = _totals_after(
                 self.lot_totals, self.lots, entry.lots_after
             )
+        settled = self.__dict__.get("_settled_lots")
         for lot in entry.lots_after:
             self.lots[lot.lot_id] = lot
+            if settled is not None:
+                if lot.settled:
+                    settled[lot.lot_id] = lot.settled
+                else:
+                    settled.pop(lot.lot_id, None)
         before = self.balances[acc.AVAILABLE]
         self.balances = apply_postings(self.balances, entry.postings)
         after = self.balances[acc.AVAILABLE]
