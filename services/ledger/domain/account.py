@@ -2838,7 +2838,8 @@ class MemberAccount(Aggregate):
         debt = _Debt(owed, since if owed else None)
         for recorded in in_order(s for s in later if s.kind != "held"):
             spend = recorded
-            _give_back(lots, holding, spend.dated or spend.at, debt)
+            if not _give_back(lots, holding, spend.dated or spend.at, debt):
+                return None  # what they held is not back in the copy: as recorded
             _settle_again(lots, debt, spend.dated or spend.at)
             own = lots.get(spend.own_lot) if spend.own_lot else None
             if (
@@ -2898,7 +2899,8 @@ class MemberAccount(Aggregate):
                 debt.since = debt.since if debt.owed else spend.at
                 debt.owed += taken.owed
             done.append(taken)
-        _give_back(lots, holding, None, debt)
+        if not _give_back(lots, holding, None, debt):
+            return None  # what they held is not back in the copy: as recorded
         _settle_again(lots, debt, None)
         if debt.owed and unexpired is not None and debt.since is not None:
             _expired_again(lots, unexpired, debt.since)
@@ -3822,11 +3824,12 @@ _LAST = datetime.max.replace(tzinfo=UTC)
 
 def _give_back(
     lots: dict[str, Lot], holding: list[Taken], by: datetime | None, debt: _Debt | None = None
-) -> None:
+) -> bool:
     """The cancelled redemptions in `holding` cancelled by `by` (all when None) give their
     points back to the lots they took (in place): spends after that find them. What is
     owed then (`debt`) is settled first by the points given back, in the order of the
-    redemption's moves, as a cancellation read in time settles (`_settle_late`)."""
+    redemption's moves, as a cancellation read in time settles (`_settle_late`). False
+    when the copy cannot take back what one held (the re-take keeps what was recorded)."""
     due = [
         t
         for t in holding
@@ -3836,8 +3839,11 @@ def _give_back(
         if debt is not None and debt.owed and t.spend.cancelled_at is not None:
             # The points that came before the cancellation settled first.
             _settle_again(lots, debt, t.spend.cancelled_at)
-        for move in t.moves:
-            lots[move.lot_id] = lots[move.lot_id].moved(-move.amount)
+        for move in merge_moves(t.moves):
+            lot = lots[move.lot_id]
+            if not 0 <= lot.remaining - move.amount <= lot.amount:
+                return False  # the copy cannot take these points back (not known)
+            lots[move.lot_id] = lot.moved(-move.amount)
         for move in merge_moves(t.moves):
             if debt is None or not debt.owed:
                 break
@@ -3849,6 +3855,7 @@ def _give_back(
         if debt is not None and not debt.owed:
             debt.since = None
         holding.remove(t)
+    return True
 
 
 def _stopped_waiting(
