@@ -3098,3 +3098,76 @@ def test_a_purchase_the_cap_left_with_nothing_earns_when_a_late_upgrade_frees_ro
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_funds_a_redemption_that_waited_past_it(open_fresh: Open) -> None:
+    """A redemption that waited for points was funded by a purchase read before the
+    cancellation of another redemption dated earlier; in event time the cancellation's
+    points funded it first (before, it kept the purchase's points: the lots differed from
+    the same events read in time order)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("w-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=1000)
+    x1 = redemption("w-2", "m-1", at("2026-01-02T10:00:00Z"), redemption_id="x-1", points=10)
+    x2 = redemption("w-3", "m-1", at("2026-01-03T10:00:00Z"), redemption_id="x-2", points=8)
+    undone = cancellation("w-4", "m-1", at("2026-01-04T10:00:00Z"), redemption_id="x-1")
+    o2 = purchase("w-5", "m-1", at("2026-01-05T10:00:00Z"), order_id="o-2", total_minor=1000)
+    statuses = read_as_it_comes(ledger, clock, [o1, x1, x2, o2, undone])
+    assert statuses == ["applied", "applied", PARKED, "applied", "applied"]
+
+    # By hand, in time order: 01-01 o-1 +10; 01-02 x-1 takes them; 01-03 x-2 (8) finds
+    # none and waits; 01-04 x-1 cancelled: o-1 holds 10 again and x-2 takes 8 of them
+    # (2 left); 01-05 o-2 +10. Balance 12: o-1 2, o-2 10.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(12, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 2, "order o-2": 10}
+    assert account.redemptions["x-2"].status == "redeemed"
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+def test_a_late_earn_funds_a_redemption_that_had_been_cancelled_while_waiting(
+    open_fresh: Open,
+) -> None:
+    """A late refund made a redemption wait in event time, and it was cancelled while
+    waiting (it took nothing); a purchase read after that, dated between the redemption
+    and its cancellation, funded it in event time: it held the purchase's points until
+    its cancellation, so a refund in between took from elsewhere (before, the redemption
+    stayed unfunded and the refund took back its own order's point)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("v-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=100)
+    o2 = purchase("v-2", "m-1", at("2026-01-02T10:00:00Z"), order_id="o-2", total_minor=14400)
+    r2 = refund(
+        "v-3",
+        "m-1",
+        at("2026-01-03T10:00:00Z"),
+        order_id="o-2",
+        refund_id="r-2",
+        amount_minor=14400,
+    )
+    x1 = redemption("v-4", "m-1", at("2026-01-03T11:00:00Z"), redemption_id="x-1", points=50)
+    o3 = purchase("v-5", "m-1", at("2026-01-03T12:00:00Z"), order_id="o-3", total_minor=5700)
+    r1 = refund(
+        "v-6", "m-1", at("2026-01-03T13:00:00Z"), order_id="o-1", refund_id="r-1", amount_minor=100
+    )
+    undone = cancellation("v-7", "m-1", at("2026-01-03T14:00:00Z"), redemption_id="x-1")
+    # The redemption and its cancellation first, then the purchases and refunds: the
+    # refund r-2 (read after x-1 took o-2's points) makes x-1 wait, cancelled while
+    # waiting; o-3 then comes late.
+    reads = [o1, o2, x1, undone, r2, o3, r1]
+    assert read_as_it_comes(ledger, clock, reads) == ["applied"] * 7
+
+    # By hand, in time order: o-1 +1, o-2 +144; r-2 takes back 144 (1 left); x-1 (50)
+    # waits; o-3 +57 funds it at 12:00: 1 of o-1 and 49 of o-3 (8 left); r-1 takes back
+    # o-1's point, which x-1 holds: 1 of o-3 instead (7 left); x-1 cancelled: o-1 holds 1
+    # again, o-3 56. Balance 57.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(57, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 1, "order o-3": 56}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

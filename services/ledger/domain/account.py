@@ -2633,7 +2633,12 @@ class MemberAccount(Aggregate):
             if r.status == "cancelled"
             and r.cancelled_at is not None
             and r.at is not None
-            and (r.dated or r.at) > at
+            and (
+                (r.dated or r.at) > at
+                # One that took nothing (in event time it waited and was cancelled while
+                # waiting) and waited past `at`: a late earn dated `at` may fund it then.
+                or (not r.moves and (r.dated or r.at) <= at < r.cancelled_at)
+            )
         ]
         # One dated before and cancelled after held what it took until its cancellation.
         found += [
@@ -2642,6 +2647,7 @@ class MemberAccount(Aggregate):
             if r.status == "cancelled"
             and r.cancelled_at is not None
             and r.at is not None
+            and r.moves
             and (r.dated or r.at) <= at < r.cancelled_at
         ]
         for order in self.orders.values():
@@ -3042,9 +3048,12 @@ class MemberAccount(Aggregate):
         back as of its own time, and each later spend takes again after it. False when
         there is nothing later, or when a later spend would be left owing."""
         rid = record.redemption_id
+        # A redemption dated before it and funded after it waited for points: the points
+        # given back at its time would have funded it then, as a late earn's would.
         later = [
             s
             for s in self._later_spends(program, occurred_at)
+            + self._waited_past(program, occurred_at)
             if not (s.kind == "redemption" and s.key == rid)
         ]
         if not later:
