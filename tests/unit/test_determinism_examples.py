@@ -879,6 +879,19 @@ def test_a_version_3_snapshot_with_a_cancelled_redemption_is_rebuilt_from_the_ev
     assert state["redemptions"] == {"x-1": kept}
 
 
+def test_a_version_4_snapshot_counts_every_funding_instant_as_a_spend() -> None:
+    # A re-take may fund a redemption later than every spend recorded so far; version 5
+    # counts that instant in `last_spend_at` (a late cancellation before it is not skipped).
+    first, later = at("2026-05-02T10:00:00Z"), at("2026-05-04T10:00:00Z")
+    refunded = RedemptionRecord("x-1", 50, None, (), "redeemed", later, "e-1", first)
+    state: dict[str, Any] = {"last_spend_at": first, "redemptions": {"x-1": refunded}}
+    MemberAccount.upcast_v4_v5(state)
+    assert state["last_spend_at"] == later
+    none: dict[str, Any] = {"last_spend_at": None, "redemptions": {}}
+    MemberAccount.upcast_v4_v5(none)
+    assert none["last_spend_at"] is None
+
+
 def test_a_waiting_redemption_has_first_claim_over_one_dated_after_it(
     open_fresh: Open,
 ) -> None:

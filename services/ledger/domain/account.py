@@ -262,7 +262,9 @@ class MemberAccount(Aggregate):
     # Snapshot state version 2 (0.2): the tier state and the scheduler's time are kept.
     # Version 3: each tier change keeps an ops override's end and lock.
     # Version 4: a cancelled redemption keeps when it was cancelled (`cancelled_at`).
-    class_version = 4
+    # Version 5: `last_spend_at` counts the instants redemptions were funded anew by a
+    # re-take (`_apply_respent`), so a late cancellation before none of them is skipped.
+    class_version = 5
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -287,6 +289,16 @@ class MemberAccount(Aggregate):
             status = record.get("status") if isinstance(record, dict) else record.status
             if status == "cancelled":
                 raise SnapshotTooOld(str(state.get("member_id")))
+
+    @staticmethod
+    def upcast_v4_v5(state: dict[str, Any]) -> None:
+        """`last_spend_at` is at least every redemption's funding instant."""
+        latest = state.get("last_spend_at")
+        for record in dict(state.get("redemptions") or {}).values():
+            at = record.get("at") if isinstance(record, dict) else record.at
+            if isinstance(at, datetime) and (latest is None or at > latest):
+                latest = at
+        state["last_spend_at"] = latest
 
     class Enrolled(Aggregate.Created):
         member_id: str
@@ -2589,6 +2601,8 @@ class MemberAccount(Aggregate):
     def _apply_respent(self, respent: Respent) -> None:
         for record in respent.redemptions:
             self.redemptions[record.redemption_id] = record
+            if record.at is not None:
+                self._spent(record.at)  # funded anew, perhaps later than before
         for order in respent.orders:
             self.orders[order.order_id] = order
         for move in respent.unexpired:
@@ -3048,6 +3062,8 @@ class MemberAccount(Aggregate):
         back as of its own time, and each later spend takes again after it. False when
         there is nothing later, or when a later spend would be left owing."""
         rid = record.redemption_id
+        if self.last_spend_at is None or self.last_spend_at <= occurred_at:
+            return False  # nothing spent, funded or cancelled after it: the usual case
         # A redemption dated before it and funded after it waited for points: the points
         # given back at its time would have funded it then, as a late earn's would.
         later = [
