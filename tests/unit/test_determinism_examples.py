@@ -3184,3 +3184,93 @@ def test_a_late_earn_funds_a_redemption_that_had_been_cancelled_while_waiting(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_release_settles_a_debt_before_a_cancellation_that_settled_it_when_read(
+    open_fresh: Open,
+) -> None:
+    """Under the unlimited policy: a cancellation read before a purchase dated earlier
+    settled the whole debt with the points it gave back; in event time the purchase's
+    release came first and settled it, and the cancellation's points went back to their
+    lot with nothing owed (before, the re-take could not tell what the cancellation had
+    settled and kept the arrival order's lots)."""
+    rules = program(
+        earn={"pending_days": 2},
+        expiry={"months_after_earn": 12},
+        returns={"policy": "unlimited"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("u-1", "m-1", at("2026-01-01T10:00:00Z"), order_id="o-1", total_minor=25500)
+    x1 = redemption("u-2", "m-1", at("2026-01-04T10:00:00Z"), redemption_id="x-1", points=127)
+    r1 = refund(
+        "u-3",
+        "m-1",
+        at("2026-01-10T10:00:00Z"),
+        order_id="o-1",
+        refund_id="r-1",
+        amount_minor=25500,
+    )
+    o2 = purchase("u-4", "m-1", at("2026-02-01T10:00:00Z"), order_id="o-2", total_minor=17800)
+    undone = cancellation("u-5", "m-1", at("2026-02-10T10:00:00Z"), redemption_id="x-1")
+    assert read_as_it_comes(ledger, clock, [o1, x1, r1, undone, o2]) == ["applied"] * 5
+    ledger.app.advance_members(["m-1"], at("2026-02-10T10:00:00Z"))  # o-2's release is due
+
+    # By hand, in time order: 01-01 o-1 +255 pending until 01-03; 01-04 x-1 takes 127 of
+    # them (128 left); 01-10 r-1 takes back 255: 128 there, 127 owed (balance -127); 02-01
+    # o-2 +178 pending until 02-03, when they settle the 127 (51 left); 02-10 x-1 cancelled:
+    # its 127 go back to o-1, nothing owed. Balance 178: o-1 127, o-2 51.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(178, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 127, "order o-2": 51}
+    settled = {lot.source: lot.settled for lot in account.lots.values() if lot.settled}
+    assert settled == {"order o-2": 127}
+    assert account.redemptions["x-1"].settled == ()
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations
+
+
+SPEND_ROLLING = program(
+    expiry={"months_after_earn": 12},
+    referral={"referrer_points": 20, "referee_points": 10},
+    tiers=[
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 30000},
+    ],
+    tier_qualification={
+        "basis": "spend",
+        "window": "rolling_months",
+        "months": 6,
+        "grace_days": 0,
+        "downgrade": "to_qualified",
+    },
+)
+
+
+def test_a_displaced_welcome_bonus_renews_no_tier(open_fresh: Open) -> None:
+    """m-1's referral of m-0 (circular: m-0 referred m-1 first) is read first and pays m-0
+    a welcome bonus; the tier decided again when m-0's purchase arrives renews Silver at
+    the bonus's instant. Once m-0's own referral displaces it, the bonus was never given:
+    Silver is held from m-0's last real earn (before, the displaced bonus kept it two
+    weeks longer)."""
+    ledger, clock = open_fresh(SPEND_ROLLING, at("2026-01-01T00:00:00Z"))
+    bought = purchase("s-1", "m-0", at("2026-01-05T10:00:00Z"), order_id="o-1", total_minor=50000)
+    first = referral("s-2", "m-0", at("2026-01-06T10:00:00Z"), referee="m-1")
+    circular = referral("s-3", "m-1", at("2026-01-20T10:00:00Z"), referee="m-0")
+    reads = [(circular, 1), (bought, 0), (first, 0)]
+    assert read(ledger, clock, reads) == ["applied"] * 3
+
+    # By hand, in time order: 01-05 o-1 spends $500 (>= $300): Silver, held 6 months;
+    # 01-06 m-0's referral of m-1 pays m-0 20, which renews Silver until 07-06; 01-20
+    # m-1's referral of m-0 is circular and pays nothing. The review of 07-06 finds no
+    # spend in the 6 months before: Base on 07-10. m-0 holds 500 + 20 points.
+    ledger.app.advance_members(["m-0", "m-1"], at("2026-07-10T00:00:00Z"))
+    account = ledger.app.find_account("m-0")
+    assert account is not None
+    assert account.balance == Balances(520, 0, 0)
+    assert account.tier == "base"
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -145,7 +145,13 @@ def test_the_defaults_left_out_of_stored_values_never_change() -> None:
             "tier": None,
         },
         "Qualifying": {},
-        "RedemptionRecord": {"at": None, "event_id": None, "dated": None, "cancelled_at": None},
+        "RedemptionRecord": {
+            "at": None,
+            "event_id": None,
+            "dated": None,
+            "cancelled_at": None,
+            "settled": None,
+        },
         "RefundStep": {
             "refund_id": "",
             "taken_from": None,

@@ -254,6 +254,9 @@ class RedemptionRecord:
     event_id: str | None = None
     dated: datetime | None = None
     cancelled_at: datetime | None = None  # set when it is cancelled (state, not an event)
+    # Since 0.4: what the points its cancellation gave back settled of a balance below zero,
+    # by lot (None: not known, cancelled before this was kept, or not cancelled).
+    settled: tuple[LotMove, ...] | None = None
 
 
 class MemberAccount(Aggregate):
@@ -453,7 +456,14 @@ class MemberAccount(Aggregate):
                 account.referees.pop(self.referee, None)
             account.lifetime_earned -= self.points + self.forgiven
             if self.earned_at is not None:
-                account._qualify(Qualifying(self.earned_at, -(self.points + self.forgiven), 0))
+                # As if never given: its qualifying activity goes (a tier walk then finds no
+                # earn at its instant to renew a tier with); a negative one where it is not
+                # found as given.
+                given = Qualifying(self.earned_at, self.points + self.forgiven, 0)
+                if given in account.qualifying:
+                    account.qualifying.remove(given)
+                else:
+                    account._qualify(Qualifying(self.earned_at, -(self.points + self.forgiven), 0))
                 if self.forgiven:
                     account._forget_expired(self.role, self.referee, self.earned_at, self.forgiven)
 
@@ -555,13 +565,15 @@ class MemberAccount(Aggregate):
         points: int
         reason: str | None
         respent: Respent | None = None  # since 0.3: later spends taken again
+        # Since 0.4: what its points settled of a balance below zero, by lot (None before).
+        settled: tuple[LotMove, ...] | None = None
 
         def apply_specific(self, account: MemberAccount) -> None:
             if self.respent is not None:
                 account._apply_respent(self.respent)
             record = account.redemptions[self.redemption_id]
             account.redemptions[self.redemption_id] = replace(
-                record, status="cancelled", cancelled_at=self.effective_at
+                record, status="cancelled", cancelled_at=self.effective_at, settled=self.settled
             )
             # Its points were held until now: a spend dated before, read late, finds the
             # redemption in the spends to take again (_later_spends, _cancelled_since).
@@ -2702,31 +2714,34 @@ class MemberAccount(Aggregate):
         ]
         owed_later = sum(s.wanted + sum(m.amount for m in s.moves) for s in owing)
         first = min([since, *(s.at for s in owing)])
-        gaps = {
-            lot_id: lot.settled
-            for lot_id in self.settled_lots
-            if (lot := lots[lot_id]).settled
-            and lot.status == AVAILABLE
-            and max(lot.earned_at, lot.release_at or lot.earned_at) >= first
-        }
-        if not owed_later and not self.debt and not gaps:
-            return {}, 0
-        owed_then = sum(gaps.values()) + self.debt - owed_later
-        if owed_then < 0:
-            return None
 
         def came(lot_id: str) -> datetime:
             lot = lots[lot_id]
             return max(lot.earned_at, lot.release_at or lot.earned_at)
 
-        if any(
-            r.cancelled_at is not None
-            and r.cancelled_at > first
-            and any(lots[m.lot_id].settled and came(m.lot_id) < first for m in r.moves)
-            for r in self.redemptions.values()
-        ):
-            # A cancellation since may have settled some of it with points it gave back to
-            # a lot that came before (what that lot settled then is not told apart).
+        gaps = {
+            lot_id: lot.settled
+            for lot_id in self.settled_lots
+            if (lot := lots[lot_id]).settled and lot.status == AVAILABLE and came(lot_id) >= first
+        }
+        # A cancellation since settled with the points it gave back to lots that came
+        # before: what it settled (kept on its record) goes back too.
+        for r in self.redemptions.values():
+            if r.cancelled_at is None or r.cancelled_at <= first:
+                continue
+            if r.settled is None:
+                if any(lots[m.lot_id].settled and came(m.lot_id) < first for m in r.moves):
+                    return None  # cancelled before what it settled was kept: not known
+                continue
+            for m in r.settled:
+                if came(m.lot_id) < first and lots[m.lot_id].status == AVAILABLE:
+                    gaps[m.lot_id] = gaps.get(m.lot_id, 0) + m.amount
+        if any(points > lots[lot_id].settled for lot_id, points in gaps.items()):
+            return None  # the figures do not add up
+        if not owed_later and not self.debt and not gaps:
+            return {}, 0
+        owed_then = sum(gaps.values()) + self.debt - owed_later
+        if owed_then < 0:
             return None
         held = {m.lot_id for h in self.holds.values() for m in h.moves}
         if any(
@@ -2856,9 +2871,10 @@ class MemberAccount(Aggregate):
         if any(was_owed.values()) and not unsettled:
             return None  # the earnings that settled it are not known here
         debt = _Debt(owed, since if owed else None)
+        gave: dict[str, list[LotMove]] = {}  # what each cancelled one's points settled
         for recorded in in_order(s for s in later if s.kind != "held"):
             spend = recorded
-            if not _give_back(lots, holding, spend.dated or spend.at, debt):
+            if not _give_back(lots, holding, spend.dated or spend.at, debt, gave):
                 return None  # what they held is not back in the copy: as recorded
             _settle_again(lots, debt, spend.dated or spend.at)
             own = lots.get(spend.own_lot) if spend.own_lot else None
@@ -2894,7 +2910,7 @@ class MemberAccount(Aggregate):
                     # nothing, held nothing and gave nothing back.
                     record = self.redemptions[spend.key]
                     if record.moves:
-                        redemptions.append(replace(record, moves=()))
+                        redemptions.append(replace(record, moves=(), settled=()))
                         notes.append(
                             f"redemption {spend.key} took nothing: in event time it waited "
                             "for points and was cancelled while waiting"
@@ -2919,7 +2935,7 @@ class MemberAccount(Aggregate):
                 debt.since = debt.since if debt.owed else spend.at
                 debt.owed += taken.owed
             done.append(taken)
-        if not _give_back(lots, holding, None, debt):
+        if not _give_back(lots, holding, None, debt, gave):
             return None  # what they held is not back in the copy: as recorded
         _settle_again(lots, debt, None)
         if debt.owed and unexpired is not None and debt.since is not None:
@@ -2930,7 +2946,11 @@ class MemberAccount(Aggregate):
             spend = t.spend
             if spend.kind == "redemption":
                 record = self.redemptions[spend.key]
+                if spend.key in gave:
+                    record = replace(record, settled=merge_moves(gave.pop(spend.key)))
                 if set(t.moves) == set(record.moves) and t.at == record.at:
+                    if record != self.redemptions[spend.key]:
+                        redemptions.append(record)  # its cancellation settles otherwise
                     continue
                 redemptions.append(replace(record, moves=t.moves, at=t.at))
                 notes.append(f"redemption {spend.key} now takes from {self._lot_names(t.moves)}")
@@ -2966,6 +2986,10 @@ class MemberAccount(Aggregate):
                     else ")"
                 )
             )
+        for key, moves in gave.items():  # held from before: their cancellations settle anew
+            record = self.redemptions[key]
+            if record.settled != (now := merge_moves(moves)):
+                redemptions.append(replace(record, settled=now))
         note = "; " + "; ".join(notes) + " (dated after it, recorded before)" if notes else ""
         return redemptions, orders, postings, note
 
@@ -3085,11 +3109,13 @@ class MemberAccount(Aggregate):
             )
         # What it gives back settles what was owed at its time first, as a cancellation
         # read in time settles a balance below zero (`_settle_late`).
+        settled: list[LotMove] = []
         for move in record.moves:
             take = min(owed_then, -move.amount)
             if take:
                 lots[move.lot_id] = lots[move.lot_id].moved(-take).settling(take)
                 owed_then -= take
+                settled.append(LotMove(move.lot_id, take))
         again = self._taken_again(
             lots, later, occurred_at, owed=owed_then, unsettled=True, unexpired=unexpired
         )
@@ -3113,6 +3139,7 @@ class MemberAccount(Aggregate):
             points=record.points,
             reason=reason,
             respent=Respent.of(redemptions, orders, unexpired),
+            settled=merge_moves(settled),
         )
         self.advance(program, occurred_at)  # points back to a lot past its expiry expire
         self.catch_up(program)
@@ -3289,6 +3316,7 @@ class MemberAccount(Aggregate):
         # What it gives back settles a balance below zero first, before points that came
         # after its time in event time (`_settle_late`).
         settle = self._settle_late(restore, occurred_at, now)
+        own = {m.lot_id for m in restore}
         note = f"redemption {redemption_id} cancelled: {record.points} points back to their lots"
         self._record(
             self.RedemptionCancelled,
@@ -3306,6 +3334,9 @@ class MemberAccount(Aggregate):
             redemption_id=redemption_id,
             points=record.points,
             reason=reason,
+            settled=merge_moves(
+                LotMove(m.lot_id, -m.amount) for m in settle if m.lot_id in own and m.amount < 0
+            ),
         )
         # Points that went back to a lot whose expiry has passed expire at once.
         self.advance(program, now)
@@ -3848,13 +3879,18 @@ _LAST = datetime.max.replace(tzinfo=UTC)
 
 
 def _give_back(
-    lots: dict[str, Lot], holding: list[Taken], by: datetime | None, debt: _Debt | None = None
+    lots: dict[str, Lot],
+    holding: list[Taken],
+    by: datetime | None,
+    debt: _Debt | None = None,
+    settled: dict[str, list[LotMove]] | None = None,
 ) -> bool:
     """The cancelled redemptions in `holding` cancelled by `by` (all when None) give their
     points back to the lots they took (in place): spends after that find them. What is
     owed then (`debt`) is settled first by the points given back, in the order of the
     redemption's moves, as a cancellation read in time settles (`_settle_late`). False
-    when the copy cannot take back what one held (the re-take keeps what was recorded)."""
+    when the copy cannot take back what one held (the re-take keeps what was recorded).
+    `settled` (in place): what each one's points settled, by redemption id."""
     due = [
         t
         for t in holding
@@ -3869,6 +3905,7 @@ def _give_back(
             if not 0 <= lot.remaining - move.amount <= lot.amount:
                 return False  # the copy cannot take these points back (not known)
             lots[move.lot_id] = lot.moved(-move.amount)
+        mine = settled.setdefault(t.spend.key, []) if settled is not None else []
         for move in merge_moves(t.moves):
             if debt is None or not debt.owed:
                 break
@@ -3877,6 +3914,7 @@ def _give_back(
                 continue
             lots[move.lot_id] = lots[move.lot_id].moved(-settle).settling(settle)
             debt.owed -= settle
+            mine.append(LotMove(move.lot_id, settle))
         if debt is not None and not debt.owed:
             debt.since = None
         holding.remove(t)
