@@ -3274,3 +3274,44 @@ def test_a_displaced_welcome_bonus_renews_no_tier(open_fresh: Open) -> None:
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_purchase_the_cap_left_with_nothing_earns_as_released_once_its_window_passed(
+    open_fresh: Open,
+) -> None:
+    """As above, with a 2-day return window, and a review dated after it passed read
+    before the signup: o-3's lot, made when the late upgrade frees room, is available at
+    once and says it was released when its window closed, as in time order (before, it
+    had no release time: the lots differed from the same events read in time order)."""
+    rules = program(
+        earn={"caps": {"per_member_per_day": 100}, "pending_days": 2},
+        activities={"signup": {"points": 10, "limit": "once"}, "review": {"points": 5}},
+        tiers=[
+            {"id": "base", "name": "Base", "threshold": 0, "earn_multiplier": "2"},
+            {"id": "plus", "name": "Plus", "threshold": 50, "earn_multiplier": "1"},
+        ],
+        tier_qualification={"basis": "points", "window": "calendar_year"},
+    )
+    ledger, clock = open_fresh(rules, READ_AT)
+    joined = enrolment("f-1", "m-1", at("2026-04-19T00:30:00Z"))
+    one = purchase("f-2", "m-1", at("2026-04-19T01:00:00Z"), order_id="o-1", total_minor=2000)
+    two = purchase("f-3", "m-1", at("2026-04-19T02:00:00Z"), order_id="o-2", total_minor=5000)
+    three = purchase("f-4", "m-1", at("2026-04-19T03:00:00Z"), order_id="o-3", total_minor=1000)
+    four = purchase("f-5", "m-1", at("2026-04-22T01:00:00Z"), order_id="o-4", total_minor=1000)
+    review = activity("f-6", "m-1", at("2026-04-25T10:00:00Z"), name="review", reference="v")
+    reads = [(one, 0), (two, 0), (three, 0), (four, 0), (review, 0), (joined, 1)]
+    assert read(ledger, clock, reads) == ["applied"] * 6
+
+    # By hand, in time order: signup 10; o-1 40 (Base x2), o-2 50 and o-3 10 at Plus (the
+    # day's cap leaves 10), each pending 2 days (o-3's until 04-21 03:00); o-4 10 on 04-22,
+    # released 04-24; review 5 on 04-25. Read in this order, o-4's release on 04-24 was
+    # done before the signup arrived and gave o-3 its points.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(available=125, pending=0, held=0)
+    lot = next(lot for lot in account.lots.values() if lot.source == "order o-3")
+    assert (lot.amount, lot.status) == (10, "available")
+    assert lot.release_at == at("2026-04-21T03:00:00Z")
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -1127,26 +1127,24 @@ class MemberAccount(Aggregate):
         earned_at = order.earned_at
         assert earned_at is not None
         release_at = release_for(program, earned_at)
-        if release_at is not None and self.worked_to is not None and release_at <= self.worked_to:
-            release_at = None  # its return window has passed: available at once
+        # Its return window passed already: available at once, released as at its time.
+        pending = release_at is not None and (self.worked_to is None or release_at > self.worked_to)
         lot = Lot(
             lot_id=self._next_lot_id(),
             amount=quote.points,
             remaining=quote.points,
-            status=PENDING if release_at else AVAILABLE,
+            status=PENDING if pending else AVAILABLE,
             earned_at=earned_at,
             release_at=release_at,
             expires_at=expiry_for(program, earned_at),
             source=order.source or _label("purchase", f"order:{order.order_id}"),
             program_version=program.version,
         )
-        moves = () if release_at else self._settle_moves(lot.lot_id, quote.points)
+        moves = () if pending else self._settle_moves(lot.lot_id, quote.points)
         self._record(
             self.PointsToppedUp,
             effective_at=earned_at,
-            postings=transfer(
-                acc.ISSUED, acc.PENDING if release_at else acc.AVAILABLE, quote.points
-            ),
+            postings=transfer(acc.ISSUED, acc.PENDING if pending else acc.AVAILABLE, quote.points),
             moves=moves,
             settles=_settles_of(moves),
             new_lots=(lot,),
@@ -1168,9 +1166,9 @@ class MemberAccount(Aggregate):
             respent=None,
         )
         if (
-            not release_at
+            not pending
             and self.lots[lot.lot_id].remaining
-            and not self._spends_take_again(program, lot.lot_id, earned_at, None, provenance)
+            and not self._spends_take_again(program, lot.lot_id, earned_at, release_at, provenance)
         ):
             self._reallocate(program, lot.lot_id, earned_at, provenance)
 
