@@ -565,7 +565,7 @@ class MemberAccount(Aggregate):
         points: int
         reason: str | None
         respent: Respent | None = None  # since 0.3: later spends taken again
-        # Since 0.4: what its points settled of a balance below zero, by lot (None before).
+        # What its points settled of a balance below zero, by lot (None: written before).
         settled: tuple[LotMove, ...] | None = None
 
         def apply_specific(self, account: MemberAccount) -> None:
