@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from bench.pipeline import Mix
 from services.ledger.adapters.program_file import load_program
+from services.ledger.application.compact import CompactMapper, CompactTranscoder
 from services.ledger.application.ledger import Inbound, LedgerApplication
 from services.ledger.application.service import Ledger
 from services.ledger.application.transcodings import (
@@ -97,9 +98,14 @@ def test_the_ledger_uses_the_orjson_transcoder_and_the_environment_can_change_it
     env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
     clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
     app = LedgerApplication(_coffee(), clock, env)
-    assert type(app.mapper.transcoder) is LedgerTranscoder
-    plain = LedgerApplication(_coffee(), clock, {**env, "TRANSCODER_TOPIC": PLAIN})
+    assert type(app.mapper) is CompactMapper
+    assert type(app.mapper.transcoder) is CompactTranscoder
+    assert isinstance(app.mapper.transcoder, LedgerTranscoder)
+    plain = LedgerApplication(
+        _coffee(), clock, {**env, "TRANSCODER_TOPIC": PLAIN, "MAPPER_TOPIC": get_topic(Mapper)}
+    )
     assert type(plain.mapper.transcoder) is JSONTranscoder
+    assert type(plain.mapper) is Mapper
 
 
 def test_the_defaults_left_out_of_stored_values_never_change() -> None:
@@ -303,8 +309,9 @@ def _coffee() -> Program:
 
 def _open(db: Path, transcoder: str | None) -> Ledger:
     env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(db)}
-    if transcoder is not None:
+    if transcoder is not None:  # as an earlier release wrote: the library's mapper too
         env["TRANSCODER_TOPIC"] = transcoder
+        env["MAPPER_TOPIC"] = get_topic(Mapper)
     return build_ledger(
         Settings(db=db), clock=FixedClock(datetime.now(UTC) + timedelta(days=1)), env=env
     )
@@ -344,8 +351,9 @@ def _members_state(ledger: Ledger, members: list[str]) -> dict[str, Any]:
 
 def test_a_store_written_before_loads_and_goes_on_with_the_new_codec(tmp_path: Path) -> None:
     """Events and snapshots written as earlier releases did, then more by this one: every
-    stored row decodes the same with the library's transcoder and with this one, and the
-    accounts come out as in a store written by this release alone."""
+    row of the library's form decodes the same with the library's mapper and with this
+    one, every row written again compactly or in full decodes the same, and the accounts
+    come out as in a store written by this release alone."""
     items, members = _mix(2_400, 12)  # about 300 account events a member: snapshots too
     mixed_db, fresh_db = tmp_path / "mixed.sqlite", tmp_path / "fresh.sqlite"
     before = _open(mixed_db, PREVIOUS)
@@ -368,11 +376,14 @@ def test_a_store_written_before_loads_and_goes_on_with_the_new_codec(tmp_path: P
         previous_mapper: Mapper[UUID] = Mapper(_registered(PreviousTranscoder()))
         for record in records:
             event = new_mapper.to_domain_event(record)
-            for other in (plain_mapper, previous_mapper):
-                assert vars(other.to_domain_event(record)) == vars(event), record.topic
+            if not record.state.startswith(b'{"@":'):  # a row of the library's form
+                for other in (plain_mapper, previous_mapper):
+                    assert vars(other.to_domain_event(record)) == vars(event), record.topic
             again = new_mapper.to_stored_event(event)
-            assert again.state == plain_mapper.to_stored_event(event).state
+            assert again.state.startswith(b'{"@":')  # compact, whatever it was read from
+            full = plain_mapper.to_stored_event(event)
             assert vars(new_mapper.to_domain_event(again)) == vars(event)
+            assert vars(new_mapper.to_domain_event(full)) == vars(event)
     finally:
         after.close()
         fresh.close()

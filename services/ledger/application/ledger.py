@@ -48,8 +48,9 @@ from schemas import (
     payload_digest,
 )
 from services.ledger.application.batch_reads import select_events_after, select_events_of
+from services.ledger.application.compact import CompactMapper, CompactTranscoder
 from services.ledger.application.tables import created_concurrently
-from services.ledger.application.transcodings import LedgerTranscoder, register_value_types
+from services.ledger.application.transcodings import register_value_types
 from services.ledger.domain.account import (
     MemberAccount,
     RedemptionRecord,
@@ -129,9 +130,13 @@ class LedgerApplication(Application[UUID]):
     """Member accounts, receipts and rejections in one event store."""
 
     name = "ledger"
-    # The library's setting for the transcoder: the same stored format as its JSONTranscoder,
-    # written with orjson (transcodings.py). TRANSCODER_TOPIC in the environment overrides it.
-    env: ClassVar[dict[str, str]] = {"TRANSCODER_TOPIC": get_topic(LedgerTranscoder)}
+    # The library's settings for the mapper and transcoder: compact rows (compact.py; rows
+    # of the library's form, written before, load as they did), written with orjson.
+    # TRANSCODER_TOPIC and MAPPER_TOPIC in the environment override them.
+    env: ClassVar[dict[str, str]] = {
+        "TRANSCODER_TOPIC": get_topic(CompactTranscoder),
+        "MAPPER_TOPIC": get_topic(CompactMapper),
+    }
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {MemberAccount: 100}
 
     def __init__(self, program: Program, clock: Clock, env: dict[str, str] | None = None) -> None:
