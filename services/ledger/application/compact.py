@@ -8,7 +8,9 @@ A compact row is what `CompactMapper` writes. Its state is a JSON object whose f
   (`EventSpec`, a table built once per event class). A field of any other type is never
   left out: encoding cannot omit what decoding could not fill back;
 - a created event's `originator_topic` while it is the topic of the event's own aggregate
-  class (the class the event class is nested in).
+  class (the class the event class is nested in);
+- a field worked out from the others (`DERIVED`: a receipt's digest, the SHA-256 of its
+  payload) while working it out gives back exactly its value.
 
 Inside, `CompactTranscoder.encode_compact` frames value objects and datetimes shortly: a
 value object as `{"$Lo": {...}}` (a short code per type, `SHORT_NAMES`, fixed for good) and a
@@ -25,9 +27,12 @@ the library's full form, as before. Compact rows do not load in releases before 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
-from collections.abc import Callable, Hashable
+import operator
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -49,7 +54,9 @@ from services.ledger.application.transcodings import (
     _UUID_TEXT,
     DataclassAsDict,
     LedgerTranscoder,
+    _tuples,
 )
+from services.ledger.domain.receipts import InboundReceipt
 
 # The short frame of each type, by the library's name for it. Never change or reuse one:
 # stored rows name their values by these (tests pin them). Add new ones only.
@@ -73,6 +80,111 @@ SHORT_NAMES: dict[str, str] = {
     "TierChange": "TC",
 }
 
+# A value object of these types is written as the list of its values in this order, the
+# trailing ones at their default left out (`{"$Lo": ["L3", 35, ...]}`), while its class has
+# exactly these fields; otherwise as the dict of its fields (which also decodes). Like the
+# short names, never change one: rows decode by it. A class whose fields change is written
+# as a dict until it gets a new short name with its new positions.
+POSITIONS: dict[str, tuple[str, ...]] = {
+    "Ba": ("available", "pending", "held"),
+    "Ho": (
+        "hold_id",
+        "reference",
+        "points",
+        "moves",
+        "placed_at",
+        "expires_at",
+        "status",
+        "captured",
+        "resolved_at",
+    ),
+    "Li": ("sku", "category", "quantity", "unit_price_minor"),
+    "LP": ("sku", "quantity", "value_minor", "points"),
+    "Lo": (
+        "lot_id",
+        "amount",
+        "remaining",
+        "status",
+        "earned_at",
+        "release_at",
+        "expires_at",
+        "source",
+        "program_version",
+        "settled",
+    ),
+    "LM": ("lot_id", "amount"),
+    "Or": (
+        "order_id",
+        "lot_id",
+        "currency",
+        "total_minor",
+        "points",
+        "lines",
+        "refunded_minor",
+        "refunded_quantities",
+        "reversed_points",
+        "refund_ids",
+        "expired_credited",
+        "basis",
+        "source",
+        "earned_at",
+        "tier",
+        "day",
+        "seq",
+        "refunds",
+    ),
+    "Og": ("channel", "topic", "partition", "offset", "line", "file", "request_id", "actor"),
+    "PE": (
+        "event_id",
+        "event_type",
+        "payload",
+        "raw_b64",
+        "origin",
+        "occurred_at",
+        "reason",
+        "detail",
+        "deadline",
+        "parked_at",
+    ),
+    "Po": ("account", "amount"),
+    "Pv": ("origin", "event_id", "event_type", "rule_id", "program_version", "tier"),
+    "Q": ("at", "points", "spend_minor"),
+    "RR": (
+        "redemption_id",
+        "points",
+        "reward_id",
+        "moves",
+        "status",
+        "at",
+        "event_id",
+        "dated",
+        "cancelled_at",
+    ),
+    "RS": (
+        "at",
+        "refunded_minor",
+        "quantities",
+        "refund_id",
+        "taken_from",
+        "wanted",
+        "owes",
+        "expired",
+    ),
+    "Rp": ("redemptions", "orders", "unexpired"),
+    "TC": (
+        "at",
+        "seq",
+        "tier",
+        "cause",
+        "rank",
+        "period_end",
+        "held_until",
+        "retracts",
+        "override_until",
+        "locked",
+    ),
+}
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _FRAME = b'{"$'  # how every short frame starts in the output, and nothing else can
@@ -87,7 +199,7 @@ class CompactTranscoder(LedgerTranscoder):
         super().__init__()
         self._short_encoders: dict[type, Callable[[Any], dict[str, Any]]] = {}
         self._short_decoders: dict[str, Callable[[Any], Any]] = {}
-        self._compact_decoder = json.JSONDecoder(object_hook=self._decode_compact_obj)
+        self._compact_decoder = json.JSONDecoder(object_hook=self._compact_hook())
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
@@ -104,19 +216,35 @@ class CompactTranscoder(LedgerTranscoder):
                     return {key: (obj - EPOCH) // _MICROSECOND}
                 return full(obj)
 
+            # The same instants recur in an event (its time, its lot's, its order's): the
+            # last few thousand decoded are kept (datetimes are immutable).
+            seen: dict[int, datetime] = {}
+
             def decode_datetime(data: Any) -> datetime:
+                found = seen.get(data)
+                if found is not None:
+                    return found
                 if type(data) is not int:
                     raise ValueError(f"not a compact datetime: {data!r}")
-                return EPOCH + timedelta(microseconds=data)
+                if len(seen) >= 4096:
+                    seen.clear()
+                found = seen[data] = EPOCH + timedelta(0, 0, data)
+                return found
 
             self._short_encoders[transcoding.type] = encode_datetime
             self._short_decoders[key] = decode_datetime
             return
         encode: Callable[[Any], Any] = transcoding.encode
+        decode: Callable[[Any], Any] = transcoding.decode
         if type(transcoding) is DataclassAsDict:
             encode = transcoding.as_dict
+            positions = POSITIONS.get(code)
+            if positions is not None:
+                decode = _positional_decoder(transcoding, positions)
+                if _direct(transcoding, positions):
+                    encode = _positional_encoder(transcoding)
         self._short_encoders[transcoding.type] = lambda obj: {key: encode(obj)}
-        self._short_decoders[key] = transcoding.decode
+        self._short_decoders[key] = decode
 
     def encode_compact(self, obj: Any) -> bytes | None:
         """`obj` with the short frames, or None where it must be stored in full: orjson
@@ -146,12 +274,81 @@ class CompactTranscoder(LedgerTranscoder):
     def decode_compact(self, data: bytes) -> Any:
         return self._compact_decoder.decode(data.decode("utf8"))
 
-    def _decode_compact_obj(self, d: dict[str, Any]) -> Any:
-        if len(d) == 1:
-            for key, value in d.items():
-                decode = self._short_decoders.get(key)
-                return d if decode is None else decode(value)
-        return self._decode_obj(d)
+    def _compact_hook(self) -> Callable[[dict[str, Any]], Any]:
+        """The decoder's hook for every JSON object of a compact row: a short frame, the
+        library's frame, or a plain dict."""
+        short = self._short_decoders.get  # filled in by `register`
+        full = self._decode_obj
+
+        def hook(d: dict[str, Any]) -> Any:
+            if len(d) == 1:
+                (key,) = d
+                decode = short(key)
+                return d if decode is None else decode(d[key])
+            if len(d) == 2:
+                return full(d)
+            return d
+
+        return hook
+
+
+def _direct(transcoding: DataclassAsDict, positions: tuple[str, ...]) -> bool:
+    """Whether the class's fields are `positions`, each an argument of its constructor."""
+    fields = dataclasses.fields(transcoding.type)
+    return positions == transcoding.fields and all(f.init for f in fields)
+
+
+def _positional_encoder(transcoding: DataclassAsDict) -> Callable[[Any], list[Any]]:
+    """A value object to the list of its fields' values, the trailing ones that hold their
+    default (that very value, or an equal one of its type) left out."""
+    fields = transcoding.fields
+    getter = operator.attrgetter(*fields)
+    defaults = transcoding.defaults
+    required = 0
+    for i, name in enumerate(fields):
+        if name not in defaults:
+            required = i + 1
+    trailing = tuple((i, defaults[name]) for i, name in enumerate(fields) if i >= required)
+    trailing = tuple(reversed(trailing))
+    single = len(fields) == 1
+
+    def encode(obj: Any) -> list[Any]:
+        values = [getter(obj)] if single else list(getter(obj))
+        for i, default in trailing:
+            value = values[i]
+            if value is default or (type(value) is type(default) and value == default):
+                del values[i]
+            else:
+                break
+        return values
+
+    return encode
+
+
+def _positional_decoder(
+    transcoding: DataclassAsDict, positions: tuple[str, ...]
+) -> Callable[[Any], Any]:
+    """A value object from the list of its values (by `positions`) or from the dict of its
+    fields. While `positions` are the class's fields, the list goes straight to the
+    constructor (the missing trailing ones take their defaults), sequences made tuples."""
+    decode = transcoding.decode
+    cls = transcoding.type
+    direct = _direct(transcoding, positions)
+    sequences = tuple(i for i, name in enumerate(positions) if name in transcoding.sequences)
+
+    def decode_positional(data: Any) -> Any:
+        if type(data) is not list:
+            return decode(data)
+        if len(data) > len(positions):
+            raise ValueError(f"{transcoding.name}: {len(data)} values for {positions}")
+        if not direct:
+            return decode(dict(zip(positions, data, strict=False)))
+        for i in sequences:
+            if i < len(data) and type(data[i]) is list:
+                data[i] = _tuples(data[i])
+        return cls(*data)
+
+    return decode_positional
 
 
 # ------------------------------------------------------------------------------ mapper
@@ -204,12 +401,39 @@ _EMPTIES: dict[str, Any] = {"str": "", "int": 0, "bool": False}
 
 
 @dataclasses.dataclass(frozen=True)
+class Derived:
+    """The fill of a field worked out from the event's other fields: left out only when
+    that gives back exactly the value (of the same type)."""
+
+    of: Callable[[Mapping[str, Any]], Any]
+
+
+def _receipt_digest(state: Mapping[str, Any]) -> str | None:
+    payload = state.get("payload")
+    if type(payload) is not str:
+        return None
+    return hashlib.sha256(payload.encode("utf8")).hexdigest()
+
+
+# Fields worked out from others, by event class: a receipt's digest is the SHA-256 of its
+# payload (the canonical JSON of the inbound event) while it has one.
+DERIVED: dict[type[Any], dict[str, Derived]] = {
+    InboundReceipt.Recorded: {"digest": Derived(_receipt_digest)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class EventSpec:
     """What a compact row of one event class leaves out, and how it fills it back."""
 
     version: int
     names: tuple[str, ...]  # the event's fields but the ids, in order
     fills: dict[str, Any]  # name -> what a left-out field holds (EMPTY_SEQUENCE: a new [])
+    # Generated once (`_generate`): an event's `vars` to its compact state, and a compact
+    # state of this version to the full one (both raise KeyError for a missing field).
+    compact: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    full: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    keys: frozenset[str] = frozenset()  # `names`
 
     @classmethod
     def of(cls, event_class: type[Any]) -> EventSpec:
@@ -217,14 +441,18 @@ class EventSpec:
         if not dataclasses.is_dataclass(event_class):
             return cls(version, (), {})
         fields = [f for f in dataclasses.fields(event_class) if f.name not in _IDS]
-        fills = {}
+        fills: dict[str, Any] = {}
         for field in fields:
             fill = _fill_of(field, event_class)
             if fill is not _MISSING:
                 fills[field.name] = fill
-        return cls(version, tuple(f.name for f in fields), fills)
+        for name, derived in DERIVED.get(event_class, {}).items():
+            fills[name] = derived  # instead of its type's empty, if it has one
+        names = tuple(f.name for f in fields)
+        compact, full = _generate(event_class, version, names, fills)
+        return cls(version, names, fills, compact, full, frozenset(names))
 
-    def omits(self, name: str, value: Any) -> bool:
+    def omits(self, name: str, value: Any, state: Mapping[str, Any]) -> bool:
         """Whether `value` of field `name` is left out: it is exactly what is filled back
         (of the same type: 0 is not False, "" is not None)."""
         fill = self.fills.get(name, _MISSING)
@@ -235,7 +463,58 @@ class EventSpec:
         if fill is EMPTY_SEQUENCE:
             kind = type(value)
             return (kind is tuple or kind is list) and not value
+        if type(fill) is Derived:
+            fill = fill.of(state)
         return type(value) is type(fill) and value == fill
+
+
+def _generate(
+    cls: type[Any], version: int, names: tuple[str, ...], fills: dict[str, Any]
+) -> tuple[Callable[[Mapping[str, Any]], dict[str, Any]], Callable[[Mapping[str, Any]], Any]]:
+    """`EventSpec.compact` and `EventSpec.full` for one class: straight code, no loop, as
+    `dataclasses` generates `__init__` (and `DataclassAsDict` its encoders)."""
+    if not all(name.isidentifier() for name in names):
+        raise ValueError(f"{cls.__qualname__}: a field name that is not an identifier")
+    scope: dict[str, Any] = {"_derived": [], "MISSING": _MISSING}
+    encode = ["def compact(d):", f"    out = {{'@': {version!r}}}"]
+    decode = ["def full(s):", "    out = {"]
+    later = []
+    for i, name in enumerate(names):
+        fill = fills.get(name, _MISSING)
+        encode.append(f"    v = d[{name!r}]")
+        keep = f"        out[{name!r}] = v"
+        if fill is _MISSING:
+            encode.append(keep.strip().replace("out", "    out", 1))
+            decode.append(f"        {name!r}: s[{name!r}],")
+            continue
+        if fill is None:
+            encode.append("    if v is not None:")
+        elif fill is EMPTY_SEQUENCE:
+            encode.append("    if not ((v.__class__ is tuple or v.__class__ is list) and not v):")
+        elif type(fill) is Derived:
+            scope[f"f{i}"] = fill.of
+            encode.append(f"    c = f{i}(d)")
+            encode.append("    if not (v.__class__ is c.__class__ and v == c):")
+        else:
+            scope[f"e{i}"], scope[f"t{i}"] = fill, type(fill)
+            encode.append(f"    if not (v.__class__ is t{i} and v == e{i}):")
+        encode.append(keep)
+        if fill is EMPTY_SEQUENCE:
+            decode.append(f"        {name!r}: s[{name!r}] if {name!r} in s else [],")
+        elif type(fill) is Derived:
+            decode.append(f"        {name!r}: s.get({name!r}, MISSING),")
+            later.append(f"    if out[{name!r}] is MISSING:")
+            later.append(f"        out[{name!r}] = f{i}(out)")
+        else:
+            decode.append(f"        {name!r}: s.get({name!r}, e{i}),")
+            scope[f"e{i}"] = fill
+    encode.append("    return out")
+    decode.append("    }")
+    decode += later
+    decode.append("    return out")
+    exec("\n".join(encode), scope)  # noqa: S102 - our own field names, checked identifiers
+    exec("\n".join(decode), scope)  # noqa: S102
+    return scope["compact"], scope["full"]
 
 
 class CompactMapper(Mapper[UUID]):
@@ -257,15 +536,21 @@ class CompactMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         cls = type(domain_event)
-        spec = self.spec(cls)
-        fills = spec.fills
-        state: dict[str, Any] = {"@": spec.version}
-        for name, value in vars(domain_event).items():
-            if name in _IDS:
-                continue
-            if name in fills and spec.omits(name, value):
-                continue
-            state[name] = value
+        spec = self._specs.get(cls) or self.spec(cls)
+        event_state = vars(domain_event)
+        state: dict[str, Any] | None = None
+        if spec.compact is not None and len(event_state) == len(spec.names) + 2:
+            with contextlib.suppress(KeyError):  # not the class's fields: one by one
+                state = spec.compact(event_state)
+        if state is None:
+            fills = spec.fills
+            state = {"@": spec.version}
+            for name, value in event_state.items():
+                if name in _IDS:
+                    continue
+                if name in fills and spec.omits(name, value, event_state):
+                    continue
+                state[name] = value
         stored = self._encode_compact(state) if self.cipher is None else None
         if stored is None:  # as the library writes it
             return super().to_stored_event(domain_event)
@@ -288,9 +573,15 @@ class CompactMapper(Mapper[UUID]):
         try:
             state: dict[str, Any] = self._decode_compact(data)
             version = state.pop("@")
-            spec = self.spec(cls)
+            spec = self._specs.get(cls) or self.spec(cls)
             if len(state) != len(spec.names):
-                state = _filled(state, spec, current=version == spec.version)
+                if version == spec.version and spec.full is not None and state.keys() <= spec.keys:
+                    try:
+                        state = spec.full(state)
+                    except KeyError as missing:  # never left out by encoding
+                        raise ValueError(f"field {missing} missing from a compact row") from None
+                else:
+                    state = _filled(state, spec, current=version == spec.version)
         except Exception as e:
             msg = (
                 f"Failed to deserialise state of stored event with "
@@ -315,6 +606,7 @@ def _filled(state: dict[str, Any], spec: EventSpec, current: bool) -> dict[str, 
     out: dict[str, Any] = {}
     fills = spec.fills
     found = 0
+    derived = []
     for name in spec.names:
         value = state.get(name, _MISSING)
         if value is _MISSING:
@@ -323,6 +615,8 @@ def _filled(state: dict[str, Any], spec: EventSpec, current: bool) -> dict[str, 
                 if current:  # never left out by encoding: the row is not this class's
                     raise ValueError(f"field {name!r} missing from a compact row")
                 continue  # not written by that class version: its upcaster adds it
+            if type(fill) is Derived:
+                derived.append((name, fill))
             value = [] if fill is EMPTY_SEQUENCE else fill
         else:
             found += 1
@@ -330,4 +624,6 @@ def _filled(state: dict[str, Any], spec: EventSpec, current: bool) -> dict[str, 
     if found < len(state):
         for name, value in state.items():  # not a field (any more): kept, as before
             out.setdefault(name, value)
+    for name, fill in derived:  # from the others, once they are all there
+        out[name] = fill.of(out)
     return out
