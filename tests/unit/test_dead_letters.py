@@ -12,7 +12,7 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import Mapper, StoredEvent
 
 from schemas import TOPIC_DEADLETTER, TOPIC_PURCHASES
 from services.ledger.adapters.kafka_relay import OutboxRelay
@@ -83,7 +83,8 @@ def _as_previous_release(ledger: Ledger, rejection: Rejection, originator_id: UU
     """Store a copy of `rejection`'s recorded event as the previous release wrote it: no
     `key_b64` and no class version (the stored state is the event's own JSON)."""
     [stored] = ledger.app.recorder.select_events(rejection.id)
-    state = json.loads(stored.state)
+    full: Mapper[UUID] = Mapper(ledger.app.mapper.transcoder)  # the library's form
+    state = json.loads(full.to_stored_event(ledger.app.mapper.to_domain_event(stored)).state)
     del state["key_b64"]
     del state["class_version"]
     ledger.app.recorder.insert_events(

@@ -185,6 +185,65 @@ POSITIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The key a compact row writes an event's field under, by the field's name: short, and
+# never a field's name (no identifier starts with a digit). Rows are read by these: never
+# change or reuse one. A field without one is written under its name (adding one is safe:
+# a field is read under its alias or its name).
+ALIASES: dict[str, str] = {
+    "timestamp": "0",
+    "member_id": "1",
+    "effective_at": "2",
+    "balance_after": "3",
+    "provenance": "4",
+    "note": "5",
+    "points": "6",
+    "kind": "7",
+    "reference": "8",
+    "order": "9",
+    "day": "10",
+    "event_id": "11",
+    "event_type": "12",
+    "outcome": "13",
+    "entries": "14",
+    "origin": "15",
+    "received_at": "16",
+    "payload": "17",
+    "postings": "18",
+    "moves": "19",
+    "lots_after": "20",
+    "counters": "21",
+    "tier_period_end": "22",
+    "tier_held_until": "23",
+    "expired": "24",
+    "tier": "25",
+    "previous": "26",
+    "reason": "27",
+    "until": "28",
+    "locked": "29",
+    "cause": "30",
+    "period_end": "31",
+    "held_until": "32",
+    "override_until": "33",
+    "rank": "34",
+    "retracts": "35",
+    "item": "36",
+    "auto": "37",
+    "redemption": "38",
+    "respent": "39",
+    "order_id": "40",
+    "refund_id": "41",
+    "forgiven": "42",
+    "already_expired": "43",
+    "lot_id": "44",
+    "hold_id": "45",
+    "hold": "46",
+    "detail": "47",
+    "digest": "48",
+    "originator_topic": "49",
+    "redemption_id": "50",
+}
+_UNALIASED = {alias: name for name, alias in ALIASES.items()}
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _FRAME = b'{"$'  # how every short frame starts in the output, and nothing else can
@@ -433,7 +492,7 @@ class EventSpec:
     # state of this version to the full one (both raise KeyError for a missing field).
     compact: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     full: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
-    keys: frozenset[str] = frozenset()  # `names`
+    keys: frozenset[str] = frozenset()  # `names` and their aliases
 
     @classmethod
     def of(cls, event_class: type[Any]) -> EventSpec:
@@ -450,7 +509,8 @@ class EventSpec:
             fills[name] = derived  # instead of its type's empty, if it has one
         names = tuple(f.name for f in fields)
         compact, full = _generate(event_class, version, names, fills)
-        return cls(version, names, fills, compact, full, frozenset(names))
+        keys = frozenset(names) | {ALIASES[name] for name in names if name in ALIASES}
+        return cls(version, names, fills, compact, full, keys)
 
     def omits(self, name: str, value: Any, state: Mapping[str, Any]) -> bool:
         """Whether `value` of field `name` is left out: it is exactly what is filled back
@@ -472,20 +532,30 @@ def _generate(
     cls: type[Any], version: int, names: tuple[str, ...], fills: dict[str, Any]
 ) -> tuple[Callable[[Mapping[str, Any]], dict[str, Any]], Callable[[Mapping[str, Any]], Any]]:
     """`EventSpec.compact` and `EventSpec.full` for one class: straight code, no loop, as
-    `dataclasses` generates `__init__` (and `DataclassAsDict` its encoders)."""
+    `dataclasses` generates `__init__` (and `DataclassAsDict` its encoders). A field is
+    written under its alias (`ALIASES`) if it has one, and read under either key."""
     if not all(name.isidentifier() for name in names):
         raise ValueError(f"{cls.__qualname__}: a field name that is not an identifier")
-    scope: dict[str, Any] = {"_derived": [], "MISSING": _MISSING}
+    scope: dict[str, Any] = {"MISSING": _MISSING}
     encode = ["def compact(d):", f"    out = {{'@': {version!r}}}"]
     decode = ["def full(s):", "    out = {"]
     later = []
     for i, name in enumerate(names):
         fill = fills.get(name, _MISSING)
+        key = ALIASES.get(name, name)
         encode.append(f"    v = d[{name!r}]")
-        keep = f"        out[{name!r}] = v"
+        keep = f"        out[{key!r}] = v"
+
+        def read(otherwise: str, key: str = key, name: str = name) -> str:
+            """The field's value in `s`: under its alias, its name, else `otherwise`."""
+            by_name = otherwise.replace("NAME", repr(name))
+            if key == name:
+                return by_name
+            return f"(s[{key!r}] if {key!r} in s else {by_name})"
+
         if fill is _MISSING:
-            encode.append(keep.strip().replace("out", "    out", 1))
-            decode.append(f"        {name!r}: s[{name!r}],")
+            encode.append(f"    out[{key!r}] = v")
+            decode.append(f"        {name!r}: {read('s[NAME]')},")
             continue
         if fill is None:
             encode.append("    if v is not None:")
@@ -500,14 +570,14 @@ def _generate(
             encode.append(f"    if not (v.__class__ is t{i} and v == e{i}):")
         encode.append(keep)
         if fill is EMPTY_SEQUENCE:
-            decode.append(f"        {name!r}: s[{name!r}] if {name!r} in s else [],")
+            decode.append(f"        {name!r}: {read('(s[NAME] if NAME in s else [])')},")
         elif type(fill) is Derived:
-            decode.append(f"        {name!r}: s.get({name!r}, MISSING),")
+            decode.append(f"        {name!r}: {read('s.get(NAME, MISSING)')},")
             later.append(f"    if out[{name!r}] is MISSING:")
             later.append(f"        out[{name!r}] = f{i}(out)")
         else:
-            decode.append(f"        {name!r}: s.get({name!r}, e{i}),")
             scope[f"e{i}"] = fill
+            decode.append(f"        {name!r}: {read(f's.get(NAME, e{i})')},")
     encode.append("    return out")
     decode.append("    }")
     decode += later
@@ -574,14 +644,14 @@ class CompactMapper(Mapper[UUID]):
             state: dict[str, Any] = self._decode_compact(data)
             version = state.pop("@")
             spec = self._specs.get(cls) or self.spec(cls)
-            if len(state) != len(spec.names):
-                if version == spec.version and spec.full is not None and state.keys() <= spec.keys:
-                    try:
-                        state = spec.full(state)
-                    except KeyError as missing:  # never left out by encoding
-                        raise ValueError(f"field {missing} missing from a compact row") from None
-                else:
-                    state = _filled(state, spec, current=version == spec.version)
+            if version == spec.version and spec.full is not None and state.keys() <= spec.keys:
+                try:
+                    state = spec.full(state)
+                except KeyError as missing:  # never left out by encoding
+                    raise ValueError(f"field {missing} missing from a compact row") from None
+            else:  # an earlier class version (its upcasters follow), or keys not its own
+                state = {_UNALIASED.get(k, k): v for k, v in state.items()}
+                state = _filled(state, spec, current=version == spec.version)
         except Exception as e:
             msg = (
                 f"Failed to deserialise state of stored event with "
