@@ -466,3 +466,32 @@ def test_a_value_object_written_as_a_dict_still_decodes() -> None:
     }
     with pytest.raises(ValueError, match="values for"):
         transcoder.decode_compact(b'{"o":{"$Og":[1,2,3,4,5,6,7,8,9]}}')
+
+
+def test_the_aliases_never_change_and_are_never_a_fields_name() -> None:
+    assert list(ALIASES.values()) == [str(i) for i in range(len(ALIASES))]  # add at the end
+    assert list(ALIASES)[:12] == [
+        "timestamp",
+        "member_id",
+        "effective_at",
+        "balance_after",
+        "provenance",
+        "note",
+        "points",
+        "kind",
+        "reference",
+        "order",
+        "day",
+        "event_id",
+    ]
+    assert len(ALIASES) == 51
+    assert not any(alias.isidentifier() for alias in ALIASES.values())
+
+
+def test_a_field_is_read_under_its_alias_or_its_name() -> None:
+    mapper = _mapper()
+    event = _probe(note="hello", n=3)
+    row = mapper.to_stored_event(event)
+    assert b'"5":"hello"' in row.state
+    by_name = dataclasses.replace(row, state=row.state.replace(b'"5":', b'"note":'))
+    assert vars(mapper.to_domain_event(by_name)) == vars(mapper.to_domain_event(row))
