@@ -495,3 +495,12 @@ def test_a_field_is_read_under_its_alias_or_its_name() -> None:
     assert b'"5":"hello"' in row.state
     by_name = dataclasses.replace(row, state=row.state.replace(b'"5":', b'"note":'))
     assert vars(mapper.to_domain_event(by_name)) == vars(mapper.to_domain_event(row))
+
+
+def test_with_the_librarys_transcoder_the_mapper_still_writes_and_reads_compact_rows() -> None:
+    mapper = CompactMapper(_registered(JSONTranscoder()))
+    event = _probe(note="x", items=("a",))
+    row = mapper.to_stored_event(event)
+    assert row.state.startswith(b'{"@":')
+    assert b'"_type_":"datetime_iso"' in row.state  # the library's frames
+    assert vars(mapper.to_domain_event(row)) == _as_decoded(vars(event))
