@@ -504,3 +504,23 @@ def test_with_the_librarys_transcoder_the_mapper_still_writes_and_reads_compact_
     assert row.state.startswith(b'{"@":')
     assert b'"_type_":"datetime_iso"' in row.state  # the library's frames
     assert vars(mapper.to_domain_event(row)) == _as_decoded(vars(event))
+
+
+def test_a_compact_row_of_an_earlier_class_version_goes_through_its_upcasters(
+    written: list[tuple[Any, StoredEvent]],
+) -> None:
+    """A TierAssigned written at version 3 had no rank nor retracts: its upcaster gives
+    rank -1 (not the 0 an int field is filled with)."""
+    mapper = _mapper()
+    [(event, row)] = [(e, r) for e, r in written if type(e) is account.MemberAccount.TierAssigned][
+        :1
+    ]
+    state = json.loads(row.state)
+    assert state["@"] == 4
+    state["@"] = 3
+    for name in ("rank", "retracts"):
+        state.pop(ALIASES[name], None)
+    old = dataclasses.replace(row, state=json.dumps(state, separators=(",", ":")).encode())
+    again = mapper.to_domain_event(old)
+    assert (again.rank, again.retracts) == (-1, 0)  # type: ignore[attr-defined]
+    assert again.tier == event.tier  # type: ignore[attr-defined]

@@ -12,11 +12,20 @@ A compact row is what `CompactMapper` writes. Its state is a JSON object whose f
 - a field worked out from the others (`DERIVED`: a receipt's digest, the SHA-256 of its
   payload) while working it out gives back exactly its value.
 
-Inside, `CompactTranscoder.encode_compact` frames value objects and datetimes shortly: a
-value object as `{"$Lo": {...}}` (a short code per type, `SHORT_NAMES`, fixed for good) and a
-UTC datetime as `{"$t": microseconds since the epoch}` instead of the library's
+The fields it writes go under short aliases (`ALIASES`: "0" for `timestamp`, ...; a field
+is read under its alias or its name). Inside, `CompactTranscoder.encode_compact` frames value
+objects and datetimes shortly: a value object as `{"$Lo": [...]}`, the list of its values in
+the order `POSITIONS` pins, trailing defaults left out (a short code per type, `SHORT_NAMES`;
+the dict of its fields while its class's fields differ from those positions), and a UTC
+datetime as `{"$t": microseconds since the epoch}`, instead of the library's
 `{"_type_": "Lot", "_data_": {...}}` and `{"_type_": "datetime_iso", "_data_": "...+00:00"}`.
-A datetime in another zone, or naive, keeps the library's form. Both forms decode.
+A datetime in another zone, or naive, keeps the library's form. Both forms decode. The
+short names, positions and aliases are pinned by tests: rows are read by them.
+
+A compact row of an earlier class version has its left-out fields filled in before the
+class's upcasters run (they may read them): an upcaster adding a field whose value before
+differs from its type's empty must assign it, not `setdefault` it (the ledger's assign,
+or `setdefault` the type's empty).
 
 Rows written before (the library's form, no `"@"` first) decode exactly as they did: the
 compact framing is read only in compact rows, so a plain dict of an old row that happened to
@@ -634,8 +643,10 @@ class CompactMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        if self.cipher is not None:  # compact rows are never enciphered
+            return super().to_domain_event(stored_event)
         data = stored_event.state
-        if self.compressor and not self.cipher:
+        if self.compressor:
             data = self.compressor.decompress(data)
         if not data.startswith(COMPACT):
             return super().to_domain_event(stored_event)
