@@ -168,6 +168,7 @@ POSITIONS: dict[str, tuple[str, ...]] = {
         "event_id",
         "dated",
         "cancelled_at",
+        "settled",  # appended: a shorter list (written before) leaves it at its default
     ),
     "RS": (
         "at",

@@ -573,7 +573,11 @@ class MemberAccount(Aggregate):
                 account._apply_respent(self.respent)
             record = account.redemptions[self.redemption_id]
             account.redemptions[self.redemption_id] = replace(
-                record, status="cancelled", cancelled_at=self.effective_at, settled=self.settled
+                record,
+                status="cancelled",
+                cancelled_at=self.effective_at,
+                # A tuple also as decoded from storage (JSON gives a list).
+                settled=None if self.settled is None else tuple(self.settled),
             )
             # Its points were held until now: a spend dated before, read late, finds the
             # redemption in the spends to take again (_later_spends, _cancelled_since).
