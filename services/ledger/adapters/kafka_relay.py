@@ -138,7 +138,9 @@ class OutboxRelay:
     def _balance_messages(self, members: list[str]) -> list[Message]:
         view = self.ledger.view
         rows = view.balances(members)
-        lots = view.lots_of(members)
+        # A spent or expired lot changes nothing in a balance (balance_as_of): only the
+        # open ones are read, however long the members' histories.
+        lots = view.lots_of(members, open_only=True)
         now = self.ledger.app.clock.now()
         messages: list[Message] = []
         for member in members:

@@ -431,15 +431,18 @@ class SqlLedgerView:
             )
             return [self._lot(r) for r in c.fetchall()]
 
-    def lots_of(self, member_ids: list[str]) -> dict[str, list[Lot]]:
+    def lots_of(self, member_ids: list[str], *, open_only: bool = False) -> dict[str, list[Lot]]:
+        """The members' lots; `open_only`: only those with points left or still pending
+        (`open_lots`, an index range: not every lot the members' histories spent)."""
         found: dict[str, list[Lot]] = {m: [] for m in member_ids}
         if not member_ids:
             return found
         marks = ", ".join("?" for _ in member_ids)
+        only = " AND (remaining > 0 OR status = 'pending')" if open_only else ""
         with self._tx(commit=False) as c:
             self._run(
                 c,
-                f"SELECT * FROM {self.prefix}lots WHERE member_id IN ({marks}) "
+                f"SELECT * FROM {self.prefix}lots WHERE member_id IN ({marks}){only} "
                 "ORDER BY member_id, lot_id",
                 member_ids,
             )
