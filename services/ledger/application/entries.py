@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 from schemas.outbound import LedgerEntry
 from services.ledger.domain import postings as acc
 from services.ledger.domain.account import MemberAccount
@@ -65,33 +67,47 @@ def entry_type(event: Any) -> str:
 _ENTRY_TYPES: dict[type[Any], str] = {}
 
 
-# The message is validated in one call from plain dicts (pydantic builds the nested models
-# in its core): the same models as building each nested model in Python first, at a
-# fraction of the cost per entry (the projection makes one per entry).
+def entry_message(event: Any, position: int | None) -> LedgerEntry:
+    """The ledger entry of an account event, as published and shown to people."""
+    # Validated in one call from plain values (pydantic builds the nested models in its
+    # core): the same models as building each nested model in Python first, for less.
+    return _validate(entry_fields(event, position))
+
+
 _validate = LedgerEntry.model_validate
 
 
-def entry_message(event: Any, position: int | None) -> LedgerEntry:
+def entry_json(fields: dict[str, Any]) -> dict[str, Any]:
+    """`entry_fields` as `entry_message(...).model_dump(mode="json")` gives them (pydantic's
+    own conversion of the values: times as it writes them, tuples as lists), without
+    building the models. The fields are every field of the models (the dataclasses they
+    come from have exactly those fields; a test pins both), so nothing is left to a
+    default, and no value is one validation would change (a test compares the two on
+    every kind of entry)."""
+    body: dict[str, Any] = to_jsonable_python(fields)
+    return body
+
+
+def entry_fields(event: Any, position: int | None) -> dict[str, Any]:
+    """The fields of the event's `LedgerEntry`, nested models as dicts (not validated)."""
     if isinstance(event, MemberAccount.Enrolled):
         how = "automatically on the first event" if event.auto else "by enrolment"
-        return _validate(
-            {
-                "member_id": event.member_id,
-                "seq": event.originator_version,
-                "position": position,
-                "entry_type": "enrolled",
-                "effective_at": event.effective_at,
-                "recorded_at": event.timestamp,
-                "points": 0,
-                "postings": (),
-                "moves": (),
-                "lots_after": (),
-                "balance_after": {"available": 0, "pending": 0, "held": 0},
-                "provenance": _provenance(event.provenance),
-                "note": f"enrolled {how}",
-                "details": {"auto": int(event.auto)},
-            }
-        )
+        return {
+            "member_id": event.member_id,
+            "seq": event.originator_version,
+            "position": position,
+            "entry_type": "enrolled",
+            "effective_at": event.effective_at,
+            "recorded_at": event.timestamp,
+            "points": 0,
+            "postings": (),
+            "moves": (),
+            "lots_after": (),
+            "balance_after": {"available": 0, "pending": 0, "held": 0},
+            "provenance": _provenance(event.provenance),
+            "note": f"enrolled {how}",
+            "details": {"auto": int(event.auto)},
+        }
     assert isinstance(event, MemberAccount.Entry)
     details: dict[str, str | int | None] = {}
     for key, value in vars(event).items():
@@ -118,24 +134,22 @@ def entry_message(event: Any, position: int | None) -> LedgerEntry:
     if isinstance(event, MemberAccount.PointsToppedUp) and event.taken_back:
         # "<instant> <points>" per refund that took its share of the top-up back
         details["taken_back"] = ";".join(f"{at.isoformat()} {n}" for at, n in event.taken_back)
-    return _validate(
-        {
-            "member_id": event.member_id,
-            "seq": event.originator_version,
-            "position": position,
-            "entry_type": entry_type(event),
-            "effective_at": event.effective_at,
-            "recorded_at": event.timestamp,
-            "points": sum(p.amount for p in event.postings if p.account in _MEMBER),
-            "postings": [{"account": p.account, "amount": p.amount} for p in event.postings],
-            "moves": [{"lot_id": m.lot_id, "amount": m.amount} for m in event.moves],
-            "lots_after": [_fields(lot) for lot in event.lots_after],
-            "balance_after": _fields(event.balance_after),
-            "provenance": _provenance(event.provenance),
-            "note": event.note,
-            "details": details,
-        }
-    )
+    return {
+        "member_id": event.member_id,
+        "seq": event.originator_version,
+        "position": position,
+        "entry_type": entry_type(event),
+        "effective_at": event.effective_at,
+        "recorded_at": event.timestamp,
+        "points": sum(p.amount for p in event.postings if p.account in _MEMBER),
+        "postings": [{"account": p.account, "amount": p.amount} for p in event.postings],
+        "moves": [{"lot_id": m.lot_id, "amount": m.amount} for m in event.moves],
+        "lots_after": [_fields(lot) for lot in event.lots_after],
+        "balance_after": _fields(event.balance_after),
+        "provenance": _provenance(event.provenance),
+        "note": event.note,
+        "details": details,
+    }
 
 
 def lifetime_change(entry_type: str, details: Mapping[str, Any]) -> int:

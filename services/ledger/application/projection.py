@@ -16,7 +16,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
 from schemas.outbound import LedgerEntry
-from services.ledger.application.entries import entry_message, lifetime_change
+from services.ledger.application.entries import entry_fields, entry_json, lifetime_change
 from services.ledger.application.views import (
     BalanceRow,
     EntryRow,
@@ -69,9 +69,9 @@ class LedgerProjection:
             members = sorted({e.member_id for _, e in events})  # type: ignore[attr-defined]
             current = self.view.balances(members)
             before = dict(current)
-            messages = [
-                self._apply(event, position, current, changes) for position, event in events
-            ]
+            fields = [self._apply(event, position, current, changes) for position, event in events]
+            # The observers' messages (none are built without observers).
+            messages = [LedgerEntry.model_validate(f) for f in fields] if self.observers else []
             for member, row in changes.balances.items():  # the program summary's changes
                 changes.summary.balance(before.get(member), row)
             for member in changes.removed:  # no member any more: its row went
@@ -92,12 +92,18 @@ class LedgerProjection:
     @staticmethod
     def _apply(
         event: object, position: int, current: dict[str, BalanceRow], changes: ViewChanges
-    ) -> LedgerEntry:
-        message = entry_message(event, position)
-        member = message.member_id
+    ) -> dict[str, Any]:
+        """Add one entry to the batch's changes; returns its fields (`entry_fields`).
+
+        The entry's body is `entry_json` of its fields: what the message would dump to,
+        without building the message (only the observers, if any, are given one)."""
+        fields = entry_fields(event, position)
+        member: str = fields["member_id"]
+        seq: int = fields["seq"]
+        entry_type: str = fields["entry_type"]
         row = current.get(member)
         lifetime = (row.lifetime_earned if row else 0) + lifetime_change(
-            message.entry_type, message.details
+            entry_type, fields["details"]
         )
         tier = row.tier if row else None
         if isinstance(event, MemberAccount.TierAssigned):
@@ -110,10 +116,10 @@ class LedgerProjection:
             EntryRow(
                 position=position,
                 member_id=member,
-                seq=message.seq,
-                entry_type=message.entry_type,
-                effective_at=message.effective_at,
-                body=message.model_dump(mode="json"),
+                seq=seq,
+                entry_type=entry_type,
+                effective_at=fields["effective_at"],
+                body=entry_json(fields),
             )
         )
         changes.removed.discard(member)  # any entry after an undone enrolment enrols
@@ -123,16 +129,17 @@ class LedgerProjection:
             current.pop(member, None)
             changes.balances.pop(member, None)
             changes.tier_reviews.pop(member, None)
-            return message
-        updated: datetime = message.recorded_at
+            return fields
+        updated: datetime = fields["recorded_at"]
+        balance = fields["balance_after"]
         current[member] = changes.balances[member] = BalanceRow(
             member_id=member,
-            available=message.balance_after.available,
-            pending=message.balance_after.pending,
-            held=message.balance_after.held,
+            available=balance["available"],
+            pending=balance["pending"],
+            held=balance["held"],
             lifetime_earned=lifetime,
             tier=tier,
-            entries=message.seq,
+            entries=seq,
             position=position,
             updated_at=updated,
         )
@@ -152,7 +159,7 @@ class LedgerProjection:
                 expires_at=hold.expires_at,
                 resolved_at=hold.resolved_at,
             )
-        return message
+        return fields
 
 
 class ProjectionRunner:
