@@ -57,13 +57,15 @@ def _rows(view: SqlLedgerView) -> dict[str, list[tuple[Any, ...]]]:
     return found
 
 
-def _project_anew(ledger: Ledger, prefix: str, batch_size: int) -> SqlLedgerView:
+def _project_anew(
+    ledger: Ledger, prefix: str, batch_size: int
+) -> tuple[LedgerProjection, SqlLedgerView]:
     view = construct_view(ledger.app.factory, prefix)
-    assert isinstance(view, SqlLedgerView)
     projection = LedgerProjection(ledger.app.process_recorder, ledger.app.mapper, view)
     projection.run(batch_size=batch_size)
     assert projection.run(batch_size=batch_size) == 0  # exactly once: nothing left
-    return view
+    assert isinstance(view, SqlLedgerView)
+    return projection, view
 
 
 def _same_views_however_batched(ledger: Ledger) -> int:
@@ -72,10 +74,11 @@ def _same_views_however_batched(ledger: Ledger) -> int:
     assert isinstance(kept, SqlLedgerView)
     expected = _rows(kept)
     assert expected["entries"]
-    last = kept.max_tracking_id(kept.tracking_key)
+    last = ledger.projection.position
     for prefix, size in (("one_", 1), ("seven_", 7), ("many_", 500)):
-        view = _project_anew(ledger, prefix, size)
-        assert view.max_tracking_id(view.tracking_key) == last
+        projection, view = _project_anew(ledger, prefix, size)
+        assert projection.position == last
+        assert view.tracking_key == f"{prefix}ledger"
         got = _rows(view)
         for table in TABLES:
             assert got[table] == expected[table], f"{table} differs in batches of {size}"
