@@ -19,7 +19,12 @@ import pytest
 from bench.pipeline import Mix
 from schemas.outbound import BalanceOut, LedgerEntry, LotOut, OriginOut
 from services.ledger.adapters.program_file import load_program
-from services.ledger.adapters.sql_views import SqlLedgerView, construct_view
+from services.ledger.adapters.sql_views import (
+    _COLUMNS,
+    PostgresLedgerView,
+    SqlLedgerView,
+    construct_view,
+)
 from services.ledger.application.entries import entry_fields, entry_json, entry_message
 from services.ledger.application.ledger import Inbound
 from services.ledger.application.projection import LedgerProjection, account_topics
@@ -173,3 +178,47 @@ def test_balances_from_the_open_lots_are_the_balances_from_every_lot(varied: Led
             assert balance_as_of(rows[member], opened[member], now) == balance_as_of(
                 rows[member], every[member], now
             )
+
+
+def test_the_column_names_are_the_tables(varied: Ledger) -> None:
+    """PostgreSQL writes a batch's rows of a table as one JSON array of objects keyed by the
+    column names read from the CREATE TABLE statements: here, as the tables have them."""
+    view = varied.view
+    assert isinstance(view, SqlLedgerView)
+    with view._tx(commit=False) as c:
+        for table, names in _COLUMNS.items():
+            view._run(c, f"PRAGMA table_info({view.prefix}{table})")
+            assert [r["name"] for r in c.fetchall()] == names, table
+    assert set(_COLUMNS) == set(TABLES)
+
+
+class _Cursor:
+    def __init__(self) -> None:
+        self.executed: list[tuple[str, tuple[Any, ...]]] = []
+
+    def execute(self, query: Any, params: tuple[Any, ...]) -> None:
+        self.executed.append((query.as_string(None), params))
+
+
+def test_postgresql_writes_a_batchs_rows_of_a_table_in_one_statement() -> None:
+    view = object.__new__(PostgresLedgerView)  # no server: the statement it sends
+    cursor = _Cursor()
+    view._insert_many(
+        cursor,
+        "INSERT INTO view_tier_reviews VALUES (?, ?) "
+        "ON CONFLICT (member_id) DO UPDATE SET due_at = excluded.due_at",
+        [("m-a", "2026-01-01"), ('m-\u00e9"', None), ("m-c", "2026-02-01")],
+    )
+    view._insert_many(cursor, "INSERT INTO view_tier_reviews VALUES (?, ?)", [])
+    assert cursor.executed == [
+        (
+            "INSERT INTO view_tier_reviews SELECT * FROM "
+            "json_populate_recordset(NULL::view_tier_reviews, %s::json) "
+            "ON CONFLICT (member_id) DO UPDATE SET due_at = excluded.due_at",
+            (
+                '[{"member_id":"m-a","due_at":"2026-01-01"},'
+                '{"member_id":"m-\u00e9\\"","due_at":null},'
+                '{"member_id":"m-c","due_at":"2026-02-01"}]',
+            ),
+        )
+    ]

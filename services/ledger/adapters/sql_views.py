@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+import orjson
 from eventsourcing.persistence import InfrastructureFactory, Tracking
 from eventsourcing.postgres import PostgresFactory, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteFactory, SQLiteTrackingRecorder
@@ -90,6 +91,21 @@ def _table_statements(p: str) -> list[str]:
     ]
 
 
+def _table_columns() -> dict[str, list[str]]:
+    """Each view table's column names in order (from its CREATE TABLE)."""
+    found: dict[str, list[str]] = {}
+    for statement in _table_statements(""):
+        if not statement.startswith("CREATE TABLE"):
+            continue
+        name, _, columns = statement.removeprefix("CREATE TABLE IF NOT EXISTS ").partition(" (")
+        columns = columns.partition(", PRIMARY KEY")[0].removesuffix(")")
+        found[name] = [column.split()[0] for column in columns.split(", ")]
+    return found
+
+
+_COLUMNS = _table_columns()
+
+
 class SqlLedgerView:
     """SQL shared by both databases; subclasses give the transaction and placeholder style."""
 
@@ -115,6 +131,12 @@ class SqlLedgerView:
         if rows:
             cursor.executemany(self._q(sql), [tuple(row) for row in rows])
 
+    def _insert_many(self, cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`sql` an `INSERT INTO <table> VALUES (?, ...) ...` of one row: every row written,
+        in order (the order rows are written and locked in). SQLite: the statement once a
+        row (executemany: one prepared statement)."""
+        self._run_many(cursor, sql, rows)
+
     def apply_changes(self, changes: ViewChanges, tracking: Tracking) -> None:
         """Write the rows and the position in one transaction.
 
@@ -125,7 +147,7 @@ class SqlLedgerView:
         p = self.prefix
         with self._tx(commit=True) as c:
             self._track(c, tracking)
-            self._run_many(
+            self._insert_many(
                 c,
                 f"INSERT INTO {p}balances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (member_id) DO UPDATE SET available = excluded.available, "
@@ -148,7 +170,7 @@ class SqlLedgerView:
                     for _, row in sorted(changes.balances.items())
                 ],
             )
-            self._run_many(
+            self._insert_many(
                 c,
                 f"INSERT INTO {p}lots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (member_id, lot_id) DO UPDATE SET amount = excluded.amount, "
@@ -169,7 +191,7 @@ class SqlLedgerView:
                     for (member_id, _), lot in sorted(changes.lots.items())
                 ],
             )
-            self._run_many(
+            self._insert_many(
                 c,
                 f"INSERT INTO {p}entries VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -192,7 +214,7 @@ class SqlLedgerView:
                     for effective in (_ts(entry.effective_at) or "",)
                 ],
             )
-            self._run_many(
+            self._insert_many(
                 c,
                 f"INSERT INTO {p}holds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (hold_id) DO UPDATE SET status = excluded.status, "
@@ -220,7 +242,7 @@ class SqlLedgerView:
                     [(member,) for member in sorted(changes.removed)],
                 )
             reviews = sorted(changes.tier_reviews.items())
-            self._run_many(
+            self._insert_many(
                 c,
                 f"INSERT INTO {p}tier_reviews VALUES (?, ?) "
                 "ON CONFLICT (member_id) DO UPDATE SET due_at = excluded.due_at",
@@ -236,7 +258,7 @@ class SqlLedgerView:
     def _write_summary(self, c: Any, summary: SummaryChanges) -> None:
         """Add one batch's changes to the program summary (in the batch's transaction)."""
         p = self.prefix
-        self._run_many(
+        self._insert_many(
             c,
             f"INSERT INTO {p}summary_days VALUES (?, ?, ?, ?) ON CONFLICT (day) DO UPDATE SET "
             f"issued = {p}summary_days.issued + excluded.issued, "
@@ -244,7 +266,7 @@ class SqlLedgerView:
             f"expired = {p}summary_days.expired + excluded.expired",
             [(day, *figures) for day, figures in sorted(summary.days.items())],
         )
-        self._run_many(
+        self._insert_many(
             c,
             f"INSERT INTO {p}summary_tiers VALUES (?, ?, ?) ON CONFLICT (tier) DO UPDATE SET "
             f"members = {p}summary_tiers.members + excluded.members, "
@@ -252,7 +274,7 @@ class SqlLedgerView:
             [(tier, *figures) for tier, figures in sorted(summary.tiers.items())],
         )
         t = f"{p}summary_activity"
-        self._run_many(
+        self._insert_many(
             c,
             f"INSERT INTO {t} VALUES (?, ?, ?, ?) ON CONFLICT (member_id, day) DO UPDATE SET "
             f"first_at = CASE WHEN excluded.first_at < {t}.first_at "
@@ -665,6 +687,7 @@ class SQLiteLedgerView(SqlLedgerView, SQLiteTrackingRecorder):
 
 class PostgresLedgerView(SqlLedgerView, PostgresTrackingRecorder):
     _binary = ' COLLATE "C"'
+    _multirow = True
 
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
@@ -678,6 +701,28 @@ class PostgresLedgerView(SqlLedgerView, PostgresTrackingRecorder):
 
     def _q(self, sql: str) -> Any:
         return SQL(sql.replace("?", "%s"))
+
+    def _insert_many(self, cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for all the rows, given as one JSON array of objects:
+        `INSERT INTO t SELECT * FROM json_populate_recordset(NULL::t, ?) ...`, rows in
+        the array's order. A statement a row (executemany, even pipelined) cost psycopg's
+        work in Python and the server's statement handling for each row; many rows in one
+        VALUES list, psycopg's parsing of a query text that changes with their count; an
+        array a column, psycopg's text array quoting in Python. This text is the same for
+        every batch (psycopg caches it, the server prepares it), the JSON is orjson's.
+
+        The rows must have distinct keys (an upsert cannot change a row twice in one
+        statement): a batch's changes are keyed by them."""
+        if not rows:
+            return
+        table = sql.split()[2]
+        names = _COLUMNS[table.removeprefix(self.prefix)]
+        assert len(rows[0]) == len(names), sql
+        start = sql.index("VALUES (")
+        end = sql.index(")", start) + 1
+        select = f"SELECT * FROM json_populate_recordset(NULL::{table}, ?::json)"
+        data = orjson.dumps([dict(zip(names, row, strict=True)) for row in rows]).decode()
+        self._run(cursor, sql[:start] + select + sql[end:], [data])
 
     def _lock_summary(self, cursor: Any) -> None:
         # A batch committing meanwhile waits here, then adds its changes to the filled summary.
