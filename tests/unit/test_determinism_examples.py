@@ -3322,3 +3322,33 @@ def test_a_purchase_the_cap_left_with_nothing_earns_as_released_once_its_window_
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_funds_first_a_cancelled_redemption_that_waited_past_it(
+    open_fresh: Open,
+) -> None:
+    """Two redemptions wait for points; a purchase dated after them both is read first and
+    funds them, the first is cancelled, and then a purchase dated before that one
+    arrives. In event time it funded the first redemption (which held its points until
+    its cancellation) before the second (before, the cancelled one kept the later
+    purchase's points as if held all along)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    x1 = redemption("c-1", "m-1", at("2026-01-01T10:00:00Z"), redemption_id="x-1", points=2)
+    x2 = redemption("c-2", "m-1", at("2026-01-01T11:00:00Z"), redemption_id="x-2", points=6)
+    o1 = purchase("c-3", "m-1", at("2026-01-01T12:00:00Z"), order_id="o-1", total_minor=500)
+    o2 = purchase("c-4", "m-1", at("2026-01-02T10:00:00Z"), order_id="o-2", total_minor=1000)
+    undone = cancellation("c-5", "m-1", at("2026-01-02T12:00:00Z"), redemption_id="x-1")
+    assert read_as_it_comes(ledger, clock, [o2, x1, x2, undone, o1]) == ["applied"] * 5
+
+    # By hand, in time order: x-1 (2) and x-2 (6) wait; 01-01 12:00 o-1 +5: x-1 takes 2 of
+    # them (3 left), x-2 still waits; 01-02 10:00 o-2 +10: x-2 takes o-1's 3 (it expires
+    # first) and 3 of o-2 (7 left); 01-02 12:00 x-1 cancelled: its 2 back to o-1.
+    # Balance 9: o-1 2, o-2 7.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(9, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 2, "order o-2": 7}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -2663,12 +2663,14 @@ class MemberAccount(Aggregate):
             and r.at is not None
             and (
                 (r.dated or r.at) > at
-                # One that took nothing (in event time it waited and was cancelled while
-                # waiting) and waited past `at`: a late earn dated `at` may fund it then.
-                or (not r.moves and (r.dated or r.at) <= at < r.cancelled_at)
+                # One that waited past `at` (funded after it, or it took nothing: in event
+                # time it waited and was cancelled while waiting): a late earn dated `at`
+                # may fund it then.
+                or ((r.dated or r.at) <= at < r.cancelled_at and (not r.moves or r.at > at))
             )
         ]
-        # One dated before and cancelled after held what it took until its cancellation.
+        # One dated and funded before and cancelled after held what it took until its
+        # cancellation.
         found += [
             Spend("held", r.at, r.redemption_id, r.points, r.moves, cancelled_at=r.cancelled_at)
             for r in self.redemptions.values()
@@ -2676,6 +2678,7 @@ class MemberAccount(Aggregate):
             and r.cancelled_at is not None
             and r.at is not None
             and r.moves
+            and r.at <= at
             and (r.dated or r.at) <= at < r.cancelled_at
         ]
         for order in self.orders.values():
