@@ -2942,6 +2942,8 @@ class MemberAccount(Aggregate):
             done.append(taken)
         if not _give_back(lots, holding, None, debt, gave):
             return None  # what they held is not back in the copy: as recorded
+        if any(lot.remaining < 0 for lot in lots.values()):
+            return None  # a lot the copy cannot make whole: as recorded
         _settle_again(lots, debt, None)
         if debt.owed and unexpired is not None and debt.since is not None:
             _expired_again(lots, unexpired, debt.since)
@@ -3907,9 +3909,11 @@ def _give_back(
             _settle_again(lots, debt, t.spend.cancelled_at)
         for move in merge_moves(t.moves):
             lot = lots[move.lot_id]
-            if not 0 <= lot.remaining - move.amount <= lot.amount:
+            if lot.remaining - move.amount > lot.amount:
                 return False  # the copy cannot take these points back (not known)
-            lots[move.lot_id] = lot.moved(-move.amount)
+            # Below zero still while a redemption funded by later give-backs holds them
+            # (`funded_with_back`): the later give-backs bring it back.
+            lots[move.lot_id] = replace(lot, remaining=lot.remaining - move.amount)
         mine = settled.setdefault(t.spend.key, []) if settled is not None else []
         for move in merge_moves(t.moves):
             if debt is None or not debt.owed:
