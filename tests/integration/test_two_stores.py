@@ -15,7 +15,8 @@ which makes every entry again from the receipts.
 LOYALTY_TWO_STORES_HISTORY narrows the history: `refunds` (no waiting redemptions and no
 cancellations; the members who return things never redeem) or `narrow` (no refunds
 either: redemptions funded with a wide margin). The default is `wide`, everything above.
-LOYALTY_TWO_STORES_EVENTS sizes it (default 3,000 events over 150 members).
+LOYALTY_TWO_STORES_EVENTS sizes it (default 3,000 events over 150 members), and
+LOYALTY_TWO_STORES_RUN names the run whose history to draw again (printed by every run).
 """
 
 from __future__ import annotations
@@ -252,7 +253,9 @@ def test_two_stores_fed_the_same_topics_agree_one_of_them_killed_repeatedly(
 ) -> None:
     created = CliRunner().invoke(app, ["topics", "create", "--bootstrap", broker])
     assert created.exit_code == 0, created.output
-    run = uuid.uuid4().hex[:8]
+    # The history is drawn from `run`: LOYALTY_TWO_STORES_RUN replays a run's history.
+    run = os.environ.get("LOYALTY_TWO_STORES_RUN") or uuid.uuid4().hex[:8]
+    print(f"two stores: run {run} (LOYALTY_TWO_STORES_RUN={run} draws this history again)")
     rng = random.Random(run)
     messages = history(run, rng)
     asyncio.run(produce(broker, messages))
