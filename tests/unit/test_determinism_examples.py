@@ -3352,3 +3352,34 @@ def test_a_late_earn_funds_first_a_cancelled_redemption_that_waited_past_it(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_redemption_waiting_first_is_funded_first_though_cancelled_since(
+    open_fresh: Open,
+) -> None:
+    """Two redemptions wait for points; both, and the cancellation of the first, are read
+    before the purchases. The first is funded by the second purchase and cancelled later;
+    in event time it was funded before the second redemption (oldest first), which waited
+    for the third purchase (before, the second took the first's place and the first took
+    what the third purchase brought)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    o1 = purchase("w-1", "m-1", at("2026-01-01T09:00:00Z"), order_id="o-1", total_minor=500)
+    x1 = redemption("w-2", "m-1", at("2026-01-01T10:00:00Z"), redemption_id="x-1", points=8)
+    x2 = redemption("w-3", "m-1", at("2026-01-01T11:00:00Z"), redemption_id="x-2", points=8)
+    o2 = purchase("w-4", "m-1", at("2026-01-01T12:00:00Z"), order_id="o-2", total_minor=500)
+    o3 = purchase("w-5", "m-1", at("2026-01-01T13:00:00Z"), order_id="o-3", total_minor=2000)
+    undone = cancellation("w-6", "m-1", at("2026-01-01T14:00:00Z"), redemption_id="x-1")
+    statuses = read_as_it_comes(ledger, clock, [x1, x2, undone, o1, o2, o3])
+    assert statuses == [PARKED, PARKED, PARKED, "applied", "applied", "applied"]
+
+    # By hand, in time order: 09:00 o-1 +5; x-1 (8) and x-2 (8) wait; 12:00 o-2 +5: x-1
+    # takes o-1's 5 and 3 of o-2 (2 left), x-2 still waits; 13:00 o-3 +20: x-2 takes o-2's 2
+    # and 6 of o-3 (14 left); 14:00 x-1 cancelled: 5 back to o-1, 3 to o-2. Balance 22.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(22, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 5, "order o-2": 3, "order o-3": 14}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

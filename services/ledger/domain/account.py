@@ -3035,6 +3035,26 @@ class MemberAccount(Aggregate):
         back = [
             GiveBack(s.cancelled_at, s.moves) for s in later if s.kind == "held" if s.cancelled_at
         ]
+        # A cancelled one dated before it that waited past its time was retried first in
+        # event time (oldest first): it is funded again first, and holds until cancelled.
+        first: dict[str, RedemptionRecord] = {}
+        for spend in in_order(
+            s
+            for s in later
+            if s.kind == "redemption"
+            and s.cancelled_at is not None
+            and (s.dated or s.at) < occurred_at
+        ):
+            later.remove(spend)
+            record = self.redemptions[spend.key]
+            taken = redeem_again(lots, spend, back)
+            if taken is None:  # cancelled while it waited: it took nothing
+                first[spend.key] = replace(record, moves=(), settled=())
+                continue
+            first[spend.key] = replace(record, moves=taken.moves, at=taken.at)
+            held = replace(spend, kind="held", moves=taken.moves, at=taken.at or spend.at)
+            later.append(held)
+            back.append(GiveBack(spend.cancelled_at, taken.moves))
         funded = funded_with_back(lots, occurred_at, points, deadline, back)
         if funded is None:
             return False  # the usual path declines it (it may wait)
@@ -3050,6 +3070,19 @@ class MemberAccount(Aggregate):
         if again is None:
             return False
         redemptions, orders, postings, note = again
+        if first:  # what the re-take says of them (their settles) on their new moves
+            settled = {r.redemption_id: r.settled for r in redemptions}
+            redemptions = [r for r in redemptions if r.redemption_id not in first] + [
+                replace(r, settled=settled.get(key, r.settled)) for key, r in first.items()
+            ]
+            for key, r in first.items():
+                if r.moves != self.redemptions[key].moves:
+                    note += (
+                        f"; redemption {key}, dated before it and waiting then, now takes "
+                        f"from {self._lot_names(r.moves)}"
+                        if r.moves
+                        else f"; redemption {key} took nothing: it waited and was cancelled"
+                    )
         record = RedemptionRecord(
             redemption_id,
             points,
