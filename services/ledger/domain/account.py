@@ -3046,6 +3046,7 @@ class MemberAccount(Aggregate):
             and (s.dated or s.at) < occurred_at
         ):
             later.remove(spend)
+            assert spend.cancelled_at is not None
             record = self.redemptions[spend.key]
             taken = redeem_again(lots, spend, back)
             if taken is None:  # cancelled while it waited: it took nothing
