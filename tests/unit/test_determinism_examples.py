@@ -3383,3 +3383,36 @@ def test_a_redemption_waiting_first_is_funded_first_though_cancelled_since(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_cancellation_holds_its_points_until_its_time_for_those_that_waited(
+    open_fresh: Open,
+) -> None:
+    """The purchases are read first, then three redemptions and the cancellation of the
+    first. In event time the first (dated first) held its points from when it was funded
+    until its cancellation, so the second waited for that cancellation (before, the
+    re-take gave the cancelled one's points back from the start, and the second and
+    third took other points)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    x1 = redemption("h-1", "m-1", at("2026-01-01T10:00:00Z"), redemption_id="x-1", points=12)
+    o1 = purchase("h-2", "m-1", at("2026-01-01T11:00:00Z"), order_id="o-1", total_minor=1000)
+    x2 = redemption("h-3", "m-1", at("2026-01-01T12:00:00Z"), redemption_id="x-2", points=6)
+    o2 = purchase("h-4", "m-1", at("2026-01-01T13:00:00Z"), order_id="o-2", total_minor=500)
+    x3 = redemption("h-5", "m-1", at("2026-01-01T14:00:00Z"), redemption_id="x-3", points=1)
+    undone = cancellation("h-6", "m-1", at("2026-01-01T15:00:00Z"), redemption_id="x-1")
+    o3 = purchase("h-7", "m-1", at("2026-01-01T16:00:00Z"), order_id="o-3", total_minor=500)
+    statuses = read_as_it_comes(ledger, clock, [o2, o3, o1, x1, x2, x3, undone])
+    assert statuses == ["applied"] * 7
+
+    # By hand, in time order: x-1 (12) waits; 11:00 o-1 +10; 12:00 x-2 takes 6 of them;
+    # 13:00 o-2 +5: x-1, dated first, is funded with o-1's 10 and 2 of o-2, and x-2 waits
+    # again (3 left); 14:00 x-3 takes 1 of o-2 (2 left); 15:00 x-1 cancelled: o-1 holds
+    # 10 again, o-2 4, and x-2 takes 6 of o-1 (4 left); 16:00 o-3 +5. Balance 13.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(13, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-1": 4, "order o-2": 4, "order o-3": 5}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

@@ -3144,25 +3144,41 @@ class MemberAccount(Aggregate):
         owed_then = self._unsettled(later, occurred_at, lots)
         if owed_then is None:
             return False  # not known: the usual path
-        for move in record.moves:
-            lots[move.lot_id] = replace(
-                lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
-            )
-        # What it gives back settles what was owed at its time first, as a cancellation
-        # read in time settles a balance below zero (`_settle_late`).
         settled: list[LotMove] = []
-        for move in record.moves:
-            take = min(owed_then, -move.amount)
-            if take:
-                lots[move.lot_id] = lots[move.lot_id].moved(-take).settling(take)
-                owed_then -= take
-                settled.append(LotMove(move.lot_id, take))
+        # Redemptions dated before it that waited past its time: it held its points from
+        # its own time until now in event time (a redemption dated before theirs takes
+        # first), so in the copy it holds them until its time and gives them back then.
+        held = not owed_then and any(
+            s.kind == "redemption" and (s.dated or s.at) < occurred_at for s in later
+        )
+        if held:
+            at = record.at or record.dated or occurred_at
+            later.append(
+                Spend("held", at, rid, record.points, record.moves, cancelled_at=occurred_at)
+            )
+        else:
+            for move in record.moves:
+                lots[move.lot_id] = replace(
+                    lots[move.lot_id], remaining=lots[move.lot_id].remaining - move.amount
+                )
+            # What it gives back settles what was owed at its time first, as a
+            # cancellation read in time settles a balance below zero (`_settle_late`).
+            for move in record.moves:
+                take = min(owed_then, -move.amount)
+                if take:
+                    lots[move.lot_id] = lots[move.lot_id].moved(-take).settling(take)
+                    owed_then -= take
+                    settled.append(LotMove(move.lot_id, take))
         again = self._taken_again(
             lots, later, occurred_at, owed=owed_then, unsettled=True, unexpired=unexpired
         )
         if again is None:
             return False
         redemptions, orders, postings, note = again
+        if held:  # what its points settled in the copy is on its own entry
+            mine = [r for r in redemptions if r.redemption_id == rid]
+            redemptions = [r for r in redemptions if r.redemption_id != rid]
+            settled = list(mine[0].settled or ()) if mine else []
         self._record(
             self.RedemptionCancelled,
             effective_at=occurred_at,
