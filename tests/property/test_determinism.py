@@ -584,3 +584,107 @@ def test_without_tiers_batching_does_not_matter_when_the_clock_follows_the_event
     """The control: no tiers, the wall clock at each batch's last event. (a), (b) and (c)
     must agree already before event-time application, or batching is a bug of its own."""
     check_batching(case, sizes)
+
+
+# ------------------------------------------- histories shaped like the two-store test's
+
+
+def waiting_history(rng: Any, members: int, per_member: int) -> list[Event]:
+    """A history shaped like tests/integration/test_two_stores.py's, over 12 days from
+    START: purchases, reviews, enrolments, referrals (one referrer per referee, members
+    referring each other too), refunds (a third of the members), redemptions that often
+    ask more than the member has then (they wait for later earns or a cancellation), and
+    cancellations of them."""
+    ids = [f"m-{i}" for i in range(members)]
+    found: list[Event] = []
+    referred: set[str] = set()
+    n = 0
+    for i, member in enumerate(ids):
+        minutes = 0
+        orders: list[tuple[str, int]] = []
+        earned: list[tuple[int, int]] = []  # (minute, points at least)
+        spent = 0
+        redeemed: list[str] = []
+        if i % 4 == 0:
+            n += 1
+            found.append(enrolment(f"e{n:03d}", member, START))
+        for _ in range(per_member):
+            minutes += rng.randrange(15, 216)
+            at = START + timedelta(minutes=minutes)
+            n += 1
+            eid = f"e{n:03d}"
+            roll = rng.random()
+            if roll < 0.55 or not orders:
+                total = rng.randrange(100, 2500)
+                orders.append((f"o{n}", total))
+                earned.append((minutes, total // 100))
+                found.append(purchase(eid, member, at, order_id=f"o{n}", total_minor=total))
+            elif roll < 0.7:
+                found.append(activity(eid, member, at, name="review", reference=f"rv{n}"))
+            elif roll < 0.78:
+                referee = ids[rng.randrange(members)]
+                if referee != member and referee not in referred:
+                    referred.add(referee)
+                    found.append(referral(eid, member, at, referee=referee))
+            elif roll < 0.84 and redeemed and rng.random() < 0.5:
+                taken = redeemed.pop(rng.randrange(len(redeemed)))
+                found.append(cancellation(eid, member, at, redemption_id=taken))
+            elif i % 3 == 0 and roll < 0.84:
+                order, total = orders[rng.randrange(len(orders))]
+                found.append(
+                    refund(
+                        eid,
+                        member,
+                        at,
+                        order_id=order,
+                        refund_id=f"r{n}",
+                        amount_minor=max(1, total // 3),
+                    )
+                )
+            else:
+                funded = sum(p for m, p in earned if minutes - m >= 2 * 24 * 60) - spent
+                points = min(40, max(1, funded // 2 + rng.randrange(-5, 15)))
+                spent += points
+                redeemed.append(f"x{n}")
+                found.append(redemption(eid, member, at, redemption_id=f"x{n}", points=points))
+    return sorted(found, key=lambda e: (e.occurred_at, e.event_id))
+
+
+@st.composite
+def waiting_cases(draw: st.DrawFn) -> tuple[Case, int, list[int]]:
+    """A two-store-shaped history, partitions per topic, and an interleaving that reads
+    each queue in bursts (as a Kafka fetch returns a run of one partition's records)."""
+    rng = draw(st.randoms(use_true_random=False), label="rng")
+    members = draw(st.integers(3, 6), label="members")
+    per_member = draw(st.integers(8, 20), label="per member")
+    rules = Rules(
+        pending_days=draw(st.sampled_from([0, 2]), label="pending days"),
+        expiry_months=6,
+        expiry_round="end_of_month",
+        timezone="UTC",
+        tiers=True,
+        basis="points",
+        window="calendar_year",
+        months=12,
+        grace_days=30,
+        downgrade="one_level",
+        entry_multiplier="1",
+        returns=draw(st.sampled_from(["within_balance", "unlimited"]), label="returns"),
+    )
+    bursts = draw(st.lists(st.tuples(st.integers(0, 11), st.integers(1, 40)), max_size=12))
+    choices = [queue for queue, run in bursts for _ in range(run)]
+    partitions = draw(st.integers(1, 3), label="partitions")
+    return Case(rules, members, waiting_history(rng, members, per_member)), partitions, choices
+
+
+@settings(SETTINGS, max_examples=max(5, SETTINGS.max_examples // 4))
+@given(drawn=waiting_cases())
+def test_the_arrival_order_of_waiting_redemptions_does_not_change_the_ledger(
+    drawn: tuple[Case, int, list[int]],
+) -> None:
+    """(e) on histories shaped like the two-store test's (redemptions waiting for points,
+    funded by later earns or cancellations, cancelled while waiting; refunds; referrals
+    between members), read in bursts per topic and partition, under both return
+    policies."""
+    case, partitions, choices = drawn
+    check_arrival_order(case, partitions, choices)
