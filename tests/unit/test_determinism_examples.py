@@ -3416,3 +3416,49 @@ def test_a_late_cancellation_holds_its_points_until_its_time_for_those_that_wait
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_displaced_bonus_a_cancelled_redemption_held_is_taken_out_of_the_refund_after(
+    open_fresh: Open,
+) -> None:
+    """m-a's referral of m-b, read first, pays m-a 20; m-b's earlier referral of m-a, read
+    last, makes it circular: the 20 were never given. A redemption took them and was
+    cancelled since (the bonus's lot is whole again), but a refund between the two took
+    what was left with them counted: it takes again without them (before, the bonus's
+    lot, being whole, was simply emptied, and the refund kept its larger take)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    first = (referral("q-1", "m-b", at("2026-01-01T09:00:00Z"), referee="m-a"), 1)
+    circular = (referral("q-2", "m-a", at("2026-01-01T10:00:00Z"), referee="m-b"), 0)
+    bought = (
+        purchase("q-3", "m-a", at("2026-01-02T10:00:00Z"), order_id="o-1", total_minor=10000),
+        0,
+    )
+    spent = (
+        redemption("q-4", "m-a", at("2026-01-03T10:00:00Z"), redemption_id="x-1", points=105),
+        0,
+    )
+    returned = (
+        refund(
+            "q-5",
+            "m-a",
+            at("2026-01-04T10:00:00Z"),
+            order_id="o-1",
+            refund_id="r-1",
+            amount_minor=5000,
+        ),
+        0,
+    )
+    undone = (cancellation("q-6", "m-a", at("2026-01-05T10:00:00Z"), redemption_id="x-1"), 0)
+    reads = [circular, bought, returned, spent, undone, first]
+    assert read(ledger, clock, reads) == ["applied"] * 6
+
+    # By hand, in time order: 01-01 m-b's referral pays m-a 10 (m-a's of m-b is circular:
+    # nothing); 01-02 o-1 +100; 01-03 x-1 takes 105 (5 left); 01-04 r-1 takes back 50
+    # within the balance: 5, 45 kept by the member; 01-05 x-1 cancelled: 105 back.
+    # Balance 10 + 100 - 5 = 105.
+    account = ledger.app.find_account("m-a")
+    assert account is not None
+    assert account.balance == Balances(105, 0, 0)
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

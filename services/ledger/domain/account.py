@@ -2066,7 +2066,11 @@ class MemberAccount(Aggregate):
         hold), or a spend would be left owing: the bonus is taken back from what is
         available then (`reverse_referral`)."""
         earned_at = undone[0]
-        if own.remaining == own.amount:
+        if own.remaining == own.amount and (
+            self.last_spend_at is None or self.last_spend_at <= earned_at
+        ):
+            # Nothing spent from it (a redemption that took from it and was cancelled
+            # since gave it back, but the spends while it held it took again: not here).
             return False
         # A redemption dated before the bonus that waited past it took from it too.
         later = self._later_spends(program, earned_at) + self._waited_past(program, earned_at)
