@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -28,6 +28,7 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     Notification,
     ProcessRecorder,
+    Recording,
     Tracking,
 )
 from eventsourcing.utils import get_topic
@@ -153,10 +154,26 @@ class LedgerApplication(Application[UUID]):
         self._checked: set[str] = set()  # cached accounts brought up to date in this unit
         self._cache_size = int(self.env.get("LEDGER_ACCOUNT_CACHE", "50000") or 0)
         self._writing = threading.RLock()
+        # The events of this process's last save (`recent`).
+        self._recent: dict[tuple[UUID | str, int], object] = {}
         self._record_program(program)
 
     def construct_recorder(self) -> ProcessRecorder:
         return created_concurrently(self.factory.process_recorder)
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        recordings = super()._record(processing_event)  # stored and committed
+        self._recent = {
+            (event.originator_id, event.originator_version): event
+            for event in processing_event.events
+        }
+        return recordings
+
+    def recent(self) -> Mapping[tuple[UUID | str, int], object]:
+        """The events of this process's last save, by (aggregate id, version), as they were
+        stored: the projection takes them from here instead of decoding the rows it reads
+        back (a third of its work). A stored row's id and version name exactly one event."""
+        return self._recent
 
     def construct_snapshot_store(self) -> EventStore[UUID]:
         return created_concurrently(super().construct_snapshot_store)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -43,9 +43,14 @@ class LedgerProjection:
         mapper: Mapper[UUID],
         view: LedgerView,
         observers: Sequence[Callable[[LedgerEntry], None]] = (),
+        recent: Callable[[], Mapping[tuple[UUID | str, int], object]] | None = None,
     ) -> None:
         self.recorder = recorder
         self.mapper = mapper
+        #: The events this process stored last, by (aggregate id, version): those are taken
+        #: as they are instead of decoded from the rows read back (`LedgerApplication.
+        #: recent`); any other row is decoded.
+        self.recent = recent
         self.view = view
         self.topics = account_topics()
         self.observers = observers  # told each entry this projection wrote, in order
@@ -65,7 +70,12 @@ class LedgerProjection:
             if not notifications:
                 return done
             changes = ViewChanges(balances={}, lots={}, entries=[])
-            events = [(n.id, self.mapper.to_domain_event(n)) for n in notifications]
+            recent = self.recent() if self.recent is not None else {}
+            decode = self.mapper.to_domain_event
+            events = [
+                (n.id, recent.get((n.originator_id, n.originator_version)) or decode(n))
+                for n in notifications
+            ]
             members = sorted({e.member_id for _, e in events})  # type: ignore[attr-defined]
             current = self.view.balances(members)
             before = dict(current)

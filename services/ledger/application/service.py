@@ -194,7 +194,7 @@ class Ledger:
         #: Told each entry the process's projection writes, in order (caches of reads).
         self.observers: list[Callable[[LedgerEntry], None]] = []
         self.projection = LedgerProjection(
-            app.process_recorder, app.mapper, view, observers=self.observers
+            app.process_recorder, app.mapper, view, observers=self.observers, recent=app.recent
         )
         self.view_factory = view_factory
         self._parked_checked: datetime | None = None
@@ -226,7 +226,11 @@ class Ledger:
         def change() -> None:
             self.view = view
             self.projection = LedgerProjection(
-                self.app.process_recorder, self.app.mapper, view, observers=self.observers
+                self.app.process_recorder,
+                self.app.mapper,
+                view,
+                observers=self.observers,
+                recent=self.app.recent,
             )
 
         self.runner.switch(change)
