@@ -122,9 +122,11 @@ class _Batch:
     receipts: dict[str, InboundReceipt] = field(default_factory=dict)
     others: list[Aggregate] = field(default_factory=list)
     rejection_ids: set[UUID] = field(default_factory=set)
-    created: set[str] = field(default_factory=set)
+    created: dict[str, None] = field(default_factory=dict)  # members enrolled, in order
     known: dict[str, InboundReceipt] = field(default_factory=dict)  # receipts already stored
     parked: dict[str, ParkedEvents | None] = field(default_factory=dict)  # by member
+    # While a referral is applied: each account it loads, with its pending events then.
+    loaded: dict[str, int] | None = None
 
 
 class LedgerApplication(Application[UUID]):
@@ -334,23 +336,30 @@ class LedgerApplication(Application[UUID]):
             if referee is not None and referee.referred_by is not None:
                 involved.append(referee.referred_by)  # may lose to an earlier referral
         before = {m: len(a.pending_events) for m in involved if (a := batch.accounts.get(m))}
-        if isinstance(event, ReferralQualified):
-            # A displaced referral's members may be loaded only now (its bonuses taken back).
-            before = {m: len(a.pending_events) for m, a in batch.accounts.items() if a} | before
-        created_before = set(batch.created)
+        # A displaced referral's members may be loaded only now (its bonuses taken back):
+        # every account a referral reaches is loaded through `_load`, which notes it.
+        loaded = batch.loaded = {} if isinstance(event, ReferralQualified) else None
+        created_before = len(batch.created)
         try:
             self._dispatch(event, batch, provenance, now)
         except Declined:
-            for member in batch.created - created_before:
-                batch.accounts[member] = None
-                batch.created.discard(member)
+            # Enrolled by this event (an event only adds to `created`): not kept.
+            if len(batch.created) > created_before:
+                for member in list(batch.created)[created_before:]:
+                    batch.accounts[member] = None
+                    del batch.created[member]
             raise
-        if isinstance(event, ReferralQualified):
-            involved += [
+        finally:
+            batch.loaded = None
+        if loaded:
+            grown = {
                 m
-                for m, a in batch.accounts.items()
-                if a is not None and len(a.pending_events) > before.get(m, 0)
-            ]
+                for m, count in loaded.items()
+                if (a := batch.accounts.get(m)) is not None
+                and len(a.pending_events) > before.get(m, count)
+            }
+            if extra := grown.difference(involved):
+                involved += [m for m in batch.accounts if m in extra]  # in the batch's order
         return tuple(
             f"{member}#{e.originator_version}"
             for member in dict.fromkeys(involved)
@@ -507,7 +516,7 @@ class LedgerApplication(Application[UUID]):
         if existing is None:
             account = MemberAccount.enrol(event.member_id, at, prov, auto=False)
             batch.accounts[event.member_id] = account
-            batch.created.add(event.member_id)
+            batch.created[event.member_id] = None
         elif existing.auto_enrolled:
             account = existing
             account.complete_enrolment(self.program, at=at, provenance=prov)
@@ -536,13 +545,18 @@ class LedgerApplication(Application[UUID]):
             raise Declined("not_enrolled", f"{member_id} is not enrolled")
         account = MemberAccount.enrol(member_id, at, prov, auto=True)
         batch.accounts[member_id] = account
-        batch.created.add(member_id)
+        batch.created[member_id] = None
         return account
 
     def _load(self, batch: _Batch, member_id: str) -> MemberAccount | None:
         if member_id not in batch.accounts:
+            if batch.loaded is not None:
+                batch.loaded.setdefault(member_id, 0)
             batch.accounts[member_id] = self._account_for_write(member_id)
-        return batch.accounts[member_id]
+        account = batch.accounts[member_id]
+        if batch.loaded is not None and member_id not in batch.loaded:
+            batch.loaded[member_id] = len(account.pending_events) if account is not None else 0
+        return account
 
     def _receipts(self, event_ids: set[str]) -> dict[str, InboundReceipt]:
         """The stored receipts of these event ids, read in one query."""
