@@ -5,6 +5,7 @@ stored rows gives."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,32 @@ def test_a_projection_behind_decodes_what_was_not_stored_last(
     assert isinstance(view, SqlLedgerView)
     assert isinstance(ledger.view, SqlLedgerView)
     assert _rows(view) == _rows(ledger.view)
+
+
+def test_the_collector_is_set_back_after_an_ingest(
+    open_fresh: Open, history: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest collects garbage less often while it runs, and gives the setting back
+    (also when a batch fails)."""
+    ledger = _open(open_fresh)
+    threshold = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+    apply = ledger.app.apply_batch
+
+    def spying(items: Any, tracking: Any = None) -> Any:
+        seen.append(gc.get_threshold())
+        return apply(items, tracking)
+
+    monkeypatch.setattr(ledger.app, "apply_batch", spying)
+    ledger.ingest_lines(history)
+    assert seen
+    assert {t[0] for t in seen} == {max(20_000, threshold[0])}
+    assert gc.get_threshold() == threshold
+
+    def failing(items: Any, tracking: Any = None) -> Any:
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(ledger.app, "apply_batch", failing)
+    with pytest.raises(RuntimeError):
+        ledger.ingest_lines(history)
+    assert gc.get_threshold() == threshold
