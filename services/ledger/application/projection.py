@@ -59,8 +59,12 @@ class LedgerProjection:
     def position(self) -> int:
         return self.view.max_tracking_id(self.view.tracking_key) or 0
 
-    def run(self, batch_size: int = 500) -> int:
-        """Apply every new notification; returns how many entries were projected."""
+    def run(self, batch_size: int = 2_000) -> int:
+        """Apply every new notification; returns how many entries were projected.
+
+        A batch of 2,000 entries is one transaction: one ingest batch of 500 inbound events
+        (about 800 entries) or more is projected in one commit, not two or three (on
+        SQLite a commit is a sync to disk, 4 to 8 ms here)."""
         done = 0
         while True:
             start = self.position + 1
