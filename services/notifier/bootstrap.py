@@ -16,8 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.ledger.domain.program import Program
 from services.notifier.channels import Channel
-from services.notifier.channels.smtp import SmtpChannel
-from services.notifier.channels.webhook import WebhookChannel
 from services.notifier.consumer import KafkaNotices, NoticeRecorder
 from services.notifier.contacts import MemberContacts
 from services.notifier.database import Database
@@ -51,6 +49,11 @@ def system_now() -> datetime:
 
 
 def channels_from(settings: NotifierSettings) -> list[Channel]:
+    # Imported here: their clients (httpx, aiosmtplib) cost every `loyalty` command about
+    # 0.2 s of start-up, and only the notifier's own commands send.
+    from services.notifier.channels.smtp import SmtpChannel
+    from services.notifier.channels.webhook import WebhookChannel
+
     found: list[Channel] = []
     if settings.smtp_host:
         found.append(
