@@ -254,6 +254,69 @@ ALIASES: dict[str, str] = {
 }
 _UNALIASED = {alias: name for name, alias in ALIASES.items()}
 
+# The topic a compact row is stored under, by its event class's topic: short, never a
+# module's path (no module is named so), so every row names its class in a few bytes
+# instead of about 55 (issue 11). Rows are read by these: never change or reuse one; add
+# new ones only. A class without one is stored under its own topic, and a row under a
+# class's own topic (every row written before) still resolves: reads by topic ask for
+# both (`stored_topics`).
+SHORT_TOPICS: dict[str, str] = {
+    "services.ledger.domain.account:MemberAccount.Created": "a:C",
+    "services.ledger.domain.account:MemberAccount.Enrolled": "a:En",
+    "services.ledger.domain.account:MemberAccount.EnrolmentCompleted": "a:EC",
+    "services.ledger.domain.account:MemberAccount.EnrolmentUndone": "a:EU",
+    "services.ledger.domain.account:MemberAccount.HoldCaptured": "a:HC",
+    "services.ledger.domain.account:MemberAccount.HoldExpired": "a:HE",
+    "services.ledger.domain.account:MemberAccount.HoldPlaced": "a:HP",
+    "services.ledger.domain.account:MemberAccount.HoldVoided": "a:HV",
+    "services.ledger.domain.account:MemberAccount.LotsReallocated": "a:LR",
+    "services.ledger.domain.account:MemberAccount.PendingReleased": "a:PR",
+    "services.ledger.domain.account:MemberAccount.PointsAdjusted": "a:PA",
+    "services.ledger.domain.account:MemberAccount.PointsEarned": "a:PE",
+    "services.ledger.domain.account:MemberAccount.PointsExpired": "a:PX",
+    "services.ledger.domain.account:MemberAccount.PointsRedeemed": "a:PD",
+    "services.ledger.domain.account:MemberAccount.PointsReversed": "a:PV",
+    "services.ledger.domain.account:MemberAccount.PointsToppedUp": "a:PT",
+    "services.ledger.domain.account:MemberAccount.RedemptionCancelled": "a:RC",
+    "services.ledger.domain.account:MemberAccount.ReferralReassigned": "a:RA",
+    "services.ledger.domain.account:MemberAccount.ReferralReversed": "a:RV",
+    "services.ledger.domain.account:MemberAccount.TierAssigned": "a:TA",
+    "services.ledger.domain.parking:ParkedEvents.Created": "p:C",
+    "services.ledger.domain.parking:ParkedEvents.Opened": "p:O",
+    "services.ledger.domain.parking:ParkedEvents.Parked": "p:P",
+    "services.ledger.domain.parking:ParkedEvents.Unparked": "p:U",
+    "services.ledger.domain.program_record:ProgramRecord.Created": "g:C",
+    "services.ledger.domain.program_record:ProgramRecord.Recorded": "g:R",
+    "services.ledger.domain.receipts:InboundReceipt.Created": "r:C",
+    "services.ledger.domain.receipts:InboundReceipt.Reapplied": "r:A",
+    "services.ledger.domain.receipts:InboundReceipt.Recorded": "r:R",
+    "services.ledger.domain.receipts:InboundReceipt.Settled": "r:S",
+    "services.ledger.domain.receipts:InboundReceipt.Withdrawn": "r:W",
+    "services.ledger.domain.receipts:Rejection.Created": "j:C",
+    "services.ledger.domain.receipts:Rejection.Recorded": "j:R",
+    "services.ledger.domain.receipts:Rejection.Redriven": "j:D",
+}
+_LONG_TOPICS = {short: topic for topic, short in SHORT_TOPICS.items()}
+
+
+def stored_topics(*classes: type[Any]) -> list[str]:
+    """Every topic rows of `classes` are stored under (their own, and the short one they
+    are written under now): what a read of the notification log by topic asks for."""
+    topics: list[str] = []
+    for cls in classes:
+        topic = get_topic(cls)
+        topics.append(topic)
+        short = SHORT_TOPICS.get(topic)
+        if short is not None:
+            topics.append(short)
+    return topics
+
+
+def long_topic(topic: str) -> str:
+    """A stored row's topic as the library names the class (a short one made long)."""
+    return _LONG_TOPICS.get(topic, topic)
+
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _FRAME = b'{"$'  # how every short frame starts in the output, and nothing else can
@@ -503,12 +566,15 @@ class EventSpec:
     compact: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     full: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     keys: frozenset[str] = frozenset()  # `names` and their aliases
+    topic: str = ""  # the topic its compact rows are stored under (`SHORT_TOPICS`)
 
     @classmethod
     def of(cls, event_class: type[Any]) -> EventSpec:
         version = getattr(event_class, "class_version", 1)
+        topic = get_topic(event_class)
+        topic = SHORT_TOPICS.get(topic, topic)
         if not dataclasses.is_dataclass(event_class):
-            return cls(version, (), {})
+            return cls(version, (), {}, topic=topic)
         fields = [f for f in dataclasses.fields(event_class) if f.name not in _IDS]
         fills: dict[str, Any] = {}
         for field in fields:
@@ -520,7 +586,7 @@ class EventSpec:
         names = tuple(f.name for f in fields)
         compact, full = _generate(event_class, version, names, fills)
         keys = frozenset(names) | {ALIASES[name] for name in names if name in ALIASES}
-        return cls(version, names, fills, compact, full, keys)
+        return cls(version, names, fills, compact, full, keys, topic)
 
     def omits(self, name: str, value: Any, state: Mapping[str, Any]) -> bool:
         """Whether `value` of field `name` is left out: it is exactly what is filled back
@@ -639,19 +705,21 @@ class CompactMapper(Mapper[UUID]):
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
-            topic=get_topic(cls),
+            topic=spec.topic,
             state=stored,
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        topic = stored_event.topic
+        topic = _LONG_TOPICS.get(topic, topic)  # a short one names its class's own
         if self.cipher is not None:  # compact rows are never enciphered
-            return super().to_domain_event(stored_event)
+            return super().to_domain_event(_topic_made(stored_event, topic))
         data = stored_event.state
         if self.compressor:
             data = self.compressor.decompress(data)
         if not data.startswith(COMPACT):
-            return super().to_domain_event(stored_event)
-        cls = resolve_topic(stored_event.topic)
+            return super().to_domain_event(_topic_made(stored_event, topic))
+        cls = resolve_topic(topic)
         try:
             state: dict[str, Any] = self._decode_compact(data)
             version = state.pop("@")
@@ -681,6 +749,18 @@ class CompactMapper(Mapper[UUID]):
         domain_event = object.__new__(cls)
         object.__setattr__(domain_event, "__dict__", state)
         return cast(DomainEventProtocol[UUID], domain_event)
+
+
+def _topic_made(stored_event: StoredEvent, topic: str) -> StoredEvent:
+    """`stored_event` under `topic` (the library's mapper resolves the class's own)."""
+    if stored_event.topic == topic:
+        return stored_event
+    return StoredEvent(
+        originator_id=stored_event.originator_id,
+        originator_version=stored_event.originator_version,
+        topic=topic,
+        state=stored_event.state,
+    )
 
 
 def _filled(state: dict[str, Any], spec: EventSpec, current: bool) -> dict[str, Any]:

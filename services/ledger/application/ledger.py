@@ -49,7 +49,7 @@ from schemas import (
     payload_digest,
 )
 from services.ledger.application.batch_reads import select_events_after, select_events_of
-from services.ledger.application.compact import CompactMapper, CompactTranscoder
+from services.ledger.application.compact import CompactMapper, CompactTranscoder, stored_topics
 from services.ledger.application.tables import created_concurrently
 from services.ledger.application.transcodings import register_value_types
 from services.ledger.domain.account import (
@@ -836,11 +836,10 @@ class LedgerApplication(Application[UUID]):
 
     def notifications_of(self, event_class: type) -> Iterator[Notification]:
         """The notification log's records of one event class, oldest first, paged."""
-        topic = f"{event_class.__module__}:{event_class.__qualname__}"
         start = 1
         while True:
             page = self.process_recorder.select_notifications(
-                start=start, limit=1000, topics=[topic]
+                start=start, limit=1000, topics=stored_topics(event_class)
             )
             if not page:
                 return

@@ -16,6 +16,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, Mapper, ProcessRecorder, Tracking
 
 from schemas.outbound import LedgerEntry
+from services.ledger.application.compact import stored_topics
 from services.ledger.application.entries import entry_fields, entry_json, lifetime_change
 from services.ledger.application.views import (
     BalanceRow,
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def account_topics() -> list[str]:
-    """Topics of every MemberAccount event class (the notifications the view follows)."""
+    """Topics of every MemberAccount event class (the notifications the view follows), the
+    short ones its rows are written under now and the long ones of rows written before."""
     classes: list[type[Any]] = [MemberAccount.Enrolled, *MemberAccount.Entry.__subclasses__()]
-    return [f"{c.__module__}:{c.__qualname__}" for c in classes]
+    return stored_topics(*classes)
 
 
 class LedgerProjection:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.ledger.application.compact import stored_topics
 from services.ledger.application.ledger import Inbound, LedgerApplication, Outcome
 from services.ledger.application.what_if import (
     OPERATIONS,
@@ -47,12 +48,8 @@ class ReplayReport:
     violations: list[str] = field(default_factory=list)
 
 
-def _topic(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def _log(app: LedgerApplication, classes: tuple[type, ...]) -> Iterator[Any]:
-    topics = [_topic(c) for c in classes]
+    topics = stored_topics(*classes)
     start = 1
     while True:
         page = app.process_recorder.select_notifications(start=start, limit=1000, topics=topics)

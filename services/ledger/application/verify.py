@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
+from services.ledger.application.compact import stored_topics
 from services.ledger.application.ledger import LedgerApplication
 from services.ledger.application.program_metrics import compute, from_summary
 from services.ledger.application.replay_check import replay_check
@@ -32,16 +33,12 @@ class VerifyReport:
         return not self.violations
 
 
-def _topic(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def _ids(app: LedgerApplication, cls: type) -> list[UUID]:
     found: list[UUID] = []
     start = 1
     while True:
         page = app.process_recorder.select_notifications(
-            start=start, limit=1000, topics=[_topic(cls)]
+            start=start, limit=1000, topics=stored_topics(cls)
         )
         if not page:
             return found

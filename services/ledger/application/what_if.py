@@ -33,8 +33,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from eventsourcing.utils import get_topic
+
 from services.ledger.application import commands
 from services.ledger.application.batch_reads import select_positioned
+from services.ledger.application.compact import long_topic, stored_topics
 from services.ledger.application.ledger import Inbound, LedgerApplication
 from services.ledger.application.service import Ledger
 from services.ledger.domain.account import MemberAccount
@@ -54,6 +57,7 @@ OPERATIONS: tuple[type, ...] = (
     MemberAccount.HoldVoided,
 )
 _REPLAYED = (InboundReceipt.Recorded, *OPERATIONS)
+_RECORDED = get_topic(InboundReceipt.Recorded)
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -96,15 +100,11 @@ def _nothing(stage: str, done: int, total: int) -> None:
     del stage, done, total
 
 
-def _topic(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def _history(
     app: LedgerApplication, position: int, report: WhatIfReport, progress: Progress
 ) -> Iterator[Any]:
     """Every replayed event of the whole ledger, in the order it was recorded."""
-    topics = [_topic(c) for c in _REPLAYED]
+    topics = stored_topics(*_REPLAYED)
     start = 1
     while start <= position:
         page = app.process_recorder.select_notifications(
@@ -138,7 +138,7 @@ def _member_history(
     receipts = select_positioned(app.recorder, [receipt_id(e) for e in received])
     report.read_events += len(receipts)
     for n, stored in receipts:
-        if n <= position and stored.topic == _topic(InboundReceipt.Recorded):
+        if n <= position and long_topic(stored.topic) == _RECORDED:
             events.append((n, app.mapper.to_domain_event(stored)))
     replayed = sorted(
         ((n, e) for n, e in events if isinstance(e, _REPLAYED)), key=lambda pair: pair[0]
