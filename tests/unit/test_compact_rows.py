@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -15,14 +16,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import (
     JSONTranscoder,
     Mapper,
     MapperDeserialisationError,
     StoredEvent,
 )
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +39,10 @@ from services.ledger.application.compact import (
     EventSpec,
 )
 from services.ledger.application.transcodings import VALUE_TYPES
+from services.ledger.application.verify import verify
+from services.ledger.bootstrap import Settings, build_ledger
 from services.ledger.domain import account, parking, program_record, receipts
+from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.provenance import Origin
 from tests.unit import test_determinism_examples as examples
 from tests.unit.conftest import Open
@@ -541,3 +545,217 @@ def test_every_value_type_round_trips_in_the_compact_frames(value: Any) -> None:
     assert [type(getattr(again, f.name)) for f in dataclasses.fields(again)] == [
         type(getattr(value, f.name)) for f in dataclasses.fields(value)
     ]
+
+
+# ------------------------------------------------------------ short topics, packed receipts
+
+# As the rows are written: never change one (rows are read by them).
+PINNED_TOPICS = {
+    "account:MemberAccount.Created": "a:C",
+    "account:MemberAccount.Enrolled": "a:En",
+    "account:MemberAccount.EnrolmentCompleted": "a:EC",
+    "account:MemberAccount.EnrolmentUndone": "a:EU",
+    "account:MemberAccount.HoldCaptured": "a:HC",
+    "account:MemberAccount.HoldExpired": "a:HE",
+    "account:MemberAccount.HoldPlaced": "a:HP",
+    "account:MemberAccount.HoldVoided": "a:HV",
+    "account:MemberAccount.LotsReallocated": "a:LR",
+    "account:MemberAccount.PendingReleased": "a:PR",
+    "account:MemberAccount.PointsAdjusted": "a:PA",
+    "account:MemberAccount.PointsEarned": "a:PE",
+    "account:MemberAccount.PointsExpired": "a:PX",
+    "account:MemberAccount.PointsRedeemed": "a:PD",
+    "account:MemberAccount.PointsReversed": "a:PV",
+    "account:MemberAccount.PointsToppedUp": "a:PT",
+    "account:MemberAccount.RedemptionCancelled": "a:RC",
+    "account:MemberAccount.ReferralReassigned": "a:RA",
+    "account:MemberAccount.ReferralReversed": "a:RV",
+    "account:MemberAccount.TierAssigned": "a:TA",
+    "parking:ParkedEvents.Created": "p:C",
+    "parking:ParkedEvents.Opened": "p:O",
+    "parking:ParkedEvents.Parked": "p:P",
+    "parking:ParkedEvents.Unparked": "p:U",
+    "program_record:ProgramRecord.Created": "g:C",
+    "program_record:ProgramRecord.Recorded": "g:R",
+    "receipts:InboundReceipt.Created": "r:C",
+    "receipts:InboundReceipt.Reapplied": "r:A",
+    "receipts:InboundReceipt.Recorded": "r:R",
+    "receipts:InboundReceipt.Settled": "r:S",
+    "receipts:InboundReceipt.Withdrawn": "r:W",
+    "receipts:Rejection.Created": "j:C",
+    "receipts:Rejection.Recorded": "j:R",
+    "receipts:Rejection.Redriven": "j:D",
+}
+
+
+def test_every_event_class_has_a_short_topic_and_they_never_change() -> None:
+    assert {
+        f"services.ledger.domain.{topic}": short for topic, short in PINNED_TOPICS.items()
+    } == compact.SHORT_TOPICS
+    shorts = list(compact.SHORT_TOPICS.values())
+    assert len(set(shorts)) == len(shorts)
+    for topic, short in compact.SHORT_TOPICS.items():
+        assert get_topic(resolve_topic(topic)) == topic
+        module = short.partition(":")[0]
+        assert "." not in module  # never a module's topic
+        assert module not in sys.modules
+    for cls in _event_classes():
+        if cls.__module__.startswith("services.") and cls.__name__ not in ("Event", "Entry"):
+            assert get_topic(cls) in compact.SHORT_TOPICS, cls
+
+
+def test_every_event_is_stored_under_its_short_topic_and_reads_back_under_either(
+    written: list[tuple[Any, StoredEvent]],
+) -> None:
+    fresh = _mapper()
+    kinds = set()
+    for original, stored in written:
+        topic = get_topic(type(original))
+        if topic == get_topic(Snapshot):  # the library's class: its own topic
+            assert stored.topic == topic
+            assert compact.stored_topics(type(original)) == [topic]
+        else:
+            assert stored.topic == compact.SHORT_TOPICS[topic]
+            assert compact.stored_topics(type(original)) == [topic, stored.topic]
+        assert compact.long_topic(stored.topic) == topic
+        again = fresh.to_domain_event(stored)
+        assert type(again) is type(original)
+        assert vars(again) == _as_decoded(vars(original)), topic
+        # The same row under the class's own topic (as written before) reads the same.
+        old = dataclasses.replace(stored, topic=topic)
+        assert vars(fresh.to_domain_event(old)) == vars(again), topic
+        kinds.add(type(original))
+    assert receipts.InboundReceipt.Recorded in kinds
+
+
+def test_a_row_of_the_librarys_form_under_a_short_topic_still_reads() -> None:
+    event = _receipt(
+        originator_id=uuid4(),
+        originator_version=1,
+        timestamp=datetime.now(UTC),
+        originator_topic=get_topic(receipts.InboundReceipt),
+        reason=None,
+        detail=None,
+        event_id="e-1",
+        event_type="purchase.completed",
+        member_id="m-1",
+        outcome="applied",
+        entries=("m-1#1",),
+        origin=Origin("kafka", topic="t", partition=0, offset=3),
+        received_at=datetime.now(UTC),
+        payload='{"a":1}',
+        digest=hashlib.sha256(b'{"a":1}').hexdigest(),
+    )
+    full = _plain().to_stored_event(event)
+    short = dataclasses.replace(full, topic="r:R")
+    assert vars(_mapper().to_domain_event(short)) == vars(_plain().to_domain_event(full))
+
+
+@pytest.mark.parametrize(
+    ("payload", "entries", "packed"),
+    [
+        ('{"data":{"x":1},"event_id":"e"}', ("m-1#1", "m-1#12"), {"17'", "14#"}),
+        ('{"note":"it\'s"}', ("m-1#1",), {"17", "14#"}),  # a ' in it: kept as it is
+        ('{"note":"a \\"b\\""}', ("m-1#1",), {"17", "14#"}),  # a backslash: kept
+        ('{"a":1}', ("m-1#01",), {"17'", "14"}),  # not the number's own text
+        ('{"a":1}', ("m-1#1", "m-2#2"), {"17'", "14"}),  # another member's
+        ('{"a":1}', ("m-1#x",), {"17'", "14"}),
+        ('{"a":1}', ("m-1#\u0661",), {"17'", "14"}),  # a digit, but not ASCII
+        ("", (), {"17"}),
+        ("{}", (), {"17"}),  # nothing to gain
+        ("'", ("m-1",), {"17", "14"}),
+    ],
+)
+def test_a_receipt_is_packed_only_where_it_unpacks_exactly(
+    payload: str, entries: tuple[str, ...], packed: set[str]
+) -> None:
+    event = _receipt(
+        originator_id=uuid4(),
+        originator_version=1,
+        timestamp=datetime.now(UTC),
+        originator_topic=get_topic(receipts.InboundReceipt),
+        reason=None,
+        detail=None,
+        event_id="e-1",
+        event_type="purchase.completed",
+        member_id="m-1",
+        outcome="applied",
+        entries=entries,
+        origin=None,
+        received_at=datetime.now(UTC),
+        payload=payload,
+        digest=hashlib.sha256(payload.encode()).hexdigest(),
+    )
+    stored = _mapper().to_stored_event(event)
+    state = json.loads(stored.state)
+    assert packed <= state.keys()
+    assert not ({"17", "17'", "14", "14#"} - packed) & state.keys()
+    again = _mapper().to_domain_event(stored)
+    assert vars(again) == _as_decoded(vars(event))
+    assert vars(again)["digest"] == event.digest
+
+
+def test_a_store_with_rows_written_before_reads_as_one_written_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows under the classes' own topics and unpacked receipts (as written before), then
+    rows written now, in one store: every read gives what a store written now alone gives
+    (statements, balances now and as of an instant, lots, parked events, verify and its
+    replay, which read the notification log by topic)."""
+    items, members = _mix(1_500, 15)
+    now = datetime.now(UTC) + timedelta(days=1)
+
+    def opened(db: Path) -> Any:
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(db)}
+        return build_ledger(Settings(db=db), clock=FixedClock(now), env=env)
+
+    mixed_db, fresh_db = tmp_path / "mixed.sqlite", tmp_path / "fresh.sqlite"
+    with monkeypatch.context() as before_now:
+        before_now.setattr(compact, "SHORT_TOPICS", {})
+        before_now.setattr(compact, "PACKED", {})
+        before = opened(mixed_db)
+        _apply(before, items[:750])
+        old_rows = list(before.app.recorder.select_notifications(start=1, limit=10**6))
+        before.close()
+    assert all(r.topic.startswith("services.") for r in old_rows)
+    assert any(b'"17":' in r.state for r in old_rows)
+    after = opened(mixed_db)
+    _apply(after, items[750:])
+    fresh = opened(fresh_db)
+    _apply(fresh, items)
+    try:
+        rows = list(after.app.recorder.select_notifications(start=1, limit=10**6))
+        assert {r.topic for r in rows} & set(compact.SHORT_TOPICS.values())
+        assert any(b'"17\'":' in r.state for r in rows)
+        reads = []
+        for ledger in (after, fresh):
+            ledger.catch_up()
+            at = now - timedelta(hours=12)
+            entries = [ledger.statement(m, limit=10**4) for m in members]
+            reads.append(
+                (
+                    [
+                        [(e.seq, e.entry_type, e.effective_at, _as_read(e.body)) for e in es]
+                        for es in entries
+                    ],
+                    [ledger.balance(m) for m in members],
+                    [ledger.balance(m, at) for m in members],
+                    [ledger.lots(m) for m in members],
+                    ledger.app.parked(),
+                    dataclasses.asdict(verify(ledger.app, ledger.view)),
+                )
+            )
+        assert reads[0] == reads[1]
+        assert any(reads[0][0])  # entries, parked events and receipts compared
+        assert reads[0][4]
+        assert reads[0][5]["receipts"]
+        assert not reads[0][5]["violations"]
+    finally:
+        after.close()
+        fresh.close()
+
+
+def _as_read(body: dict[str, Any]) -> dict[str, Any]:
+    """An entry's body but the wall-clock instant it was recorded at and its position in
+    the log (each store its own: the mixed one was opened twice)."""
+    return {k: v for k, v in body.items() if k not in ("recorded_at", "position")}

@@ -556,11 +556,11 @@ DERIVED: dict[type[Any], dict[str, Derived]] = {
 
 def _pack_receipt(state: dict[str, Any]) -> None:
     """A receipt's compact state, packed in place (`PACKED`): its payload, the canonical
-    JSON of the inbound event, with `'` for `"` under `"17'"` while it holds no `'` and no
-    backslash (its quotes then need no escaping: about 40 B a receipt), and its entry ids
+    JSON of the inbound event, with `'` for `"` under `"17'"` while it holds a `"` but no `'`
+    and no backslash (its quotes then need no escaping: about 40 B a receipt), and its entry ids
     `"<member>#<n>"` as the list of their numbers under `"14#"` while every one is so."""
     payload = state.get("17")
-    if type(payload) is str and "'" not in payload and "\\" not in payload:
+    if type(payload) is str and '"' in payload and "'" not in payload and "\\" not in payload:
         del state["17"]
         state["17'"] = payload.replace('"', "'")
     entries = state.get("14")
