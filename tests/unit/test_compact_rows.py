@@ -759,3 +759,42 @@ def _as_read(body: dict[str, Any]) -> dict[str, Any]:
     """An entry's body but the wall-clock instant it was recorded at and its position in
     the log (each store its own: the mixed one was opened twice)."""
     return {k: v for k, v in body.items() if k not in ("recorded_at", "position")}
+
+
+@pytest.mark.parametrize(
+    ("payload", "taken"),
+    [
+        ('{"event_id":"e-1","member_id":"m-1","type":"purchase.completed"}', 7),
+        ('{"data":{"member_id":"m-2"},"event_id":"e-1","member_id":"m-1"}', 1),  # first
+        ('{"event_id":"e-2","member_id":"m-1","type":"purchase"}', 4),
+        ('{"event_id":"e-1\\"x","type":"purchase.completed"}', 2),  # escaped: kept
+        ('{"event_id":1}', 0),
+        ("event_id", 0),
+    ],
+)
+def test_a_receipts_ids_are_left_out_only_while_its_payload_holds_them(
+    payload: str, taken: int
+) -> None:
+    event = _receipt(
+        originator_id=uuid4(),
+        originator_version=1,
+        timestamp=datetime.now(UTC),
+        originator_topic=get_topic(receipts.InboundReceipt),
+        reason=None,
+        detail=None,
+        event_id="e-1",
+        event_type="purchase.completed",
+        member_id="m-1",
+        outcome="applied",
+        entries=("m-1#2",),
+        origin=None,
+        received_at=datetime.now(UTC),
+        payload=payload,
+        digest=hashlib.sha256(payload.encode()).hexdigest(),
+    )
+    state = json.loads(_mapper().to_stored_event(event).state)
+    assert state.get("=", 0) == taken
+    for bit, key in ((1, "11"), (2, "12"), (4, "1")):
+        assert (key in state) is not bool(taken & bit)
+    again = _mapper().to_domain_event(_mapper().to_stored_event(event))
+    assert vars(again) == _as_decoded(vars(event))

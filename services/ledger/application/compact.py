@@ -554,36 +554,75 @@ DERIVED: dict[type[Any], dict[str, Derived]] = {
 }
 
 
+# A receipt's fields its payload holds as text (bit, alias, the payload's key).
+_IN_PAYLOAD = ((1, "11", "event_id"), (2, "12", "type"), (4, "1", "member_id"))
+
+
+def _text_in(payload: str, name: str) -> str | None:
+    """The text after the first `"<name>":"` in `payload`, up to the next `"`."""
+    key = f'"{name}":"'
+    at = payload.find(key)
+    if at < 0:
+        return None
+    start = at + len(key)
+    end = payload.find('"', start)
+    return None if end < 0 else payload[start:end]
+
+
 def _pack_receipt(state: dict[str, Any]) -> None:
-    """A receipt's compact state, packed in place (`PACKED`): its payload, the canonical
-    JSON of the inbound event, with `'` for `"` under `"17'"` while it holds a `"` but no `'`
-    and no backslash (its quotes then need no escaping: about 40 B a receipt), and its entry ids
-    `"<member>#<n>"` as the list of their numbers under `"14#"` while every one is so."""
-    payload = state.get("17")
-    if type(payload) is str and '"' in payload and "'" not in payload and "\\" not in payload:
-        del state["17"]
-        state["17'"] = payload.replace('"', "'")
+    """A receipt's compact state, packed in place (`PACKED`). Its entry ids
+    `"<member>#<n>"` as the list of their numbers under `"14#"` while every one is so; its
+    event id, type and member id left out while its payload (the canonical JSON of the
+    inbound event) holds each as the text `_text_in` finds there (`"="`: which, a bit
+    each); the payload with `'` for `"` under `"17'"` while it holds a `"` but no `'` and no
+    backslash (its quotes then need no escaping). About 110 B a receipt."""
     entries = state.get("14")
     member = state.get("1")
     if entries and type(member) is str:
-        prefix = member + "#"
-        numbers = []
-        for entry in entries:
-            if type(entry) is not str or not entry.startswith(prefix):
-                return
-            number = entry[len(prefix) :]
-            if not number.isdigit() or not number.isascii() or str(int(number)) != number:
-                return
-            numbers.append(int(number))
-        del state["14"]
-        state["14#"] = numbers
+        numbers = _entry_numbers(entries, member + "#")
+        if numbers is not None:
+            del state["14"]
+            state["14#"] = numbers
+    payload = state.get("17")
+    if type(payload) is not str:
+        return
+    taken = 0
+    for bit, key, name in _IN_PAYLOAD:
+        value = state.get(key)
+        if type(value) is str and value and value == _text_in(payload, name):
+            del state[key]
+            taken |= bit
+    if taken:
+        state["="] = taken
+    if '"' in payload and "'" not in payload and "\\" not in payload:
+        del state["17"]
+        state["17'"] = payload.replace('"', "'")
+
+
+def _entry_numbers(entries: Any, prefix: str) -> list[int] | None:
+    """The numbers of entry ids `<prefix><n>` (n written as its own text), or None."""
+    numbers = []
+    for entry in entries:
+        if type(entry) is not str or not entry.startswith(prefix):
+            return None
+        number = entry[len(prefix) :]
+        if not number.isdigit() or not number.isascii() or str(int(number)) != number:
+            return None
+        numbers.append(int(number))
+    return numbers
 
 
 def _unpack_receipt(state: dict[str, Any]) -> None:
     """`_pack_receipt` undone, in place (a state it did not pack is left as it is)."""
-    payload = state.pop("17'", None)
-    if payload is not None:
-        state["17"] = payload.replace("'", '"')
+    swapped = state.pop("17'", None)
+    if swapped is not None:
+        state["17"] = swapped.replace("'", '"')
+    taken = state.pop("=", 0)
+    if taken:
+        payload = state["17"]
+        for bit, key, name in _IN_PAYLOAD:
+            if taken & bit:
+                state[key] = _text_in(payload, name)
     numbers = state.pop("14#", None)
     if numbers is not None:
         prefix = f"{state['1'] if '1' in state else state['member_id']}#"
