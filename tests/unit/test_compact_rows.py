@@ -798,3 +798,42 @@ def test_a_receipts_ids_are_left_out_only_while_its_payload_holds_them(
         assert (key in state) is not bool(taken & bit)
     again = _mapper().to_domain_event(_mapper().to_stored_event(event))
     assert vars(again) == _as_decoded(vars(event))
+
+
+def test_an_earns_pending_note_and_a_tier_note_are_left_out_only_while_they_unpack(
+    written: list[tuple[Any, StoredEvent]],
+) -> None:
+    fresh = _mapper()
+    packed = {"earn": 0, "tier": 0}
+    for original, stored in written:
+        state = json.loads(stored.state)
+        if type(original) is account.MemberAccount.PointsEarned and "5<" in state:
+            packed["earn"] += 1
+            assert original.note.startswith(state["5"] + "; pending until ")
+        if type(original) is account.MemberAccount.TierAssigned and "5" not in state:
+            packed["tier"] += 1
+        assert vars(fresh.to_domain_event(stored)) == _as_decoded(vars(original))
+    assert packed["earn"]
+    assert packed["tier"]
+    earn: Any = next(e for e, _ in written if type(e) is account.MemberAccount.PointsEarned)
+    lot = earn.lots_after[0] if earn.lots_after else None
+    at = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    other = datetime(2026, 5, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    notes = [
+        "",
+        "x",
+        f"x; pending until {at.isoformat()}",
+        f"x; pending until {at}",
+        "; pending until ",
+    ]
+    for note in notes:
+        for release_at in (at, other, None):
+            lots = (dataclasses.replace(lot, release_at=release_at),) if lot else ()
+            event: Any = dataclasses.replace(earn, note=note, lots_after=lots)
+            stored = fresh.to_stored_event(event)
+            assert vars(_mapper().to_domain_event(stored)) == _as_decoded(vars(event))
+    tier: Any = next(e for e, _ in written if type(e) is account.MemberAccount.TierAssigned)
+    for note in ("", "tier none -> gold: x", tier.note + " ", tier.note.replace("->", "kept")):
+        changed: Any = dataclasses.replace(tier, note=note)
+        stored = fresh.to_stored_event(changed)
+        assert vars(_mapper().to_domain_event(stored)) == _as_decoded(vars(changed))
