@@ -567,24 +567,23 @@ DERIVED: dict[type[Any], dict[str, Derived]] = {
 }
 
 
-# A receipt's fields its payload holds as text (bit, alias, the payload's key).
-_IN_PAYLOAD = ((1, "11", "event_id"), (2, "12", "type"), (4, "1", "member_id"))
+# A receipt's fields its payload holds as text: (bit, alias, what precedes it there).
+_IN_PAYLOAD = ((1, "11", '"event_id":"'), (2, "12", '"type":"'), (4, "1", '"member_id":"'))
 
 
-def _text_in(payload: str, name: str) -> str | None:
-    """The text after the first `"<name>":"` in `payload`, up to the next `"`."""
-    key = f'"{name}":"'
+def _text_in(payload: str, key: str) -> str | None:
+    """The text after the first `key` (`"<name>":"`) in `payload`, up to the next `"`."""
     at = payload.find(key)
     if at < 0:
         return None
-    start = at + len(key)
-    end = payload.find('"', start)
-    return None if end < 0 else payload[start:end]
+    at += len(key)
+    end = payload.find('"', at)
+    return None if end < 0 else payload[at:end]
 
 
 def _pack_receipt(state: dict[str, Any]) -> None:
     """A receipt's compact state, packed in place (`PACKED`). Its entry ids
-    `"<member>#<n>"` as the list of their numbers under `"14#"` while every one is so; its
+    `"<member>#<n>"` as `"<n>,<n>"` under `"14#"` while every one is so (`_entry_suffixes`); its
     event id, type and member id left out while its payload (the canonical JSON of the
     inbound event) holds each as the text `_text_in` finds there (`"="`: which, a bit
     each); the payload with `'` for `"` under `"17'"` while it holds a `"` but no `'` and no
@@ -592,18 +591,26 @@ def _pack_receipt(state: dict[str, Any]) -> None:
     entries = state.get("14")
     member = state.get("1")
     if entries and type(member) is str:
-        numbers = _entry_numbers(entries, member + "#")
-        if numbers is not None:
+        suffixes = _entry_suffixes(entries, member + "#")
+        if suffixes is not None:
             del state["14"]
-            state["14#"] = numbers
+            state["14#"] = suffixes
     payload = state.get("17")
     if type(payload) is not str:
         return
     taken = 0
-    for bit, key, name in _IN_PAYLOAD:
-        value = state.get(key)
-        if type(value) is str and value and value == _text_in(payload, name):
-            del state[key]
+    for bit, alias, key in _IN_PAYLOAD:
+        value = state.get(alias)
+        if not value or type(value) is not str:
+            continue
+        at = payload.find(key) + len(key)  # as `_text_in` reads it back: up to the next "
+        if (
+            at >= len(key)
+            and payload.startswith(value, at)
+            and payload.startswith('"', at + len(value))
+            and '"' not in value
+        ):
+            del state[alias]
             taken |= bit
     if taken:
         state["="] = taken
@@ -612,17 +619,25 @@ def _pack_receipt(state: dict[str, Any]) -> None:
         state["17'"] = payload.replace('"', "'")
 
 
-def _entry_numbers(entries: Any, prefix: str) -> list[int] | None:
-    """The numbers of entry ids `<prefix><n>` (n written as its own text), or None."""
-    numbers = []
-    for entry in entries:
-        if type(entry) is not str or not entry.startswith(prefix):
-            return None
-        number = entry[len(prefix) :]
-        if not number.isdigit() or not number.isascii() or str(int(number)) != number:
-            return None
-        numbers.append(int(number))
-    return numbers
+def _entry_suffixes(entries: Any, prefix: str) -> str | None:
+    """Entry ids `<prefix><n>` as `"<n>,<n>,..."`, or None unless every one starts with
+    `prefix` and none holds a comma (then `_entry_ids` gives them back exactly)."""
+    try:
+        joined = ",".join(entries)
+    except TypeError:
+        return None
+    separators = len(entries) - 1
+    if (
+        not joined.startswith(prefix)
+        or joined.count(",") != separators
+        or joined.count("," + prefix) != separators
+    ):
+        return None
+    return joined[len(prefix) :].replace("," + prefix, ",")
+
+
+def _entry_ids(suffixes: str, prefix: str) -> list[str]:
+    return (prefix + suffixes.replace(",", "," + prefix)).split(",")
 
 
 def _unpack_receipt(state: dict[str, Any]) -> None:
@@ -633,13 +648,13 @@ def _unpack_receipt(state: dict[str, Any]) -> None:
     taken = state.pop("=", 0)
     if taken:
         payload = state["17"]
-        for bit, key, name in _IN_PAYLOAD:
+        for bit, alias, key in _IN_PAYLOAD:
             if taken & bit:
-                state[key] = _text_in(payload, name)
-    numbers = state.pop("14#", None)
-    if numbers is not None:
-        prefix = f"{state['1'] if '1' in state else state['member_id']}#"
-        state["14"] = [prefix + str(n) for n in numbers]
+                state[alias] = _text_in(payload, key)
+    suffixes = state.pop("14#", None)
+    if suffixes is not None:
+        member = state["1"] if "1" in state else state["member_id"]
+        state["14"] = _entry_ids(suffixes, member + "#")
 
 
 _PENDING = "; pending until "
