@@ -583,7 +583,8 @@ def _text_in(payload: str, key: str) -> str | None:
 
 def _pack_receipt(state: dict[str, Any]) -> None:
     """A receipt's compact state, packed in place (`PACKED`). Its entry ids
-    `"<member>#<n>"` as `"<n>,<n>"` under `"14#"` while every one is so (`_entry_suffixes`); its
+    `"<member>#<n>"` as `"<n>,<n>"` under `"14#"` while every one is so (`_entry_suffixes`);
+    its
     event id, type and member id left out while its payload (the canonical JSON of the
     inbound event) holds each as the text `_text_in` finds there (`"="`: which, a bit
     each); the payload with `'` for `"` under `"17'"` while it holds a `"` but no `'` and no
@@ -601,14 +602,13 @@ def _pack_receipt(state: dict[str, Any]) -> None:
     taken = 0
     for bit, alias, key in _IN_PAYLOAD:
         value = state.get(alias)
-        if not value or type(value) is not str:
-            continue
-        at = payload.find(key) + len(key)  # as `_text_in` reads it back: up to the next "
+        # Where `_text_in` reads it back: the first `key`, then up to the next quote.
         if (
-            at >= len(key)
-            and payload.startswith(value, at)
-            and payload.startswith('"', at + len(value))
+            value
+            and type(value) is str
+            and payload.find(key + value + '"') == payload.find(key)
             and '"' not in value
+            and key in payload
         ):
             del state[alias]
             taken |= bit
