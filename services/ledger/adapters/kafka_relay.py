@@ -33,6 +33,7 @@ from services.ledger.adapters.kafka_clients import (
     stop_within,
 )
 from services.ledger.adapters.relay_lease import lease_for
+from services.ledger.application.compact import stored_topics
 from services.ledger.application.projection import account_topics
 from services.ledger.application.service import Ledger, balance_as_of
 from services.ledger.domain.receipts import Rejection
@@ -41,7 +42,8 @@ from services.tiers.rebuild import TierProgressCache
 log = logging.getLogger(__name__)
 
 RELAY_KEY = "relay:kafka"
-_REJECTION_TOPIC = f"{Rejection.Recorded.__module__}:{Rejection.Recorded.__qualname__}"
+# Rows of a rejection: under the class's own topic (written before) or its short one.
+_REJECTION_TOPICS = stored_topics(Rejection.Recorded)
 
 # How long a batch may wait for the broker's acknowledgements. Longer means the broker is
 # away: the producer is closed (its own retries do not wait between attempts) and a new
@@ -71,7 +73,7 @@ class OutboxRelay:
         self.bootstrap = bootstrap
         self.batch = batch
         self._tiers = TierProgressCache(ledger.app)
-        self.topics = [*account_topics(), _REJECTION_TOPIC]
+        self.topics = [*account_topics(), *_REJECTION_TOPICS]
         # Share the ingest's store thread when in one process: one writer to the views.
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="relay")
@@ -115,7 +117,7 @@ class OutboxRelay:
         members: set[str] = set()
         tiers = bool(app.program.tiers)  # balances then show the progress toward the next
         for n in notifications:
-            if n.topic == _REJECTION_TOPIC:
+            if n.topic in _REJECTION_TOPICS:
                 event = app.mapper.to_domain_event(n)
                 assert isinstance(event, Rejection.Recorded)
                 messages.append(_dead_letter(event, n.id))

@@ -32,6 +32,15 @@ compact framing is read only in compact rows, so a plain dict of an old row that
 look like a short frame stays a dict. A state that would not encode compactly (a plain dict
 whose key looks like a short frame, a UUID value, an integer beyond 64 bits) is written in
 the library's full form, as before. Compact rows do not load in releases before this one.
+
+A compact row's topic is its class's short one (`SHORT_TOPICS`, pinned: "a:PE"), read back
+as the class's own; rows under the class's own topic (written before) read as they did,
+and a read of the notification log by topic must ask for both (`stored_topics`). Some
+classes pack their compact state further (`PACKED`, pinned keys that are never a field's
+name nor an alias): a receipt's payload without escaped quotes, its ids left out while its
+payload holds them, its entry ids as their suffixes; an earn's note's "pending until" tail.
+A tier assignment's note is `DERIVED`. Each is done only while undoing it gives back
+exactly what was written.
 """
 
 from __future__ import annotations
