@@ -16,6 +16,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 
 from schemas import TOPIC_DEADLETTER, TOPIC_PURCHASES
 from services.ledger.adapters.kafka_relay import OutboxRelay
+from services.ledger.application.compact import long_topic
 from services.ledger.application.ledger import Inbound
 from services.ledger.application.service import Ledger
 from services.ledger.bootstrap import build_ledger
@@ -92,7 +93,7 @@ def _as_previous_release(ledger: Ledger, rejection: Rejection, originator_id: UU
             StoredEvent(
                 originator_id=originator_id,
                 originator_version=1,
-                topic=stored.topic,
+                topic=long_topic(stored.topic),  # the class's own, as that release wrote
                 state=json.dumps(state).encode(),
             )
         ]
