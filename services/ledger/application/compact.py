@@ -37,9 +37,8 @@ A compact row's topic is its class's short one (`SHORT_TOPICS`, pinned: "a:PE"),
 as the class's own; rows under the class's own topic (written before) read as they did,
 and a read of the notification log by topic must ask for both (`stored_topics`). Some
 classes pack their compact state further (`PACKED`, pinned keys that are never a field's
-name nor an alias): a receipt's payload without escaped quotes, its ids left out while its
-payload holds them, its entry ids as their suffixes; an earn's note's "pending until" tail.
-A tier assignment's note is `DERIVED`. Each is done only while undoing it gives back
+name nor an alias): a receipt's payload without escaped quotes. A tier assignment's note
+is `DERIVED`. Each is done only while undoing it gives back
 exactly what was written.
 """
 
@@ -576,77 +575,14 @@ DERIVED: dict[type[Any], dict[str, Derived]] = {
 }
 
 
-# A receipt's fields its payload holds as text: (bit, alias, what precedes it there).
-_IN_PAYLOAD = ((1, "11", '"event_id":"'), (2, "12", '"type":"'), (4, "1", '"member_id":"'))
-
-
-def _text_in(payload: str, key: str) -> str | None:
-    """The text after the first `key` (`"<name>":"`) in `payload`, up to the next `"`."""
-    at = payload.find(key)
-    if at < 0:
-        return None
-    at += len(key)
-    end = payload.find('"', at)
-    return None if end < 0 else payload[at:end]
-
-
 def _pack_receipt(state: dict[str, Any]) -> None:
-    """A receipt's compact state, packed in place (`PACKED`). Its entry ids
-    `"<member>#<n>"` as `"<n>,<n>"` under `"14#"` while every one is so (`_entry_suffixes`);
-    its
-    event id, type and member id left out while its payload (the canonical JSON of the
-    inbound event) holds each as the text `_text_in` finds there (`"="`: which, a bit
-    each); the payload with `'` for `"` under `"17'"` while it holds a `"` but no `'` and no
-    backslash (its quotes then need no escaping). About 110 B a receipt."""
-    entries = state.get("14")
-    member = state.get("1")
-    if entries and type(member) is str:
-        suffixes = _entry_suffixes(entries, member + "#")
-        if suffixes is not None:
-            del state["14"]
-            state["14#"] = suffixes
+    """A receipt's compact state, packed in place (`PACKED`): its payload, the canonical
+    JSON of the inbound event, with `'` for `"` under `"17'"` while it holds a `"` but no
+    `'` and no backslash (its quotes then need no escaping: about 35 B a receipt)."""
     payload = state.get("17")
-    if type(payload) is not str:
-        return
-    taken = 0
-    for bit, alias, key in _IN_PAYLOAD:
-        value = state.get(alias)
-        # Where `_text_in` reads it back: the first `key`, then up to the next quote.
-        if (
-            value
-            and type(value) is str
-            and payload.find(key + value + '"') == payload.find(key)
-            and '"' not in value
-            and key in payload
-        ):
-            del state[alias]
-            taken |= bit
-    if taken:
-        state["="] = taken
-    if '"' in payload and "'" not in payload and "\\" not in payload:
+    if type(payload) is str and '"' in payload and "'" not in payload and "\\" not in payload:
         del state["17"]
         state["17'"] = payload.replace('"', "'")
-
-
-def _entry_suffixes(entries: Any, prefix: str) -> str | None:
-    """Entry ids `<prefix><n>` as `"<n>,<n>,..."`, or None unless every one starts with
-    `prefix` and none holds a comma (then `_entry_ids` gives them back exactly)."""
-    try:
-        joined = ",".join(entries)
-    except TypeError:
-        return None
-    separators = len(entries) - 1
-    if (
-        not joined.startswith(prefix)
-        or joined.count(",") != separators
-        or joined.count("," + prefix) != separators
-    ):
-        return None
-    return joined[len(prefix) :].replace("," + prefix, ",")
-
-
-def _entry_ids(suffixes: str, prefix: str) -> list[str]:
-    return (prefix + suffixes.replace(",", "," + prefix)).split(",")
 
 
 def _unpack_receipt(state: dict[str, Any]) -> None:
@@ -654,45 +590,6 @@ def _unpack_receipt(state: dict[str, Any]) -> None:
     swapped = state.pop("17'", None)
     if swapped is not None:
         state["17"] = swapped.replace("'", '"')
-    taken = state.pop("=", 0)
-    if taken:
-        payload = state["17"]
-        for bit, alias, key in _IN_PAYLOAD:
-            if taken & bit:
-                state[alias] = _text_in(payload, key)
-    suffixes = state.pop("14#", None)
-    if suffixes is not None:
-        member = state["1"] if "1" in state else state["member_id"]
-        state["14"] = _entry_ids(suffixes, member + "#")
-
-
-_PENDING = "; pending until "
-
-
-def _pack_earned(state: dict[str, Any]) -> None:
-    """An earn's compact state, packed in place (`PACKED`): its note's tail "; pending
-    until <instant>" left out while the instant is the ISO text of the release time of
-    one of its lots (`"5<"`: which one). About 45 B an earn that waits."""
-    note = state.get("5")
-    if type(note) is not str:
-        return
-    at = note.rfind(_PENDING)
-    lots = state.get("20")
-    if at < 0 or not lots:
-        return
-    tail = note[at + len(_PENDING) :]
-    for i, lot in enumerate(lots):
-        release_at = getattr(lot, "release_at", None)
-        if type(release_at) is datetime and release_at.isoformat() == tail:
-            state["5"] = note[:at]
-            state["5<"] = i
-            return
-
-
-def _unpack_earned(state: dict[str, Any]) -> None:
-    i = state.pop("5<", None)
-    if i is not None:
-        state["5"] += _PENDING + state["20"][i].release_at.isoformat()
 
 
 # What a compact row of these classes packs further, by class: (pack, unpack), each on the
@@ -702,7 +599,6 @@ PACKED: dict[
     type[Any], tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None]]
 ] = {
     InboundReceipt.Recorded: (_pack_receipt, _unpack_receipt),
-    MemberAccount.PointsEarned: (_pack_earned, _unpack_earned),
 }
 
 
