@@ -3463,3 +3463,40 @@ def test_a_displaced_bonus_a_cancelled_redemption_held_is_taken_out_of_the_refun
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_redemptions_waiting_at_once_take_in_their_own_order_whatever_the_reads(
+    open_fresh: Open,
+) -> None:
+    """Five redemptions wait at once; a smaller later one is funded before an older one,
+    which is then decided by its own time; one is cancelled. Read with the purchases
+    scattered, a late redemption had the one cancelled since decided as if a younger one
+    held its points from the start (before, the lots differed from time order)."""
+    ledger, clock = open_fresh(ARRIVAL, at("2026-01-01T00:00:00Z"))
+    x1 = redemption("t-1", "m-1", at("2026-01-01T10:00:00Z"), redemption_id="x-1", points=10)
+    x2 = redemption("t-2", "m-1", at("2026-01-01T11:00:00Z"), redemption_id="x-2", points=6)
+    o1 = purchase("t-3", "m-1", at("2026-01-01T12:00:00Z"), order_id="o-1", total_minor=1000)
+    x3 = redemption("t-4", "m-1", at("2026-01-01T13:00:00Z"), redemption_id="x-3", points=4)
+    o2 = purchase("t-5", "m-1", at("2026-01-01T14:00:00Z"), order_id="o-2", total_minor=500)
+    x4 = redemption("t-6", "m-1", at("2026-01-02T10:00:00Z"), redemption_id="x-4", points=1)
+    x5 = redemption("t-7", "m-1", at("2026-01-02T11:00:00Z"), redemption_id="x-5", points=1)
+    o3 = purchase("t-8", "m-1", at("2026-01-02T12:00:00Z"), order_id="o-3", total_minor=500)
+    o4 = purchase("t-9", "m-1", at("2026-01-02T14:00:00Z"), order_id="o-4", total_minor=2000)
+    undone = cancellation("t-10", "m-1", at("2026-01-03T10:00:00Z"), redemption_id="x-3")
+    reads = [o2, o3, x1, x2, x3, x4, x5, undone, o1, o4]
+    assert read_as_it_comes(ledger, clock, reads)[-1] == "applied"
+
+    # By hand, in time order: x-1 (10) and x-2 (6) wait; 01-01 12:00 o-1 +10 funds x-1;
+    # x-3 (4) waits; 14:00 o-2 +5: x-2 still waits, x-3 takes 4 of o-2 (1 left); 01-02
+    # 10:00 x-4 takes o-2's last point; x-5 waits; 12:00 o-3 +5: x-2, dated first, is
+    # funded by o-2's 5 and 1 of o-3, so x-3 takes 4 of o-3 and x-4 waits again; 14:00
+    # o-4 +20 funds x-4 and x-5 (18 left); 01-03 x-3 cancelled: 4 back to o-3.
+    # Balance 22: o-3 4, o-4 18.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(22, 0, 0)
+    held = {lot.source: lot.remaining for lot in account.lots.values() if lot.remaining}
+    assert held == {"order o-3": 4, "order o-4": 18}
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

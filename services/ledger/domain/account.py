@@ -3030,8 +3030,24 @@ class MemberAccount(Aggregate):
         later = self._later_spends(program, occurred_at)
         if not later:
             return False
+        # Redemptions dated before it that waited past its time (funded after it, or
+        # cancelled since) were retried first in event time (oldest first): they are
+        # funded again first in the copy, a cancelled one holding until its cancellation.
+        waited = [
+            s for s in self._waited_past(program, occurred_at) if (s.dated or s.at) < occurred_at
+        ]
+        waited += [
+            s
+            for s in later
+            if s.kind == "redemption"
+            and s.cancelled_at is not None
+            and (s.dated or s.at) < occurred_at
+        ]
+        for spend in waited:
+            if spend in later:
+                later.remove(spend)
         unexpired = self._unexpired(occurred_at, later)
-        lots = restored(self.lots, unexpired, later)
+        lots = restored(self.lots, unexpired, [*later, *waited])
         if self._unsettled(later, occurred_at, lots) != 0:
             return False  # not known, or decided while points are owed: the usual path
         deadline = occurred_at + timedelta(hours=program.arrival.park_hours)
@@ -3039,24 +3055,18 @@ class MemberAccount(Aggregate):
         back = [
             GiveBack(s.cancelled_at, s.moves) for s in later if s.kind == "held" if s.cancelled_at
         ]
-        # A cancelled one dated before it that waited past its time was retried first in
-        # event time (oldest first): it is funded again first, and holds until cancelled.
         first: dict[str, RedemptionRecord] = {}
-        for spend in in_order(
-            s
-            for s in later
-            if s.kind == "redemption"
-            and s.cancelled_at is not None
-            and (s.dated or s.at) < occurred_at
-        ):
-            later.remove(spend)
-            assert spend.cancelled_at is not None
+        for spend in in_order(waited):
             record = self.redemptions[spend.key]
             taken = redeem_again(lots, spend, back)
+            if taken is None and spend.cancelled_at is None:
+                return False  # one it waited behind would wait again: the usual path
             if taken is None:  # cancelled while it waited: it took nothing
                 first[spend.key] = replace(record, moves=(), settled=())
                 continue
             first[spend.key] = replace(record, moves=taken.moves, at=taken.at)
+            if spend.cancelled_at is None:
+                continue  # it keeps what it takes
             held = replace(spend, kind="held", moves=taken.moves, at=taken.at or spend.at)
             later.append(held)
             back.append(GiveBack(spend.cancelled_at, taken.moves))
@@ -3077,8 +3087,11 @@ class MemberAccount(Aggregate):
         redemptions, orders, postings, note = again
         if first:  # what the re-take says of them (their settles) on their new moves
             settled = {r.redemption_id: r.settled for r in redemptions}
+            first = {
+                key: replace(r, settled=settled.get(key, r.settled)) for key, r in first.items()
+            }
             redemptions = [r for r in redemptions if r.redemption_id not in first] + [
-                replace(r, settled=settled.get(key, r.settled)) for key, r in first.items()
+                r for key, r in first.items() if r != self.redemptions[key]
             ]
             for key, r in first.items():
                 if r.moves != self.redemptions[key].moves:
