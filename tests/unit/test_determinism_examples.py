@@ -3500,3 +3500,35 @@ def test_redemptions_waiting_at_once_take_in_their_own_order_whatever_the_reads(
     ledger.projection.run()
     report = verify(ledger.app, ledger.view)
     assert report.ok, report.violations
+
+
+def test_a_late_earn_that_upgrades_lets_the_earns_recorded_after_it_upgrade_further(
+    open_fresh: Open,
+) -> None:
+    """A signup bonus is read before the purchase dated before it: the late purchase
+    reaches Silver at its instant, and with the bonus recorded after it the window reaches
+    Gold at the bonus's instant (before, the walk stopped at the first upgrade: Silver)."""
+    rules = program(
+        expiry={"months_after_earn": 6},
+        activities={"signup": {"points": 10, "limit": "once"}},
+        tiers=[
+            {"id": "base", "name": "Base", "threshold": 0},
+            {"id": "silver", "name": "Silver", "threshold": 50},
+            {"id": "gold", "name": "Gold", "threshold": 85},
+        ],
+        tier_qualification={"basis": "points", "window": "calendar_year"},
+    )
+    ledger, clock = open_fresh(rules, at("2026-03-01T00:00:00Z"))
+    bought = purchase("g-1", "m-1", at("2026-03-01T09:00:00Z"), order_id="o-1", total_minor=8000)
+    signup = activity("g-2", "m-1", at("2026-03-01T09:30:00Z"), name="signup")
+    assert read_as_it_comes(ledger, clock, [signup, bought]) == ["applied"] * 2
+
+    # By hand, in time order: 09:00 o-1 earns 80 (Base): Silver (80 >= 50); 09:30 the
+    # signup earns 10: 90 in the window, Gold (>= 85). Balance 90.
+    account = ledger.app.find_account("m-1")
+    assert account is not None
+    assert account.balance == Balances(90, 0, 0)
+    assert account.tier == "gold"
+    ledger.projection.run()
+    report = verify(ledger.app, ledger.view)
+    assert report.ok, report.violations

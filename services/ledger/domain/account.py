@@ -1300,17 +1300,20 @@ class MemberAccount(Aggregate):
                     reason=decisions[-1].detail,
                     provenance=replace(provenance, rule_id="tier"),
                 )
-                if instant < instants[-1] and self._top_up(program, instant, provenance):
-                    # Repriced down (a tier that earns less than the one before it), the
-                    # window may no longer reach an upgrade recorded after: retracted.
-                    self._retract_upgrades(
-                        program,
-                        instant,
-                        provenance,
-                        why=f"a late earn reached {after.tier} at {instant.isoformat()}, "
-                        "which repriced the purchases since, after this upgrade",
-                    )
-                    self._upgrade_after_earn(program, instant, provenance)  # may reach more
+                if instant < instants[-1]:
+                    if self._top_up(program, instant, provenance):
+                        # Repriced down (a tier that earns less than the one before it),
+                        # the window may no longer reach an upgrade recorded after:
+                        # retracted.
+                        self._retract_upgrades(
+                            program,
+                            instant,
+                            provenance,
+                            why=f"a late earn reached {after.tier} at {instant.isoformat()}, "
+                            "which repriced the purchases since, after this upgrade",
+                        )
+                    # The earns recorded after it may reach a higher tier still.
+                    self._upgrade_after_earn(program, instant, provenance)
                 return
 
     def _retract_upgrades(
