@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.ledger.application import commands
+from services.ledger.application.replay_check import replay_check
 from services.ledger.application.verify import verify
 from services.ledger.domain.clock import FixedClock
 from services.ledger.domain.program import Program
@@ -190,5 +191,44 @@ def test_parked_events_settled_by_a_retry_and_at_their_deadline_replay_clean(
         ledger.projection.run()
         report = verify(ledger.app, ledger.view)
         assert report.ok, report.violations
+    finally:
+        ledger.close()
+
+
+def test_the_replay_check_reports_the_same_whether_it_reads_the_accounts_or_is_given_them(
+    tmp_path: Path,
+) -> None:
+    """verify hands the replay check the stored accounts its own fold read (one read of each
+    account); alone, the check reads them itself. The two paths report the same, and a
+    store with an entry no input explains is caught by both, down to the final balance."""
+    clock = FixedClock(T0)
+    ledger = open_ledger(tmp_path, program("1"), clock)
+    try:
+        apply_at(ledger, clock, T0, [file_item(activity("e1", "m-1", T0, name="review"), 1)])
+        apply_at(ledger, clock, T0, [file_item(activity("e2", "m-2", T0, name="review"), 2)])
+        account = ledger.app.find_account("m-1")
+        assert account is not None
+        account.earn_activity(
+            ledger.app.program,
+            activity="review",
+            reference=None,
+            occurred_at=T0 + timedelta(days=1),
+            provenance=Provenance(Origin("file", file="x", line=1), event_id="e1"),
+            now=T0 + timedelta(days=1),
+        )
+        ledger.app.save(account)
+        ledger.projection.run()
+        alone = replay_check(ledger.app)
+        given = verify(ledger.app, ledger.view)
+        assert [f"replay: {v}" for v in alone.violations] == [
+            v for v in given.violations if v.startswith("replay: ")
+        ]
+        assert (alone.events, alone.operations) == (
+            given.replayed_events,
+            given.replayed_operations,
+        )
+        assert any(v.startswith("m-1#3: stored PointsEarned") for v in alone.violations)
+        assert any(v.startswith("m-1: stored balance") for v in alone.violations), alone.violations
+        assert not any(v.startswith("m-2") for v in alone.violations)
     finally:
         ledger.close()
