@@ -248,19 +248,19 @@ def _replay(program: Program, history: Iterable[Any], report: WhatIfReport) -> L
 
 
 def _members(sim: LedgerApplication) -> set[str]:
-    return {e.member_id for e in _entries(sim) if isinstance(e, MemberAccount.Enrolled)}
+    return {e.member_id for e in _entries(sim, MemberAccount.Enrolled)}
 
 
 def _tier_changes(sim: LedgerApplication) -> int:
-    return sum(
-        isinstance(e, MemberAccount.TierAssigned) and e.tier != e.previous for e in _entries(sim)
-    )
+    return sum(e.tier != e.previous for e in _entries(sim, MemberAccount.TierAssigned))
 
 
-def _entries(sim: LedgerApplication) -> Iterator[Any]:
+def _entries(sim: LedgerApplication, cls: type) -> Iterator[Any]:
+    """The replay's events of one class, read by topic: only those are decoded."""
+    topics = stored_topics(cls)
     start = 1
     while True:
-        page = sim.process_recorder.select_notifications(start=start, limit=1000)
+        page = sim.process_recorder.select_notifications(start=start, limit=1000, topics=topics)
         if not page:
             return
         for notification in page:
