@@ -270,6 +270,31 @@ def lots(member: str, program: ProgramOpt = None, db: DbOpt = None) -> None:
         )
 
 
+@contextmanager
+def _progress_bar() -> Iterator[Any]:
+    """A rich progress bar (on stderr) fed by (stage, done, total), only when stdout is a
+    terminal; otherwise a callback that does nothing."""
+    import sys
+
+    if not sys.stdout.isatty():
+        from services.ledger.application.what_if import _nothing
+
+        yield _nothing
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    tasks: dict[str, Any] = {}
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+
+        def show(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield show
+
+
 @app.command(name="verify")
 def verify_cmd(program: ProgramOpt = None, db: DbOpt = None) -> None:
     """Check every invariant against the store, and make every entry again from the
@@ -632,8 +657,8 @@ def what_if_cmd(
     except ProgramFileError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    with _ledger(ledger_program, db) as ledger:
-        report = what_if(ledger, other, member=member, apply=apply, actor=actor)
+    with _ledger(ledger_program, db) as ledger, _progress_bar() as progress:
+        report = what_if(ledger, other, member=member, apply=apply, actor=actor, progress=progress)
     if as_json:
         typer.echo(json.dumps(what_if_json(report), indent=2))
         return

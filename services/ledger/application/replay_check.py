@@ -248,7 +248,7 @@ def _compare(
     stored_accounts: Mapping[str, tuple[Any, Any]],
 ) -> None:
     for member, entries in sorted(stored.items()):
-        events = list(sim.events.get(account_id(member)))
+        events: list[Any] = list(sim.events.get(account_id(member)))
         replayed = [content(e) for e in events]
         for i in range(max(len(entries), len(replayed))):
             want = entries[i] if i < len(entries) else None
